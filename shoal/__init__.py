@@ -1,0 +1,1 @@
+"""shoal: a control plane for fleets of AI agents."""

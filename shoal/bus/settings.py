@@ -1,0 +1,74 @@
+"""Settings: one pydantic-settings model read from ``SHOAL_*`` variables and ``NATS_URL``.
+
+Nothing reads the environment anywhere else; commands build one :class:`ShoalSettings` and
+pass it down.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shoal.schemas import is_token
+
+__all__ = ["ShoalSettings"]
+
+
+def _default_principal() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): fall back to a fixed name
+        return "operator"
+
+
+class ShoalSettings(BaseSettings):
+    """Where NATS is, how subjects and streams are named, and where local state lives."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOAL_", extra="ignore", frozen=True)
+
+    nats_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NATS_URL", "SHOAL_NATS_URL", "nats_url"),
+        description="An existing NATS server or cluster; unset means the embedded server.",
+    )
+    data_dir: Path = Field(default=Path(".shoal"), description="Local state: embedded store, DBs.")
+    prefix: str = Field(default="shoal", description="First token of every subject.")
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="R1 embedded, R3 cluster.")
+    nats_port: int | None = Field(
+        default=None, description="Fixed port for the embedded server; unset picks a free one."
+    )
+    sync_interval: str | None = Field(
+        default=None,
+        description=(
+            "JetStream fsync policy of the embedded server: a duration ('2m', the server "
+            "default) or 'always' (fsync every write)."
+        ),
+    )
+    principal: str = Field(default_factory=_default_principal)
+    connect_timeout: float = Field(default=2.0, gt=0)
+    request_timeout: float = Field(default=5.0, gt=0)
+    dedup_window_s: float = Field(default=120.0, gt=0)
+    presence_ttl_s: float = Field(default=10.0, gt=0)
+    lease_ttl_s: float = Field(default=10.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_token(cls, value: str) -> str:
+        if not is_token(value):
+            raise ValueError("prefix must be one subject token (no '.', '*', '>' or spaces)")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when shoal runs (or reuses) its own nats-server."""
+        return self.nats_url is None
+
+    @property
+    def stream_prefix(self) -> str:
+        """Upper-case prefix of stream and bucket names (``shoal`` → ``SHOAL``)."""
+        return self.prefix.upper().replace("-", "_")

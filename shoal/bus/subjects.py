@@ -1,0 +1,124 @@
+"""Every subject shoal uses, built and parsed here and nowhere else.
+
+Templates are compiled once per prefix. Tokens are validated at the edge: a fleet,
+capability, IID or GID containing ``.``, ``*``, ``>`` or whitespace would silently change
+which messages a filter matches, so it is refused with :class:`InvalidName`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal.errors import InvalidName
+from shoal.schemas import is_token
+
+__all__ = ["NO_GID", "EventSubject", "Subjects", "check_token"]
+
+NO_GID = "_"
+"""The GID token of an event that belongs to no goal (a bare task)."""
+
+
+def check_token(value: str, what: str) -> str:
+    """Return ``value`` if it can be one subject token, else raise :class:`InvalidName`."""
+    if not value or not is_token(value):
+        raise InvalidName(f"{what} {value!r} is not a valid name (no '.', '*', '>' or spaces)")
+    return value
+
+
+@dataclass(frozen=True)
+class EventSubject:
+    """The parts of ``<prefix>.events.<gid>.<iid>.<noun>.<verb>``."""
+
+    gid: str | None
+    iid: str
+    short_type: str
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Subject builders and filters for one prefix (``shoal`` unless multi-tenant)."""
+
+    prefix: str = "shoal"
+
+    def __post_init__(self) -> None:
+        check_token(self.prefix, "prefix")
+
+    # -- goals and tasks ------------------------------------------------------------------
+    def goals(self, fleet: str) -> str:
+        return f"{self.prefix}.goals.{check_token(fleet, 'fleet')}"
+
+    @property
+    def all_goals(self) -> str:
+        return f"{self.prefix}.goals.*"
+
+    def tasks(self, fleet: str, capability: str) -> str:
+        fleet = check_token(fleet, "fleet")
+        return f"{self.prefix}.tasks.{fleet}.{check_token(capability, 'capability')}"
+
+    @property
+    def all_tasks(self) -> str:
+        return f"{self.prefix}.tasks.*.*"
+
+    # -- the event log --------------------------------------------------------------------
+    def event(self, gid: str | None, iid: str, short_type: str) -> str:
+        """Subject of one event; ``short_type`` is the type without ``shoal.``."""
+        gid_token = check_token(gid, "gid") if gid else NO_GID
+        return f"{self.prefix}.events.{gid_token}.{check_token(iid, 'iid')}.{short_type}"
+
+    def session_events(self, iid: str) -> str:
+        """Filter for every event of one session (IID)."""
+        return f"{self.prefix}.events.*.{check_token(iid, 'iid')}.>"
+
+    def goal_events(self, gid: str) -> str:
+        """Filter for every event of one goal (GID), all its sessions included."""
+        return f"{self.prefix}.events.{check_token(gid, 'gid')}.>"
+
+    def events_of_type(self, short_type: str) -> str:
+        """Filter for one event type across all sessions (``model.called``)."""
+        return f"{self.prefix}.events.*.*.{short_type}"
+
+    def events_filter(
+        self, *, gid: str | None = None, iid: str | None = None, short_type: str | None = None
+    ) -> str:
+        """Filter for events narrowed by any of GID, IID and type (``None`` matches all)."""
+        gid_token = check_token(gid, "gid") if gid else "*"
+        iid_token = check_token(iid, "iid") if iid else "*"
+        if short_type is None:
+            return f"{self.prefix}.events.{gid_token}.{iid_token}.>"
+        short_type = short_type.removeprefix("shoal.")
+        for part in short_type.split("."):
+            check_token(part, "event type")
+        return f"{self.prefix}.events.{gid_token}.{iid_token}.{short_type}"
+
+    @property
+    def all_events(self) -> str:
+        return f"{self.prefix}.events.>"
+
+    def parse_event(self, subject: str) -> EventSubject:
+        """Split an event subject into GID, IID and type; raise :class:`InvalidName`."""
+        head = f"{self.prefix}.events."
+        parts = subject.removeprefix(head).split(".") if subject.startswith(head) else []
+        if len(parts) < 4:
+            raise InvalidName(f"{subject!r} is not an event subject under {head}")
+        gid, iid, *rest = parts
+        return EventSubject(gid=None if gid == NO_GID else gid, iid=iid, short_type=".".join(rest))
+
+    # -- request/reply, audit, dead letters --------------------------------------------------
+    def api(self, service: str, endpoint: str) -> str:
+        service = check_token(service, "service")
+        return f"{self.prefix}.api.{service}.{check_token(endpoint, 'endpoint')}"
+
+    def control(self, scope: str, verb: str) -> str:
+        return f"{self.prefix}.control.{check_token(scope, 'scope')}.{check_token(verb, 'verb')}"
+
+    @property
+    def all_control(self) -> str:
+        return f"{self.prefix}.control.>"
+
+    def deadletter(self, origin: str) -> str:
+        """Where a message that cannot be processed goes, by where it came from."""
+        return f"{self.prefix}.deadletter.{check_token(origin, 'origin')}"
+
+    @property
+    def all_deadletters(self) -> str:
+        return f"{self.prefix}.deadletter.>"

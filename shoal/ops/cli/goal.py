@@ -1,0 +1,53 @@
+"""``shoal goal submit``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.connect import open_bus
+from shoal.ops.goals import build_goal, parse_inputs, submit_goal
+
+goal_app = typer.Typer(help="Submit and inspect goals.", no_args_is_help=True)
+
+
+@goal_app.command("submit")
+def submit(
+    ctx: typer.Context,
+    fleet: Annotated[str, typer.Argument(help="The fleet whose orchestrator takes the goal.")],
+    text: Annotated[str, typer.Argument(help="What the goal is, in words.")],
+    inputs: Annotated[
+        str | None, typer.Option("--inputs", help="Goal inputs as a JSON object.")
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option("--budget", help="Budget in USD for the whole goal.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish ``goal.submitted`` to ``shoal.goals.<fleet>`` with a new GID; print the GID."""
+    c = cli(ctx, as_json)
+
+    async def _submit() -> tuple[str, str, int]:
+        event = build_goal(
+            fleet,
+            text,
+            principal=c.settings.principal,
+            inputs=parse_inputs(inputs),
+            budget_usd=budget,
+        )
+        async with open_bus(c.settings) as bus:
+            seq = await submit_goal(bus, event)
+        assert event.gid is not None
+        return event.gid, event.iid, seq
+
+    gid, iid, seq = run(c, _submit())
+    if c.json:
+        emit_json({"gid": gid, "iid": iid, "seq": seq, "fleet": fleet})
+    else:
+        c.out.print(gid)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(goal_app, name="goal")

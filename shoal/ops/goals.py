@@ -1,0 +1,62 @@
+"""Submitting goals to a fleet (library side of ``shoal goal submit``)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import ValidationError
+
+from shoal.bus import Bus
+from shoal.errors import InvalidEvent
+from shoal.schemas import CloudEvent, GoalSubmitted, describe_validation_error, new_id
+
+__all__ = ["build_goal", "parse_inputs", "submit_goal"]
+
+
+def parse_inputs(raw: str | None) -> dict[str, Any]:
+    """Goal inputs given as a JSON object on the command line."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InvalidEvent(f"--inputs is not valid JSON: {e.msg} at column {e.colno}") from e
+    if not isinstance(value, dict):
+        raise InvalidEvent('--inputs must be a JSON object, e.g. \'{"folder": "docs"}\'')
+    return value
+
+
+def build_goal(
+    fleet: str,
+    text: str,
+    *,
+    principal: str,
+    inputs: dict[str, Any] | None = None,
+    budget_usd: str | None = None,
+) -> CloudEvent:
+    """A ``goal.submitted`` event with a new GID and IID, validated."""
+    try:
+        budget = Decimal(budget_usd) if budget_usd is not None else None
+    except InvalidOperation as e:
+        raise InvalidEvent(f"--budget {budget_usd!r} is not a number of dollars") from e
+    try:
+        data = GoalSubmitted(fleet=fleet, text=text, inputs=inputs or {}, budget_usd=budget)
+        return CloudEvent.new(
+            data,
+            iid=new_id(),
+            gid=new_id(),
+            fleet=fleet,
+            principal=principal,
+            source=f"shoal://cli/{principal}",
+        )
+    except ValidationError as e:
+        raise InvalidEvent(f"invalid goal: {describe_validation_error(e)}") from e
+
+
+async def submit_goal(bus: Bus, event: CloudEvent) -> int:
+    """Record the goal on the event log and put it on the fleet's goal subject; return seq."""
+    assert event.fleet is not None
+    ack = await bus.record(event, bus.subjects.goals(event.fleet))
+    return int(ack.seq)

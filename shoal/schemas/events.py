@@ -1,0 +1,337 @@
+"""One pydantic model per event type: the ``data`` of a shoal CloudEvent.
+
+Every payload subclasses :class:`EventData` and names its CloudEvents ``type`` in a class
+variable, so ``ModelCalled.type == "shoal.model.called"`` and the registry below maps a wire
+type back to its model. Payloads ignore unknown fields, so an agent built against a newer
+contract can add fields without being dead-lettered by an older core.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "EVENT_TYPES",
+    "AgentKilled",
+    "AgentStarted",
+    "AgentStopped",
+    "ApprovalDenied",
+    "ApprovalGranted",
+    "ApprovalRequested",
+    "BudgetExceeded",
+    "ControlAccepted",
+    "ControlRefused",
+    "EventData",
+    "GoalCompleted",
+    "GoalFailed",
+    "GoalPlanned",
+    "GoalSubmitted",
+    "ModelCalled",
+    "OutcomeReported",
+    "PlannedTask",
+    "PolicyDecided",
+    "SessionFlagged",
+    "SessionKilled",
+    "TaskAssigned",
+    "TaskCompleted",
+    "TaskFailed",
+    "TaskStarted",
+    "ToolCalled",
+]
+
+Money = Decimal
+Decision = Literal["allow", "deny", "needs_approval"]
+Sensitivity = Literal["public", "internal", "confidential", "secret"]
+Outcome = Literal["success", "failure", "abandoned"]
+
+
+class EventData(BaseModel):
+    """Base of every payload; ``type`` is the full CloudEvents type it travels as."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    type: ClassVar[str]
+
+    @classmethod
+    def short_type(cls) -> str:
+        """The type without its ``shoal.`` prefix, as it appears in event subjects."""
+        return cls.type.removeprefix("shoal.")
+
+
+# -- goals --------------------------------------------------------------------------------
+
+
+class GoalSubmitted(EventData):
+    """Someone asked a fleet to achieve a goal."""
+
+    type: ClassVar[str] = "shoal.goal.submitted"
+    fleet: str
+    text: str = Field(min_length=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    budget_usd: Money | None = None
+
+
+class PlannedTask(BaseModel):
+    """One task of a goal's plan, with the IID its session will have."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    iid: str
+    capability: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class GoalPlanned(EventData):
+    """The orchestrator split a goal into tasks."""
+
+    type: ClassVar[str] = "shoal.goal.planned"
+    tasks: list[PlannedTask]
+
+
+class GoalCompleted(EventData):
+    """Every task of the goal finished and the orchestrator consolidated their results."""
+
+    type: ClassVar[str] = "shoal.goal.completed"
+    result: dict[str, Any] = Field(default_factory=dict)
+    summary: str = ""
+
+
+class GoalFailed(EventData):
+    """The goal cannot be achieved; ``reason`` says why."""
+
+    type: ClassVar[str] = "shoal.goal.failed"
+    reason: str
+    failed_iids: list[str] = Field(default_factory=list)
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+class TaskAssigned(EventData):
+    """A task was put on a capability's work queue (the same event is on the event log)."""
+
+    type: ClassVar[str] = "shoal.task.assigned"
+    capability: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    budget_usd: Money | None = None
+
+
+class TaskStarted(EventData):
+    """An instance began working on a task (``attempt`` counts from 1)."""
+
+    type: ClassVar[str] = "shoal.task.started"
+    capability: str
+    attempt: int = Field(default=1, ge=1)
+
+
+class TaskCompleted(EventData):
+    """A task's handler returned; ``output`` is its result."""
+
+    type: ClassVar[str] = "shoal.task.completed"
+    capability: str
+    output: dict[str, Any] = Field(default_factory=dict)
+    attempt: int = Field(default=1, ge=1)
+    duration_ms: float = Field(default=0.0, ge=0)
+
+
+class TaskFailed(EventData):
+    """A task attempt failed; ``final`` means no more attempts will be made."""
+
+    type: ClassVar[str] = "shoal.task.failed"
+    capability: str
+    error: str
+    error_type: str = "Error"
+    attempt: int = Field(default=1, ge=1)
+    final: bool = True
+
+
+# -- model and tool calls ------------------------------------------------------------------
+
+
+class ModelCalled(EventData):
+    """A model call went through the model gateway (the core prices it, not the agent)."""
+
+    type: ClassVar[str] = "shoal.model.called"
+    call_id: str
+    model: str
+    provider: str
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cached_tokens: int = Field(default=0, ge=0)
+    latency_ms: float = Field(ge=0)
+    finish_reason: str = "stop"
+    reported_cost_usd: Money | None = None
+    error: str | None = None
+
+
+class ToolCalled(EventData):
+    """A tool call went through the tool gateway; ``arguments`` are already redacted."""
+
+    type: ClassVar[str] = "shoal.tool.called"
+    call_id: str
+    tool: str
+    version: str = "1"
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    sensitivity: Sensitivity = "internal"
+    result_class: Literal["ok", "error", "denied", "timeout"] = "ok"
+    latency_ms: float = Field(default=0.0, ge=0)
+    side_effects: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class PolicyDecided(EventData):
+    """A gateway (or the core) decided whether an action may run, and by which rule."""
+
+    type: ClassVar[str] = "shoal.policy.decided"
+    action: Literal["model.call", "tool.call", "task.run", "delegate"]
+    target: str
+    decision: Decision
+    rule: str
+    reason: str = ""
+
+
+class ApprovalRequested(EventData):
+    """An action needs a human's approval before it runs."""
+
+    type: ClassVar[str] = "shoal.approval.requested"
+    request_id: str
+    action: str
+    target: str
+    reason: str = ""
+
+
+class ApprovalGranted(EventData):
+    """A human approved a pending action."""
+
+    type: ClassVar[str] = "shoal.approval.granted"
+    request_id: str
+    by: str
+    reason: str = ""
+
+
+class ApprovalDenied(EventData):
+    """A human refused a pending action."""
+
+    type: ClassVar[str] = "shoal.approval.denied"
+    request_id: str
+    by: str
+    reason: str = ""
+
+
+# -- agents, sessions, budgets, outcomes ----------------------------------------------------
+
+
+class AgentStarted(EventData):
+    """An agent instance came up and subscribed to its capabilities."""
+
+    type: ClassVar[str] = "shoal.agent.started"
+    version: str
+    capabilities: list[str]
+    host: str = ""
+    pid: int = 0
+
+
+class AgentStopped(EventData):
+    """An agent instance shut down (drained or asked to stop)."""
+
+    type: ClassVar[str] = "shoal.agent.stopped"
+    reason: str = ""
+
+
+class AgentKilled(EventData):
+    """An agent instance was killed by an operator or the core."""
+
+    type: ClassVar[str] = "shoal.agent.killed"
+    by: str
+    reason: str = ""
+
+
+class SessionKilled(EventData):
+    """A session (IID) was killed: no further model or tool call may run in it."""
+
+    type: ClassVar[str] = "shoal.session.killed"
+    by: str
+    reason: str = ""
+
+
+class SessionFlagged(EventData):
+    """The core found a session stuck (silent too long) or looping (repeating itself)."""
+
+    type: ClassVar[str] = "shoal.session.flagged"
+    flag: Literal["stuck", "looping"]
+    reason: str
+
+
+class BudgetExceeded(EventData):
+    """Recorded spend crossed a budget; the core sets the scope's kill switch."""
+
+    type: ClassVar[str] = "shoal.budget.exceeded"
+    scope: Literal["session", "goal", "fleet"]
+    key: str
+    budget_usd: Money
+    spent_usd: Money
+
+
+class OutcomeReported(EventData):
+    """Feedback on a session's result, possibly hours later (CI passed, PR merged…)."""
+
+    type: ClassVar[str] = "shoal.outcome.reported"
+    outcome: Outcome
+    signal: str | None = None
+    detail: str = ""
+
+
+# -- operator commands (audit, on the control subjects) -------------------------------------
+
+
+class ControlAccepted(EventData):
+    """An operator command was accepted and applied."""
+
+    type: ClassVar[str] = "shoal.control.accepted"
+    command: str
+    target: str = ""
+    by: str
+    reason: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ControlRefused(EventData):
+    """An operator command was refused; ``reason`` says why."""
+
+    type: ClassVar[str] = "shoal.control.refused"
+    command: str
+    target: str = ""
+    by: str
+    reason: str
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    cls.type: cls
+    for cls in (
+        GoalSubmitted,
+        GoalPlanned,
+        GoalCompleted,
+        GoalFailed,
+        TaskAssigned,
+        TaskStarted,
+        TaskCompleted,
+        TaskFailed,
+        ModelCalled,
+        ToolCalled,
+        PolicyDecided,
+        ApprovalRequested,
+        ApprovalGranted,
+        ApprovalDenied,
+        AgentStarted,
+        AgentStopped,
+        AgentKilled,
+        SessionKilled,
+        SessionFlagged,
+        BudgetExceeded,
+        OutcomeReported,
+        ControlAccepted,
+        ControlRefused,
+    )
+}
+"""Every event type shoal knows, by its full CloudEvents ``type``."""
