@@ -55,6 +55,11 @@ class ShoalSettings(BaseSettings):
     presence_ttl_s: float = Field(default=10.0, gt=0)
     lease_ttl_s: float = Field(default=10.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    persistence_module: str = Field(
+        default="eventsourcing.sqlite",
+        validation_alias=AliasChoices("PERSISTENCE_MODULE", "SHOAL_PERSISTENCE_MODULE"),
+        description="eventsourcing persistence: eventsourcing.sqlite or eventsourcing.postgres.",
+    )
 
     @field_validator("prefix")
     @classmethod
