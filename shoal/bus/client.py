@@ -207,14 +207,21 @@ async def open_connection(url: str, settings: ShoalSettings, *, name: str) -> NA
         return None
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
             connect_timeout=settings.connect_timeout,
             allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            # nats-py applies this limit to the first connect too, where -1 would retry
+            # forever: try each server twice, then say so.
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.2,
             error_cb=_quiet,
         )
     except (NoServersError, OSError, TimeoutError) as e:
         raise NatsUnreachable(f"no NATS server reachable at {url}: {e or type(e).__name__}") from e
+    # Once connected, ride out outages: a restarted server must not end a long-running
+    # process; operations that fail meanwhile raise and are reported where they happen.
+    nc.options["max_reconnect_attempts"] = -1
+    nc.options["reconnect_time_wait"] = 0.5
+    return nc

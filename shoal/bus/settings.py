@@ -60,6 +60,42 @@ class ShoalSettings(BaseSettings):
         validation_alias=AliasChoices("PERSISTENCE_MODULE", "SHOAL_PERSISTENCE_MODULE"),
         description="eventsourcing persistence: eventsourcing.sqlite or eventsourcing.postgres.",
     )
+    # -- agents (task consumers, model clients, tools) ------------------------------------
+    task_ack_wait_s: float = Field(
+        default=30.0, gt=0, description="Un-acked task is redelivered after this (crash)."
+    )
+    task_max_deliver: int = Field(default=3, ge=1, description="Attempts per task in all.")
+    task_retry_delay_s: float = Field(
+        default=1.0, ge=0, description="First retry delay; doubles per attempt."
+    )
+    model_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint (…/v1); unset: offline models only."
+    )
+    model_api_key: str | None = Field(default=None, description="Bearer key for model_base_url.")
+    model_name: str | None = Field(default=None, description="Model served at model_base_url.")
+    workspace_dir: Path | None = Field(
+        default=None, description="Root of the sandboxed file tools (default <data_dir>/workspace)."
+    )
+    # -- the event-sourced core (ingestion, prices, watchdog) -----------------------------
+    price_table: Path | None = Field(
+        default=None, description="Price table YAML (per model USD/1M tokens); unset: builtin."
+    )
+    core_batch: int = Field(default=1000, ge=1, le=10000, description="Events per core write.")
+    stuck_after_s: float = Field(
+        default=300.0, gt=0, description="A running session silent this long is flagged stuck."
+    )
+    loop_repeats: int = Field(
+        default=5, ge=2, description="Same tool + same arguments this many times: looping."
+    )
+    loop_model_calls: int = Field(
+        default=25, ge=2, description="Model calls in a row with no tool/task progress: looping."
+    )
+
+    @field_validator("nats_url")
+    @classmethod
+    def _empty_url_is_unset(cls, value: str | None) -> str | None:
+        # NATS_URL= (set but empty) means "no external server", as unset does.
+        return value.strip() or None if value is not None else None
 
     @field_validator("prefix")
     @classmethod
