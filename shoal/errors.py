@@ -11,6 +11,7 @@ __all__ = [
     "ConfigConflict",
     "InvalidEvent",
     "InvalidName",
+    "InvalidSpec",
     "NatsBinaryMissing",
     "NatsUnreachable",
     "NotFound",
@@ -31,6 +32,10 @@ class InvalidEvent(ShoalError):
 
 class InvalidName(ShoalError):
     """A fleet, agent, capability or other subject token contains a forbidden character."""
+
+
+class InvalidSpec(ShoalError):
+    """A fleet spec (or another operator document) is invalid (the text names the field)."""
 
 
 class NatsBinaryMissing(ShoalError):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "EVENT_TYPES",
+    "AgentCrashLooping",
     "AgentKilled",
     "AgentStarted",
     "AgentStopped",
@@ -247,6 +248,19 @@ class AgentKilled(EventData):
     reason: str = ""
 
 
+class AgentCrashLooping(EventData):
+    """A supervisor gave up restarting an instance slot that exits at start every time."""
+
+    type: ClassVar[str] = "shoal.agent.crashlooping"
+    supervisor: str
+    host: str = ""
+    slot: int = Field(ge=0)
+    version: str = ""
+    exits: int = Field(ge=1)
+    exit_code: int | None = None
+    message: str = ""
+
+
 class SessionKilled(EventData):
     """A session (IID) was killed: no further model or tool call may run in it."""
 
@@ -326,6 +340,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         AgentStarted,
         AgentStopped,
         AgentKilled,
+        AgentCrashLooping,
         SessionKilled,
         SessionFlagged,
         BudgetExceeded,

@@ -1,0 +1,3 @@
+from shoal.ops.cli import main
+
+main()

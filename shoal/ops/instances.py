@@ -1,0 +1,150 @@
+"""Agent instance processes as the supervisor starts them: command line, environment, and
+the tie that makes an instance die with its supervisor.
+
+Each instance is ``python -m shoal agent run FLEET AGENT --target … --instance … --version …
+--slot … --supervisor …`` in a session of its own (so a Ctrl-C meant for the supervisor
+does not reach it: the supervisor drains its instances itself). On Linux the child asks the
+kernel to send it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``): a SIGKILLed
+supervisor therefore leaves no unsupervised instance behind, and the supervisor that takes
+over its slots once the leases expire starts exactly the missing ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.bus import ShoalSettings
+
+__all__ = [
+    "Launch",
+    "Launcher",
+    "instance_command",
+    "instance_env",
+    "signal_process",
+    "spawn",
+    "tail_line",
+]
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to start one instance in one slot."""
+
+    fleet: str
+    agent: str
+    target: str
+    version: str
+    instance: str
+    slot: int
+    concurrency: int
+    supervisor: str
+
+
+Launcher = Callable[[Launch], list[str]]
+"""Builds the argv of an instance (replaceable for other runtimes, e.g. a non-Python agent)."""
+
+
+def instance_command(launch: Launch) -> list[str]:
+    """``python -m shoal agent run`` for one slot."""
+    return [
+        sys.executable,
+        "-m",
+        "shoal",
+        "agent",
+        "run",
+        launch.fleet,
+        launch.agent,
+        "--target",
+        launch.target,
+        "--instance",
+        launch.instance,
+        "--version",
+        launch.version,
+        "--concurrency",
+        str(launch.concurrency),
+        "--slot",
+        str(launch.slot),
+        "--supervisor",
+        launch.supervisor,
+    ]
+
+
+def instance_env(settings: ShoalSettings, url: str) -> dict[str, str]:
+    """The supervisor's environment plus where NATS is and how subjects are named."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "NATS_URL": url,
+            "SHOAL_PREFIX": settings.prefix,
+            "SHOAL_DATA_DIR": str(settings.data_dir.resolve()),
+            "SHOAL_PRESENCE_TTL_S": str(settings.presence_ttl_s),
+            "SHOAL_LEASE_TTL_S": str(settings.lease_ttl_s),
+        }
+    )
+    return env
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start an instance detached from the terminal, dying with this process (Linux).
+
+    Must be called from the thread that lives as long as the supervisor (the event loop's):
+    the kernel sends the death signal when the *thread* that forked the child exits.
+    """
+    libc = _libc()  # loaded before fork: the child must not load libraries
+    parent = os.getpid()
+
+    def _tie_to_parent() -> None:
+        if libc is not None:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_tie_to_parent,
+        )
+
+
+def signal_process(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send ``sig`` unless the process is already gone (a race with its exit is fine)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+def tail_line(path: Path, limit: int = 4096) -> str:
+    """The last non-empty line of an instance log: usually the reason it exited."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""

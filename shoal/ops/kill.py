@@ -1,0 +1,139 @@
+"""Kill switches (library side of ``shoal kill`` / ``shoal unkill``).
+
+A kill sets one key in the kill bucket (``instance.<id>``, ``session.<iid>``, ``goal.<gid>``,
+``fleet.<name>``, ``tool.<name>``, ``model.<name>``, ``principal.<name>`` or ``all``). Every
+gateway mirrors that bucket and refuses its next model or tool call; supervisors mirror it
+too and terminate the processes of a killed instance or fleet (or of everything, for
+``all``), never restarting them while the key exists. ``unkill`` deletes the key.
+
+Each kill is audited: ``control.accepted`` on ``<prefix>.control.<scope>.kill``, and on the
+event log ``agent.killed`` for each instance it stops (as far as presence knows them) or
+``session.killed`` for a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError
+
+from shoal.bus import KILL_SCOPES, Bus, KillScope, KillSwitch, Presence, kill_key, parse_kill_key
+from shoal.errors import NotFound, Refused
+from shoal.ops.fleets import control_event, kv_snapshot
+from shoal.schemas import AgentKilled, CloudEvent, ControlAccepted, SessionKilled, utcnow
+
+__all__ = ["KillResult", "kill", "list_kills", "parse_scope", "unkill"]
+
+
+@dataclass(frozen=True)
+class KillResult:
+    """What a kill set: its key, and the instances it will stop (from presence)."""
+
+    key: str
+    switch: KillSwitch
+    instances: list[str]
+
+
+def parse_scope(options: dict[str, str | None], all_: bool) -> tuple[KillScope, str | None]:
+    """Exactly one of ``--instance/--session/…`` or ``--all``; refuse anything else."""
+    given: list[tuple[str, str | None]] = [(s, v) for s, v in options.items() if v]
+    if all_:
+        given.append(("all", None))
+    if len(given) != 1:
+        names = ", ".join(f"--{s}" for s in KILL_SCOPES)
+        raise Refused(f"give exactly one of {names}")
+    scope, name = given[0]
+    if scope not in KILL_SCOPES:
+        raise Refused(f"unknown kill scope {scope!r}")
+    return scope, name
+
+
+async def kill(
+    bus: Bus, scope: KillScope, name: str | None, *, by: str, reason: str = ""
+) -> KillResult:
+    """Set the kill key, then record the audit events; return what it stops."""
+    key = kill_key(scope, name)
+    switch = KillSwitch(scope=scope, name=name, reason=reason, by=by, at=utcnow())
+    kv = await bus.kv(bus.topology.kill.name)
+    await kv.put(key, switch.model_dump_json().encode())
+    stopped = await _affected_instances(bus, scope, name)
+    events: list[tuple[str, CloudEvent] | CloudEvent] = [
+        (
+            bus.subjects.control(scope, "kill"),
+            control_event(
+                ControlAccepted(
+                    command=f"kill.{scope}",
+                    target=name or "all",
+                    by=by,
+                    reason=reason,
+                    detail={"key": key, "instances": [p.instance for p in stopped]},
+                ),
+                by=by,
+            ),
+        )
+    ]
+    for p in stopped:
+        events.append(
+            CloudEvent.new(
+                AgentKilled(by=by, reason=reason),
+                iid=p.instance,
+                source=f"shoal://cli/{by}",
+                fleet=p.fleet,
+                agent=p.agent,
+                instance=p.instance,
+                principal=by,
+            )
+        )
+    if scope == "session" and name:
+        events.append(
+            CloudEvent.new(
+                SessionKilled(by=by, reason=reason),
+                iid=name,
+                source=f"shoal://cli/{by}",
+                principal=by,
+            )
+        )
+    await bus.publish_many(events)
+    return KillResult(key, switch, [p.instance for p in stopped])
+
+
+async def unkill(
+    bus: Bus, scope: KillScope, name: str | None, *, by: str, reason: str = ""
+) -> KillSwitch:
+    """Delete the kill key (the switch lifted); :class:`NotFound` if it was not set."""
+    key = kill_key(scope, name)
+    kv = await bus.kv(bus.topology.kill.name)
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        raise NotFound(f"no kill switch {key} is set") from None
+    switch = KillSwitch.model_validate_json(entry.value or b"{}")
+    await kv.delete(key)
+    data = ControlAccepted(
+        command=f"unkill.{scope}", target=name or "all", by=by, reason=reason, detail={"key": key}
+    )
+    await bus.publish(control_event(data, by=by), bus.subjects.control(scope, "unkill"))
+    return switch
+
+
+async def list_kills(bus: Bus) -> list[tuple[str, KillSwitch]]:
+    """Every kill switch set now, by key."""
+    entries = await kv_snapshot(await bus.kv(bus.topology.kill.name))
+    out = []
+    for key, entry in sorted(entries.items()):
+        parse_kill_key(key)
+        out.append((key, KillSwitch.model_validate_json(entry.value or b"{}")))
+    return out
+
+
+async def _affected_instances(bus: Bus, scope: KillScope, name: str | None) -> list[Presence]:
+    # Only the scopes whose processes supervisors terminate get agent.killed events.
+    if scope not in ("instance", "fleet", "all"):
+        return []
+    entries = await kv_snapshot(await bus.kv(bus.topology.presence.name))
+    presences = [Presence.model_validate_json(e.value or b"{}") for e in entries.values()]
+    if scope == "instance":
+        return [p for p in presences if p.instance == name]
+    if scope == "fleet":
+        return [p for p in presences if p.fleet == name]
+    return presences

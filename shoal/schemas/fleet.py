@@ -1,0 +1,149 @@
+"""Fleet specs (what an operator applies) and desired fleet state (what supervisors watch).
+
+A :class:`FleetSpec` is the declarative YAML document of ``shoal fleet apply``: the fleet's
+name, its agents (each an image-free run target ``module:attr``, a version label, a replica
+count, a capability manifest) and a budget. Unknown fields are refused, so a typo such as
+``replica: 3`` names the field instead of being silently ignored.
+
+A :class:`FleetDesired` is the JSON document the core writes into the fleets KV bucket under
+the fleet's name, derived from the Fleet aggregate: supervisors reconcile running instances
+to it. Readers ignore fields they do not know (newer writers may add some).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shoal.errors import InvalidSpec
+from shoal.schemas.envelope import Token, describe_validation_error
+
+__all__ = [
+    "TARGET_PATTERN",
+    "AgentSpec",
+    "DesiredAgent",
+    "FleetDesired",
+    "FleetSpec",
+    "RolloutSpec",
+    "Target",
+    "parse_fleet_spec",
+]
+
+TARGET_PATTERN = r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$"
+_TARGET = re.compile(TARGET_PATTERN)
+
+
+def _check_target(value: str) -> str:
+    if not _TARGET.match(value):
+        raise ValueError(f"{value!r} is not a run target: expected 'package.module:attribute'")
+    return value
+
+
+Target = Annotated[
+    str, AfterValidator(_check_target), Field(json_schema_extra={"pattern": TARGET_PATTERN})
+]
+"""A Python entry point ``package.module:attribute`` that ``shoal agent run`` loads."""
+
+
+class RolloutSpec(BaseModel):
+    """How ``fleet upgrade`` replaces instances: ``batch`` at a time, each new one must
+    report presence within ``first_heartbeat_s`` or the rollout stops."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch: int = Field(default=2, ge=1, le=100)
+    first_heartbeat_s: float = Field(default=20.0, gt=0, le=600)
+
+
+class AgentSpec(BaseModel):
+    """One agent of a fleet: what to run, which version, how many instances."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Token
+    target: Target
+    version: str = Field(default="1", min_length=1, max_length=64, pattern=r"^[^\s]+$")
+    replicas: int = Field(default=1, ge=0, le=1000)
+    concurrency: int = Field(default=1, ge=1, le=1000)
+    manifest: dict[str, Any] = Field(default_factory=dict)
+
+
+class FleetSpec(BaseModel):
+    """The declarative fleet document applied with ``shoal fleet apply``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fleet: Token
+    description: str = ""
+    budget_usd: Decimal | None = Field(default=None, ge=0)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    agents: list[AgentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_agents(self) -> FleetSpec:
+        names = [a.name for a in self.agents]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"agent names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def agent(self, name: str) -> AgentSpec | None:
+        """The agent called ``name``, if the spec has one."""
+        return next((a for a in self.agents if a.name == name), None)
+
+
+class DesiredAgent(BaseModel):
+    """Desired state of one agent of a fleet, as supervisors read it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    target: str
+    version: str
+    replicas: int = Field(ge=0)
+    concurrency: int = 1
+    previous_version: str | None = None
+
+
+class FleetDesired(BaseModel):
+    """The fleets-bucket document of one fleet: what should run, per agent.
+
+    ``running=False`` means no instance should run (``fleet stop``) while the replica
+    counts are kept for ``fleet start``. ``generation`` is the Fleet aggregate's version:
+    it grows with every accepted command, so a watcher can tell old documents from new.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    fleet: str
+    running: bool
+    generation: int
+    agents: dict[str, DesiredAgent]
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    budget_usd: Decimal | None = None
+    updated_by: str = ""
+    updated_at: datetime | None = None
+
+    def replicas(self, agent: str) -> int:
+        """How many instances of ``agent`` should run now (0 when stopped or unknown)."""
+        desired = self.agents.get(agent)
+        return desired.replicas if desired is not None and self.running else 0
+
+
+def parse_fleet_spec(raw: str | bytes | dict[str, Any], origin: str = "spec") -> FleetSpec:
+    """Parse YAML (or an already-loaded mapping) into a :class:`FleetSpec`.
+
+    Raises :class:`InvalidSpec` naming the failing field and why.
+    """
+    if isinstance(raw, dict):
+        data: Any = raw
+    else:
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise InvalidSpec(f"{origin} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{origin} must be a YAML mapping with 'fleet' and 'agents'")
+    try:
+        return FleetSpec.model_validate(data)
+    except ValidationError as e:
+        raise InvalidSpec(f"invalid fleet spec {origin}: {describe_validation_error(e)}") from e
