@@ -90,6 +90,17 @@ class Subjects:
             check_token(part, "event type")
         return f"{self.prefix}.events.{gid_token}.{iid_token}.{short_type}"
 
+    def task_outcomes(self, gid: str | None, iid: str | None = None) -> str:
+        """Filter for the ``task.*`` events of one session, or of every session of a goal.
+
+        With ``iid`` a missing ``gid`` means the bare-task token ``_``; without ``iid`` the
+        filter covers every session of goal ``gid``.
+        """
+        if iid is None:
+            return f"{self.prefix}.events.{check_token(gid or '', 'gid')}.*.task.*"
+        gid_token = check_token(gid, "gid") if gid else NO_GID
+        return f"{self.prefix}.events.{gid_token}.{check_token(iid, 'iid')}.task.*"
+
     @property
     def all_events(self) -> str:
         return f"{self.prefix}.events.>"

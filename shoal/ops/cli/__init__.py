@@ -51,9 +51,9 @@ def _root(
 
 def _register() -> None:
     # Imported here, not at module top, so each command module can import ``app`` freely.
-    from shoal.ops.cli import demo, events, goal, platform, schemas
+    from shoal.ops.cli import agent, demo, events, goal, platform, schemas
 
-    for module in (platform, goal, events, schemas, demo):
+    for module in (platform, goal, events, schemas, demo, agent):
         module.register(app)
 
 

@@ -1,0 +1,78 @@
+"""What a handler gets: its task's identity, the gateways, delegation, and event emission."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from shoal.agents.delegation import Delegator
+from shoal.agents.gateways import ModelGateway, ToolGateway
+from shoal.agents.session import Identity, Session
+from shoal.bus import ShoalSettings
+from shoal.schemas import CloudEvent, EventData, PlannedTask
+
+__all__ = ["TaskContext"]
+
+
+@dataclass
+class TaskContext:
+    """One task (or goal) being handled by one instance.
+
+    ``model`` and ``tools`` are the only ways to reach models and tools; ``delegate`` hands
+    work to another capability of the fleet and awaits its output.
+    """
+
+    identity: Identity
+    session: Session
+    capability: str
+    attempt: int
+    model: ModelGateway
+    tools: ToolGateway
+    delegator: Delegator
+    settings: ShoalSettings
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def iid(self) -> str:
+        return self.session.iid
+
+    @property
+    def gid(self) -> str | None:
+        return self.session.gid
+
+    @property
+    def parentiid(self) -> str | None:
+        return self.session.parentiid
+
+    @property
+    def principal(self) -> str | None:
+        return self.session.principal
+
+    async def delegate(
+        self,
+        capability: str,
+        input: dict[str, Any],
+        *,
+        timeout: float | None = 300.0,
+        budget_usd: Decimal | None = None,
+    ) -> dict[str, Any]:
+        """Run ``capability`` as a child task (same GID, ``parentiid`` = this IID); its output."""
+        return await self.delegator.delegate(
+            capability, input, timeout=timeout, budget_usd=budget_usd
+        )
+
+    async def fan_out(
+        self, planned: Sequence[PlannedTask], *, timeout: float | None = 300.0
+    ) -> list[CloudEvent]:
+        """Assign planned child tasks and await each one's terminal event (plan order)."""
+        return await self.delegator.fan_out(planned, timeout=timeout)
+
+    async def assign(self, capability: str, input: dict[str, Any]) -> str:
+        """Publish a child task without waiting; return its IID."""
+        return await self.delegator.assign(capability, input)
+
+    async def emit(self, data: EventData) -> CloudEvent:
+        """Record an event of this session (e.g. ``outcome.reported``) on the event log."""
+        return await self.delegator.emitter.emit(data, self.session)

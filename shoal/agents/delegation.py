@@ -1,0 +1,201 @@
+"""Delegation: publish a child task (new IID, ``parentiid`` set, same GID) and await its end.
+
+A child's result comes back as events on the event log, not as a reply: the child's
+``task.completed`` (or its final ``task.failed``) is published to
+``<p>.events.<gid>.<child iid>.task.*``. :class:`OutcomeWatch` subscribes to that subject
+*before* the task is published, so the answer cannot slip past; the core sees the same
+events, which is how the parent/child tree is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shoal.agents.errors import DelegationFailed
+from shoal.agents.policy import Policy
+from shoal.agents.session import Emitter, Session
+from shoal.bus import Bus
+from shoal.errors import InvalidEvent
+from shoal.schemas import (
+    CloudEvent,
+    PlannedTask,
+    TaskAssigned,
+    TaskCompleted,
+    TaskFailed,
+    new_id,
+    parse_event,
+)
+
+__all__ = ["Delegator", "OutcomeWatch", "assign_task", "child_session", "result_of"]
+
+
+class OutcomeWatch:
+    """Futures for the outcome (``task.completed`` / final ``task.failed``) of child IIDs."""
+
+    def __init__(self, bus: Bus, filter_subject: str) -> None:
+        self.bus = bus
+        self.filter_subject = filter_subject
+        self.futures: dict[str, asyncio.Future[CloudEvent]] = {}
+        self._sub: Subscription | None = None
+
+    @classmethod
+    async def for_goal(cls, bus: Bus, gid: str) -> OutcomeWatch:
+        """One subscription covering every session of goal ``gid``."""
+        watch = cls(bus, bus.subjects.task_outcomes(gid))
+        await watch._open()
+        return watch
+
+    @classmethod
+    async def for_session(cls, bus: Bus, gid: str | None, iid: str) -> OutcomeWatch:
+        watch = cls(bus, bus.subjects.task_outcomes(gid, iid))
+        await watch._open()
+        return watch
+
+    def expect(self, iids: Iterable[str]) -> None:
+        loop = asyncio.get_running_loop()
+        for iid in iids:
+            self.futures.setdefault(iid, loop.create_future())
+
+    async def outcome(self, iid: str, timeout: float | None) -> CloudEvent:
+        """The child's terminal event; :class:`DelegationFailed` if none within ``timeout``."""
+        self.expect([iid])
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.futures[iid]), timeout)
+        except TimeoutError as e:
+            raise DelegationFailed(
+                f"no outcome for task {iid} within {timeout:g}s", iid=iid, error_type="Timeout"
+            ) from e
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def __aenter__(self) -> OutcomeWatch:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def _open(self) -> None:
+        self._sub = await self.bus.nc.subscribe(self.filter_subject, cb=self._on_msg)
+        # A round trip guarantees the server registered the interest before we publish.
+        await self.bus.nc.flush(timeout=self.bus.settings.request_timeout)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            event = parse_event(msg.data)
+        except InvalidEvent:
+            return  # the core dead-letters malformed events; nothing to resolve here
+        data = event.data
+        terminal = isinstance(data, TaskCompleted) or (isinstance(data, TaskFailed) and data.final)
+        future = self.futures.get(event.iid)
+        if terminal and future is not None and not future.done():
+            future.set_result(event)
+
+
+def child_session(parent: Session, budget_usd: Decimal | None = None) -> Session:
+    """A child session: new IID, the parent's GID and principal, ``parentiid`` set."""
+    return Session(
+        iid=new_id(),
+        gid=parent.gid,
+        parentiid=parent.iid,
+        principal=parent.principal,
+        budget_usd=budget_usd,
+    )
+
+
+async def assign_task(
+    bus: Bus,
+    emitter: Emitter,
+    fleet: str,
+    capability: str,
+    session: Session,
+    input: dict[str, Any],
+) -> CloudEvent:
+    """Record ``task.assigned`` on the log and put it on the capability's work queue."""
+    event = emitter.event(
+        TaskAssigned(capability=capability, input=input, budget_usd=session.budget_usd), session
+    )
+    await bus.record(event, bus.subjects.tasks(fleet, capability))
+    return event
+
+
+def result_of(event: CloudEvent) -> dict[str, Any]:
+    """A child's output, or :class:`DelegationFailed` for a final ``task.failed``."""
+    data = event.data
+    if isinstance(data, TaskCompleted):
+        return data.output
+    assert isinstance(data, TaskFailed)
+    raise DelegationFailed(
+        f"task {event.iid} ({data.capability}) failed: {data.error}",
+        iid=event.iid,
+        error_type=data.error_type,
+    )
+
+
+class Delegator:
+    """``ctx.delegate``: child tasks of one session, in the same fleet."""
+
+    def __init__(self, bus: Bus, emitter: Emitter, policy: Policy, session: Session) -> None:
+        self.bus = bus
+        self.emitter = emitter
+        self.policy = policy
+        self.session = session
+
+    async def fan_out(
+        self, planned: Sequence[PlannedTask], *, timeout: float | None = 300.0
+    ) -> list[CloudEvent]:
+        """Assign planned child tasks (their IIDs fixed by the plan) and await every outcome.
+
+        Returns each task's terminal event (``task.completed`` or final ``task.failed``), in
+        plan order. One subscription covers the whole goal.
+        """
+        gid = self.session.gid
+        if gid is None:
+            raise DelegationFailed("fan_out needs a goal (GID)", iid=self.session.iid)
+        for task in planned:
+            await self.policy.check(self.session, "delegate", task.capability)
+        fleet = self.policy.identity.fleet
+        async with await OutcomeWatch.for_goal(self.bus, gid) as watch:
+            watch.expect(t.iid for t in planned)
+            for task in planned:
+                child = child_session(self.session)
+                child.iid = task.iid
+                await assign_task(self.bus, self.emitter, fleet, task.capability, child, task.input)
+            return list(await asyncio.gather(*(watch.outcome(t.iid, timeout) for t in planned)))
+
+    async def assign(
+        self, capability: str, input: dict[str, Any], *, budget_usd: Decimal | None = None
+    ) -> str:
+        """Publish a child task without waiting; return the child's IID."""
+        await self.policy.check(self.session, "delegate", capability)
+        child = child_session(self.session, budget_usd)
+        fleet = self.policy.identity.fleet
+        await assign_task(self.bus, self.emitter, fleet, capability, child, input)
+        return child.iid
+
+    async def delegate(
+        self,
+        capability: str,
+        input: dict[str, Any],
+        *,
+        timeout: float | None = 300.0,
+        budget_usd: Decimal | None = None,
+    ) -> dict[str, Any]:
+        """Publish a child task and return its output (:class:`DelegationFailed` if it failed)."""
+        await self.policy.check(self.session, "delegate", capability)
+        child = child_session(self.session, budget_usd)
+        fleet = self.policy.identity.fleet
+        async with await OutcomeWatch.for_session(self.bus, child.gid, child.iid) as watch:
+            watch.expect([child.iid])
+            await assign_task(self.bus, self.emitter, fleet, capability, child, input)
+            return result_of(await watch.outcome(child.iid, timeout))

@@ -1,0 +1,65 @@
+"""Errors an agent's handler can catch (policy refusals) or raise (permanent failures).
+
+They are :class:`~shoal.errors.ShoalError` subclasses, so the CLI reports them as one line.
+A refused call never reached the model or tool: the gateway raised before calling it.
+"""
+
+from __future__ import annotations
+
+from shoal.errors import ShoalError
+
+__all__ = [
+    "ApprovalRequired",
+    "BudgetExhausted",
+    "DelegationFailed",
+    "Killed",
+    "ModelError",
+    "PermanentTaskError",
+    "PolicyDenied",
+]
+
+
+class PolicyDenied(ShoalError):
+    """A gateway refused a call; ``rule`` names the policy (e.g. ``manifest.tool``)."""
+
+    def __init__(self, message: str, *, rule: str, target: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.target = target
+
+
+class Killed(PolicyDenied):
+    """A kill switch covers this call (``key`` is the kill-bucket key, e.g. ``instance.X``)."""
+
+    def __init__(self, message: str, *, key: str, target: str) -> None:
+        super().__init__(message, rule=f"kill.{key.partition('.')[0]}", target=target)
+        self.key = key
+
+    @property
+    def scope(self) -> str:
+        return self.key.partition(".")[0]
+
+
+class BudgetExhausted(PolicyDenied):
+    """The session has spent its budget; no further model or tool call may run."""
+
+
+class ApprovalRequired(PolicyDenied):
+    """The manifest says this action needs a human's approval; it did not run."""
+
+
+class DelegationFailed(ShoalError):
+    """A delegated child task ended in a final ``task.failed`` (or timed out waiting)."""
+
+    def __init__(self, message: str, *, iid: str, error_type: str = "Error") -> None:
+        super().__init__(message)
+        self.iid = iid
+        self.error_type = error_type
+
+
+class ModelError(ShoalError):
+    """A model endpoint failed (HTTP error, timeout, malformed reply)."""
+
+
+class PermanentTaskError(ShoalError):
+    """Raised by a handler when retrying cannot help: the task fails at once, finally."""

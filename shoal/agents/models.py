@@ -1,0 +1,187 @@
+"""Model clients: the protocol the model gateway calls, and the deterministic offline client.
+
+The offline client answers by rules (plan, summarise, echo), reports token counts computed
+from text lengths the way a BPE tokenizer roughly would (~4 characters a token), and prices
+the call from its own table, so tests and the demo see realistic ``model.called`` figures
+without a network. The OpenAI-compatible HTTP client lives in :mod:`shoal.agents.http_model`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal, Protocol
+
+__all__ = [
+    "OFFLINE_PRICES",
+    "ChatMessage",
+    "ChatRequest",
+    "Completion",
+    "ModelClient",
+    "OfflineModelClient",
+    "OfflineRule",
+    "count_tokens",
+    "price",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat message, as in the OpenAI chat-completions API."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What the gateway asks of a model client."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int = 512
+    temperature: float = 0.0
+    json_mode: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's answer with its usage; ``cost_usd`` is the client's own estimate (or None)."""
+
+    text: str
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    finish_reason: str = "stop"
+    cost_usd: Decimal | None = None
+
+
+class ModelClient(Protocol):
+    """Anything that turns a :class:`ChatRequest` into a :class:`Completion`."""
+
+    provider: str
+
+    def serves(self, model: str) -> bool:
+        """True when this client can answer for ``model``."""
+        ...
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+# USD per million tokens (input, output): figures in the range of today's small and large
+# hosted models, so budgets in tests and the demo behave like real ones.
+OFFLINE_PRICES: dict[str, tuple[Decimal, Decimal]] = {
+    "offline-small": (Decimal("0.15"), Decimal("0.60")),
+    "offline-large": (Decimal("2.50"), Decimal("10.00")),
+}
+
+
+def price(model: str, input_tokens: int, output_tokens: int) -> Decimal | None:
+    """Cost of a call to an offline model, or None for a model without a price."""
+    prices = OFFLINE_PRICES.get(model)
+    if prices is None:
+        return None
+    per_in, per_out = prices
+    return (per_in * input_tokens + per_out * output_tokens) / Decimal(1_000_000)
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of ``text`` estimated as a BPE tokenizer would: about 4 characters each."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+OfflineRule = Callable[[ChatRequest], str | None]
+"""A rule answers a request (returns the text) or passes (returns None)."""
+
+_ITEM = re.compile(r"^\s*-\s+(\S.*)$", re.MULTILINE)
+_FIELD = re.compile(r"^(Capability|Input key):\s*(\S+)\s*$", re.MULTILINE)
+_SENTENCE = re.compile(r"(.+?[.!?])(\s|$)", re.DOTALL)
+
+
+def plan_rule(request: ChatRequest) -> str | None:
+    """A planner prompt (``Capability:``, ``Input key:`` and ``- item`` lines): one task each."""
+    system = request.messages[0].content if request.messages else ""
+    if "planner" not in system.lower():
+        return None
+    user = request.messages[-1].content
+    fields = dict(_FIELD.findall(user))
+    capability, key = fields.get("Capability"), fields.get("Input key", "item")
+    if capability is None:
+        return json.dumps({"tasks": []})
+    tasks = [{"capability": capability, "input": {key: m.strip()}} for m in _ITEM.findall(user)]
+    return json.dumps({"tasks": tasks})
+
+
+def summarise_rule(request: ChatRequest) -> str | None:
+    """A summarising prompt: the text's title (first line) and first sentence, word count."""
+    system = request.messages[0].content if request.messages else ""
+    if "summar" not in system.lower():
+        return None
+    text = request.messages[-1].content.strip()
+    lines = [ln.strip("# ").strip() for ln in text.splitlines() if ln.strip()]
+    title = lines[0] if lines else "(empty)"
+    body = " ".join(lines[1:]) if len(lines) > 1 else title
+    match = _SENTENCE.match(body)
+    first = (match.group(1) if match else body)[:200]
+    return f"{title}: {first} ({len(text.split())} words)"
+
+
+def echo_rule(request: ChatRequest) -> str:
+    """Fallback: acknowledge the last message."""
+    last = request.messages[-1].content if request.messages else ""
+    return f"ok: {last[:80]}"
+
+
+@dataclass
+class OfflineModelClient:
+    """A deterministic model for tests and the demo: rule-based answers, realistic usage.
+
+    ``latency_s`` simulates the wait on a real endpoint (agent work is mostly waiting).
+    """
+
+    models: Sequence[str] = ("offline-small", "offline-large")
+    rules: Sequence[OfflineRule] = field(default_factory=lambda: (plan_rule, summarise_rule))
+    latency_s: float = 0.0
+    provider: str = "offline"
+
+    def serves(self, model: str) -> bool:
+        return model in self.models
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        text = next((t for t in (r(request) for r in self.rules) if t is not None), None)
+        text = echo_rule(request) if text is None else text
+        # Chat formats spend a few tokens per message on roles and separators.
+        input_tokens = sum(count_tokens(m.content) + 4 for m in request.messages) + 3
+        output_tokens = count_tokens(text)
+        finish = "stop"
+        if output_tokens > request.max_tokens:
+            text, output_tokens, finish = (
+                text[: request.max_tokens * 4],
+                request.max_tokens,
+                "length",
+            )
+        return Completion(
+            text=text,
+            model=request.model,
+            provider=self.provider,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            finish_reason=finish,
+            cost_usd=price(request.model, input_tokens, output_tokens),
+        )
+
+    async def aclose(self) -> None:
+        return None

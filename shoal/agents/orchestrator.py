@@ -1,0 +1,132 @@
+"""The orchestrator: a built-in agent that turns a fleet's goals into tasks and back.
+
+For each ``goal.submitted`` on ``<p>.goals.<fleet>`` (a durable consumer shared by every
+orchestrator instance of the fleet): plan through the model gateway (so planning is a
+``model.called`` attributed to the goal), emit ``goal.planned`` with the child IIDs, assign
+the tasks, await their outcomes, consolidate, and end with ``goal.completed`` or
+``goal.failed``. The goal's own IID is the orchestrator's session: every task is its child.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.agents.agent import Agent
+from shoal.agents.context import TaskContext
+from shoal.agents.errors import PermanentTaskError
+from shoal.agents.tools import Tool
+from shoal.schemas import (
+    CloudEvent,
+    GoalCompleted,
+    GoalFailed,
+    GoalPlanned,
+    GoalSubmitted,
+    PlannedTask,
+    TaskCompleted,
+    TaskFailed,
+    new_id,
+)
+from shoal.schemas.manifest import CapabilityManifest
+
+__all__ = ["ModelPlanner", "Outcome", "consolidate_outputs", "orchestrator"]
+
+PLANNER_PROMPT = (
+    "You are a planner for a fleet of agents. Split the goal into independent tasks, one "
+    'per item, and reply with JSON only: {"tasks": [{"capability": ..., "input": {...}}]}.'
+)
+
+Items = Callable[[TaskContext, GoalSubmitted], Awaitable[list[str]]]
+Outcome = tuple[PlannedTask, CloudEvent]
+Consolidator = Callable[[GoalSubmitted, Sequence[Outcome]], GoalCompleted | GoalFailed]
+
+
+async def items_from_inputs(ctx: TaskContext, goal: GoalSubmitted) -> list[str]:
+    """Default item source: the goal's ``inputs["items"]`` list."""
+    items = goal.inputs.get("items", [])
+    return [str(i) for i in items] if isinstance(items, list) else []
+
+
+@dataclass
+class ModelPlanner:
+    """Plans by asking the model for one ``capability`` task per item (``input_key: item``)."""
+
+    capability: str
+    input_key: str = "item"
+    items: Items = items_from_inputs
+
+    async def __call__(self, ctx: TaskContext, goal: GoalSubmitted) -> list[PlannedTask]:
+        items = await self.items(ctx, goal)
+        capability = str(goal.inputs.get("capability", self.capability))
+        prompt = "\n".join(
+            [
+                f"Goal: {goal.text}",
+                f"Capability: {capability}",
+                f"Input key: {self.input_key}",
+                "Items:",
+                *(f"- {item}" for item in items),
+            ]
+        )
+        answer = await ctx.model.complete(prompt, system=PLANNER_PROMPT, json_mode=True)
+        return parse_plan(answer.text)
+
+
+def parse_plan(text: str) -> list[PlannedTask]:
+    """The planner's JSON reply as tasks with fresh IIDs; a malformed plan is permanent."""
+    try:
+        raw = json.loads(text)
+        tasks = raw["tasks"] if isinstance(raw, dict) else raw
+        return [
+            PlannedTask(iid=new_id(), capability=str(t["capability"]), input=dict(t["input"]))
+            for t in tasks
+        ]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PermanentTaskError(f"the planner's reply is not a plan: {e!r}") from e
+
+
+def consolidate_outputs(
+    goal: GoalSubmitted, outcomes: Sequence[Outcome]
+) -> GoalCompleted | GoalFailed:
+    """Default consolidation: every output by IID, or the failures."""
+    failed = [(t, e) for t, e in outcomes if isinstance(e.data, TaskFailed)]
+    if failed:
+        reasons = "; ".join(f"{t.iid}: {e.data.error}" for t, e in failed)  # type: ignore[union-attr]
+        return GoalFailed(
+            reason=f"{len(failed)} of {len(outcomes)} tasks failed: {reasons}"[:2000],
+            failed_iids=[t.iid for t, _ in failed],
+        )
+    outputs = {t.iid: e.data.output for t, e in outcomes if isinstance(e.data, TaskCompleted)}
+    return GoalCompleted(result={"outputs": outputs}, summary=f"{len(outputs)} tasks completed")
+
+
+def orchestrator(
+    fleet: str,
+    *,
+    planner: Callable[[TaskContext, GoalSubmitted], Awaitable[list[PlannedTask]]],
+    consolidate: Consolidator = consolidate_outputs,
+    manifest: CapabilityManifest | None = None,
+    tools: Iterable[Tool] = (),
+    name: str = "orchestrator",
+    version: str = "1",
+    task_timeout_s: float = 300.0,
+) -> Agent:
+    """An :class:`Agent` that consumes ``fleet``'s goals: plan, delegate, consolidate."""
+    agent = Agent(name, fleet=fleet, version=version, manifest=manifest, tools=tools)
+
+    @agent.on_goal
+    async def on_goal(ctx: TaskContext, goal: GoalSubmitted) -> GoalCompleted | GoalFailed:
+        plan = await planner(ctx, goal)
+        await ctx.emit(GoalPlanned(tasks=plan))
+        if not plan:
+            return GoalCompleted(result={}, summary="nothing to do")
+        outcomes = await ctx.fan_out(plan, timeout=task_timeout_s)
+        return consolidate(goal, list(zip(plan, outcomes, strict=True)))
+
+    return agent
+
+
+def goal_result(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Outputs of the completed tasks by IID (for custom consolidators)."""
+    return {t.iid: e.data.output for t, e in outcomes if isinstance(e.data, TaskCompleted)}

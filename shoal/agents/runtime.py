@@ -1,0 +1,248 @@
+"""The runtime: one agent instance consuming its capabilities' task subjects.
+
+Lifecycle: provision its durable consumers (shared by every instance of the agent), load
+the kill switches, emit ``agent.started``, heartbeat presence, consume tasks with bounded
+concurrency; on :meth:`AgentRuntime.stop` stop taking tasks, let in-flight ones finish
+(or release them after the drain timeout), emit ``agent.stopped`` and delete the presence
+key. ``agent.*`` events use the instance id as their IID: an instance's life is its own
+session on the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from nats.js import api
+from nats.js.errors import BadRequestError
+
+from shoal.agents.agent import Agent
+from shoal.agents.consumer import PullConsumer, consumer_name
+from shoal.agents.http_model import OpenAICompatibleClient
+from shoal.agents.killswitch import KillWatcher
+from shoal.agents.models import ModelClient, OfflineModelClient
+from shoal.agents.policy import Policy
+from shoal.agents.session import Emitter, Identity, Session
+from shoal.agents.tasks import TaskRunner
+from shoal.agents.tools import ToolEnv
+from shoal.bus import Bus, KillSwitch, Presence, ShoalSettings, kill_key, presence_key
+from shoal.schemas import AgentStarted, AgentStopped, new_id, utcnow
+
+__all__ = ["AgentRuntime", "default_model_clients", "ensure_consumer"]
+
+log = logging.getLogger(__name__)
+
+
+def default_model_clients(settings: ShoalSettings) -> list[ModelClient]:
+    """The offline models, plus the OpenAI-compatible endpoint when settings name one."""
+    clients: list[ModelClient] = [OfflineModelClient()]
+    if settings.model_base_url and settings.model_name:
+        clients.insert(
+            0,
+            OpenAICompatibleClient(
+                settings.model_base_url, settings.model_name, settings.model_api_key
+            ),
+        )
+    return clients
+
+
+async def ensure_consumer(
+    bus: Bus, stream: str, durable: str, filter_subject: str
+) -> api.ConsumerInfo:
+    """Create the shared durable consumer, or bind to the one another instance created."""
+    s = bus.settings
+    config = api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=filter_subject,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=s.task_ack_wait_s,
+        # One delivery more than the attempts: if an instance dies during the last attempt,
+        # the extra delivery lets the next one record the final task.failed (never silent).
+        max_deliver=s.task_max_deliver + 1,
+        max_ack_pending=20_000,
+        max_waiting=4096,
+    )
+    try:
+        return await bus.js.add_consumer(stream, config, timeout=s.request_timeout)
+    except BadRequestError as e:
+        # An existing consumer with other settings (another version's defaults): use it.
+        log.warning("consumer %s exists with other settings (%s); binding to it", durable, e)
+        return await bus.js.consumer_info(stream, durable, timeout=s.request_timeout)
+
+
+class AgentRuntime:
+    """One running instance of ``agent``; use ``async with runtime.running():``."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        agent: Agent,
+        *,
+        instance: str | None = None,
+        concurrency: int = 8,
+        version: str | None = None,
+        model_clients: Sequence[ModelClient] | None = None,
+        supervisor: str | None = None,
+        slot: int | None = None,
+        drain_timeout_s: float | None = None,
+    ) -> None:
+        self.bus = bus
+        self.agent = agent
+        self.settings = bus.settings
+        self.identity = Identity(
+            agent.fleet, agent.name, instance or new_id(), version or agent.version
+        )
+        self.concurrency = concurrency
+        self.supervisor = supervisor
+        self.slot = slot
+        self.drain_timeout_s = drain_timeout_s or self.settings.task_ack_wait_s
+        self.emitter = Emitter(bus, self.identity)
+        self.kills = KillWatcher(bus, on_change=self._on_kill)
+        self.policy = Policy(self.identity, agent.manifest, self.kills, self.emitter)
+        self.model_clients = list(model_clients or default_model_clients(self.settings))
+        self.tool_env = ToolEnv.for_settings(self.settings)
+        self.runner = TaskRunner(self)
+        self.consumers: list[PullConsumer] = []
+        self.started_at: datetime = utcnow()
+        self.killed = asyncio.Event()
+        self.stop_reason = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._life = Session(iid=self.identity.instance)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[AgentRuntime]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop(self.stop_reason or "stopped")
+
+    async def start(self) -> None:
+        """Subscribe, announce and begin heartbeating."""
+        await self.kills.start(self.settings.request_timeout)
+        topo = self.bus.topology
+        subjects = self.bus.subjects
+        for capability in self.agent.handlers:
+            durable = consumer_name(self.agent.fleet, capability)
+            await ensure_consumer(
+                self.bus, topo.tasks.name, durable, subjects.tasks(self.agent.fleet, capability)
+            )
+            self.consumers.append(self._consumer(topo.tasks.name, durable, self.runner.handle_task))
+        if self.agent.goal_handler is not None:
+            durable = consumer_name(self.agent.fleet, "goals")
+            await ensure_consumer(
+                self.bus, topo.goals.name, durable, subjects.goals(self.agent.fleet)
+            )
+            self.consumers.append(self._consumer(topo.goals.name, durable, self.runner.handle_goal))
+        self.presence_kv = await self.bus.kv(topo.presence.name)
+        await self._heartbeat()
+        await self.emitter.emit(
+            AgentStarted(
+                version=self.identity.version,
+                capabilities=self.agent.capabilities,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            ),
+            self._life,
+        )
+        for consumer in self.consumers:
+            self._tasks.append(
+                asyncio.create_task(consumer.run(), name=f"consume-{consumer.durable}")
+            )
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name="presence"))
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """Drain: stop taking tasks, finish in-flight ones (release the rest), announce."""
+        timeout = self.drain_timeout_s
+        results = await asyncio.gather(*(c.stop(timeout) for c in self.consumers))
+        if not all(results):
+            # Still running after the drain timeout: cancel; the runner naks on cancel so
+            # another instance picks the task up at once.
+            for consumer in self.consumers:
+                for task in consumer.in_flight_tasks():
+                    task.cancel()
+            await asyncio.sleep(0.1)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.emitter.emit(AgentStopped(reason=reason), self._life)
+        with contextlib.suppress(Exception):
+            await self.presence_kv.delete(self._presence_key)
+        await self.kills.stop()
+        for client in self.model_clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- kill switches ----------------------------------------------------------------------
+    def paused(self) -> bool:
+        """No new tasks while the instance, its fleet or the platform is killed."""
+        ident = self.identity
+        keys = (kill_key("instance", ident.instance), kill_key("fleet", ident.fleet), "all")
+        return self.kills.match(keys) is not None
+
+    def _on_kill(self, key: str, switch: KillSwitch | None) -> None:
+        if switch is not None and key == kill_key("instance", self.identity.instance):
+            self.stop_reason = f"killed by {switch.by}" + (
+                f": {switch.reason}" if switch.reason else ""
+            )
+            self.killed.set()
+        for consumer in self.consumers:
+            consumer.wake()  # a lifted switch resumes consumption at once
+
+    # -- presence ---------------------------------------------------------------------------
+    @property
+    def _presence_key(self) -> str:
+        i = self.identity
+        return presence_key(i.fleet, i.agent, i.instance)
+
+    async def _heartbeat(self) -> None:
+        i = self.identity
+        presence = Presence(
+            instance=i.instance,
+            fleet=i.fleet,
+            agent=i.agent,
+            version=i.version,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            heartbeat_at=utcnow(),
+            capabilities=self.agent.capabilities,
+            current_sessions=sorted(self.runner.current_sessions),
+            supervisor=self.supervisor,
+            slot=self.slot,
+        )
+        await asyncio.wait_for(
+            self.presence_kv.put(self._presence_key, presence.model_dump_json().encode()),
+            self.settings.request_timeout,
+        )
+
+    async def _heartbeats(self) -> None:
+        interval = self.settings.presence_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat()
+            except Exception as e:  # an outage must be visible, not fatal: retry next beat
+                log.warning("presence heartbeat failed: %s", e)
+
+    def _consumer(self, stream: str, durable: str, handle: object) -> PullConsumer:
+        return PullConsumer(
+            self.bus.nc,
+            stream,
+            durable,
+            handle,  # type: ignore[arg-type]
+            max_inflight=self.concurrency,
+            paused=self.paused,
+        )

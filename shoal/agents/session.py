@@ -1,0 +1,92 @@
+"""Who an instance is, which session a call belongs to, and how events get their envelope.
+
+:class:`Identity` is the instance (fleet, agent, instance id, version); :class:`Session` is
+the unit of work a call belongs to (IID, GID, parent, principal, budget and spend);
+:class:`Emitter` wraps a payload in a CloudEvent carrying both and publishes it to the event
+log. Every event an agent emits goes through :meth:`Emitter.emit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from shoal.agents.killswitch import Scope
+from shoal.bus import Bus
+from shoal.schemas import CloudEvent, EventData
+
+__all__ = ["Emitter", "Identity", "Session"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One agent instance: ``source`` is ``shoal://<fleet>/<agent>/<instance>``."""
+
+    fleet: str
+    agent: str
+    instance: str
+    version: str = "0"
+
+    @property
+    def source(self) -> str:
+        return f"shoal://{self.fleet}/{self.agent}/{self.instance}"
+
+
+@dataclass
+class Session:
+    """The session (IID) a handler works in, with its budget and what it has spent so far.
+
+    Spend is this instance's own estimate, for the budget check before each call; the core
+    prices calls itself from ``model.called``.
+    """
+
+    iid: str
+    gid: str | None = None
+    parentiid: str | None = None
+    principal: str | None = None
+    budget_usd: Decimal | None = None
+    spent_usd: Decimal = Decimal(0)
+
+    def scope(self, identity: Identity) -> Scope:
+        return Scope(
+            instance=identity.instance,
+            fleet=identity.fleet,
+            iid=self.iid,
+            gid=self.gid,
+            parentiid=self.parentiid,
+            principal=self.principal,
+        )
+
+    @property
+    def remaining_usd(self) -> Decimal | None:
+        return None if self.budget_usd is None else self.budget_usd - self.spent_usd
+
+
+class Emitter:
+    """Publishes an instance's events to the event log with the full envelope."""
+
+    def __init__(self, bus: Bus, identity: Identity) -> None:
+        self.bus = bus
+        self.identity = identity
+
+    def event(self, data: EventData, session: Session, *, id: str | None = None) -> CloudEvent:
+        """The CloudEvent for ``data`` in ``session``, emitted by this instance."""
+        ident = self.identity
+        return CloudEvent.new(
+            data,
+            id=id,
+            iid=session.iid,
+            gid=session.gid,
+            parentiid=session.parentiid,
+            fleet=ident.fleet,
+            agent=ident.agent,
+            instance=ident.instance,
+            principal=session.principal,
+            source=ident.source,
+        )
+
+    async def emit(self, data: EventData, session: Session, *, id: str | None = None) -> CloudEvent:
+        """Build and publish (awaiting the stream's ack); return the event."""
+        event = self.event(data, session, id=id)
+        await self.bus.publish(event)
+        return event

@@ -1,0 +1,295 @@
+"""Handling one delivered task or goal: validate, run the handler, ack or retry, report.
+
+The rules of the wire contract live here:
+
+- a payload that is not a valid ``task.assigned`` (or whose input fails the handler's model)
+  is dead-lettered with the reason, reported as a final ``task.failed``, and terminated —
+  never redelivered;
+- ``task.started`` before the handler, ``task.completed`` after it, then the ack;
+- a failing attempt is reported (``final=false``) and nak'ed with a doubling delay; after the
+  last attempt a ``final=true`` ``task.failed`` and a term — a task is never lost silently;
+- a redelivered task whose ``task.completed`` is already on the log (the instance died
+  between reporting and acking) is acked without running again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from shoal.agents.agent import to_output
+from shoal.agents.context import TaskContext
+from shoal.agents.delegation import Delegator
+from shoal.agents.errors import Killed, PermanentTaskError, PolicyDenied
+from shoal.agents.gateways import ModelGateway, ToolGateway
+from shoal.agents.session import Session
+from shoal.errors import InvalidEvent
+from shoal.schemas import (
+    CloudEvent,
+    GoalCompleted,
+    GoalFailed,
+    GoalSubmitted,
+    TaskAssigned,
+    TaskCompleted,
+    TaskFailed,
+    TaskStarted,
+    describe_validation_error,
+    is_token,
+    new_id,
+    parse_event,
+)
+
+if TYPE_CHECKING:
+    from shoal.agents.runtime import AgentRuntime
+
+__all__ = ["TaskRunner"]
+
+log = logging.getLogger(__name__)
+
+# Kills that stop the worker, not the work: the task goes back to the queue for later.
+_RELEASING_SCOPES = frozenset({"instance", "fleet", "all"})
+
+
+class TaskRunner:
+    """Runs the handlers of one runtime; each delivered message ends acked, nak'ed or termed."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.rt = runtime
+        self.current_sessions: set[str] = set()
+
+    # -- tasks ------------------------------------------------------------------------------
+    async def handle_task(self, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered
+        settings = self.rt.settings
+        try:
+            event = parse_event(msg.data)
+            if not isinstance(event.data, TaskAssigned):
+                raise InvalidEvent(f"expected shoal.task.assigned, got {event.type}")
+        except InvalidEvent as e:
+            await self._reject(msg, str(e), None)
+            return
+        data = event.data
+        handler = self.rt.agent.handlers.get(data.capability)
+        if handler is None:
+            await self._reject(msg, f"no handler for capability {data.capability!r}", event)
+            return
+        try:
+            task_input = handler.parse(data.input)
+        except ValidationError as e:
+            await self._reject(msg, f"invalid input: {describe_validation_error(e)}", event)
+            return
+        session = self._session(event, data.budget_usd)
+        if attempt > settings.task_max_deliver:
+            # The previous (last) attempt died with its instance: record the end.
+            await self._fail(
+                msg,
+                session,
+                data.capability,
+                attempt - 1,
+                "InstanceLost",
+                "the instance running the last attempt was lost",
+                final=True,
+            )
+            return
+        if attempt > 1 and await self._already_completed(event):
+            await msg.ack()
+            return
+        ctx = self._context(session, data.capability, attempt)
+        emitter = self.rt.emitter
+        self.current_sessions.add(session.iid)
+        keepalive = _KeepAlive(msg, settings.task_ack_wait_s / 3)
+        started = time.perf_counter()
+        try:
+            await emitter.emit(TaskStarted(capability=data.capability, attempt=attempt), session)
+            output = await handler.fn(ctx, task_input)
+            completed = TaskCompleted(
+                capability=data.capability,
+                output=to_output(output),
+                attempt=attempt,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            await emitter.emit(completed, session)
+        except asyncio.CancelledError:
+            await msg.nak()  # drain timed out: hand the task to another instance now
+            raise
+        except Exception as e:
+            await self._on_error(msg, session, data.capability, attempt, e)
+            return
+        finally:
+            keepalive.cancel()
+            self.current_sessions.discard(session.iid)
+        await msg.ack()
+
+    async def _on_error(
+        self, msg: Msg, session: Session, capability: str, attempt: int, error: Exception
+    ) -> None:
+        kind = type(error).__name__
+        if isinstance(error, Killed) and error.scope in _RELEASING_SCOPES:
+            await self._fail(msg, session, capability, attempt, kind, str(error), final=False)
+            return
+        final = isinstance(error, PolicyDenied | PermanentTaskError)
+        final = final or attempt >= self.rt.settings.task_max_deliver
+        if not isinstance(error, PolicyDenied | PermanentTaskError):
+            log.info("task %s attempt %d failed: %s: %s", session.iid, attempt, kind, error)
+        await self._fail(msg, session, capability, attempt, kind, str(error) or kind, final=final)
+
+    async def _fail(
+        self,
+        msg: Msg,
+        session: Session,
+        capability: str,
+        attempt: int,
+        error_type: str,
+        error: str,
+        *,
+        final: bool,
+    ) -> None:
+        failed = TaskFailed(
+            capability=capability,
+            error=error[:2000],
+            error_type=error_type,
+            attempt=max(1, attempt),
+            final=final,
+        )
+        await self.rt.emitter.emit(failed, session)
+        if final:
+            await msg.term()
+        else:
+            await msg.nak(delay=self._retry_delay(attempt))
+
+    def _retry_delay(self, attempt: int) -> float:
+        return float(self.rt.settings.task_retry_delay_s * 2 ** max(0, attempt - 1))
+
+    async def _reject(self, msg: Msg, reason: str, event: CloudEvent | None) -> None:
+        """Dead-letter an unprocessable task and record a final ``task.failed``."""
+        bus = self.rt.bus
+        await bus.deadletter("tasks", msg.data, reason, msg.subject)
+        session = self._session(event, None) if event else _session_from_raw(msg.data)
+        capability = msg.subject.rsplit(".", 1)[-1]
+        failed = TaskFailed(
+            capability=capability, error=reason[:2000], error_type="InvalidTask", final=True
+        )
+        await self.rt.emitter.emit(failed, session)
+        await msg.term()
+
+    async def _already_completed(self, event: CloudEvent) -> bool:
+        bus = self.rt.bus
+        subject = bus.subjects.events_filter(iid=event.iid, short_type="task.completed")
+        return bool(await bus.read(subject))
+
+    # -- goals ------------------------------------------------------------------------------
+    async def handle_goal(self, msg: Msg) -> None:
+        handler = self.rt.agent.goal_handler
+        assert handler is not None
+        attempt = msg.metadata.num_delivered
+        try:
+            event = parse_event(msg.data)
+            if not isinstance(event.data, GoalSubmitted):
+                raise InvalidEvent(f"expected shoal.goal.submitted, got {event.type}")
+        except InvalidEvent as e:
+            await self.rt.bus.deadletter("goals", msg.data, str(e), msg.subject)
+            await msg.term()
+            return
+        session = self._session(event, event.data.budget_usd)
+        if attempt > 1 and await self._goal_finished(event):
+            await msg.ack()
+            return
+        ctx = self._context(session, "goals", attempt)
+        self.current_sessions.add(session.iid)
+        keepalive = _KeepAlive(msg, self.rt.settings.task_ack_wait_s / 3)
+        try:
+            outcome = await handler(ctx, event.data)
+            if not isinstance(outcome, GoalCompleted | GoalFailed):
+                outcome = GoalCompleted(result=outcome if isinstance(outcome, dict) else {})
+        except asyncio.CancelledError:
+            await msg.nak()
+            raise
+        except Exception as e:
+            last = attempt >= self.rt.settings.task_max_deliver or isinstance(e, PolicyDenied)
+            if not last:
+                log.info("goal %s attempt %d failed: %s", session.gid, attempt, e)
+                await msg.nak(delay=self._retry_delay(attempt))
+                return
+            outcome = GoalFailed(reason=f"{type(e).__name__}: {e}"[:2000])
+        finally:
+            keepalive.cancel()
+            self.current_sessions.discard(session.iid)
+        await self.rt.emitter.emit(outcome, session)
+        await msg.ack()
+
+    async def _goal_finished(self, event: CloudEvent) -> bool:
+        bus = self.rt.bus
+        for short in ("goal.completed", "goal.failed"):
+            if await bus.read(
+                bus.subjects.events_filter(gid=event.gid, iid=event.iid, short_type=short)
+            ):
+                return True
+        return False
+
+    # -- shared -----------------------------------------------------------------------------
+    def _session(self, event: CloudEvent, budget: Any) -> Session:
+        return Session(
+            iid=event.iid,
+            gid=event.gid,
+            parentiid=event.parentiid,
+            principal=event.principal,
+            budget_usd=budget if budget is not None else self.rt.agent.manifest.budget_usd,
+        )
+
+    def _context(self, session: Session, capability: str, attempt: int) -> TaskContext:
+        rt = self.rt
+        return TaskContext(
+            identity=rt.identity,
+            session=session,
+            capability=capability,
+            attempt=attempt,
+            model=ModelGateway(rt.policy, rt.emitter, rt.model_clients, session),
+            tools=ToolGateway(rt.policy, rt.emitter, rt.agent.tools, rt.tool_env, session),
+            delegator=Delegator(rt.bus, rt.emitter, rt.policy, session),
+            settings=rt.settings,
+        )
+
+
+def _session_from_raw(raw: bytes) -> Session:
+    """Correlation ids from a payload that failed validation, when they are usable."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+
+    def token(name: str) -> str | None:
+        value = doc.get(name)
+        return value if isinstance(value, str) and value and is_token(value) else None
+
+    principal = doc.get("principal")
+    return Session(
+        iid=token("iid") or new_id(),
+        gid=token("gid"),
+        parentiid=token("parentiid"),
+        principal=principal if isinstance(principal, str) else None,
+    )
+
+
+class _KeepAlive:
+    """Tells JetStream a long task is still being worked on (``+WPI``), every ``interval``."""
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self.msg = msg
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self._pending: asyncio.Task[None] | None = None
+        self.handle = self.loop.call_later(interval, self._fire)
+
+    def _fire(self) -> None:
+        self._pending = self.loop.create_task(self.msg.in_progress())
+        self.handle = self.loop.call_later(self.interval, self._fire)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
