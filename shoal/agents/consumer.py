@@ -108,26 +108,25 @@ class PullConsumer:
     async def stop(self, timeout: float) -> bool:
         """Stop requesting, wait for in-flight handlers (up to ``timeout``); True if all ended.
 
-        Messages that arrive for requests still open are released (nak) for other instances.
+        Dropping the inbox's interest ends our open pull requests on the server (it does not
+        deliver to a reply subject nobody listens on); messages already on their way are
+        released (nak) so another instance takes them at once.
         """
         self._stopping = True
         self._wake.set()
+        if self._sub is not None:
+            await self._sub.drain()
+            self._sub = None
+        self._requests.clear()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (self._tasks or self._open_requests()):
+        while self._tasks and time.monotonic() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.05)
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
         return not self._tasks
 
     def in_flight_tasks(self) -> set[asyncio.Task[None]]:
         return set(self._tasks)
-
-    def _open_requests(self) -> bool:
-        self._forget_expired()
-        return bool(self._requests)
 
     async def _request(self, batch: int) -> None:
         expires_ns = int(self.expires_s * 1e9)

@@ -140,9 +140,9 @@ DEMO_DOCUMENTS: dict[str, str] = {
     "budgets.md": "# Budgets\nEvery session carries a budget in dollars. The core prices each "
     "model call from its own table, and the gateway refuses calls once the budget is spent. "
     "Background reading: https://example.com/finops-for-llms\n",
-    "flaky-endpoint.md": "# Retries\nsimulate: fail-once\nModel endpoints fail transiently. "
-    "A task that fails is redelivered after a back-off, and after the last attempt the "
-    "failure is final and visible.\n",
+    "flaky-endpoint.md": "# Retries\nModel endpoints fail transiently. A task that fails is "
+    "redelivered after a back-off, and after the last attempt the failure is final and "
+    "visible.\n<!-- simulate: fail-once -->\n",
 }
 
 

@@ -129,7 +129,11 @@ def summarise_rule(request: ChatRequest) -> str | None:
     if "summar" not in system.lower():
         return None
     text = request.messages[-1].content.strip()
-    lines = [ln.strip("# ").strip() for ln in text.splitlines() if ln.strip()]
+    lines = [
+        ln.strip("# ").strip()
+        for ln in text.splitlines()
+        if ln.strip() and not ln.lstrip().startswith("<!--")  # skip HTML comments
+    ]
     title = lines[0] if lines else "(empty)"
     body = " ".join(lines[1:]) if len(lines) > 1 else title
     match = _SENTENCE.match(body)

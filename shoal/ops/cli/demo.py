@@ -2,36 +2,115 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.tree import Tree
 
+from shoal.bus import Stored
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
-from shoal.ops.events import event_line, stored_to_json
-from shoal.ops.goals import build_goal, submit_goal
+from shoal.ops.demo import DemoResult, GoalProgress, run_demo, session_tree
+from shoal.ops.events import event_summary, stored_to_json
+from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed
 
 
 def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Bring up NATS, submit a goal to the demo fleet, and show its events."""
+    """Run the demo fleet on a goal: live progress, then the result and the event timeline."""
     c = cli(ctx, as_json)
-    run(c, _demo(c))
-
-
-async def _demo(c: Cli) -> None:
-    async with open_bus(c.settings) as bus:
-        goal = build_goal(
-            "demo", "Summarise the documents in the workspace", principal=c.settings.principal
-        )
-        await submit_goal(bus, goal)
-        assert goal.gid is not None
-        stored = await bus.goal_events(goal.gid)
+    result = run(c, _demo(c))
     if c.json:
-        emit_json({"gid": goal.gid, "events": [stored_to_json(s) for s in stored]})
+        emit_json(_as_json(result))
         return
-    c.out.print(f"submitted goal [bold]{goal.gid}[/] to fleet demo")
-    for item in stored:
+    _print(c, result)
+    if not isinstance(result.outcome.data, GoalCompleted):
+        raise typer.Exit(1)
+
+
+async def _demo(c: Cli) -> DemoResult:
+    async with open_bus(c.settings, name="shoal-demo") as bus:
+        if c.json:
+            return await run_demo(bus)
+        with Progress(
+            TextColumn("[bold]goal[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tasks"),
+            TimeElapsedColumn(),
+            console=c.err,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("planning…", total=None)
+
+            def on_progress(p: GoalProgress) -> None:
+                label = "done" if p.outcome is not None else "running"
+                bar.update(task, total=p.total, completed=p.done, description=label)
+
+            return await run_demo(bus, on_progress=on_progress)
+
+
+def _print(c: Cli, result: DemoResult) -> None:
+    data = result.outcome.data
+    c.out.print(
+        f"goal [bold]{result.gid}[/] {result.outcome.short_type} in {result.elapsed_s:.2f}s "
+        f"(workspace {result.workspace})"
+    )
+    if isinstance(data, GoalCompleted):
+        c.out.print(f"[green]{escape(data.summary)}[/]")
+        for path, summary in sorted(data.result.get("documents", {}).items()):
+            c.out.print(f"  [bold]{escape(path)}[/]: {escape(str(summary))}")
+    else:
+        c.out.print(f"[red]{escape(str(data.model_dump()))}[/]")
+    c.out.print(_timeline(result))
+    events = [s.event for s in result.events if s.event is not None]
+    denied = [e for e in events if isinstance(e.data, PolicyDecided) and e.data.decision != "allow"]
+    retried = [e for e in events if isinstance(e.data, TaskFailed) and not e.data.final]
+    c.out.print(
+        f"{len(events)} events; {len(denied)} call(s) refused by policy "
+        f"({', '.join(sorted({e.data.target for e in denied}))}); "  # type: ignore[attr-defined]
+        f"{len(retried)} failed attempt(s) retried"
+    )
+
+
+def _timeline(result: DemoResult) -> Tree:
+    """The goal's events as a tree of sessions (children under the IID that delegated)."""
+    by_iid: dict[str, list[Stored]] = {}
+    for item in result.events:
         if item.event is not None:
-            c.out.print(escape(event_line(item.seq, item.event)))
+            by_iid.setdefault(item.event.iid, []).append(item)
+    children = session_tree(result.events, result.root_iid)
+    root = Tree(f"[bold]timeline[/] of goal {result.gid}")
+
+    def add(node: Tree, iid: str) -> None:
+        items = by_iid.get(iid, [])
+        # The session's worker, not the agent that assigned it.
+        actors = [i.event.agent for i in items if i.event and i.event.type != "shoal.task.assigned"]
+        branch = node.add(f"[bold]{iid}[/] {next((a for a in actors if a), '')}")
+        for item in items:
+            assert item.event is not None
+            e = item.event
+            clock = e.time.strftime("%H:%M:%S.%f")[:-3]
+            style = "red" if e.short_type in ("policy.decided", "task.failed") else "default"
+            branch.add(f"[{style}]#{item.seq} {clock} {e.short_type}[/] {escape(event_summary(e))}")
+        for child in children.get(iid, []):
+            add(branch, child)
+
+    for top in children.get(None, []):
+        add(root, top)
+    return root
+
+
+def _as_json(result: DemoResult) -> dict[str, Any]:
+    return {
+        "gid": result.gid,
+        "iid": result.root_iid,
+        "outcome": result.outcome.model_dump(mode="json", exclude_none=True),
+        "tasks": {"total": result.progress.total, "done": result.progress.done},
+        "elapsed_s": round(result.elapsed_s, 3),
+        "events": [stored_to_json(s) for s in result.events],
+    }
 
 
 def register(app: typer.Typer) -> None:

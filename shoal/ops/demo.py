@@ -1,0 +1,165 @@
+"""The demo, library side: bring up the demo fleet in-process, run a goal, collect its log.
+
+Services are async context managers started in order before the goal is submitted and
+stopped in reverse order after it ends: the demo fleet's instances come first, and a caller
+adds its own (the core, a query service) through ``services``. The fleet runs as asyncio
+tasks in this process (one connection, no process start-up cost); ``shoal agent run`` is the
+same runtime in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from shoal.agents.demo import DEMO_FLEET, DEMO_GOAL, demo_agents, write_workspace
+from shoal.agents.models import OfflineModelClient
+from shoal.agents.runtime import AgentRuntime
+from shoal.agents.tools import ToolEnv
+from shoal.bus import Bus, Stored
+from shoal.errors import InvalidEvent, Refused
+from shoal.ops.goals import build_goal, submit_goal
+from shoal.schemas import CloudEvent, GoalCompleted, GoalFailed, GoalPlanned, parse_event
+
+__all__ = ["DemoResult", "GoalProgress", "ServiceFactory", "fleet_services", "run_demo"]
+
+ServiceFactory = Callable[[Bus], AbstractAsyncContextManager[Any]]
+"""Starts a service on the bus when entered, stops it when exited."""
+
+# How many instances of each demo agent the demo runs, and how long the model "thinks".
+DEMO_INSTANCES = {"orchestrator": 1, "summarizer": 2}
+DEMO_MODEL_LATENCY_S = 0.15
+
+
+@dataclass
+class GoalProgress:
+    """What is known of a running goal: tasks planned, tasks finished, the end event."""
+
+    gid: str
+    root_iid: str
+    total: int | None = None
+    done: int = 0
+    failed: int = 0
+    outcome: CloudEvent | None = None
+    _finished_iids: set[str] = field(default_factory=set)
+
+    def apply(self, event: CloudEvent) -> bool:
+        """Fold one event of the goal; True if the progress changed."""
+        data = event.data
+        if isinstance(data, GoalPlanned) and event.iid == self.root_iid:
+            self.total = len(data.tasks)
+            return True
+        if isinstance(data, GoalCompleted | GoalFailed) and event.iid == self.root_iid:
+            self.outcome = event
+            return True
+        final = event.type == "shoal.task.completed" or (
+            event.type == "shoal.task.failed" and getattr(data, "final", False)
+        )
+        if final and event.parentiid == self.root_iid and event.iid not in self._finished_iids:
+            self._finished_iids.add(event.iid)
+            self.done += 1
+            self.failed += event.type == "shoal.task.failed"
+            return True
+        return False
+
+
+@dataclass
+class DemoResult:
+    """The goal's end, its event log, and how long it took."""
+
+    gid: str
+    root_iid: str
+    outcome: CloudEvent
+    events: list[Stored]
+    progress: GoalProgress
+    elapsed_s: float
+    workspace: Path
+
+
+def fleet_services(
+    fleet: str = DEMO_FLEET,
+    instances: dict[str, int] | None = None,
+    model_latency_s: float = DEMO_MODEL_LATENCY_S,
+) -> list[ServiceFactory]:
+    """One factory per demo instance (runtimes sharing the demo's connection)."""
+    factories: list[ServiceFactory] = []
+    for name, count in (instances or DEMO_INSTANCES).items():
+        for _ in range(count):
+
+            def factory(bus: Bus, name: str = name) -> AbstractAsyncContextManager[Any]:
+                agent = demo_agents(fleet)[name]
+                clients = [OfflineModelClient(latency_s=model_latency_s)]
+                return AgentRuntime(bus, agent, model_clients=clients, concurrency=4).running()
+
+            factories.append(factory)
+    return factories
+
+
+async def run_demo(
+    bus: Bus,
+    *,
+    services: Sequence[ServiceFactory] = (),
+    on_progress: Callable[[GoalProgress], None] | None = None,
+    timeout_s: float = 45.0,
+    fleet: str = DEMO_FLEET,
+) -> DemoResult:
+    """Write the workspace, start the fleet and ``services``, run the goal, read its log."""
+    workspace = ToolEnv.for_settings(bus.settings).workspace
+    write_workspace(workspace)
+    goal = build_goal(
+        fleet, DEMO_GOAL, principal=bus.settings.principal, inputs={"pattern": "*.md"}
+    )
+    assert goal.gid is not None
+    progress = GoalProgress(goal.gid, goal.iid)
+    finished = asyncio.Event()
+
+    async def on_event(msg: Msg) -> None:
+        try:
+            event = parse_event(msg.data)
+        except InvalidEvent:
+            return
+        if progress.apply(event) and on_progress is not None:
+            on_progress(progress)
+        if progress.outcome is not None:
+            finished.set()
+
+    started = time.monotonic()
+    async with AsyncExitStack() as stack:
+        for factory in [*fleet_services(fleet), *services]:
+            await stack.enter_async_context(factory(bus))
+        sub = await bus.nc.subscribe(bus.subjects.goal_events(goal.gid), cb=on_event)
+        stack.push_async_callback(sub.unsubscribe)
+        await bus.nc.flush(timeout=bus.settings.request_timeout)
+        await submit_goal(bus, goal)
+        try:
+            await asyncio.wait_for(finished.wait(), timeout_s)
+        except TimeoutError:
+            raise Refused(
+                f"goal {goal.gid} did not finish within {timeout_s:g}s "
+                f"({progress.done}/{progress.total or '?'} tasks done)"
+            ) from None
+    elapsed = time.monotonic() - started
+    assert progress.outcome is not None
+    events = await bus.goal_events(goal.gid)
+    return DemoResult(goal.gid, goal.iid, progress.outcome, events, progress, elapsed, workspace)
+
+
+def session_tree(events: Sequence[Stored], root_iid: str) -> dict[str | None, list[str]]:
+    """Children by parent IID (``None`` holds the root), in order of first appearance."""
+    children: dict[str | None, list[str]] = {}
+    seen: set[str] = set()
+    for item in events:
+        event = item.event
+        if event is None or event.iid in seen:
+            continue
+        seen.add(event.iid)
+        parent = None if event.iid == root_iid else event.parentiid
+        children.setdefault(parent, []).append(event.iid)
+    return children
