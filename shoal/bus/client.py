@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 from shoal.bus.settings import ShoalSettings
 from shoal.bus.streams import Topology, provision
 from shoal.bus.subjects import Subjects
+from shoal.bus.tracecontext import with_traceparent
 from shoal.errors import InvalidEvent, NatsUnreachable
 from shoal.schemas import CONTENT_TYPE, CloudEvent, parse_event
 
@@ -90,6 +91,7 @@ class Bus:
 
     async def publish(self, event: CloudEvent, subject: str | None = None) -> api.PubAck:
         """Publish one event (to the event log unless ``subject`` says otherwise), await ack."""
+        event = with_traceparent(event)
         return await self.js.publish(
             subject or self.event_subject(event),
             event.to_json(),
@@ -104,6 +106,7 @@ class Bus:
         futures = []
         for item in items:
             subject, event = item if isinstance(item, tuple) else (self.event_subject(item), item)
+            event = with_traceparent(event)
             futures.append(
                 await self.js.publish_async(
                     subject,

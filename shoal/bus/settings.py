@@ -90,12 +90,66 @@ class ShoalSettings(BaseSettings):
     loop_model_calls: int = Field(
         default=25, ge=2, description="Model calls in a row with no tool/task progress: looping."
     )
+    # -- telemetry (OpenTelemetry: the standard OTEL_* variables) -------------------------
+    otel_sdk_disabled: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OTEL_SDK_DISABLED", "otel_sdk_disabled"),
+        description="true: no spans, no metrics, no trace context on the wire.",
+    )
+    otel_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_endpoint"),
+        description="OTLP collector base URL; unset: JSON lines under <data_dir>/traces/.",
+    )
+    otel_traces_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel_traces_endpoint"),
+        description="OTLP endpoint for spans only (full URL, used as given).",
+    )
+    otel_metrics_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "otel_metrics_endpoint"
+        ),
+        description="OTLP endpoint for metrics only (full URL, used as given).",
+    )
+    otel_protocol: Literal["grpc", "http/protobuf"] = Field(
+        default="http/protobuf",
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_PROTOCOL", "otel_protocol"),
+    )
+    otel_service_name: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_SERVICE_NAME", "otel_service_name"),
+        description="Overrides the process's own service.name (shoal-agent, shoal-cli…).",
+    )
+    trace_content: bool = Field(
+        default=False,
+        validation_alias=AliasChoices(
+            "SHOAL_TRACE_CONTENT",
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+            "trace_content",
+        ),
+        description="Record tool arguments/results on spans (redacted by sensitivity).",
+    )
 
     @field_validator("nats_url")
     @classmethod
     def _empty_url_is_unset(cls, value: str | None) -> str | None:
         # NATS_URL= (set but empty) means "no external server", as unset does.
         return value.strip() or None if value is not None else None
+
+    @field_validator(
+        "otel_endpoint", "otel_traces_endpoint", "otel_metrics_endpoint", "otel_service_name"
+    )
+    @classmethod
+    def _empty_otel_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("otel_sdk_disabled", mode="before")
+    @classmethod
+    def _otel_disabled_only_if_true(cls, value: object) -> object:
+        # The OpenTelemetry spec: only "true" (any case) disables; anything else is false.
+        return value.strip().lower() == "true" if isinstance(value, str) else value
 
     @field_validator("prefix")
     @classmethod

@@ -1,0 +1,365 @@
+"""OpenTelemetry GenAI semantic conventions for shoal: agent, model and tool spans, metrics.
+
+Spans follow the GenAI conventions: ``invoke_agent {agent}`` per task an agent handles,
+``chat {model}`` per model call, ``execute_tool {tool}`` per tool call, attributed with
+``gen_ai.*`` (operation, provider, models, token usage, agent id/name, conversation id = the
+IID, tool name and call id) and ``error.type`` on failure, plus shoal's own ``shoal.gid``,
+``shoal.fleet``, ``shoal.instance``, ``shoal.principal`` and ``shoal.policy.decision``.
+
+Tool arguments and results are sensitive: they go on spans only when the settings say so
+(``SHOAL_TRACE_CONTENT``), the arguments as the tool gateway already redacted them, the
+result by the tool's sensitivity (``secret`` never, ``confidential`` as a length only).
+
+:class:`GenAI` is built once per process from its :class:`~shoal.bus.telemetry.Telemetry`
+and passed to whatever opens spans; with telemetry off every method is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import Meter
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+
+from shoal.bus.telemetry import Telemetry
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "TOKEN_BUCKETS",
+    "AgentCall",
+    "Call",
+    "ChatCall",
+    "GenAI",
+    "ShoalMetrics",
+    "ToolCall",
+    "session_attributes",
+]
+
+# Bucket boundaries the GenAI metric conventions prescribe for these two histograms.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)  # fmt: skip
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)  # fmt: skip
+
+PROVIDER_SHOAL = "shoal"
+"""``gen_ai.provider.name`` of ``invoke_agent``: the agent runs on shoal, not on one model
+provider (its ``chat`` spans name the real provider)."""
+
+CONTENT_LIMIT = 4096
+"""Longest tool argument/result text put on a span (characters)."""
+
+Attributes = dict[str, str | int | float | bool]
+C = TypeVar("C", bound="Call")
+
+
+class ShoalMetrics:
+    """The instruments: GenAI client histograms and shoal's counters."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.operation_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.tasks_started = meter.create_counter(
+            "shoal.tasks.started", unit="{task}", description="Tasks a handler started."
+        )
+        self.tasks_completed = meter.create_counter(
+            "shoal.tasks.completed", unit="{task}", description="Tasks that completed."
+        )
+        self.tasks_failed = meter.create_counter(
+            "shoal.tasks.failed", unit="{task}", description="Task attempts that failed."
+        )
+        self.policy_denials = meter.create_counter(
+            "shoal.policy.denials", unit="{decision}", description="Calls a gateway refused."
+        )
+        self.deadlettered = meter.create_counter(
+            "shoal.messages.deadlettered", unit="{message}", description="Messages dead-lettered."
+        )
+        self.active_instances = meter.create_up_down_counter(
+            "shoal.instances.active", unit="{instance}", description="Agent instances running."
+        )
+        self.cost = meter.create_counter(
+            "shoal.cost", unit="USD", description="Model spend reported by agents, in USD."
+        )
+
+
+def session_attributes(
+    *,
+    iid: str,
+    fleet: str | None = None,
+    agent: str | None = None,
+    instance: str | None = None,
+    gid: str | None = None,
+    parentiid: str | None = None,
+    principal: str | None = None,
+    version: str | None = None,
+) -> Attributes:
+    """The attributes every span of a session carries (absent values left out)."""
+    attrs: Attributes = {"gen_ai.conversation.id": iid}
+    if agent:
+        attrs["gen_ai.agent.name"] = agent
+        attrs["gen_ai.agent.id"] = f"{fleet}/{agent}" if fleet else agent
+    for key, value in (
+        ("gen_ai.agent.version", version),
+        ("shoal.fleet", fleet),
+        ("shoal.instance", instance),
+        ("shoal.gid", gid),
+        ("shoal.parentiid", parentiid),
+        ("shoal.principal", principal),
+    ):
+        if value:
+            attrs[key] = value
+    return attrs
+
+
+class Call:
+    """One GenAI operation in flight: its span, and the attributes its metrics will carry."""
+
+    def __init__(self, genai: GenAI, span: Span, operation: str, metric_attrs: Attributes) -> None:
+        self.genai = genai
+        self.span = span
+        self.operation = operation
+        self.metric_attrs = metric_attrs
+
+    def set(self, key: str, value: str | int | float | bool) -> None:
+        """Set one span attribute."""
+        self.span.set_attribute(key, value)
+
+    def decided(self, decision: str, rule: str | None = None) -> None:
+        """Record the policy decision on the span; count a refusal."""
+        self.span.set_attribute("shoal.policy.decision", decision)
+        if rule:
+            self.span.set_attribute("shoal.policy.rule", rule)
+        if decision != "allow":
+            attrs: Attributes = {"shoal.policy.decision": decision, "shoal.policy.rule": rule or ""}
+            fleet = self.metric_attrs.get("shoal.fleet")
+            if fleet is not None:
+                attrs["shoal.fleet"] = fleet
+            self.genai.metrics.policy_denials.add(1, attrs)
+
+
+class AgentCall(Call):
+    """An ``invoke_agent`` span: one task handled by one agent instance."""
+
+
+class ChatCall(Call):
+    """A ``chat`` span: one model call."""
+
+    def provider(self, name: str) -> None:
+        self.span.set_attribute("gen_ai.provider.name", name)
+        self.metric_attrs["gen_ai.provider.name"] = name
+
+    def response(
+        self,
+        *,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        finish_reason: str | None = None,
+        response_id: str | None = None,
+        cost_usd: Decimal | float | None = None,
+    ) -> None:
+        """Record what the model answered: model, token usage, finish reason, cost."""
+        span = self.span
+        span.set_attribute("gen_ai.response.model", model)
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+        if finish_reason:
+            span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
+        if response_id:
+            span.set_attribute("gen_ai.response.id", response_id)
+        self.metric_attrs["gen_ai.response.model"] = model
+        usage = self.genai.metrics.token_usage
+        usage.record(input_tokens, {**self.metric_attrs, "gen_ai.token.type": "input"})
+        usage.record(output_tokens, {**self.metric_attrs, "gen_ai.token.type": "output"})
+        if cost_usd is not None:
+            span.set_attribute("shoal.cost_usd", float(cost_usd))
+            attrs: Attributes = {"gen_ai.request.model": self.metric_attrs["gen_ai.request.model"]}
+            fleet = self.metric_attrs.get("shoal.fleet")
+            if fleet is not None:
+                attrs["shoal.fleet"] = fleet
+            self.genai.metrics.cost.add(float(cost_usd), attrs)
+
+
+class ToolCall(Call):
+    """An ``execute_tool`` span: one tool call."""
+
+    def arguments(self, redacted: Mapping[str, Any]) -> None:
+        """Record the (already redacted) arguments, if content recording is on."""
+        if self.genai.record_content:
+            text = json.dumps(redacted, default=str, sort_keys=True)[:CONTENT_LIMIT]
+            self.span.set_attribute("gen_ai.tool.call.arguments", text)
+
+    def result(self, value: Any, sensitivity: str) -> None:
+        """Record the result by the tool's sensitivity, if content recording is on."""
+        if not self.genai.record_content or sensitivity == "secret":
+            return
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        if sensitivity == "confidential":
+            text = f"[redacted {len(text)} chars]"
+        self.span.set_attribute("gen_ai.tool.call.result", text[:CONTENT_LIMIT])
+
+
+class GenAI:
+    """Opens GenAI spans and records GenAI and shoal metrics for one process."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer
+        self.enabled = telemetry.enabled
+        self.record_content = telemetry.record_content
+        self.metrics = ShoalMetrics(telemetry.meter)
+
+    @classmethod
+    def disabled(cls) -> GenAI:
+        """Spans and metrics that go nowhere (tests and tools that do not trace)."""
+        return cls(Telemetry.disabled())
+
+    @contextmanager
+    def _operation(
+        self,
+        call_type: type[C],
+        name: str,
+        kind: SpanKind,
+        attributes: Attributes,
+        metric_attrs: Attributes,
+        parent: Context | None = None,
+    ) -> Iterator[C]:
+        if not self.enabled:
+            yield call_type(self, INVALID_SPAN, str(attributes["gen_ai.operation.name"]), {})
+            return
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            name,
+            context=parent,
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            call = call_type(self, span, str(attributes["gen_ai.operation.name"]), metric_attrs)
+            try:
+                yield call
+            except BaseException as e:  # cancellation too: the span must say it did not finish
+                error_type = type(e).__name__
+                span.set_attribute("error.type", error_type)
+                span.set_status(Status(StatusCode.ERROR, f"{error_type}: {e}"[:500]))
+                if isinstance(e, Exception):
+                    span.record_exception(e)
+                call.metric_attrs["error.type"] = error_type
+                raise
+            finally:
+                self.metrics.operation_duration.record(
+                    time.perf_counter() - started, call.metric_attrs
+                )
+
+    def invoke_agent(
+        self,
+        agent: str,
+        session: Attributes,
+        *,
+        parent: Context | None = None,
+        capability: str | None = None,
+        attempt: int | None = None,
+    ) -> AbstractContextManager[AgentCall]:
+        """``with genai.invoke_agent(agent, attrs, parent=ctx) as call:`` around one task.
+
+        ``parent`` is the context extracted from the task message, so a delegated task
+        handled in another process continues its goal's trace.
+        """
+        attrs: Attributes = {"gen_ai.operation.name": "invoke_agent", **session}
+        attrs["gen_ai.provider.name"] = PROVIDER_SHOAL
+        if capability:
+            attrs["shoal.capability"] = capability
+        if attempt is not None:
+            attrs["shoal.attempt"] = attempt
+        metric_attrs = _metric_base("invoke_agent", PROVIDER_SHOAL, session)
+        return self._operation(
+            AgentCall, f"invoke_agent {agent}", SpanKind.INTERNAL, attrs, metric_attrs, parent
+        )
+
+    def chat(
+        self, model: str, session: Attributes, *, provider: str | None = None
+    ) -> AbstractContextManager[ChatCall]:
+        """``with genai.chat(model, attrs) as call:`` around one model call."""
+        attrs: Attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+            **session,
+        }
+        if provider:
+            attrs["gen_ai.provider.name"] = provider
+        metric_attrs = _metric_base("chat", provider, session)
+        metric_attrs["gen_ai.request.model"] = model
+        return self._operation(ChatCall, f"chat {model}", SpanKind.CLIENT, attrs, metric_attrs)
+
+    def execute_tool(
+        self, tool: str, session: Attributes, *, call_id: str
+    ) -> AbstractContextManager[ToolCall]:
+        """``with genai.execute_tool(tool, attrs, call_id=...) as call:`` around one tool call."""
+        attrs: Attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": tool,
+            "gen_ai.tool.call.id": call_id,
+            "gen_ai.tool.type": "function",
+            **session,
+        }
+        metric_attrs = _metric_base("execute_tool", None, session)
+        metric_attrs["gen_ai.tool.name"] = tool
+        return self._operation(
+            ToolCall, f"execute_tool {tool}", SpanKind.INTERNAL, attrs, metric_attrs
+        )
+
+    # -- counters outside any span ----------------------------------------------------------
+    def task_started(self, fleet: str, capability: str) -> None:
+        self.metrics.tasks_started.add(1, _task_attrs(fleet, capability))
+
+    def task_completed(self, fleet: str, capability: str) -> None:
+        self.metrics.tasks_completed.add(1, _task_attrs(fleet, capability))
+
+    def task_failed(self, fleet: str, capability: str, error_type: str, final: bool) -> None:
+        attrs = {**_task_attrs(fleet, capability), "error.type": error_type, "shoal.final": final}
+        self.metrics.tasks_failed.add(1, attrs)
+
+    def deadlettered(self, origin: str, reason: str) -> None:
+        """Count a dead letter; ``reason`` is a short class (``invalid_event``), not the text."""
+        self.metrics.deadlettered.add(1, {"shoal.origin": origin, "shoal.reason": reason})
+
+    def instance_started(self, fleet: str, agent: str) -> None:
+        self.metrics.active_instances.add(1, _instance_attrs(fleet, agent))
+
+    def instance_stopped(self, fleet: str, agent: str) -> None:
+        self.metrics.active_instances.add(-1, _instance_attrs(fleet, agent))
+
+
+def _metric_base(operation: str, provider: str | None, session: Attributes) -> Attributes:
+    # Metric attributes stay low-cardinality: no IIDs, GIDs or instance ids.
+    attrs: Attributes = {"gen_ai.operation.name": operation}
+    if provider:
+        attrs["gen_ai.provider.name"] = provider
+    for key in ("shoal.fleet", "gen_ai.agent.name"):
+        if key in session:
+            attrs[key] = session[key]
+    return attrs
+
+
+def _task_attrs(fleet: str, capability: str) -> Attributes:
+    return {"shoal.fleet": fleet, "shoal.capability": capability}
+
+
+def _instance_attrs(fleet: str, agent: str) -> Attributes:
+    return {"shoal.fleet": fleet, "gen_ai.agent.name": agent}

@@ -1,0 +1,201 @@
+"""The local trace store: spans and metrics as JSON lines under ``<data_dir>/traces/``.
+
+When no OTLP endpoint is configured, every shoal process appends its finished spans to
+``spans.jsonl`` (one JSON object per span) and its metrics to ``metrics.jsonl``; ``shoal
+trace`` reads them back. Several processes append to the same file: each export is a single
+``write`` on a descriptor opened with ``O_APPEND``, so lines from different processes never
+interleave (the kernel positions each append atomically on a local filesystem).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+__all__ = [
+    "JsonLinesMetricExporter",
+    "JsonLinesSpanExporter",
+    "SpanRecord",
+    "read_spans",
+    "span_to_json",
+]
+
+
+class _Appender:
+    """One ``O_APPEND`` descriptor, opened lazily, written one whole batch at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def append(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode()
+        with self._lock:
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            written = os.write(self._fd, data)
+            while written < len(data):  # a short write (disk full, signal): finish it
+                written += os.write(self._fd, data[written:])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _attributes(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Attribute values are str/bool/int/float or sequences of them; tuples become lists.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in (attrs or {}).items()}
+
+
+def span_to_json(span: ReadableSpan) -> dict[str, Any]:
+    """One finished span as the JSON object written to ``spans.jsonl``."""
+    ctx = span.get_span_context()
+    parent = span.parent
+    assert ctx is not None
+    return {
+        "trace_id": f"{ctx.trace_id:032x}",
+        "span_id": f"{ctx.span_id:016x}",
+        "parent_span_id": f"{parent.span_id:016x}" if parent is not None else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "start_time_unix_nano": span.start_time,
+        "end_time_unix_nano": span.end_time,
+        "status": {"code": span.status.status_code.name, "description": span.status.description},
+        "attributes": _attributes(span.attributes),
+        "events": [
+            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": _attributes(e.attributes)}
+            for e in span.events
+        ],
+        "resource": _attributes(span.resource.attributes),
+        "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
+    }
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends finished spans to a JSON-lines file, one object per span."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out = _Appender(path)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            self._out.append([json.dumps(span_to_json(s), default=str) for s in spans])
+        except OSError:
+            # The SDK logs a failed export; the spans of this batch are lost, not the process.
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._out.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # every export is written through
+
+
+class JsonLinesMetricExporter(MetricExporter):
+    """Appends each collection to a JSON-lines file, one object per metric."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._out = _Appender(path)
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        lines = []
+        for rm in metrics_data.resource_metrics:
+            resource = _attributes(rm.resource.attributes)
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    line = {
+                        "name": metric.name,
+                        "unit": metric.unit,
+                        "description": metric.description,
+                        "scope": sm.scope.name,
+                        "resource": resource,
+                        "data": json.loads(metric.data.to_json()),
+                    }
+                    lines.append(json.dumps(line, default=str))
+        try:
+            self._out.append(lines)
+        except OSError:
+            return MetricExportResult.FAILURE
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._out.close()
+
+
+@dataclass
+class SpanRecord:
+    """A span read back from ``spans.jsonl``, with its children once a tree is built."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: str
+    start: int
+    end: int
+    status: str
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False)
+    children: list[SpanRecord] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> SpanRecord:
+        return cls(
+            trace_id=obj["trace_id"],
+            span_id=obj["span_id"],
+            parent_span_id=obj.get("parent_span_id"),
+            name=obj["name"],
+            kind=obj.get("kind", "INTERNAL"),
+            start=int(obj.get("start_time_unix_nano") or 0),
+            end=int(obj.get("end_time_unix_nano") or 0),
+            status=(obj.get("status") or {}).get("code", "UNSET"),
+            attributes=obj.get("attributes") or {},
+            resource=obj.get("resource") or {},
+            raw=obj,
+        )
+
+    @property
+    def duration_ms(self) -> float:
+        return max(0, self.end - self.start) / 1e6
+
+
+def read_spans(path: Path) -> Iterator[SpanRecord]:
+    """Every span in a ``spans.jsonl`` file; a torn or foreign line is skipped, not fatal."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                obj = json.loads(line)
+                yield SpanRecord.from_json(obj)
+            except (ValueError, KeyError, TypeError):
+                continue

@@ -1,0 +1,105 @@
+"""Trace context across NATS: W3C headers and the CloudEvent ``traceparent`` attribute."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from shoal.bus import Bus
+from shoal.bus.telemetry import Telemetry, setup_telemetry
+from shoal.bus.tracecontext import (
+    current_traceparent,
+    extract_context,
+    inject_headers,
+    with_traceparent,
+)
+from shoal.schemas import CloudEvent, TaskStarted, parse_event
+from tests.bus.test_telemetry import otel_settings
+
+
+@pytest.fixture
+def telemetry(tmp_path: Path) -> Iterator[Telemetry]:
+    with setup_telemetry(
+        otel_settings(tmp_path),
+        "shoal-test",
+        span_exporter=InMemorySpanExporter(),
+        metric_reader=InMemoryMetricReader(),
+        install_global=False,
+    ) as t:
+        yield t
+
+
+def ev(iid: str = "I1") -> CloudEvent:
+    return CloudEvent.new(TaskStarted(capability="c", attempt=1), iid=iid, source="shoal://t")
+
+
+async def test_an_event_published_in_a_span_carries_its_traceparent(
+    bus: Bus, telemetry: Telemetry
+) -> None:
+    sub = await bus.nc.subscribe(bus.subjects.session_events("I1"))
+    with telemetry.tracer.start_as_current_span("send") as span:
+        await bus.publish(ev())
+    msg = await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+    ctx = span.get_span_context()
+    expected = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    assert msg.headers is not None and msg.headers["traceparent"] == expected
+    assert parse_event(msg.data).traceparent == expected
+    [stored] = await bus.session_events("I1")
+    assert stored.event is not None and stored.event.traceparent == expected
+
+    # the consumer continues the trace from the headers
+    parent = extract_context(msg.headers)
+    with telemetry.tracer.start_as_current_span("receive", context=parent) as child:
+        pass
+    assert child.get_span_context().trace_id == ctx.trace_id
+    assert child.parent is not None and child.parent.span_id == ctx.span_id  # type: ignore[attr-defined]
+
+
+async def test_an_event_published_outside_any_span_has_no_trace_context(bus: Bus) -> None:
+    sub = await bus.nc.subscribe(bus.subjects.session_events("I2"))
+    await bus.publish_many([ev("I2")])
+    msg = await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+    assert msg.headers is not None and "traceparent" not in msg.headers
+    assert parse_event(msg.data).traceparent is None
+
+
+async def test_publish_many_stamps_each_event_with_the_current_span(
+    bus: Bus, telemetry: Telemetry
+) -> None:
+    with telemetry.tracer.start_as_current_span("batch") as span:
+        await bus.publish_many([ev("I3"), ev("I3")])
+    tp = current_traceparent(trace.set_span_in_context(span))
+    stored = await bus.session_events("I3")
+    assert [s.event.traceparent for s in stored if s.event] == [tp, tp]
+
+
+def test_an_event_that_already_has_a_traceparent_keeps_it(telemetry: Telemetry) -> None:
+    given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    event = ev().model_copy(update={"traceparent": given})
+    with telemetry.tracer.start_as_current_span("other"):
+        assert with_traceparent(event) is event
+
+
+def test_the_event_attribute_is_the_fallback_and_garbage_starts_a_new_trace() -> None:
+    given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    from_event = extract_context({"Nats-Msg-Id": "x"}, traceparent=given)
+    assert from_event is not None
+    assert current_traceparent(from_event) == given
+    assert extract_context({}, None) is None
+    assert extract_context({"traceparent": "00-not-a-trace-01"}) is None
+    assert extract_context(None, "garbage") is None
+
+
+def test_inject_adds_w3c_headers_only_inside_a_span(telemetry: Telemetry) -> None:
+    assert inject_headers({"a": "b"}) == {"a": "b"}
+    with telemetry.tracer.start_as_current_span("x") as span:
+        headers = inject_headers({})
+    ctx = span.get_span_context()
+    assert headers["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
