@@ -88,11 +88,13 @@ class PullConsumer:
 
     async def run(self) -> None:
         """Request and dispatch until :meth:`stop`; then return (in-flight work continues)."""
-        self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        await self._subscribe()
         threshold = max(1, self.max_inflight // 2)
         while not self._stopping:
             self._forget_expired()
+            if self.paused() and self._requests:
+                # Open requests would keep delivering: drop them with the inbox's interest.
+                await self._subscribe()
             want = self.max_inflight - self.inflight - self.outstanding
             if want > 0 and (want >= threshold or not self._requests) and not self.paused():
                 await self._request(want)
@@ -101,6 +103,15 @@ class PullConsumer:
                 await asyncio.wait_for(self._wake.wait(), self.expires_s / 2)
             except TimeoutError:
                 pass
+
+    async def _subscribe(self) -> None:
+        """(Re)subscribe on a fresh inbox; the old one's open requests die with it."""
+        old = self._sub
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        self._requests.clear()
+        if old is not None:
+            await old.drain()  # what is already queued goes through _on_msg (released)
 
     def wake(self) -> None:
         self._wake.set()
@@ -159,6 +170,10 @@ class PullConsumer:
         self.received += 1
         if self._stopping:
             await msg.nak()  # draining: let another instance take it now
+            return
+        if self.paused():
+            await msg.nak(delay=self.expires_s)  # killed: back to the queue, not to us now
+            self._wake.set()
             return
         self.inflight += 1
         task = asyncio.create_task(self._run_one(msg))

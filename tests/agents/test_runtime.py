@@ -1,0 +1,239 @@
+"""The runtime in-process on a real server: ack, retry, dead letters, delegation, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from nats.js.errors import KeyNotFoundError
+from pydantic import BaseModel
+
+from shoal.agents import Agent, AgentRuntime, CapabilityManifest, PermanentTaskError, TaskContext
+from shoal.bus import Bus, Presence
+from shoal.bus.client import REASON_HEADER
+from shoal.schemas import TaskCompleted, TaskFailed, new_id
+from tests.agents.conftest import of_type, submit_task, wait_events
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Numbers(BaseModel):
+    a: int
+    b: int
+
+
+def adder(fleet: str = "calc") -> Agent:
+    agent = Agent("adder", fleet=fleet, version="2.1", manifest=CapabilityManifest())
+
+    @agent.handler("add")
+    async def add(ctx: TaskContext, task: Numbers) -> dict[str, int]:
+        return {"sum": task.a + task.b}
+
+    return agent
+
+
+async def test_task_is_completed_with_the_handler_output_and_acked(fbus: Bus) -> None:
+    async with AgentRuntime(fbus, adder(), instance="i1").running():
+        task = await submit_task(fbus, "calc", "add", {"a": 2, "b": 40})
+        events = await wait_events(
+            fbus, fbus.subjects.session_events(task.iid), lambda e: len(e) >= 3
+        )
+    types = [s.event.short_type for s in events if s.event]
+    assert types == ["task.assigned", "task.started", "task.completed"]
+    done = events[2].event
+    assert done is not None and isinstance(done.data, TaskCompleted)
+    assert done.data.output == {"sum": 42}
+    assert (done.source, done.fleet, done.agent, done.instance) == (
+        "shoal://calc/adder/i1",
+        "calc",
+        "adder",
+        "i1",
+    )
+    assert (done.principal, done.iid) == ("tester", task.iid)
+    info = await fbus.js.consumer_info(fbus.topology.tasks.name, "calc_add")
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+
+
+async def test_invalid_task_input_is_deadlettered_with_a_final_failure(fbus: Bus) -> None:
+    async with AgentRuntime(fbus, adder(), instance="i1").running():
+        task = await submit_task(fbus, "calc", "add", {"a": "not a number"})
+        events = await wait_events(
+            fbus, fbus.subjects.session_events(task.iid), lambda e: len(of_type(e, "task.failed"))
+        )
+        await asyncio.sleep(0.3)  # a redelivery, if there were one, would show by now
+        events = await fbus.read(fbus.subjects.session_events(task.iid))
+    failed = of_type(events, "task.failed")
+    assert len(failed) == 1 and failed[0].event is not None
+    data = failed[0].event.data
+    assert isinstance(data, TaskFailed)
+    assert (data.final, data.error_type) == (True, "InvalidTask")
+    assert data.error.startswith("invalid input: a: Input should be a valid integer")
+    assert "b: Field required" in data.error
+    assert of_type(events, "task.started") == []
+    dead = await fbus.read(fbus.subjects.deadletter("tasks"), stream=fbus.topology.deadletter.name)
+    assert len(dead) == 1
+    msg = await fbus.js.get_msg(fbus.topology.deadletter.name, dead[0].seq)
+    assert msg.headers is not None
+    assert msg.headers[REASON_HEADER] == data.error
+    assert json.loads(msg.data or b"{}")["iid"] == task.iid
+
+
+async def test_malformed_payload_is_deadlettered_and_reported_with_its_iid(fbus: Bus) -> None:
+    iid = new_id()
+    raw = json.dumps({"iid": iid, "type": "shoal.task.assigned", "data": {}}).encode()
+    async with AgentRuntime(fbus, adder(), instance="i1").running():
+        await fbus.js.publish(fbus.subjects.tasks("calc", "add"), raw)
+        events = await wait_events(fbus, fbus.subjects.session_events(iid), lambda e: len(e) >= 1)
+    assert len(events) == 1 and events[0].event is not None
+    data = events[0].event.data
+    assert isinstance(data, TaskFailed) and data.final and data.error_type == "InvalidTask"
+    assert data.error.startswith("invalid event: ")
+    assert data.capability == "add"
+    info = await fbus.js.consumer_info(fbus.topology.tasks.name, "calc_add")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_failing_task_is_retried_then_fails_finally_after_the_last_attempt(fbus: Bus) -> None:
+    agent = Agent("broken", fleet="calc", manifest=CapabilityManifest())
+
+    @agent.handler("explode")
+    async def explode(ctx: TaskContext, task: dict[str, int]) -> None:
+        raise RuntimeError(f"boom on attempt {ctx.attempt}")
+
+    async with AgentRuntime(fbus, agent).running():
+        task = await submit_task(fbus, "calc", "explode", {})
+        events = await wait_events(
+            fbus,
+            fbus.subjects.session_events(task.iid),
+            lambda e: any(getattr(s.event.data, "final", False) for s in of_type(e, "task.failed")),
+        )
+    failures = [s.event.data for s in of_type(events, "task.failed") if s.event]
+    assert [(f.attempt, f.final, f.error) for f in failures] == [  # type: ignore[attr-defined]
+        (1, False, "boom on attempt 1"),
+        (2, False, "boom on attempt 2"),
+        (3, True, "boom on attempt 3"),
+    ]
+    assert len(of_type(events, "task.started")) == 3
+    info = await fbus.js.consumer_info(fbus.topology.tasks.name, "calc_explode")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_permanent_error_fails_at_once_without_retry(fbus: Bus) -> None:
+    agent = Agent("strict", fleet="calc", manifest=CapabilityManifest())
+
+    @agent.handler("refuse")
+    async def refuse(ctx: TaskContext, task: dict[str, int]) -> None:
+        raise PermanentTaskError("cannot be done")
+
+    async with AgentRuntime(fbus, agent).running():
+        task = await submit_task(fbus, "calc", "refuse", {})
+        events = await wait_events(
+            fbus, fbus.subjects.session_events(task.iid), lambda e: len(of_type(e, "task.failed"))
+        )
+        await asyncio.sleep(0.3)
+        events = await fbus.read(fbus.subjects.session_events(task.iid))
+    failures = [s.event.data for s in of_type(events, "task.failed") if s.event]
+    assert [(f.attempt, f.final, f.error_type) for f in failures] == [  # type: ignore[attr-defined]
+        (1, True, "PermanentTaskError")
+    ]
+
+
+async def test_delegated_child_has_parent_iid_and_same_gid_and_returns_output(fbus: Bus) -> None:
+    parent = Agent("boss", fleet="calc", manifest=CapabilityManifest(delegates=("add",)))
+
+    @parent.handler("double_sum")
+    async def double_sum(ctx: TaskContext, task: Numbers) -> dict[str, int]:
+        out = await ctx.delegate("add", {"a": task.a, "b": task.b}, timeout=10)
+        return {"double": out["sum"] * 2}
+
+    gid = new_id()
+    async with AgentRuntime(fbus, parent).running(), AgentRuntime(fbus, adder()).running():
+        task = await submit_task(fbus, "calc", "double_sum", {"a": 1, "b": 2}, gid=gid)
+        events = await wait_events(
+            fbus,
+            fbus.subjects.goal_events(gid),
+            lambda e: any(s.event.iid == task.iid for s in of_type(e, "task.completed")),
+        )
+    assert all(s.event is not None and s.event.gid == gid for s in events)
+    parent_done = next(
+        s.event for s in of_type(events, "task.completed") if s.event.iid == task.iid
+    )
+    assert parent_done.data.output == {"double": 6}  # type: ignore[attr-defined]
+    child_events = [s.event for s in events if s.event and s.event.iid != task.iid]
+    assert {e.parentiid for e in child_events} == {task.iid}
+    assert [e.short_type for e in child_events] == [
+        "task.assigned",
+        "task.started",
+        "task.completed",
+    ]
+    assert child_events[0].agent == "boss" and child_events[2].agent == "adder"
+
+
+async def test_delegation_outside_the_manifest_is_denied(fbus: Bus) -> None:
+    parent = Agent("boss", fleet="calc", manifest=CapabilityManifest(delegates=("add",)))
+
+    @parent.handler("sneaky")
+    async def sneaky(ctx: TaskContext, task: dict[str, int]) -> dict[str, str]:
+        await ctx.delegate("rm_rf", {}, timeout=1)
+        return {}
+
+    async with AgentRuntime(fbus, parent).running():
+        task = await submit_task(fbus, "calc", "sneaky", {})
+        events = await wait_events(
+            fbus, fbus.subjects.session_events(task.iid), lambda e: len(of_type(e, "task.failed"))
+        )
+    decided = of_type(events, "policy.decided")[0].event
+    assert decided is not None
+    assert decided.data.model_dump() == {
+        "action": "delegate",
+        "target": "rm_rf",
+        "decision": "deny",
+        "rule": "manifest.delegate",
+        "reason": "delegate 'rm_rf' is not in the capability manifest of boss",
+    }
+    failed = of_type(events, "task.failed")[0].event
+    assert failed is not None and failed.data.final is True  # type: ignore[attr-defined]
+
+
+async def test_instance_announces_itself_heartbeats_and_leaves_on_stop(fbus: Bus) -> None:
+    runtime = AgentRuntime(fbus, adder(), instance="inst7", supervisor="sup1", slot=3)
+    kv = await fbus.kv(fbus.topology.presence.name)
+    async with runtime.running():
+        entry = await kv.get("calc.adder.inst7")
+        presence = Presence.model_validate_json(entry.value or b"")
+        assert (presence.agent, presence.version, presence.capabilities) == (
+            "adder",
+            "2.1",
+            ["add"],
+        )
+        assert (presence.supervisor, presence.slot) == ("sup1", 3)
+    with pytest.raises(KeyNotFoundError):
+        await kv.get("calc.adder.inst7")
+    events = await fbus.read(fbus.subjects.session_events("inst7"))
+    types = [(s.event.short_type, s.event.source) for s in events if s.event]
+    assert types == [
+        ("agent.started", "shoal://calc/adder/inst7"),
+        ("agent.stopped", "shoal://calc/adder/inst7"),
+    ]
+
+
+async def test_stop_lets_an_in_flight_task_finish_before_leaving(fbus: Bus) -> None:
+    agent = Agent("slow", fleet="calc", manifest=CapabilityManifest())
+    started = asyncio.Event()
+
+    @agent.handler("wait")
+    async def wait(ctx: TaskContext, task: dict[str, int]) -> dict[str, str]:
+        started.set()
+        await asyncio.sleep(0.5)
+        return {"ok": "yes"}
+
+    runtime = AgentRuntime(fbus, agent)
+    await runtime.start()
+    task = await submit_task(fbus, "calc", "wait", {})
+    await asyncio.wait_for(started.wait(), 5)
+    await runtime.stop("test")
+    events = await fbus.read(fbus.subjects.session_events(task.iid))
+    assert [s.event.short_type for s in events if s.event][-1] == "task.completed"
+    info = await fbus.js.consumer_info(fbus.topology.tasks.name, "calc_wait")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
