@@ -1,0 +1,156 @@
+"""A real 3-node NATS JetStream cluster on loopback, for tests and benchmarks.
+
+The same shape as ``docker-compose.yml``: one cluster name, a unique ``server_name`` per
+node, every node soliciting routes to all three, JetStream with its own store. Each node
+gets free client and route ports, so several clusters can run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.ops.server import find_nats_server, free_port, nats_url, port_open
+
+__all__ = ["ClusterNode", "NatsCluster"]
+
+
+@dataclass
+class ClusterNode:
+    """One nats-server of the cluster: its name, ports, store and process."""
+
+    name: str
+    home: Path
+    port: int = field(default_factory=free_port)
+    route_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return nats_url(self.port)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def config(self, cluster_name: str, routes: list[str]) -> str:
+        # json.dumps quotes strings the way the NATS config parser accepts them.
+        return (
+            f"server_name: {json.dumps(self.name)}\n"
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"http: 127.0.0.1:{self.http_port}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(self.home / 'jetstream'))} }}\n"
+            "cluster {\n"
+            f"  name: {json.dumps(cluster_name)}\n"
+            f"  listen: 127.0.0.1:{self.route_port}\n"
+            f"  routes: {json.dumps(routes)}\n"
+            "}\n"
+        )
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader this node knows of (monitoring ``/jsz``), if any."""
+        url = f"http://127.0.0.1:{self.http_port}/jsz"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                jsz = json.load(response)
+        except (OSError, ValueError):
+            return None
+        leader = (jsz.get("meta_cluster") or {}).get("leader")
+        return str(leader) if leader else None
+
+    def start(self, cluster_name: str, routes: list[str]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        conf = self.home / "nats-server.conf"
+        conf.write_text(self.config(cluster_name, routes))
+        with (self.home / "nats-server.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(find_nats_server()), "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, no leadership hand-off, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class NatsCluster:
+    """``size`` nats-servers routed to each other on 127.0.0.1 under ``root``."""
+
+    root: Path
+    size: int = 3
+    name: str = "shoal"
+    nodes: list[ClusterNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            self.nodes = [
+                ClusterNode(f"{self.name}-n{i + 1}", self.root / f"n{i + 1}")
+                for i in range(self.size)
+            ]
+
+    @property
+    def urls(self) -> list[str]:
+        """Client URLs of every node, alive or not."""
+        return [node.url for node in self.nodes]
+
+    @property
+    def routes(self) -> list[str]:
+        return [f"nats-route://127.0.0.1:{node.route_port}" for node in self.nodes]
+
+    def node(self, name: str) -> ClusterNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    def start(self, timeout: float = 10.0) -> NatsCluster:
+        """Start every node and wait until each accepts client connections."""
+        for node in self.nodes:
+            node.start(self.name, self.routes)
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            while not port_open(node.port):
+                if not node.alive or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"cluster node {node.name} did not start; see {node.home}")
+                time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    async def wait_for_jetstream(self, timeout: float = 20.0) -> str:
+        """Wait until every live node agrees on a live JetStream meta leader; return its name.
+
+        In a cluster the JetStream API (creating streams and consumers) goes through the
+        meta leader; until one is elected (after start, or after the old one died) such
+        requests fail or time out.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [node for node in self.nodes if node.alive]
+            seen = {await asyncio.to_thread(node.meta_leader) for node in live}
+            leader = seen.pop() if len(seen) == 1 else None
+            if leader is not None and leader in {node.name for node in live}:
+                return leader
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no agreed JetStream meta leader within {timeout}s")
+            await asyncio.sleep(0.1)
