@@ -45,7 +45,7 @@ from pathlib import Path
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from shoal.bus import Bus, ShoalSettings, kill_key, lease_key
+from shoal.bus import Bus, ShoalSettings, kill_key, lease_key, presence_key
 from shoal.ops.instances import (
     Launch,
     Launcher,
@@ -208,6 +208,8 @@ class Supervisor:
         self.presence: KvMirror
         self.leases: KvMirror
         self._leases_kv: KeyValue
+        self._presence_kv: KeyValue
+        self._gone: list[str] = []  # presence keys of instances that exited
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -241,9 +243,10 @@ class Supervisor:
             self._wake.set()
 
         self._leases_kv = await self.bus.kv(top.leases.name)
+        self._presence_kv = await self.bus.kv(top.presence.name)
         self.fleets = KvMirror(await self.bus.kv(top.fleets.name), wake)
         self.kills = KvMirror(await self.bus.kv(top.kill.name), wake)
-        self.presence = KvMirror(await self.bus.kv(top.presence.name))
+        self.presence = KvMirror(self._presence_kv)
         self.leases = KvMirror(self._leases_kv, wake)
         for mirror in (self.fleets, self.kills, self.presence, self.leases):
             await mirror.start(timeout)
@@ -277,6 +280,7 @@ class Supervisor:
         now = time.monotonic()
         await self._announce(now)
         self._reap(now)
+        await self._forget_gone()
         await self._renew(now)
         desired = self._desired()
         for slot in list(self.held.values()):
@@ -347,8 +351,7 @@ class Supervisor:
 
     def _check_health(self, slot: HeldSlot, doc: FleetDesired, now: float) -> None:
         assert slot.instance is not None
-        key = f"{slot.fleet}.{slot.agent}.{slot.instance}"
-        entry = self.presence.entries.get(key)
+        entry = self.presence.entries.get(presence_key(slot.fleet, slot.agent, slot.instance))
         if entry is not None:
             if not slot.heartbeat_seen:
                 slot.heartbeat_seen = True
@@ -363,6 +366,9 @@ class Supervisor:
 
     def _may_replace(self, slot: HeldSlot, doc: FleetDesired, agent: DesiredAgent) -> bool:
         """Rolling upgrade gate: a batch at a time, and never past a failing new version."""
+        mine = [s for s in self.held.values() if (s.fleet, s.agent) == (slot.fleet, slot.agent)]
+        if any(s.version == agent.version and s.state in ("backoff", "crashloop") for s in mine):
+            return False  # own slots first: their lease updates may not be written yet
         for key, entry in self.leases.entries.items():
             if not key.startswith(f"{slot.fleet}.{slot.agent}."):
                 continue
@@ -370,10 +376,7 @@ class Supervisor:
             if lease.version == agent.version and lease.state in ("backoff", "crashloop"):
                 return False
         in_flight = sum(
-            1
-            for s in self.held.values()
-            if (s.fleet, s.agent) == (slot.fleet, slot.agent)
-            and (s.stop_reason == "upgrade" or s.state in ("starting", "claimed"))
+            1 for s in mine if s.stop_reason == "upgrade" or s.state in ("starting", "claimed")
         )
         return in_flight < doc.rollout.batch
 
@@ -402,7 +405,7 @@ class Supervisor:
         slot.stop_reason, slot.kill_at, slot.exit_code = None, None, None
         self._set(slot, "starting", "")
         log.info(
-            "%s: started %s (pid %d, %s)", slot.key, slot.instance, slot.proc.pid, agent.version
+            "%s: started %s %s (pid %d)", slot.key, slot.instance, agent.version, slot.proc.pid
         )
 
     def _stop(self, slot: HeldSlot, reason: str, now: float, grace: float) -> None:
@@ -432,13 +435,30 @@ class Supervisor:
         log.info("%s: released", slot.key)
 
     # -- exits -----------------------------------------------------------------------------
+    async def _forget_gone(self) -> None:
+        gone, self._gone = self._gone, []
+        for key in gone:
+            try:
+                await self._presence_kv.delete(key)
+            except Exception as e:  # best effort: the bucket's TTL removes it anyway
+                log.warning("could not delete presence %s: %s", key, e)
+
     def _reap(self, now: float) -> None:
+        for slot in self.orphans:
+            if not slot.alive and slot.instance:
+                self._gone.append(presence_key(slot.fleet, slot.agent, slot.instance))
         self.orphans = [s for s in self.orphans if s.alive]
         for slot in self.held.values():
             if slot.proc is None or slot.proc.poll() is None:
                 continue
             code, reason = slot.proc.returncode, slot.stop_reason
             slot.proc, slot.exit_code = None, code
+            if reason is None and self._killed(slot.fleet, slot.instance):
+                reason = "kill"  # the instance saw its kill switch first and stopped itself
+            if slot.instance:
+                # A SIGKILLed instance cannot remove its own heartbeat; without this its
+                # presence would count as a live instance until the key's TTL runs out.
+                self._gone.append(presence_key(slot.fleet, slot.agent, slot.instance))
             if reason in ("drain", "upgrade", "kill"):
                 log.info("%s: %s exited (%s, code %s)", slot.key, slot.instance, reason, code)
                 slot.stop_reason, slot.kill_at = None, None

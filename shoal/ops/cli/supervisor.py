@@ -26,6 +26,12 @@ def supervisor(
         float, typer.Option("--drain-grace", help="Seconds between SIGTERM and SIGKILL.")
     ] = 10.0,
     tick: Annotated[float, typer.Option("--tick", help="Seconds between passes.")] = 0.5,
+    backoff: Annotated[
+        float, typer.Option("--backoff", help="First restart delay; doubles per crash.")
+    ] = 0.5,
+    crashloop_after: Annotated[
+        int, typer.Option("--crashloop-after", min=1, help="Exits at start before giving up.")
+    ] = 5,
 ) -> None:
     """Start, stop, replace and drain agent instances until they match desired state.
 
@@ -35,6 +41,8 @@ def supervisor(
     options = SupervisorOptions(
         tick_s=tick,
         drain_grace_s=drain_grace,
+        backoff_base_s=backoff,
+        crashloop_after=crashloop_after,
         fleets=frozenset(fleet) if fleet else None,
     )
     logging.basicConfig(

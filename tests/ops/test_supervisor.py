@@ -1,0 +1,269 @@
+"""The supervisor against real processes: ``shoal supervisor`` and ``shoal agent run`` children,
+counted from ``/proc``, with real SIGKILLs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.aggregates.fleet import FleetApplication
+from shoal.bus import Bus, ShoalSettings
+from shoal.ops.fleets import (
+    FleetView,
+    apply_fleet,
+    describe_fleet,
+    fleet_command,
+    open_fleet_app,
+)
+from shoal.schemas.fleet import parse_fleet_spec
+from tests.natsproc import NatsProcess
+from tests.ops.fleetprocs import AgentProc, Supervisors, agent_procs, eventually, procs_now
+
+pytestmark = pytest.mark.timeout(150)
+
+WORKER = "shoal.agents.demo:summarizer_agent"
+LEASE_TTL = 3.0
+
+
+@pytest.fixture
+def settings(nats_server: NatsProcess, prefix: str, tmp_path: Path) -> ShoalSettings:
+    # Short leases and heartbeats so take-over and liveness happen within a test's time.
+    return ShoalSettings(
+        nats_url=nats_server.url,
+        prefix=prefix,
+        data_dir=tmp_path / "data",
+        principal="tester",
+        lease_ttl_s=LEASE_TTL,
+        presence_ttl_s=3.0,
+    )
+
+
+@pytest.fixture
+def supervisors(settings: ShoalSettings, tmp_path: Path) -> Iterator[Supervisors]:
+    sups = Supervisors(settings, tmp_path / "logs")
+    yield sups
+    sups.stop_all()
+
+
+@pytest.fixture
+async def app(settings: ShoalSettings) -> AsyncIterator[FleetApplication]:
+    application = open_fleet_app(settings)
+    yield application
+    application.close()
+
+
+def spec(replicas: int, target: str = WORKER, fleet: str = "demo") -> str:
+    return f"""
+fleet: {fleet}
+rollout: {{batch: 2, first_heartbeat_s: 15}}
+agents:
+  - name: worker
+    target: {target}
+    version: "1"
+    replicas: {replicas}
+"""
+
+
+async def converge(bus: Bus, prefix: str, n: int, timeout: float = 45.0) -> list[AgentProc]:
+    """Wait until exactly ``n`` instance processes run and ``fleet describe`` shows ``n``."""
+    procs = await eventually(
+        lambda: procs_now(prefix), lambda ps: len(ps) == n, timeout, f"{n} procs"
+    )
+
+    async def view() -> FleetView:
+        return await describe_fleet(bus, "demo")
+
+    def shows_n(v: FleetView) -> bool:
+        worker = v.agents[0]
+        return worker.actual == n and {i.pid for i in worker.instances} == {
+            p.pid for p in agent_procs(prefix)
+        }
+
+    await eventually(view, shows_n, timeout, f"describe showing {n}")
+    return procs
+
+
+async def test_scale_start_stop_yield_exact_instance_processes(
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+) -> None:
+    await apply_fleet(bus, app, parse_fleet_spec(spec(1)), by="tester")
+    supervisors.start("sup-a")
+    await converge(bus, prefix, 1)
+
+    await fleet_command(bus, app, "demo", "scale", by="tester", replicas={"worker": 5})
+    five = await converge(bus, prefix, 5)
+    assert sorted(p.slot for p in five) == [0, 1, 2, 3, 4]
+    assert len({p.instance for p in five}) == 5
+
+    await fleet_command(bus, app, "demo", "scale", by="tester", replicas={"worker": 2})
+    two = await converge(bus, prefix, 2)
+    # Scale-down drains the highest slots and leaves the others untouched.
+    assert [(p.slot, p.pid) for p in two] == [(p.slot, p.pid) for p in five[:2]]
+
+    await fleet_command(bus, app, "demo", "stop", by="tester")
+    await converge(bus, prefix, 0)
+    view = await describe_fleet(bus, "demo")
+    assert (view.running, view.agents[0].desired, view.agents[0].actual) == (False, 0, 0)
+
+    await fleet_command(bus, app, "demo", "start", by="tester")
+    back = await converge(bus, prefix, 2)
+    assert sorted(p.slot for p in back) == [0, 1]
+
+
+async def test_sigkilled_instance_is_replaced_in_its_slot(
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+) -> None:
+    await apply_fleet(bus, app, parse_fleet_spec(spec(3)), by="tester")
+    supervisors.start("sup-a")
+    before = await converge(bus, prefix, 3)
+    victim = before[1]
+    os.kill(victim.pid, signal.SIGKILL)
+
+    after = await eventually(
+        lambda: procs_now(prefix),
+        lambda ps: len(ps) == 3 and victim.pid not in {p.pid for p in ps},
+        30,
+        "replacement",
+    )
+    assert [p.slot for p in after] == [0, 1, 2]
+    assert after[1].instance != victim.instance  # a new instance in the same slot
+    assert (after[0].pid, after[2].pid) == (before[0].pid, before[2].pid)
+    await converge(bus, prefix, 3)
+
+    async def slot_1() -> tuple[str, int, str]:
+        view = await describe_fleet(bus, "demo")
+        slot = next(s for s in view.agents[0].slots if s.slot == 1)
+        return slot.state, slot.restarts, slot.supervisor
+
+    # The lease reports the restart and, once the new instance heartbeats, "running".
+    state = await eventually(slot_1, lambda s: s[0] == "running", 10, "slot 1 running")
+    assert state == ("running", 1, "sup-a")
+
+
+async def test_instance_that_exits_at_start_is_reported_crashlooping_not_restarted(
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+) -> None:
+    broken = "tests.ops.no_such_module:agent"
+    await apply_fleet(bus, app, parse_fleet_spec(spec(1, target=broken)), by="tester")
+    supervisors.start("sup-a", "--crashloop-after", "3", "--backoff", "0.2")
+
+    async def slot_state() -> tuple[str, int]:
+        slots = (await describe_fleet(bus, "demo")).agents[0].slots
+        return (slots[0].state, slots[0].restarts) if slots else ("", 0)
+
+    assert await eventually(slot_state, lambda s: s[0] == "crashloop", 60, "crash loop") == (
+        "crashloop",
+        3,
+    )
+    # Given up: no process is started again, and the count stays where it was.
+    await asyncio.sleep(2.0)
+    assert agent_procs(prefix) == []
+    assert await slot_state() == ("crashloop", 3)
+    view = await describe_fleet(bus, "demo")
+    problem = view.agents[0].problems[0]
+    assert "3 exits at start in a row" in problem.message
+    assert "no_such_module" in problem.message  # the instance's own last log line
+    events = await bus.read(bus.subjects.events_filter(short_type="agent.crashlooping"))
+    assert len(events) == 1
+    assert events[0].event is not None and events[0].event.agent == "worker"
+    assert events[0].event.data.model_dump()["exits"] == 3  # type: ignore[union-attr]
+
+    # A new version clears the crash loop: the supervisor tries again (and succeeds).
+    await fleet_command(
+        bus, app, "demo", "upgrade", by="tester", agent="worker", version="2", target=WORKER
+    )
+    procs = await converge(bus, prefix, 1)
+    assert procs[0].version == "2"
+
+
+async def test_two_supervisors_share_a_fleet_and_one_takes_over_when_the_other_dies(
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+) -> None:
+    a = supervisors.start("sup-a")
+    supervisors.start("sup-b")
+    await eventually(
+        lambda: _supervisor_keys(bus), lambda keys: len(keys) == 2, 20, "both supervisors up"
+    )
+    await apply_fleet(bus, app, parse_fleet_spec(spec(6)), by="tester")
+    six = await converge(bus, prefix, 6)
+    assert sorted(p.slot for p in six) == [0, 1, 2, 3, 4, 5]
+    by_sup = {s: sorted(p.slot for p in six if p.supervisor == s) for s in ("sup-a", "sup-b")}
+    assert len(by_sup["sup-a"]) == 3 and len(by_sup["sup-b"]) == 3  # fair share
+
+    a.send_signal(signal.SIGKILL)
+    a.wait(5)
+    killed_at = time.monotonic()
+    # sup-a's instances die with it (parent-death signal): never unsupervised.
+    await eventually(
+        lambda: procs_now(prefix),
+        lambda ps: all(p.supervisor == "sup-b" for p in ps),
+        10,
+        "sup-a's instances gone",
+    )
+    taken = await converge(bus, prefix, 6, timeout=LEASE_TTL + 30)
+    took = time.monotonic() - killed_at
+    assert sorted(p.slot for p in taken) == [0, 1, 2, 3, 4, 5]
+    assert {p.supervisor for p in taken} == {"sup-b"}
+    assert len(agent_procs(prefix)) == 6  # exactly six, counted again
+    assert took < LEASE_TTL + 20, f"take-over took {took:.1f}s"
+
+
+async def _supervisor_keys(bus: Bus) -> list[str]:
+    from shoal.ops.fleets import kv_snapshot
+
+    kv = await bus.kv(bus.topology.leases.name)
+    return sorted(await kv_snapshot(kv, "_supervisor.>"))
+
+
+async def test_rolling_upgrade_replaces_every_instance_and_stops_on_a_failing_version(
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+) -> None:
+    from shoal.ops.fleets import wait_rollout
+
+    await apply_fleet(bus, app, parse_fleet_spec(spec(3)), by="tester")
+    supervisors.start("sup-a", "--backoff", "0.2", "--crashloop-after", "2")
+    await converge(bus, prefix, 3)
+
+    await fleet_command(bus, app, "demo", "upgrade", by="tester", agent="worker", version="2")
+    result = await wait_rollout(bus, "demo", "worker", "2", timeout=60)
+    assert result.done, result.message
+    procs = await converge(bus, prefix, 3)
+    assert [p.version for p in procs] == ["2", "2", "2"]
+
+    # Version 3 cannot start: the rollout stops after the first batch, old instances stay.
+    await fleet_command(
+        bus,
+        app,
+        "demo",
+        "upgrade",
+        by="tester",
+        agent="worker",
+        version="3",
+        target="tests.ops.no_such_module:agent",
+    )
+    result = await wait_rollout(bus, "demo", "worker", "3", timeout=60)
+    assert not result.done
+    assert "rollout stopped" in result.message
+
+    async def v3_slots() -> list[str]:
+        view = await describe_fleet(bus, "demo")
+        return [s.state for s in view.agents[0].slots if s.version == "3"]
+
+    # The first batch (2 slots) fails into a crash loop; the third slot is never replaced.
+    assert await eventually(v3_slots, lambda s: s == ["crashloop"] * 2, 30, "batch given up") == [
+        "crashloop",
+        "crashloop",
+    ]
+    await asyncio.sleep(1.0)
+    remaining = agent_procs(prefix)
+    assert [(p.version, p.pid) for p in remaining] == [("2", procs[2].pid)]
+
+    await fleet_command(bus, app, "demo", "rollback", by="tester", agent="worker")
+    procs = await converge(bus, prefix, 3)
+    assert [p.version for p in procs] == ["2", "2", "2"]
