@@ -30,6 +30,7 @@ __all__ = [
     "JsonLinesSpanExporter",
     "SpanRecord",
     "read_spans",
+    "session_trace",
     "span_to_json",
 ]
 
@@ -188,14 +189,58 @@ class SpanRecord:
         return max(0, self.end - self.start) / 1e6
 
 
-def read_spans(path: Path) -> Iterator[SpanRecord]:
-    """Every span in a ``spans.jsonl`` file; a torn or foreign line is skipped, not fatal."""
+def read_spans(path: Path, *needles: str) -> Iterator[SpanRecord]:
+    """Every span in a ``spans.jsonl`` file (only lines containing one of ``needles``, if
+    given: a substring test before parsing, as most lines are other sessions').
+
+    A torn or foreign line is skipped, not fatal: the file is shared by many processes.
+    """
     if not path.exists():
         return
-    with path.open("rb") as f:
+    with path.open("r", encoding="utf-8", errors="replace") as f:
         for line in f:
+            if needles and not any(n in line for n in needles):
+                continue
             try:
-                obj = json.loads(line)
-                yield SpanRecord.from_json(obj)
+                yield SpanRecord.from_json(json.loads(line))
             except (ValueError, KeyError, TypeError):
                 continue
+
+
+def session_trace(path: Path, key: str) -> list[SpanRecord]:
+    """The span trees of one session (IID) or one goal (GID), roots first by start time.
+
+    For an IID, the roots are the session's outermost spans (each attempt's
+    ``invoke_agent``), with every descendant — delegated child sessions included. For a GID,
+    the roots are the goal's traces' own roots. Empty when the file has no such span.
+    """
+    needle = f'"{key}"'
+    traces: set[str] = set()
+    by_goal = False
+    for span in read_spans(path, needle):
+        if span.attributes.get("gen_ai.conversation.id") == key:
+            traces.add(span.trace_id)
+        elif span.attributes.get("shoal.gid") == key:
+            traces.add(span.trace_id)
+            by_goal = True
+    if not traces:
+        return []
+    spans = [s for s in read_spans(path, *traces) if s.trace_id in traces]
+    by_id = {s.span_id: s for s in spans}
+    for span in spans:
+        parent = by_id.get(span.parent_span_id or "")
+        if parent is not None:
+            parent.children.append(span)
+    for span in spans:
+        span.children.sort(key=lambda s: s.start)
+
+    def in_session(span: SpanRecord | None) -> bool:
+        return span is not None and span.attributes.get("gen_ai.conversation.id") == key
+
+    if by_goal:
+        roots = [s for s in spans if s.parent_span_id not in by_id]
+    else:
+        roots = [
+            s for s in spans if in_session(s) and not in_session(by_id.get(s.parent_span_id or ""))
+        ]
+    return sorted(roots, key=lambda s: s.start)

@@ -51,9 +51,10 @@ def _root(
 
 def _register() -> None:
     # Imported here, not at module top, so each command module can import ``app`` freely.
+    import shoal.ops.cli.trace as trace
     from shoal.ops.cli import agent, demo, events, goal, platform, schemas
 
-    for module in (platform, goal, events, schemas, demo, agent):
+    for module in (platform, goal, events, schemas, demo, agent, trace):
         module.register(app)
 
 
