@@ -1,0 +1,185 @@
+"""Instances as real processes (``python -m shoal agent run``): competing consumers, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.bus import Bus, ShoalSettings, Stored
+from shoal.schemas import CloudEvent, TaskAssigned, new_id
+from tests.agents.conftest import of_type, wait_events
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = "tests.agents.workers:counter_agent"
+
+
+def start_instance(settings: ShoalSettings, instance: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "NATS_URL": settings.nats_url or "",
+        "SHOAL_PREFIX": settings.prefix,
+        "SHOAL_DATA_DIR": str(settings.data_dir),
+        "SHOAL_TASK_ACK_WAIT_S": "2",
+        "SHOAL_TASK_RETRY_DELAY_S": "0.05",
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shoal",
+            "agent",
+            "run",
+            "load",
+            "counter",
+            "--target",
+            TARGET,
+            "--instance",
+            instance,
+            "--concurrency",
+            "8",
+            *extra,
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.fixture
+def instances(settings: ShoalSettings) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [start_instance(settings, f"w{i}") for i in range(3)]
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+async def wait_present(bus: Bus, count: int) -> None:
+    kv = await bus.kv(bus.topology.presence.name)
+    present: list[str] = []
+
+    async def refresh() -> None:
+        try:
+            present[:] = await kv.keys()
+        except Exception:  # no keys yet
+            present[:] = []
+
+    for _ in range(300):
+        await refresh()
+        if len(present) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"only {present} present")
+
+
+async def publish_tasks(bus: Bus, n: int, sleep_ms: int) -> list[str]:
+    events = [
+        CloudEvent.new(
+            TaskAssigned(capability="count", input={"n": i, "sleep_ms": sleep_ms}),
+            iid=new_id(),
+            principal="tester",
+            source="shoal://cli/tester",
+        )
+        for i in range(n)
+    ]
+    subject = bus.subjects.tasks("load", "count")
+    await bus.publish_many(events)
+    await bus.publish_many((subject, e) for e in events)
+    return [e.iid for e in events]
+
+
+def completed_iids(events: list[Stored]) -> Counter[str]:
+    return Counter(s.event.iid for s in of_type(events, "task.completed") if s.event)
+
+
+async def test_three_instances_handle_300_tasks_exactly_once(
+    bus: Bus, instances: list[subprocess.Popen[bytes]]
+) -> None:
+    await wait_present(bus, 3)
+    iids = await publish_tasks(bus, 300, sleep_ms=5)
+    done_filter = bus.subjects.events_filter(short_type="task.completed")
+    events = await wait_events(bus, done_filter, lambda e: len(e) >= 300, timeout=60)
+    await asyncio.sleep(0.5)  # a duplicate, if any, would land now
+    events = await bus.read(done_filter)
+    assert completed_iids(events) == Counter(iids)
+    started = await bus.read(bus.subjects.events_filter(short_type="task.started"))
+    assert Counter(s.event.iid for s in started if s.event) == Counter(iids)
+    outputs = {s.event.data.output["n"] for s in events if s.event}  # type: ignore[attr-defined]
+    assert outputs == set(range(300))
+    by_instance = Counter(s.event.instance for s in events if s.event)
+    assert set(by_instance) == {"w0", "w1", "w2"}
+    for proc in instances:
+        proc.send_signal(signal.SIGTERM)
+    codes = [await asyncio.to_thread(proc.wait, 20) for proc in instances]
+    assert codes == [0, 0, 0]
+    stopped = await bus.read(bus.subjects.events_filter(short_type="agent.stopped"))
+    assert sorted((s.event.iid, s.event.data.reason) for s in stopped if s.event) == [  # type: ignore[attr-defined]
+        ("w0", "signal SIGTERM"),
+        ("w1", "signal SIGTERM"),
+        ("w2", "signal SIGTERM"),
+    ]
+    kv = await bus.kv(bus.topology.presence.name)
+    with pytest.raises(Exception, match="no keys"):
+        await kv.keys()
+
+
+async def test_sigkill_of_one_instance_mid_run_loses_no_task(
+    bus: Bus, instances: list[subprocess.Popen[bytes]]
+) -> None:
+    await wait_present(bus, 3)
+    iids = await publish_tasks(bus, 300, sleep_ms=60)
+    done_filter = bus.subjects.events_filter(short_type="task.completed")
+    await wait_events(bus, done_filter, lambda e: len(e) >= 60, timeout=30)
+    victim = instances[1]
+    victim.send_signal(signal.SIGKILL)
+    assert await asyncio.to_thread(victim.wait, 10) == -signal.SIGKILL
+    events = await wait_events(bus, done_filter, lambda e: len(e) >= 300, timeout=60)
+    await asyncio.sleep(0.5)
+    events = await bus.read(done_filter)
+    assert completed_iids(events) == Counter(iids)  # every task, each reported once
+    started = await bus.read(bus.subjects.events_filter(short_type="task.started"))
+    restarted = [
+        iid for iid, n in Counter(s.event.iid for s in started if s.event).items() if n > 1
+    ]
+    assert restarted, "the killed instance had no task in flight"
+    assert all(
+        s.event.instance != "w1"
+        for s in of_type(events, "task.completed")
+        if s.event.iid in restarted  # type: ignore[union-attr]
+    )
+    info = await bus.js.consumer_info(bus.topology.tasks.name, "load_count")
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+def test_agent_run_with_an_unknown_target_fails_with_one_line(settings: ShoalSettings) -> None:
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shoal",
+            "agent",
+            "run",
+            "load",
+            "counter",
+            "--target",
+            "nope:agent",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "NATS_URL": settings.nats_url or "", "SHOAL_PREFIX": settings.prefix},
+        capture_output=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip() == "error: cannot import nope:agent: No module named 'nope'"
