@@ -139,6 +139,18 @@ class Call:
         """Set one span attribute."""
         self.span.set_attribute(key, value)
 
+    def fail(self, error: BaseException) -> None:
+        """Mark the operation failed (``error.type``, status, exception event) without raising.
+
+        For callers that handle the error themselves (a task that will be retried).
+        """
+        error_type = type(error).__name__
+        self.span.set_attribute("error.type", error_type)
+        self.span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"[:500]))
+        if isinstance(error, Exception):
+            self.span.record_exception(error)
+        self.metric_attrs["error.type"] = error_type
+
     def decided(self, decision: str, rule: str | None = None) -> None:
         """Record the policy decision on the span; count a refusal."""
         self.span.set_attribute("shoal.policy.decision", decision)
@@ -255,12 +267,7 @@ class GenAI:
             try:
                 yield call
             except BaseException as e:  # cancellation too: the span must say it did not finish
-                error_type = type(e).__name__
-                span.set_attribute("error.type", error_type)
-                span.set_status(Status(StatusCode.ERROR, f"{error_type}: {e}"[:500]))
-                if isinstance(e, Exception):
-                    span.record_exception(e)
-                call.metric_attrs["error.type"] = error_type
+                call.fail(e)
                 raise
             finally:
                 self.metrics.operation_duration.record(

@@ -11,15 +11,25 @@ span is active.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from ulid import ULID
 
 from shoal.schemas import CloudEvent
 
-__all__ = ["current_traceparent", "extract_context", "inject_headers", "with_traceparent"]
+__all__ = [
+    "current_traceparent",
+    "extract_context",
+    "goal_context",
+    "goal_trace_id",
+    "inject_headers",
+    "with_traceparent",
+]
 
 TRACEPARENT = "traceparent"
 
@@ -76,3 +86,32 @@ def with_traceparent(event: CloudEvent) -> CloudEvent:
     if traceparent is None:
         return event
     return event.model_copy(update={TRACEPARENT: traceparent})
+
+
+def goal_trace_id(gid: str) -> int:
+    """The trace id of goal ``gid``: the GID's own 128 bits when it is a ULID, else a hash.
+
+    So ``shoal trace`` and a tracing backend agree on a goal's trace without any lookup.
+    """
+    try:
+        return int(ULID.from_str(gid))
+    except ValueError:
+        return int.from_bytes(hashlib.sha256(b"shoal.goal\0" + gid.encode()).digest()[:16])
+
+
+def goal_context(gid: str) -> Context:
+    """A remote parent standing for goal ``gid`` itself, for work that arrives untraced.
+
+    A goal submitted without trace context (``shoal goal submit`` with tracing off, a plain
+    NATS client) would otherwise start a new trace on every delivery; parented here, every
+    attempt and every task of the goal lands in one trace, whose id follows from the GID.
+    The parent span is never exported: backends show the goal's spans under a missing root.
+    """
+    span_id = int.from_bytes(hashlib.sha256(b"shoal.goal.span\0" + gid.encode()).digest()[:8])
+    span_context = SpanContext(
+        trace_id=goal_trace_id(gid),
+        span_id=span_id or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context))

@@ -9,12 +9,15 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from ulid import ULID
 
 from shoal.bus import Bus
 from shoal.bus.telemetry import Telemetry, setup_telemetry
 from shoal.bus.tracecontext import (
     current_traceparent,
     extract_context,
+    goal_context,
+    goal_trace_id,
     inject_headers,
     with_traceparent,
 )
@@ -102,4 +105,18 @@ def test_inject_adds_w3c_headers_only_inside_a_span(telemetry: Telemetry) -> Non
     with telemetry.tracer.start_as_current_span("x") as span:
         headers = inject_headers({})
     ctx = span.get_span_context()
-    assert headers["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    assert (
+        headers["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    )
+
+
+def test_untraced_work_of_a_goal_joins_one_trace_named_by_the_gid(telemetry: Telemetry) -> None:
+    gid = "01KAKV5J2M8ZQ3Y7TX4W6N9B1C"
+    spans = []
+    for _ in range(2):  # two deliveries of the same goal
+        with telemetry.tracer.start_as_current_span("attempt", context=goal_context(gid)) as s:
+            spans.append(s)
+    first, second = (s.get_span_context() for s in spans)
+    assert first.trace_id == second.trace_id == int(ULID.from_str(gid)) == goal_trace_id(gid)
+    assert spans[0].parent == spans[1].parent  # type: ignore[attr-defined]
+    assert goal_trace_id("not-a-ulid") == goal_trace_id("not-a-ulid") != goal_trace_id("other")
