@@ -48,7 +48,7 @@ def start_instance(settings: ShoalSettings, instance: str, *extra: str) -> subpr
             "--concurrency",
             "8",
             *extra,
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
