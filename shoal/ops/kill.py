@@ -54,9 +54,10 @@ async def kill(
     """Set the kill key, then record the audit events; return what it stops."""
     key = kill_key(scope, name)
     switch = KillSwitch(scope=scope, name=name, reason=reason, by=by, at=utcnow())
+    # Read presence first: a killed instance stops and removes its heartbeat within ms.
+    stopped = await _affected_instances(bus, scope, name)
     kv = await bus.kv(bus.topology.kill.name)
     await kv.put(key, switch.model_dump_json().encode())
-    stopped = await _affected_instances(bus, scope, name)
     events: list[tuple[str, CloudEvent] | CloudEvent] = [
         (
             bus.subjects.control(scope, "kill"),

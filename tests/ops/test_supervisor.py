@@ -172,7 +172,7 @@ async def test_instance_that_exits_at_start_is_reported_crashlooping_not_restart
     events = await bus.read(bus.subjects.events_filter(short_type="agent.crashlooping"))
     assert len(events) == 1
     assert events[0].event is not None and events[0].event.agent == "worker"
-    assert events[0].event.data.model_dump()["exits"] == 3  # type: ignore[union-attr]
+    assert events[0].event.data.model_dump()["exits"] == 3
 
     # A new version clears the crash loop: the supervisor tries again (and succeeds).
     await fleet_command(
