@@ -1,0 +1,327 @@
+"""The core's ingestion: the event log, folded into aggregates exactly once.
+
+A durable JetStream pull consumer on ``SHOAL_EVENTS`` hands over batches. Each batch is
+folded (:class:`~shoal.aggregates.processor.CoreProcessor`, in a worker thread), its side
+effects are carried out, and then every new aggregate event plus one
+``Tracking(<stream>, <last seq of the batch>)`` is written in **one transaction** by the
+library's process recorder; only then is the batch acknowledged (``AckPolicy.ALL``: one ack
+for the batch). The store, not the consumer, is the source of truth: at start the consumer
+is re-created at ``max_tracking_id + 1`` whenever its ack floor disagrees with the store,
+and any message at or below the recorded position is skipped. So a crash at any point —
+before the write, between write and ack — loses nothing and applies nothing twice.
+
+Side effects (dead letters, ``budget.exceeded`` / ``session.flagged`` on the bus, kill
+switches) happen *before* the write: a batch folded again after a crash produces them again
+with the same deterministic ids, which JetStream de-duplicates, and a kill switch written
+twice is the same switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from shoal.aggregates.application import ShoalCore, open_core
+from shoal.aggregates.budgets import BudgetCrossing
+from shoal.aggregates.pricing import PriceTable
+from shoal.aggregates.processor import (
+    CORE_SOURCE,
+    CoreLimits,
+    CoreProcessor,
+    FoldResult,
+    RawMessage,
+)
+from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
+from shoal.schemas import BudgetExceeded, CloudEvent, SessionFlagged, utcnow
+
+__all__ = ["CORE_CONSUMER", "CoreStats", "Ingestion", "run_core"]
+
+log = logging.getLogger("shoal.core")
+
+CORE_CONSUMER = "core"
+"""Durable name of the core's consumer on the events stream."""
+
+
+@dataclass
+class CoreStats:
+    """Counters of one ingestion run."""
+
+    batches: int = 0
+    messages: int = 0
+    applied: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    budget_crossings: int = 0
+    flags: int = 0
+    position: int = 0
+    failures: int = 0
+
+    def add(self, result: FoldResult) -> None:
+        self.batches += 1
+        self.applied += result.applied
+        self.rejected += result.rejected
+        self.dead_lettered += len(result.dead_letters)
+        self.skipped += result.skipped
+        self.budget_crossings += len(result.crossings)
+        self.flags += len(result.flags)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetched batch and the message whose ack acknowledges all of it."""
+
+    messages: list[RawMessage]
+    last: Msg
+
+
+class Ingestion:
+    """One core's consumption loop over the event log."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        app: ShoalCore,
+        processor: CoreProcessor,
+        *,
+        batch: int = 1000,
+        consumer: str = CORE_CONSUMER,
+        stuck_after_s: float = 300.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.bus = bus
+        self.app = app
+        self.processor = processor
+        self.batch = batch
+        self.consumer = consumer
+        self.stuck_after_s = stuck_after_s
+        self.clock = clock
+        self.stats = CoreStats()
+        self.stream = bus.topology.events.name
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._last_watch = 0.0
+
+    # -- the consumer ---------------------------------------------------------------------------
+    async def attach(self) -> None:
+        """Bind to the durable consumer, re-creating it at the store's position if they differ."""
+        js, position = self.bus.js, self.processor.position
+        try:
+            info = await js.consumer_info(self.stream, self.consumer)
+            agrees = (
+                info.ack_floor is not None
+                and (info.ack_floor.stream_seq or 0) == position
+                and not info.num_ack_pending
+                and info.config.filter_subject == self.bus.subjects.all_events
+            )
+            if not agrees:
+                await js.delete_consumer(self.stream, self.consumer)
+                raise NotFoundError
+        except NotFoundError:
+            await js.add_consumer(
+                self.stream,
+                api.ConsumerConfig(
+                    durable_name=self.consumer,
+                    description="shoal core ingestion",
+                    filter_subject=self.bus.subjects.all_events,
+                    ack_policy=api.AckPolicy.ALL,
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
+                    if position
+                    else api.DeliverPolicy.ALL,
+                    opt_start_seq=position + 1 if position else None,
+                    max_ack_pending=self.batch * 4,
+                    ack_wait=60.0,
+                ),
+            )
+            log.info("core consumer %s (re)created at seq %d", self.consumer, position + 1)
+        self._psub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+
+    async def fetch(self, timeout: float = 1.0) -> Fetched | None:
+        """The next batch, sorted by sequence; ``None`` when nothing arrived in ``timeout``."""
+        assert self._psub is not None
+        try:
+            msgs = await self._psub.fetch(self.batch, timeout=timeout)
+        except (NatsTimeoutError, TimeoutError):
+            return None
+        raw = sorted(
+            (RawMessage(m.metadata.sequence.stream, m.subject, m.data) for m in msgs),
+            key=lambda r: r.seq,
+        )
+        return Fetched(raw, max(msgs, key=lambda m: m.metadata.sequence.stream))
+
+    # -- one batch ------------------------------------------------------------------------------
+    async def process(self, fetched: Fetched) -> FoldResult:
+        """Fold, carry out side effects, commit, ack. On failure the working set is reset."""
+        try:
+            result = await asyncio.to_thread(self.processor.fold, fetched.messages)
+            await self._side_effects(result)
+            if result.processing.tracking is not None:
+                await asyncio.to_thread(self.app.record, result.processing, result.snapshot_from)
+            self.processor.committed(result)
+        except BaseException:
+            self.stats.failures += 1
+            await asyncio.to_thread(self.processor.reset)
+            raise
+        # AckPolicy.ALL: acknowledging the highest sequence acknowledges the whole batch.
+        await fetched.last.ack()
+        self.stats.messages += len(fetched.messages)
+        self.stats.add(result)
+        self.stats.position = self.processor.position
+        return result
+
+    async def _side_effects(self, result: FoldResult) -> None:
+        for dl in result.dead_letters:
+            log.warning("dead-lettered #%d on %s: %s", dl.seq, dl.subject, dl.reason)
+            await self.bus.deadletter("events", dl.data, dl.reason, dl.subject)
+        if result.crossings:
+            kill = await self.bus.kv(self.bus.topology.kill.name)
+            for c in result.crossings:
+                await self._budget_exceeded(c, kill)
+        for f in result.flags:
+            data = SessionFlagged(flag="looping", reason=f.reason)
+            await self.bus.publish(
+                CloudEvent.new(data, iid=f.iid, gid=f.gid, source=CORE_SOURCE, id=f.event_id)
+            )
+
+    async def _budget_exceeded(self, c: BudgetCrossing, kill: KeyValue) -> None:
+        log.warning("budget exceeded: %s %s (%s > %s)", c.scope, c.key, c.spent_usd, c.budget_usd)
+        data = BudgetExceeded(
+            scope=c.scope, key=c.key, budget_usd=c.budget_usd, spent_usd=c.spent_usd
+        )
+        event = CloudEvent.new(
+            data, iid=c.iid, gid=c.gid, fleet=c.fleet, source=CORE_SOURCE, id=c.event_id
+        )
+        await self.bus.publish(event)
+        switch = KillSwitch(
+            scope=c.scope,
+            name=c.key,
+            reason=f"budget ${c.budget_usd} exceeded: spent ${c.spent_usd}",
+            by=CORE_SOURCE,
+            at=event.time,
+        )
+        await kill.put(kill_key(c.scope, c.key), switch.model_dump_json().encode())
+
+    # -- the watchdog --------------------------------------------------------------------------
+    async def watch(self) -> int:
+        """Flag running sessions silent for longer than ``stuck_after_s``; return how many."""
+        cutoff = self.clock() - timedelta(seconds=self.stuck_after_s)
+        flagged = 0
+        for iid in self.processor.silent_since(cutoff)[:200]:
+            session = self.processor.cached_session(iid) or await asyncio.to_thread(
+                self.app.session, iid
+            )
+            if session.status != "running" or "stuck" in session.flags:
+                continue
+            if session.modified_on >= cutoff:
+                continue
+            silent = int((self.clock() - session.modified_on).total_seconds())
+            data = SessionFlagged(flag="stuck", reason=f"running and silent for {silent}s")
+            await self.bus.publish(
+                CloudEvent.new(
+                    data,
+                    iid=iid,
+                    gid=session.gid,
+                    source=CORE_SOURCE,
+                    id=f"core-flag-stuck-{iid}-{session.last_seq}",
+                )
+            )
+            flagged += 1
+        return flagged
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def run(
+        self, stop: asyncio.Event, *, until_idle: bool = False, ready: asyncio.Event | None = None
+    ) -> CoreStats:
+        """Consume until ``stop`` is set (or, with ``until_idle``, until nothing is pending).
+
+        Batches are fetched, then folded and written, one after the other: fetching the
+        next batch during the fold was measured slower (the event loop and the fold thread
+        fight over the GIL). A failure
+        (NATS or store unreachable, a bug) is logged and counted; the loop then starts over
+        from the store's position, so the consumer never dies of one bad moment.
+        """
+        await self.attach()
+        if ready is not None:
+            ready.set()
+        watch_every = min(max(self.stuck_after_s / 4, 0.5), 30.0)
+        timeout = 0.5 if until_idle else 1.0
+        try:
+            while not stop.is_set():
+                fetched = await self.fetch(timeout)
+                if fetched:
+                    try:
+                        await self.process(fetched)
+                    except Exception:
+                        log.exception("core batch failed; restarting from the store's position")
+                        await asyncio.sleep(1.0)
+                        await self.attach()
+                        continue
+                elif until_idle:
+                    break
+                if time.monotonic() - self._last_watch >= watch_every:
+                    self._last_watch = time.monotonic()
+                    await self.watch()
+        finally:
+            await self.detach()
+        return self.stats
+
+    async def detach(self) -> None:
+        """Stop pulling (un-acked messages go back to the consumer for the next run)."""
+        if self._psub is not None:
+            psub, self._psub = self._psub, None
+            try:
+                timeout = self.bus.settings.request_timeout
+                await asyncio.wait_for(psub.unsubscribe(), timeout=timeout)
+            except Exception as e:  # the connection may already be gone; the run is over
+                log.debug("core consumer unsubscribe failed: %s", e)
+
+
+def processor_for(app: ShoalCore, settings: ShoalSettings, bus: Bus) -> CoreProcessor:
+    """A processor configured from the settings (price table, loop thresholds)."""
+    return CoreProcessor(
+        app,
+        PriceTable.load(settings.price_table),
+        bus.subjects,
+        bus.topology.events.name,
+        CoreLimits(loop_repeats=settings.loop_repeats, loop_model_calls=settings.loop_model_calls),
+    )
+
+
+async def run_core(
+    settings: ShoalSettings,
+    url: str,
+    stop: asyncio.Event,
+    *,
+    consumer: str = CORE_CONSUMER,
+    until_idle: bool = False,
+    ready: asyncio.Event | None = None,
+) -> CoreStats:
+    """Run the core in this event loop until ``stop`` is set; return its counters.
+
+    This is what ``shoal core`` runs; ``shoal demo`` can run it as a task beside the agents.
+    """
+    async with Bus.connect(url, settings, name="shoal-core") as bus:
+        await bus.provision()
+        app = await asyncio.to_thread(open_core, settings)
+        try:
+            processor = await asyncio.to_thread(processor_for, app, settings, bus)
+            ingestion = Ingestion(
+                bus,
+                app,
+                processor,
+                batch=settings.core_batch,
+                consumer=consumer,
+                stuck_after_s=settings.stuck_after_s,
+            )
+            return await ingestion.run(stop, until_idle=until_idle, ready=ready)
+        finally:
+            app.close()

@@ -1,0 +1,311 @@
+"""The core's ingestion against a real nats-server and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from pathlib import Path
+
+from nats.js import api
+
+from shoal.aggregates import (
+    CORE_CONSUMER,
+    Session,
+    ShoalCore,
+    open_core,
+    run_core,
+)
+from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
+from shoal.bus.client import REASON_HEADER
+from shoal.schemas import (
+    AgentKilled,
+    BudgetExceeded,
+    OutcomeReported,
+    SessionFlagged,
+    TaskAssigned,
+    TaskStarted,
+)
+from tests.aggregates.eventmix import Mix, publish_all
+
+
+async def ingest(settings: ShoalSettings) -> ShoalCore:
+    """Run the core until nothing is pending, then open its store for reading."""
+    assert settings.nats_url
+    await asyncio.wait_for(
+        run_core(settings, settings.nats_url, asyncio.Event(), until_idle=True), 60
+    )
+    return open_core(settings)
+
+
+async def test_ingested_goals_have_exact_costs_retries_and_denials(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=1)
+    mix.start_agents()
+    gids = [mix.goal(tasks=3), mix.goal(tasks=2)]
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    sessions = app.sessions()
+    assert len(sessions) == mix.sessions == 7
+    assert sum((s.cost_usd for s in sessions), Decimal(0)) == mix.cost
+    assert sum(s.model_calls for s in sessions) == mix.model_calls == 12
+    assert sum(s.tool_calls for s in sessions) == mix.tool_calls == 5
+    goal = app.goal(gids[0])
+    assert goal.status == "completed"
+    assert len(goal.iids) == 4
+    children = [app.session(i) for i in goal.iids if i != goal.root_iid]
+    assert [s.status for s in children] == ["completed"] * 3
+    assert [s.retries for s in children] == [1, 0, 0]
+    assert [s.denials for s in children] == [0, 1, 0]
+    assert [s.parentiid for s in children] == [goal.root_iid] * 3
+    assert app.goal_cost(goal) == sum((s.cost_usd for s in app.goal_sessions(goal)), Decimal(0))
+    assert app.session(goal.root_iid).status == "completed"
+
+
+async def test_a_zero_cost_claim_for_a_million_tokens_is_priced_from_the_table(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=2)
+    mix.start_agents()
+    mix.model_call(
+        "s-free",
+        None,
+        mix.worker,
+        model="gpt-4o",
+        input_tokens=1_000_000,
+        output_tokens=0,
+        reported_cost_usd=Decimal("0"),
+    )
+    await publish_all(bus, mix.events)
+
+    session = (await ingest(settings)).session("s-free")
+
+    assert session.cost_usd == Decimal("2.5")
+    assert session.reported_cost_usd == Decimal("0")
+    assert session.cost_by_model == {"gpt-4o": Decimal("2.5")}
+
+
+async def test_events_of_unknown_and_killed_instances_are_rejected_not_applied(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=3)
+    mix.model_call("s-stranger", None, mix.worker)  # no agent.started for it yet
+    mix.start_agents()
+    mix.model_call("s-ok", None, mix.worker)
+    kill = AgentKilled(by="tester", reason="misbehaving")
+    mix.emit(kill, iid="s-ok", gid=None, instance=mix.worker.instance)
+    mix.model_call("s-ok", None, mix.worker)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    stranger, ok = app.session("s-stranger"), app.session("s-ok")
+    assert (stranger.rejected, stranger.model_calls, stranger.cost_usd) == (1, 0, Decimal(0))
+    assert (ok.rejected, ok.model_calls) == (1, 1)
+    instance = app.instance(mix.worker.instance)
+    assert instance is not None and instance.status == "killed"
+
+
+async def test_an_invalid_message_is_dead_lettered_and_the_next_one_applied(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    subject = bus.subjects.event(None, "s-bad", "model.called")
+    await bus.js.publish(subject, b'{"not": "an event"}')
+    mix = Mix(seed=4)
+    mix.start_agents()
+    mix.model_call("s-good", None, mix.worker)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    assert app.session("s-good").model_calls == 1
+    dead = await bus.read(bus.subjects.deadletter("events"), stream=bus.topology.deadletter.name)
+    assert len(dead) == 1
+    assert dead[0].raw == b'{"not": "an event"}'
+    msg = await bus.js.get_last_msg(bus.topology.deadletter.name, dead[0].subject)
+    assert msg.headers is not None and msg.headers[REASON_HEADER] == (
+        "invalid event: id: Field required; source: Field required; type: Field required; "
+        "time: Field required; iid: Field required; data: Field required"
+    )
+
+
+async def test_restart_with_the_consumer_reset_changes_nothing(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=5).until(400)
+    await publish_all(bus, mix.events)
+    app = await ingest(settings)
+    before = {s.iid: s.summary() for s in app.sessions()}
+    last_notification = app.recorder.max_notification_id()
+    app.close()
+
+    await bus.js.delete_consumer(bus.topology.events.name, CORE_CONSUMER)
+    again = await ingest(settings)
+
+    assert again.recorder.max_notification_id() == last_notification
+    assert {s.iid: s.summary() for s in again.sessions()} == before
+    assert sum((s.cost_usd for s in again.sessions()), Decimal(0)) == mix.cost
+
+
+async def test_the_same_stream_ingested_twice_gives_identical_aggregates(
+    bus: Bus, settings: ShoalSettings, tmp_path: Path
+) -> None:
+    mix = Mix(seed=6).until(600)
+    await publish_all(bus, mix.events)
+    first = await ingest(settings)
+    # A fresh store: the consumer's ack floor is ahead of it, so the core re-reads from seq 1.
+    second = await ingest(settings.model_copy(update={"data_dir": tmp_path / "fresh"}))
+
+    one, two = first.sessions(), second.sessions()
+    assert len(one) == len(two) == mix.sessions
+    assert one == two  # aggregate equality: every attribute, timestamps and versions included
+    gids = sorted({s.gid for s in one if s.gid})
+    assert len(gids) == (mix.sessions // 5)
+    assert [first.goal(g) for g in gids] == [second.goal(g) for g in gids]
+
+
+async def test_a_session_over_budget_is_killed_by_the_core(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=8)
+    mix.start_agents()
+    assigned = TaskAssigned(capability="summarize", budget_usd=Decimal("0.001"))
+    mix.emit(assigned, iid="s-spender", gid=None, by=mix.orchestrator)
+    mix.emit(TaskStarted(capability="summarize"), iid="s-spender", gid=None, by=mix.worker)
+    for _ in range(3):  # 3 x (1000 in, 2000 out) on offline-small = 3 x $0.0009
+        mix.model_call("s-spender", None, mix.worker, input_tokens=1000, output_tokens=2000)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    session = app.session("s-spender")
+    assert session.status == "killed"
+    assert session.budget_exceeded
+    assert session.cost_usd == Decimal("0.0027")
+    kill = await bus.kv(bus.topology.kill.name)
+    entry = await kill.get(kill_key("session", "s-spender"))
+    assert entry.value is not None
+    switch = KillSwitch.model_validate_json(entry.value)
+    assert (switch.scope, switch.name, switch.by) == ("session", "s-spender", "shoal://core")
+    published = [s.event for s in await bus.session_events("s-spender")]
+    crossings = [e for e in published if e and isinstance(e.data, BudgetExceeded)]
+    assert len(crossings) == 1
+    assert crossings[0].data.spent_usd == Decimal("0.0018")  # the second call crossed $0.001
+
+
+async def test_a_goal_over_budget_is_killed_by_the_core(bus: Bus, settings: ShoalSettings) -> None:
+    mix = Mix(seed=9)
+    mix.start_agents()
+    gid = mix.goal(tasks=2)
+    await publish_all(bus, mix.events)
+    app = await ingest(settings)
+    spent = app.goal_cost(app.goal(gid))
+    app.close()
+    # A second goal with a budget below what the first one cost: it must be crossed.
+    mix2 = Mix(seed=10)
+    gid2 = mix2.goal(tasks=2)
+    submitted = mix2.events[0]
+    budget = (spent / 2).quantize(Decimal("0.000001"))
+    data = submitted.data.model_copy(update={"budget_usd": budget})
+    mix2.events[0] = submitted.model_copy(update={"data": data})
+    # Reuse the first mix's registered instances for the second goal's events.
+    mix2.events = [
+        e.model_copy(update={"source": e.source.replace("-10", "-9")}) for e in mix2.events
+    ]
+    mix2.events = [
+        e.model_copy(update={"instance": e.instance.replace("-10", "-9")}) if e.instance else e
+        for e in mix2.events
+    ]
+    await publish_all(bus, mix2.events)
+
+    goal = (await ingest(settings)).goal(gid2)
+
+    assert goal.budget_usd == budget
+    assert goal.budget_exceeded
+    kill = await bus.kv(bus.topology.kill.name)
+    entry = await kill.get(kill_key("goal", gid2))
+    assert entry.value is not None and json.loads(entry.value)["scope"] == "goal"
+
+
+async def test_repeating_the_same_tool_call_flags_the_session_looping(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=11)
+    mix.start_agents()
+    for _ in range(6):
+        mix.tool_call("s-loop", None, {"path": "same.md"})
+    mix.tool_call("s-fine", None, {"path": "a.md"})
+    mix.tool_call("s-fine", None, {"path": "b.md"})
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    assert app.session("s-loop").flags == ["looping"]
+    assert app.session("s-fine").flags == []
+    published = [s.event for s in await bus.session_events("s-loop")]
+    flagged = [e for e in published if e and isinstance(e.data, SessionFlagged)]
+    assert len(flagged) == 1 and flagged[0].source == "shoal://core"
+
+
+async def test_an_outcome_reported_later_is_recorded_on_session_and_goal(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=12)
+    mix.start_agents()
+    gid = mix.goal(tasks=1)
+    await publish_all(bus, mix.events)
+    app = await ingest(settings)
+    root = app.goal(gid).root_iid
+    assert root is not None
+    app.close()
+
+    mix.events.clear()
+    report = OutcomeReported(outcome="success", signal="pr_merged")
+    mix.emit(report, iid=root, gid=gid)
+    await publish_all(bus, mix.events)
+    app = await ingest(settings)
+
+    assert (app.session(root).outcome, app.session(root).outcome_signal) == (
+        "success",
+        "pr_merged",
+    )
+    assert app.goal(gid).outcome == "success"
+
+
+async def test_a_silent_running_session_is_flagged_stuck(bus: Bus, settings: ShoalSettings) -> None:
+    mix = Mix(seed=13)
+    mix.start_agents()
+    mix.emit(TaskStarted(capability="summarize"), iid="s-silent", gid=None, by=mix.worker)
+    await publish_all(bus, mix.events)
+    quick = settings.model_copy(update={"stuck_after_s": 0.2})
+    assert quick.nats_url
+    stop = asyncio.Event()
+    core = asyncio.create_task(run_core(quick, quick.nats_url, stop))
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                stored = [s.event for s in await bus.session_events("s-silent")]
+                if any(e and isinstance(e.data, SessionFlagged) for e in stored):
+                    break
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # let the core ingest its own flag
+    finally:
+        stop.set()
+        await asyncio.wait_for(core, 10)
+
+    session = open_core(settings).session("s-silent")
+    assert session.flags == ["stuck"]
+    assert session.status == "running"
+
+
+def test_session_events_name_the_figures_projections_need() -> None:
+    fields = set(Session.ModelCalled.__dataclass_fields__)
+    assert {
+        "gid", "fleet", "agent", "instance", "principal", "model", "input_tokens",
+        "output_tokens", "cached_tokens", "cost_usd", "reported_cost_usd", "latency_ms",
+        "seq", "timestamp",
+    } <= fields  # fmt: skip
+    assert api.AckPolicy.ALL.value == "all"
