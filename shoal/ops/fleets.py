@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from shoal.aggregates.persistence import application_env
 from shoal.bus import Bus, Presence, ShoalSettings
 from shoal.errors import InvalidSpec, NotFound, Refused, ShoalError
 from shoal.ops.slots import SlotLease
 
-if TYPE_CHECKING:  # eventsourcing is imported when a command needs it, not by every CLI start
+if TYPE_CHECKING:  # the core (eventsourcing…) loads when a command needs it, not at CLI start
     from shoal.aggregates.fleet import FleetApplication, FleetHistoryEntry
 from shoal.schemas import CloudEvent, ControlAccepted, ControlRefused, EventData, new_id, utcnow
 from shoal.schemas.fleet import FleetDesired, FleetSpec, parse_fleet_spec
@@ -50,6 +49,7 @@ __all__ = [
 def open_fleet_app(settings: ShoalSettings) -> FleetApplication:
     """The Fleet application on this machine's persistence (SQLite in the data dir)."""
     from shoal.aggregates.fleet import FleetApplication
+    from shoal.aggregates.persistence import application_env
 
     return FleetApplication(env=application_env(settings, "fleets"))
 

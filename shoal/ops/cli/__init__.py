@@ -52,9 +52,9 @@ def _root(
 def _register() -> None:
     # Imported here, not at module top, so each command module can import ``app`` freely.
     import shoal.ops.cli.trace as trace
-    from shoal.ops.cli import agent, demo, events, goal, platform, schemas
+    from shoal.ops.cli import agent, demo, events, fleet, goal, kill, platform, schemas, supervisor
 
-    for module in (platform, goal, events, schemas, demo, agent, trace):
+    for module in (platform, goal, events, schemas, demo, fleet, kill, supervisor, agent, trace):
         module.register(app)
 
 
