@@ -49,5 +49,17 @@ def submit(
         c.out.print(gid)
 
 
+@goal_app.command("show")
+def show(
+    ctx: typer.Context,
+    gid: Annotated[str, typer.Argument(help="The goal's GID.")],
+    as_json: JsonOption = False,
+) -> None:
+    """A goal as the core recorded it: every session serving it and the total cost."""
+    from shoal.ops.cli.session import show_goal
+
+    show_goal(cli(ctx, as_json), gid)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(goal_app, name="goal")
