@@ -16,7 +16,9 @@ __all__ = [
     "NatsUnreachable",
     "NotFound",
     "PortInUse",
+    "QueryFailed",
     "Refused",
+    "ServiceUnavailable",
     "ShoalError",
     "StoreNotWritable",
 ]
@@ -64,3 +66,11 @@ class NotFound(ShoalError):
 
 class Refused(ShoalError):
     """A command was understood but cannot apply in the current state (the text says why)."""
+
+
+class QueryFailed(ShoalError):
+    """A query could not run (the text is the database's own message, on one line)."""
+
+
+class ServiceUnavailable(ShoalError):
+    """No process answers a request/reply service (query service, core) on this NATS."""

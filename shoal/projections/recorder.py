@@ -14,9 +14,10 @@ DuckDB errors are translated to the library's persistence exceptions in one plac
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from eventsourcing.persistence import (
@@ -71,13 +72,27 @@ class DuckDBDatastore:
     reads take a fresh cursor and see the last committed state.
     """
 
-    def __init__(self, path: str | Path = ":memory:", *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        read_only: bool = False,
+        external_access: bool = True,
+    ) -> None:
         self.path = str(path)
         self.read_only = read_only
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Without external access, SQL cannot touch files other than the database itself
+        # (no read_csv, COPY, ATTACH, extension installs): what a service answering
+        # anyone's SELECT over NATS wants.
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {} if external_access else {"enable_external_access": False}
+        )
         with translate_errors():
-            self._conn = duckdb.connect(self.path, read_only=read_only)
+            self._conn = duckdb.connect(self.path, read_only=read_only, config=config)
+            # Timestamps come back in UTC whatever the host's zone (results go over the wire).
+            self._conn.execute("SET GLOBAL TimeZone = 'UTC'")
         self._write_lock = threading.Lock()
 
     @contextmanager
@@ -105,6 +120,15 @@ class DuckDBDatastore:
                 yield cursor
             finally:
                 cursor.close()
+
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """The rows of a query as dicts (through Arrow: exact decimals, aware UTC times)."""
+        with self.reader() as c:
+            relation = c.sql(sql, params=params)
+            if relation is None:
+                return []
+            rows: list[dict[str, Any]] = relation.to_arrow_table().to_pylist()
+            return rows
 
     def close(self) -> None:
         """Close the database (a checkpoint writes the WAL into the file)."""

@@ -56,6 +56,10 @@ def _register() -> None:
 
     for module in (platform, goal, events, schemas, demo, fleet, kill, supervisor, agent, trace):
         module.register(app)
+    from shoal.ops.cli import cost, projections
+
+    for module in (cost, projections):
+        module.register(app)
     from shoal.ops.cli import core, outcome, session
 
     for module in (core, session, outcome):

@@ -1,0 +1,369 @@
+"""``shoal cost``, ``shoal outcomes``, ``shoal query``, ``shoal tools ledger``, ``shoal sql``.
+
+Every command asks the query service over NATS (``<prefix>.api.query.<endpoint>``), or, with
+``--db PATH``, opens a projection file read-only in this process (a rebuilt ``--as-of`` file,
+or any copy nobody is writing). Answers print as rich tables, or as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from shoal.bus import ShoalSettings
+from shoal.errors import InvalidSpec, NotFound
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.connect import open_bus
+from shoal.projections.client import QueryClient
+from shoal.projections.queries import (
+    COST_DIMENSIONS,
+    NAMED_QUERIES,
+    CostAnswer,
+    SuccessCostAnswer,
+)
+from shoal.projections.sql import SqlAnswer, SqlParams
+from shoal.schemas import utcnow
+
+if TYPE_CHECKING:  # duckdb loads only for --db, not at every CLI start
+    from shoal.projections.recorder import DuckDBDatastore
+
+__all__ = [
+    "ask_named",
+    "fetch_demo_summary",
+    "open_local",
+    "parse_since",
+    "register",
+    "render_demo_summary",
+]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="Start of the range: a duration back from now (24h, 7d) or a time."
+    ),
+]
+UntilOption = Annotated[
+    str | None, typer.Option("--until", help="End of the range (exclusive), same forms.")
+]
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="Read this projection file directly (read-only) instead."),
+]
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """``24h`` / ``30m`` / ``7d`` back from ``now``, or an ISO 8601 time (UTC if no zone)."""
+    if text is None:
+        return None
+    match = _DURATION.match(text.strip().lower())
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidSpec(f"{text!r} is neither a duration (24h, 7d, 30m) nor a time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+
+
+def _range(since: str | None, until: str | None) -> dict[str, Any]:
+    now = utcnow()
+    out = {"since": parse_since(since, now), "until": parse_since(until, now)}
+    return {k: v.isoformat() for k, v in out.items() if v is not None}
+
+
+# -- asking -----------------------------------------------------------------------------------
+
+
+def open_local(db: Path) -> DuckDBDatastore:
+    """A projection file opened read-only in this process."""
+    from shoal.projections.recorder import DuckDBDatastore
+
+    if not db.exists():
+        raise NotFound(f"no projection database at {db}")
+    return DuckDBDatastore(db, read_only=True)
+
+
+async def ask_named(
+    c: Cli, name: str, params: dict[str, Any], *, db: Path | None = None, fresh: bool = True
+) -> BaseModel:
+    """A named query's answer, from the query service or a local file."""
+    if db is not None:
+        from shoal.projections.queries import run_named
+
+        ds = open_local(db)
+        try:
+            return await asyncio.to_thread(run_named, ds, name, params)
+        finally:
+            ds.close()
+    async with open_bus(c.settings, start=False, provision=False, name="shoal-query-cli") as bus:
+        return await QueryClient(bus.nc, c.settings).query(name, params, fresh=fresh)
+
+
+async def fetch_demo_summary(
+    nc: NATS, settings: ShoalSettings
+) -> tuple[CostAnswer, SuccessCostAnswer]:
+    """Cost by agent and model, and cost per successful outcome, from the query service.
+
+    The demo calls this at the end (fresh: the service catches up with the core first).
+    """
+    client = QueryClient(nc, settings)
+    cost = await client.query("cost", {"by": ["agent", "model"]}, fresh=True)
+    success = await client.query("cost-per-success", {}, fresh=False)
+    assert isinstance(cost, CostAnswer) and isinstance(success, SuccessCostAnswer)
+    return cost, success
+
+
+def render_demo_summary(out: Console, cost: CostAnswer, success: SuccessCostAnswer) -> None:
+    """The demo's closing tables: spend by agent and model, then per successful outcome."""
+    _render_cost(out, cost)
+    _render_success(out, success)
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Decimal):
+        return f"{value:.6f}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, list):
+        return ", ".join("-" if v is None else str(v) for v in value)
+    return str(value)
+
+
+def _table(title: str, rows: Sequence[BaseModel], columns: Sequence[str] | None = None) -> Table:
+    names = list(columns or (type(rows[0]).model_fields if rows else []))
+    table = Table(title=title, title_justify="left")
+    for name in names:
+        numeric = name.endswith(("_usd", "calls", "tokens", "sessions", "units", "rate", "retries"))
+        table.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*(_cell(getattr(row, n)) for n in names))
+    return table
+
+
+def _render_cost(out: Console, answer: CostAnswer) -> None:
+    table = Table(title=f"cost by {', '.join(answer.by)} (USD, server-side)", title_justify="left")
+    for dim in answer.by:
+        table.add_column(dim)
+    for name in ("calls", "input_tokens", "output_tokens", "cost_usd"):
+        table.add_column(name, justify="right")
+    for row in answer.rows:
+        keys = [_cell(k) for k in row.key]
+        table.add_row(
+            *keys,
+            str(row.calls),
+            str(row.input_tokens),
+            str(row.output_tokens),
+            _cell(row.cost_usd),
+        )
+    blanks = [""] * (len(answer.by) - 1)
+    table.add_section()
+    table.add_row("total", *blanks, str(answer.calls), "", "", _cell(answer.total_usd))
+    out.print(table)
+
+
+def _render_success(out: Console, answer: SuccessCostAnswer) -> None:
+    rows = [*answer.rows, answer.total.model_copy(update={"fleet": "all"})]
+    columns = ("fleet", "units", "successes", "failures", "pending", "spend_usd")
+    table = _table("cost per successful outcome (USD)", rows, (*columns, "cost_per_success_usd"))
+    out.print(table)
+
+
+def _render(c: Cli, name: str, answer: BaseModel) -> None:
+    if c.json:
+        emit_json(answer.model_dump(mode="json"))
+    elif isinstance(answer, CostAnswer):
+        _render_cost(c.out, answer)
+    elif isinstance(answer, SuccessCostAnswer):
+        _render_success(c.out, answer)
+    else:
+        rows = getattr(answer, "rows", [])
+        c.out.print(_table(f"{name}: {NAMED_QUERIES[name].description}", rows))
+        total = getattr(answer, "total", None)
+        if isinstance(total, BaseModel):
+            c.out.print(_table("total", [total]))
+        if not rows:
+            c.out.print("(no rows)")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cost(
+    ctx: typer.Context,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--by", help=f"Group by ({'|'.join(COST_DIMENSIONS)}); repeat or comma-separate."
+        ),
+    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Server-side cost of model calls, grouped (default: by model)."""
+    c = cli(ctx, as_json)
+    dims = [d.strip() for item in (by or ["model"]) for d in item.split(",") if d.strip()]
+    answer = run(c, ask_named(c, "cost", {"by": dims, **_range(since, until)}, db=db))
+    _render(c, "cost", answer)
+
+
+def outcomes(
+    ctx: typer.Context,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Outcomes per fleet, and what each successful outcome cost."""
+    c = cli(ctx, as_json)
+    params = _range(since, until)
+
+    async def _both() -> tuple[BaseModel, BaseModel]:
+        first = await ask_named(c, "outcomes", params, db=db)
+        return first, await ask_named(c, "cost-per-success", params, db=db, fresh=False)
+
+    by_outcome, per_success = run(c, _both())
+    if c.json:
+        emit_json(
+            {
+                "outcomes": by_outcome.model_dump(mode="json"),
+                "cost_per_success": per_success.model_dump(mode="json"),
+            }
+        )
+        return
+    _render(c, "outcomes", by_outcome)
+    _render(c, "cost-per-success", per_success)
+
+
+def query(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(NAMED_QUERIES)}.")],
+    since: SinceOption = None,
+    until: UntilOption = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="sessions: active|stuck|looping.")
+    ] = None,
+    order: Annotated[
+        str | None, typer.Option("--order", help="workflows: spend|successes.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many rows.")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Any named query (sessions, workflows, retries, failed-spend, interventions…)."""
+    c = cli(ctx, as_json)
+    if name not in NAMED_QUERIES:
+        raise typer.BadParameter(f"unknown query {name!r}; one of {', '.join(NAMED_QUERIES)}")
+    fields = NAMED_QUERIES[name].params.model_fields
+    params: dict[str, Any] = {k: v for k, v in _range(since, until).items() if k in fields}
+    for key, value in (("state", state), ("order", order), ("limit", limit)):
+        if value is not None:
+            params[key] = value
+    _render(c, name, run(c, ask_named(c, name, params, db=db)))
+
+
+tools_app = typer.Typer(help="Tool calls: the ledger.", no_args_is_help=True)
+
+
+@tools_app.command("ledger")
+def ledger(
+    ctx: typer.Context,
+    tool: Annotated[str | None, typer.Option("--tool", help="Only this tool.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    decision: Annotated[
+        str | None, typer.Option("--decision", help="allow|deny|needs_approval.")
+    ] = None,
+    sensitivity: Annotated[
+        str | None, typer.Option("--sensitivity", help="public|internal|confidential|secret.")
+    ] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Only this IID.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 50,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every tool call (run or refused) with caller, arguments as recorded, result, decision."""
+    c = cli(ctx, as_json)
+    filters = {
+        "tool": tool,
+        "agent": agent,
+        "decision": decision,
+        "sensitivity": sensitivity,
+        "iid": session,
+    }
+    params = {**{k: v for k, v in filters.items() if v is not None}, **_range(since, until)}
+    answer = run(c, ask_named(c, "ledger", {**params, "limit": limit}, db=db))
+    if c.json:
+        emit_json(answer.model_dump(mode="json"))
+        return
+    columns = ("seq", "ts", "iid", "agent", "tool", "version", "arguments", "sensitivity")
+    rows = getattr(answer, "rows", [])
+    c.out.print(_table("tool-call ledger", rows, (*columns, "result_class", "decision", "rule")))
+
+
+def sql(
+    ctx: typer.Context,
+    statement: Annotated[str, typer.Argument(help="One read-only statement (SELECT …).")],
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 1000,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one read-only SQL statement against the projection (writes are refused)."""
+    c = cli(ctx, as_json)
+
+    async def _ask() -> SqlAnswer:
+        params = SqlParams(sql=statement, limit=limit)
+        if db is not None:
+            from shoal.projections.sql import run_sql
+
+            ds = open_local(db)
+            try:
+                return await asyncio.to_thread(run_sql, ds, params)
+            finally:
+                ds.close()
+        async with open_bus(c.settings, start=False, provision=False, name="shoal-sql") as bus:
+            return await QueryClient(bus.nc, c.settings).sql(statement, limit)
+
+    answer = run(c, _ask())
+    if c.json:
+        emit_json(answer.model_dump(mode="json"))
+        return
+    table = Table(title_justify="left")
+    for name, type_ in zip(answer.columns, answer.types, strict=True):
+        table.add_column(f"{name}\n[dim]{type_}[/]")
+    for row in answer.rows:
+        table.add_row(*(_cell(v) for v in row))
+    c.out.print(table)
+    note = f" (cut at --limit {limit})" if answer.truncated else ""
+    c.out.print(f"{len(answer.rows)} row(s){note}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(cost)
+    app.command()(outcomes)
+    app.command()(query)
+    app.command()(sql)
+    app.add_typer(tools_app, name="tools")

@@ -1,0 +1,165 @@
+"""The one process that owns the projection's DuckDB file.
+
+DuckDB lets one process write a database file. :class:`ProjectionHost` is that process's
+synchronous half: it opens the file, runs the follower in a thread (catching up with the
+core's notification log, then polling it), and lends the datastore to readers. Catch-ups are
+serialised by a lock, so :meth:`sync` (catch up *now*, before answering a query) and the
+follower thread never write at the same time. :meth:`swap` replaces the file with a rebuilt
+one without restarting the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.application import Application
+
+from shoal.aggregates.application import open_core
+from shoal.bus import ShoalSettings
+from shoal.projections.projection import DEFAULT_BATCH, CostProjection
+from shoal.projections.recorder import DuckDBDatastore
+from shoal.projections.runner import CatchUp, ProjectionFollower
+from shoal.projections.view import DuckDBCostView
+
+__all__ = ["ProjectionHost", "projection_path"]
+
+log = logging.getLogger("shoal.projections")
+
+
+def projection_path(settings: ShoalSettings) -> Path:
+    """Where the projection's database lives: ``<data dir>/projections.duckdb``."""
+    return settings.data_dir / "projections.duckdb"
+
+
+class ProjectionHost:
+    """Owns the DuckDB file: follows the core's log into it and hands out readers."""
+
+    def __init__(
+        self,
+        settings: ShoalSettings,
+        *,
+        path: Path | None = None,
+        app_factory: Callable[[], Application[Any]] | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        self.path = path or projection_path(settings)
+        self._app_factory = app_factory or (lambda: open_core(settings))
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._app: Application[Any] | None = None
+        self._view: DuckDBCostView | None = None
+        self._follower: ProjectionFollower | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the core (read side) and the database; do not start following yet."""
+        self._app = self._app_factory()
+        self._open_view()
+
+    def _open_view(self) -> None:
+        assert self._app is not None
+        datastore = DuckDBDatastore(self.path, external_access=False)
+        self._view = DuckDBCostView(datastore)
+        projection = CostProjection(self._view, batch_size=self.batch_size)
+        self._follower = ProjectionFollower(self._app, projection, page=self.batch_size)
+
+    def start(self) -> None:
+        """Open if needed, then follow the core's log in a background thread."""
+        if self._app is None:
+            self.open()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="shoal-projection", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop following, close the database (checkpointed) and the core."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        with self._lock:
+            if self._view is not None:
+                self._view.datastore.close()
+                self._view = None
+            if self._app is not None:
+                self._app.close()
+                self._app = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception as e:  # keep following: the core's store may be briefly locked
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("projection catch-up failed; retrying")
+                self._reset()
+                self._stop.wait(1.0)
+                continue
+            self._stop.wait(self.poll_s)
+
+    def _reset(self) -> None:
+        # Drop the half-built batch: the projection restarts from the committed position.
+        with self._lock:
+            if self._view is not None and self._app is not None:
+                projection = CostProjection(self._view, batch_size=self.batch_size)
+                self._follower = ProjectionFollower(self._app, projection, page=self.batch_size)
+
+    # -- use --------------------------------------------------------------------------------------
+    @property
+    def datastore(self) -> DuckDBDatastore:
+        """The open database, for readers."""
+        if self._view is None:
+            raise RuntimeError("the projection host is not open")
+        return self._view.datastore
+
+    def sync(self) -> CatchUp:
+        """Catch up with everything the core has recorded so far (serialised with the thread)."""
+        with self._lock:
+            if self._follower is None:
+                raise RuntimeError("the projection host is not open")
+            done = self._follower.catch_up()
+        self.last_error = None
+        return done
+
+    def status(self) -> dict[str, Any]:
+        """Position, rows per table, the database path and the last error."""
+        with self._lock:
+            assert self._view is not None and self._app is not None
+            position = self._view.max_tracking_id(self._app.name) or 0
+            counts = self._view.table_counts()
+            last = self._app.recorder.max_notification_id() or 0
+        return {
+            "path": str(self.path),
+            "position": position,
+            "core_last_notification": last,
+            "tables": counts,
+            "last_error": self.last_error,
+        }
+
+    def swap(self, rebuilt: Path) -> None:
+        """Replace the database file with ``rebuilt`` (from a rebuild) and carry on following."""
+        if not rebuilt.exists():
+            raise FileNotFoundError(f"no rebuilt database at {rebuilt}")
+        with self._lock:
+            assert self._view is not None
+            self._view.datastore.close()
+            os.replace(rebuilt, self.path)
+            _remove_wal(rebuilt)
+            self._open_view()
+
+
+def _remove_wal(path: Path) -> None:
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        wal.unlink()

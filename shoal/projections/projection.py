@@ -1,0 +1,389 @@
+"""The cost-and-outcome projection: the core's Session and Goal events, as DuckDB rows.
+
+:class:`CostProjection` is an ``eventsourcing`` :class:`~eventsourcing.projection.Projection`
+whose materialised view is a :class:`~shoal.projections.view.DuckDBCostView`. Each
+:meth:`process_event` adds the event's rows to the current :class:`~shoal.projections.batch.Batch`
+and remembers its ``Tracking``; :meth:`flush` writes the batch and that one tracking record in
+a single DuckDB transaction. A crash before the commit loses the batch *and* its position, so
+the events are processed again; a crash after it finds them tracked. Nothing is lost or
+counted twice.
+
+The core's events name their session by aggregate id; the projection maps ids back to IIDs
+and GIDs from ``Session.Opened`` / ``Goal.Opened`` (kept in the ``sessions`` and ``goals``
+tables, so a restarted projection knows them too).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
+from eventsourcing.utils import get_topic
+
+from shoal.aggregates.goal import Goal
+from shoal.aggregates.session import Session
+from shoal.projections.batch import Batch, Rule
+from shoal.projections.money import money
+from shoal.projections.schema import FACT_TABLES, GOALS, SESSIONS
+from shoal.projections.view import DuckDBCostView
+
+__all__ = ["DEFAULT_BATCH", "CostProjection", "new_batch"]
+
+DEFAULT_BATCH = 5000
+"""Events per DuckDB transaction when catching up (a live tail flushes sooner)."""
+
+_SESSION_RULES = {
+    "session_id": Rule.FIRST,
+    "gid": Rule.FIRST,
+    "parentiid": Rule.FIRST,
+    "source": Rule.FIRST,
+    "capability": Rule.FIRST,
+    "status": Rule.SESSION_STATUS,
+    "attempts": Rule.MAX,
+    "opened_at": Rule.FIRST,
+    "started_at": Rule.FIRST,
+    "last_event_at": Rule.MAX,
+    "first_seq": Rule.FIRST,
+    "last_seq": Rule.MAX,
+    **{
+        c: Rule.SUM
+        for c in (
+            "model_calls",
+            "tool_calls",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "cost_usd",
+            "reported_cost_usd",
+            "errors",
+            "denials",
+            "approvals_requested",
+            "rejected",
+        )
+    },
+    "budget_exceeded": Rule.OR,
+    "stuck": Rule.OR,
+    "looping": Rule.OR,
+}
+
+_GOAL_RULES = {
+    "goal_id": Rule.FIRST,
+    "status": Rule.GOAL_STATUS,
+    "sessions": Rule.SUM,
+    "opened_at": Rule.FIRST,
+    "submitted_at": Rule.FIRST,
+    "last_event_at": Rule.MAX,
+    "first_seq": Rule.FIRST,
+    "last_seq": Rule.MAX,
+    "budget_exceeded": Rule.OR,
+}
+
+_HANDLERS: dict[type[Any], str] = {
+    Session.Opened: "_on_session_opened",
+    Session.TaskAssigned: "_on_session_task_assigned",
+    Session.TaskStarted: "_on_session_task_started",
+    Session.TaskCompleted: "_on_session_task_completed",
+    Session.TaskFailed: "_on_session_task_failed",
+    Session.Closed: "_on_session_closed",
+    Session.ChildAdded: "_on_session_child_added",
+    Session.ModelCalled: "_on_session_model_called",
+    Session.ToolCalled: "_on_session_tool_called",
+    Session.PolicyDecided: "_on_session_policy_decided",
+    Session.ApprovalChanged: "_on_session_approval_changed",
+    Session.Killed: "_on_session_killed",
+    Session.BudgetExceeded: "_on_session_budget_exceeded",
+    Session.Flagged: "_on_session_flagged",
+    Session.OutcomeReported: "_on_session_outcome_reported",
+    Session.EventRejected: "_on_session_event_rejected",
+    Goal.Opened: "_on_goal_opened",
+    Goal.Submitted: "_on_goal_submitted",
+    Goal.SessionAdded: "_on_goal_session_added",
+    Goal.Planned: "_on_goal_planned",
+    Goal.Completed: "_on_goal_completed",
+    Goal.Failed: "_on_goal_failed",
+    Goal.BudgetExceeded: "_on_goal_budget_exceeded",
+    Goal.OutcomeReported: "_on_goal_outcome_reported",
+}
+"""The core's events the projection reads, and the method that handles each."""
+
+
+def new_batch() -> Batch:
+    """An empty batch for the projection's tables."""
+    return Batch(FACT_TABLES, {SESSIONS: _SESSION_RULES, GOALS: _GOAL_RULES})
+
+
+class CostProjection(Projection[DuckDBCostView]):
+    """Sessions, goals, calls, decisions and outcomes, for cost and outcome questions."""
+
+    name = "costs"
+    topics = tuple(get_topic(cls) for cls in _HANDLERS)
+
+    def __init__(self, view: DuckDBCostView, batch_size: int = DEFAULT_BATCH) -> None:
+        super().__init__(view)
+        self.batch_size = batch_size
+        self.batch = new_batch()
+        self.tracking: Tracking | None = None
+        self.flushed = 0
+        # Aggregate id → (IID, GID) and → GID, for events that carry only the aggregate id.
+        self._sessions: dict[UUID, tuple[str, str | None]] = view.session_keys()
+        self._goals: dict[UUID, str] = view.goal_keys()
+        self._handlers = {cls: getattr(self, name) for cls, name in _HANDLERS.items()}
+
+    # -- the batch --------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write the batch and its last tracking record in one transaction; return its size."""
+        if self.tracking is None:
+            return 0
+        size = len(self.batch)
+        self.view.write(self.batch, self.tracking)
+        self.flushed += size
+        self.batch, self.tracking = new_batch(), None
+        return size
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """Add the event's rows to the batch (flushing a full batch); track its position."""
+        handler = self._handlers.get(type(domain_event))
+        if handler is not None:
+            handler(domain_event)
+        self.tracking = tracking
+        self.batch.events += 1
+        if self.batch.events >= self.batch_size:
+            self.flush()
+
+    def _session(
+        self, e: Any, values: dict[str, Any], created: bool = False
+    ) -> tuple[str, str | None]:
+        key = self._sessions[e.originator_id]
+        values["last_event_at"] = e.timestamp
+        values["last_seq"] = e.seq
+        self.batch.states["sessions"].update(key[0], values, created=created)
+        return key
+
+    def _goal(self, e: Any, values: dict[str, Any], created: bool = False) -> str:
+        gid = self._goals[e.originator_id]
+        values["last_event_at"] = e.timestamp
+        values["last_seq"] = e.seq
+        self.batch.states["goals"].update(gid, values, created=created)
+        return gid
+
+    def _fact(self, table: str, row: tuple[Any, ...]) -> None:
+        self.batch.facts[table].add(row)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _on_session_opened(self, e: Session.Opened) -> None:
+        self._sessions[e.originator_id] = (e.iid, e.gid)
+        self._session(
+            e,
+            {
+                "session_id": str(e.originator_id),
+                "gid": e.gid,
+                "parentiid": e.parentiid,
+                "fleet": e.fleet,
+                "principal": e.principal,
+                "source": e.source,
+                "status": "open",
+                "opened_at": e.timestamp,
+                "first_seq": e.seq,
+            },
+            created=True,
+        )
+
+    def _on_session_task_assigned(self, e: Session.TaskAssigned) -> None:
+        self._session(e, {"capability": e.capability, "budget_usd": money(e.budget_usd)})
+
+    def _on_session_task_started(self, e: Session.TaskStarted) -> None:
+        values = {
+            "capability": e.capability,
+            "agent": e.agent,
+            "instance": e.instance,
+            "attempts": e.attempt,
+            "status": "running",
+            "started_at": e.timestamp,
+        }
+        self._session(e, values)
+
+    def _on_session_task_completed(self, e: Session.TaskCompleted) -> None:
+        self._session(e, {"status": "completed", "ended_at": e.timestamp})
+
+    def _on_session_task_failed(self, e: Session.TaskFailed) -> None:
+        values: dict[str, Any] = {"errors": 1}
+        if e.final:
+            values.update(status="failed", ended_at=e.timestamp)
+        self._session(e, values)
+
+    def _on_session_closed(self, e: Session.Closed) -> None:
+        self._session(e, {"status": e.status, "ended_at": e.timestamp})
+
+    def _on_session_child_added(self, e: Session.ChildAdded) -> None:
+        self._session(e, {})
+
+    def _on_session_model_called(self, e: Session.ModelCalled) -> None:
+        cost, reported = money(e.cost_usd), money(e.reported_cost_usd)
+        iid, _ = self._session(
+            e,
+            {
+                "model_calls": 1,
+                "input_tokens": e.input_tokens,
+                "output_tokens": e.output_tokens,
+                "cached_tokens": e.cached_tokens,
+                "cost_usd": cost,
+                "reported_cost_usd": reported,
+                "errors": 1 if e.error else None,
+            },
+        )
+        self._fact(
+            "model_calls",
+            (
+                e.seq,
+                e.timestamp,
+                iid,
+                e.gid,
+                e.fleet,
+                e.agent,
+                e.instance,
+                e.principal,
+                e.event_id,
+                e.call_id,
+                e.model,
+                e.provider,
+                e.input_tokens,
+                e.output_tokens,
+                e.cached_tokens,
+                e.latency_ms,
+                e.finish_reason,
+                cost,
+                reported,
+                e.priced_as,
+                e.error,
+            ),
+        )
+
+    def _on_session_tool_called(self, e: Session.ToolCalled) -> None:
+        failed = e.error or e.result_class in ("error", "timeout")
+        iid, _ = self._session(e, {"tool_calls": 1, "errors": 1 if failed else None})
+        arguments = json.dumps(e.arguments, sort_keys=True, default=str)
+        self._fact(
+            "tool_calls",
+            (
+                e.seq,
+                e.timestamp,
+                iid,
+                e.gid,
+                e.fleet,
+                e.agent,
+                e.instance,
+                e.principal,
+                e.event_id,
+                e.call_id,
+                e.tool,
+                e.version,
+                arguments,
+                e.signature,
+                e.sensitivity,
+                e.result_class,
+                e.latency_ms,
+                list(e.side_effects),
+                e.error,
+            ),
+        )
+
+    def _on_session_policy_decided(self, e: Session.PolicyDecided) -> None:
+        iid, _ = self._session(e, {"denials": 1 if e.decision == "deny" else None})
+        self._fact(
+            "policy_decisions",
+            (
+                e.seq,
+                e.timestamp,
+                iid,
+                e.gid,
+                e.fleet,
+                e.agent,
+                e.instance,
+                e.principal,
+                e.event_id,
+                e.action,
+                e.target,
+                e.decision,
+                e.rule,
+                e.reason,
+            ),
+        )
+
+    def _on_session_approval_changed(self, e: Session.ApprovalChanged) -> None:
+        requested = 1 if e.state == "requested" else None
+        iid, gid = self._session(e, {"approvals_requested": requested})
+        row = (e.seq, e.timestamp, iid, gid, e.request_id, e.state, e.by, e.action, e.target)
+        self._fact("approvals", (*row, e.reason))
+
+    def _on_session_killed(self, e: Session.Killed) -> None:
+        values = {"status": "killed", "killed_by": e.by, "kill_reason": e.reason}
+        self._session(e, {**values, "ended_at": e.timestamp})
+
+    def _on_session_budget_exceeded(self, e: Session.BudgetExceeded) -> None:
+        values: dict[str, Any] = {}
+        if e.scope == "session":
+            values = {
+                "budget_exceeded": True,
+                "status": "killed",
+                "killed_by": "shoal://core",
+                "kill_reason": f"budget ${e.budget_usd} exceeded (spent ${e.spent_usd})",
+            }
+        self._session(e, values)
+
+    def _on_session_flagged(self, e: Session.Flagged) -> None:
+        flag = e.flag if e.flag in ("stuck", "looping") else None
+        self._session(e, {flag: True} if flag else {})
+
+    def _on_session_outcome_reported(self, e: Session.OutcomeReported) -> None:
+        values = {"outcome": e.outcome, "outcome_signal": e.signal, "outcome_at": e.timestamp}
+        iid, gid = self._session(e, values)
+        self._fact("outcomes", (e.seq, e.timestamp, iid, gid, e.outcome, e.signal, e.detail, e.by))
+
+    def _on_session_event_rejected(self, e: Session.EventRejected) -> None:
+        self._session(e, {"rejected": 1})
+
+    # -- goals ------------------------------------------------------------------------------
+    def _on_goal_opened(self, e: Goal.Opened) -> None:
+        self._goals[e.originator_id] = e.gid
+        values = {
+            "goal_id": str(e.originator_id),
+            "status": "open",
+            "opened_at": e.timestamp,
+            "first_seq": e.seq,
+        }
+        self._goal(e, values, created=True)
+
+    def _on_goal_submitted(self, e: Goal.Submitted) -> None:
+        values = {
+            "fleet": e.fleet,
+            "principal": e.principal,
+            "text": e.text,
+            "root_iid": e.root_iid,
+            "budget_usd": money(e.budget_usd),
+            "status": "running",
+            "submitted_at": e.timestamp,
+        }
+        self._goal(e, values)
+
+    def _on_goal_session_added(self, e: Goal.SessionAdded) -> None:
+        self._goal(e, {"sessions": 1})
+
+    def _on_goal_planned(self, e: Goal.Planned) -> None:
+        self._goal(e, {"status": "running"})
+
+    def _on_goal_completed(self, e: Goal.Completed) -> None:
+        self._goal(e, {"status": "completed", "summary": e.summary, "ended_at": e.timestamp})
+
+    def _on_goal_failed(self, e: Goal.Failed) -> None:
+        values = {"status": "failed", "failure_reason": e.reason, "ended_at": e.timestamp}
+        self._goal(e, values)
+
+    def _on_goal_budget_exceeded(self, e: Goal.BudgetExceeded) -> None:
+        self._goal(e, {"budget_exceeded": True})
+
+    def _on_goal_outcome_reported(self, e: Goal.OutcomeReported) -> None:
+        self._goal(e, {"outcome": e.outcome, "outcome_signal": e.signal})

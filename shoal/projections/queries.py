@@ -1,0 +1,633 @@
+"""The questions the projection answers, as named queries with typed parameters and answers.
+
+Each named query is a function ``(datastore, params) -> answer`` registered in
+:data:`NAMED_QUERIES`; parameters and answers are pydantic models, so the query service
+sends them as JSON and the CLI gets the same types back. Money is :class:`~decimal.Decimal`
+end to end (a decimal string on the wire).
+
+Definitions the design leaves open (see ``docs/projections.md``):
+
+* a session's *effective outcome* is the reported one (``outcome.reported``) if any, else
+  what its status implies: completed → success, failed or killed → failure, else pending;
+* an *outcome unit* is a goal (all its sessions' spend; the root session's reported outcome
+  stands for the goal) or a bare session (no goal, no parent);
+* a *workflow* is a fleet and a capability (the kind of task); a goal's root session, which
+  has no capability, counts as the workflow ``(goal)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+
+from shoal.projections.money import MONEY_QUANTUM
+from shoal.schemas import utcnow
+
+if TYPE_CHECKING:  # duckdb loads where queries run, not in every CLI process
+    from shoal.projections.recorder import DuckDBDatastore
+
+__all__ = [
+    "COST_DIMENSIONS",
+    "NAMED_QUERIES",
+    "CostAnswer",
+    "CostParams",
+    "CostRow",
+    "FailedSpendAnswer",
+    "InterventionAnswer",
+    "LedgerAnswer",
+    "LedgerParams",
+    "NamedQuery",
+    "OutcomesAnswer",
+    "RetriesAnswer",
+    "SessionsAnswer",
+    "SessionsParams",
+    "SuccessCostAnswer",
+    "TimeRange",
+    "WorkflowsAnswer",
+    "WorkflowsParams",
+]
+
+Dimension = Literal["fleet", "agent", "model", "principal", "goal", "outcome", "provider"]
+COST_DIMENSIONS: tuple[str, ...] = Dimension.__args__  # type: ignore[attr-defined]
+
+_ZERO = Decimal(0)
+
+Money = Annotated[
+    Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
+]
+"""USD as an exact decimal; on the wire a plain decimal string (``"0.0000000000"``, never
+``"0E-10"``)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- parameters --------------------------------------------------------------------------------
+
+
+class TimeRange(_Model):
+    """``since <= time < until``; either end open when ``None``."""
+
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+
+    def where(self, column: str) -> tuple[str, list[Any]]:
+        """A SQL condition on ``column`` and its parameters (``TRUE`` when unbounded)."""
+        parts, params = ["TRUE"], []
+        if self.since is not None:
+            parts.append(f"{column} >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            parts.append(f"{column} < ?")
+            params.append(self.until)
+        return " AND ".join(parts), params
+
+
+class CostParams(TimeRange):
+    """Cost grouped by one or more dimensions (``by=["agent", "model"]``)."""
+
+    by: list[Dimension] = Field(default=["model"], min_length=1)
+
+
+class LedgerParams(TimeRange):
+    """Tool-call ledger filters (``None`` matches everything)."""
+
+    tool: str | None = None
+    agent: str | None = None
+    decision: Literal["allow", "deny", "needs_approval"] | None = None
+    sensitivity: Literal["public", "internal", "confidential", "secret"] | None = None
+    iid: str | None = None
+    limit: int = Field(default=100, ge=1, le=10_000)
+
+
+class SessionsParams(_Model):
+    """Sessions in a state: ``active`` (not ended), ``stuck`` (active and silent longer than
+    ``stuck_after_s``, or flagged by the core), ``looping`` (flagged by the core)."""
+
+    state: Literal["active", "stuck", "looping"] = "active"
+    now: AwareDatetime | None = None
+    stuck_after_s: float = Field(default=300.0, gt=0)
+    limit: int = Field(default=100, ge=1, le=10_000)
+
+
+class WorkflowsParams(TimeRange):
+    """Top workflows ordered by spend or by successful outcomes."""
+
+    order: Literal["spend", "successes"] = "spend"
+    limit: int = Field(default=10, ge=1, le=1000)
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+class CostRow(_Model):
+    key: list[str | None]
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: Money
+    reported_cost_usd: Money
+
+
+class CostAnswer(_Model):
+    by: list[str]
+    rows: list[CostRow]
+    calls: int
+    total_usd: Money
+
+
+class SuccessCostRow(_Model):
+    fleet: str | None
+    units: int
+    successes: int
+    failures: int
+    abandoned: int
+    pending: int
+    spend_usd: Money
+    success_spend_usd: Money
+    cost_per_success_usd: Money | None
+    """All spend of the fleet's units divided by its successes (failures included)."""
+
+
+class SuccessCostAnswer(_Model):
+    rows: list[SuccessCostRow]
+    total: SuccessCostRow
+
+
+class FailedSpendRow(_Model):
+    fleet: str | None
+    failed_sessions: int
+    killed_sessions: int
+    spend_usd: Money
+
+
+class FailedSpendAnswer(_Model):
+    rows: list[FailedSpendRow]
+    total_usd: Money
+
+
+class RetriesRow(_Model):
+    fleet: str | None
+    capability: str | None
+    sessions: int
+    retries: int
+    successes: int
+    retries_per_success: Money | None
+
+
+class RetriesAnswer(_Model):
+    rows: list[RetriesRow]
+
+
+class LedgerRow(_Model):
+    seq: int
+    ts: datetime
+    iid: str
+    gid: str | None
+    fleet: str | None
+    agent: str | None
+    instance: str | None
+    principal: str | None
+    tool: str
+    version: str | None
+    arguments: str | None
+    sensitivity: str | None
+    result_class: str
+    latency_ms: float | None
+    decision: str
+    rule: str | None
+    error: str | None
+
+
+class LedgerAnswer(_Model):
+    rows: list[LedgerRow]
+
+
+class SessionRow(_Model):
+    iid: str
+    gid: str | None
+    fleet: str | None
+    agent: str | None
+    capability: str | None
+    status: str
+    opened_at: datetime
+    last_event_at: datetime
+    model_calls: int
+    tool_calls: int
+    cost_usd: Money
+    stuck: bool
+    looping: bool
+
+
+class SessionsAnswer(_Model):
+    state: str
+    rows: list[SessionRow]
+
+
+class WorkflowRow(_Model):
+    fleet: str | None
+    capability: str
+    sessions: int
+    successes: int
+    failures: int
+    spend_usd: Money
+    cost_per_success_usd: Money | None
+
+
+class WorkflowsAnswer(_Model):
+    order: str
+    rows: list[WorkflowRow]
+
+
+class InterventionRow(_Model):
+    fleet: str | None
+    sessions: int
+    sessions_needing_approval: int
+    approvals_requested: int
+    rate: Money
+    """Sessions that needed a human's approval / sessions."""
+
+
+class InterventionAnswer(_Model):
+    rows: list[InterventionRow]
+    total: InterventionRow
+
+
+class OutcomeRow(_Model):
+    fleet: str | None
+    outcome: str
+    units: int
+    spend_usd: Money
+
+
+class OutcomesAnswer(_Model):
+    rows: list[OutcomeRow]
+
+
+# -- the queries -------------------------------------------------------------------------------
+
+
+def _ratio(numerator: Decimal | int, denominator: int) -> Decimal | None:
+    if not denominator:
+        return None
+    return (Decimal(numerator) / denominator).quantize(MONEY_QUANTUM)
+
+
+_COST_COLUMN = {
+    "fleet": "m.fleet",
+    "agent": "m.agent",
+    "model": "m.model",
+    "principal": "m.principal",
+    "goal": "m.gid",
+    "provider": "m.provider",
+    "outcome": "COALESCE(u.effective_outcome, 'pending')",
+}
+
+
+def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
+    """Server-side cost of model calls in the range, grouped by ``p.by``."""
+    columns = [_COST_COLUMN[d] for d in p.by]
+    join = ""
+    if "outcome" in p.by:
+        join = (
+            "LEFT JOIN outcome_units u ON u.key = "
+            "CASE WHEN m.gid IS NULL THEN 's:' || m.iid ELSE 'g:' || m.gid END"
+        )
+    where, params = p.where("m.ts")
+    keys = ", ".join(f"{c} AS k{i}" for i, c in enumerate(columns))
+    group = ", ".join(f"k{i}" for i in range(len(columns)))
+    rows = ds.rows(
+        f"""
+        SELECT {keys}, count(*) AS calls, sum(m.input_tokens) AS input_tokens,
+               sum(m.output_tokens) AS output_tokens, sum(m.cached_tokens) AS cached_tokens,
+               sum(m.cost_usd) AS cost_usd, COALESCE(sum(m.reported_cost_usd), 0) AS reported
+        FROM model_calls m {join}
+        WHERE {where}
+        GROUP BY {group}
+        ORDER BY cost_usd DESC, {group}
+        """,
+        params,
+    )
+    out = [
+        CostRow(
+            key=[r[f"k{i}"] for i in range(len(columns))],
+            calls=r["calls"],
+            input_tokens=r["input_tokens"],
+            output_tokens=r["output_tokens"],
+            cached_tokens=r["cached_tokens"],
+            cost_usd=r["cost_usd"],
+            reported_cost_usd=r["reported"],
+        )
+        for r in rows
+    ]
+    return CostAnswer(
+        by=list(p.by),
+        rows=out,
+        calls=sum(r.calls for r in out),
+        total_usd=sum((r.cost_usd for r in out), _ZERO),
+    )
+
+
+def _success_row(fleet: str | None, r: dict[str, Any]) -> SuccessCostRow:
+    return SuccessCostRow(
+        fleet=fleet,
+        units=r["units"],
+        successes=r["successes"],
+        failures=r["failures"],
+        abandoned=r["abandoned"],
+        pending=r["pending"],
+        spend_usd=r["spend"],
+        success_spend_usd=r["success_spend"],
+        cost_per_success_usd=_ratio(r["spend"], r["successes"]),
+    )
+
+
+def cost_per_success(ds: DuckDBDatastore, p: TimeRange) -> SuccessCostAnswer:
+    """Spend per successful outcome, per fleet and in all (units opened in the range)."""
+    where, params = p.where("opened_at")
+    rows = ds.rows(
+        f"""
+        SELECT fleet, count(*) AS units,
+               count(*) FILTER (effective_outcome = 'success') AS successes,
+               count(*) FILTER (effective_outcome = 'failure') AS failures,
+               count(*) FILTER (effective_outcome = 'abandoned') AS abandoned,
+               count(*) FILTER (effective_outcome = 'pending') AS pending,
+               COALESCE(sum(spend), 0) AS spend,
+               COALESCE(sum(spend) FILTER (effective_outcome = 'success'), 0) AS success_spend
+        FROM outcome_units WHERE {where}
+        GROUP BY GROUPING SETS ((fleet), ())
+        ORDER BY GROUPING(fleet), spend DESC, fleet
+        """,
+        params,
+    )
+    fleets, total = rows[:-1], rows[-1] if rows else None
+    empty = {k: 0 for k in ("units", "successes", "failures", "abandoned", "pending")}
+    return SuccessCostAnswer(
+        rows=[_success_row(r["fleet"], r) for r in fleets],
+        total=_success_row(None, total or {**empty, "spend": _ZERO, "success_spend": _ZERO}),
+    )
+
+
+def failed_spend(ds: DuckDBDatastore, p: TimeRange) -> FailedSpendAnswer:
+    """What sessions that failed or were killed cost, per fleet (sessions opened in range)."""
+    where, params = p.where("opened_at")
+    rows = ds.rows(
+        f"""
+        SELECT fleet, count(*) FILTER (status = 'failed') AS failed,
+               count(*) FILTER (status = 'killed') AS killed, sum(cost_usd) AS spend
+        FROM sessions WHERE status IN ('failed', 'killed') AND {where}
+        GROUP BY fleet ORDER BY spend DESC, fleet
+        """,
+        params,
+    )
+    out = [
+        FailedSpendRow(
+            fleet=r["fleet"],
+            failed_sessions=r["failed"],
+            killed_sessions=r["killed"],
+            spend_usd=r["spend"],
+        )
+        for r in rows
+    ]
+    return FailedSpendAnswer(rows=out, total_usd=sum((r.spend_usd for r in out), _ZERO))
+
+
+def retries_per_success(ds: DuckDBDatastore, p: TimeRange) -> RetriesAnswer:
+    """Retries (attempts after the first) per completed session, per fleet and capability."""
+    where, params = p.where("opened_at")
+    rows = ds.rows(
+        f"""
+        SELECT fleet, capability, count(*) AS sessions,
+               COALESCE(sum(greatest(attempts - 1, 0)), 0) AS retries,
+               count(*) FILTER (effective_outcome = 'success') AS successes
+        FROM session_outcomes WHERE capability IS NOT NULL AND {where}
+        GROUP BY fleet, capability ORDER BY retries DESC, fleet, capability
+        """,
+        params,
+    )
+    return RetriesAnswer(
+        rows=[
+            RetriesRow(
+                fleet=r["fleet"],
+                capability=r["capability"],
+                sessions=r["sessions"],
+                retries=r["retries"],
+                successes=r["successes"],
+                retries_per_success=_ratio(r["retries"], r["successes"]),
+            )
+            for r in rows
+        ]
+    )
+
+
+def tool_ledger(ds: DuckDBDatastore, p: LedgerParams) -> LedgerAnswer:
+    """Tool calls (run or refused), newest first, filtered."""
+    where, params = p.where("ts")
+    for column, value in (
+        ("tool", p.tool),
+        ("agent", p.agent),
+        ("decision", p.decision),
+        ("sensitivity", p.sensitivity),
+        ("iid", p.iid),
+    ):
+        if value is not None:
+            where += f" AND {column} = ?"
+            params.append(value)
+    rows = ds.rows(
+        f"SELECT * FROM tool_ledger WHERE {where} ORDER BY seq DESC, tool LIMIT {p.limit}",
+        params,
+    )
+    return LedgerAnswer(rows=[LedgerRow(**r) for r in rows])
+
+
+def sessions(ds: DuckDBDatastore, p: SessionsParams) -> SessionsAnswer:
+    """Active, stuck or looping sessions, most recently active first."""
+    now = p.now or utcnow()
+    active = "status IN ('open', 'running')"
+    condition, params = {
+        "active": (active, []),
+        "stuck": (f"{active} AND (stuck OR last_event_at < ?)", [now - _seconds(p.stuck_after_s)]),
+        "looping": ("looping", []),
+    }[p.state]
+    rows = ds.rows(
+        f"""
+        SELECT iid, gid, fleet, agent, capability, status, opened_at, last_event_at,
+               model_calls, tool_calls, cost_usd, stuck OR last_event_at < ? AS stuck, looping
+        FROM sessions WHERE {condition}
+        ORDER BY last_event_at DESC, iid LIMIT {p.limit}
+        """,
+        [now - _seconds(p.stuck_after_s), *params],
+    )
+    return SessionsAnswer(state=p.state, rows=[SessionRow(**r) for r in rows])
+
+
+def _seconds(s: float) -> timedelta:
+    return timedelta(seconds=s)
+
+
+def top_workflows(ds: DuckDBDatastore, p: WorkflowsParams) -> WorkflowsAnswer:
+    """Workflows (fleet, capability) by spend or by successful outcomes."""
+    where, params = p.where("opened_at")
+    order = "spend DESC, successes DESC" if p.order == "spend" else "successes DESC, spend DESC"
+    rows = ds.rows(
+        f"""
+        SELECT fleet, COALESCE(capability, '(goal)') AS capability, count(*) AS sessions,
+               count(*) FILTER (effective_outcome = 'success') AS successes,
+               count(*) FILTER (effective_outcome = 'failure') AS failures,
+               sum(cost_usd) AS spend
+        FROM session_outcomes WHERE {where}
+        GROUP BY ALL ORDER BY {order}, fleet, capability LIMIT {p.limit}
+        """,
+        params,
+    )
+    return WorkflowsAnswer(
+        order=p.order,
+        rows=[
+            WorkflowRow(
+                fleet=r["fleet"],
+                capability=r["capability"],
+                sessions=r["sessions"],
+                successes=r["successes"],
+                failures=r["failures"],
+                spend_usd=r["spend"],
+                cost_per_success_usd=_ratio(r["spend"], r["successes"]),
+            )
+            for r in rows
+        ],
+    )
+
+
+def _intervention_row(fleet: str | None, r: dict[str, Any]) -> InterventionRow:
+    return InterventionRow(
+        fleet=fleet,
+        sessions=r["sessions"],
+        sessions_needing_approval=r["needing"],
+        approvals_requested=r["requested"],
+        rate=_ratio(r["needing"], r["sessions"]) or _ZERO,
+    )
+
+
+def intervention_rate(ds: DuckDBDatastore, p: TimeRange) -> InterventionAnswer:
+    """Human-intervention rate: sessions that needed an approval / sessions, per fleet."""
+    where, params = p.where("opened_at")
+    rows = ds.rows(
+        f"""
+        SELECT fleet, count(*) AS sessions,
+               count(*) FILTER (approvals_requested > 0) AS needing,
+               COALESCE(sum(approvals_requested), 0) AS requested
+        FROM sessions WHERE {where}
+        GROUP BY GROUPING SETS ((fleet), ())
+        ORDER BY GROUPING(fleet), sessions DESC, fleet
+        """,
+        params,
+    )
+    total = rows[-1] if rows else {"sessions": 0, "needing": 0, "requested": 0}
+    return InterventionAnswer(
+        rows=[_intervention_row(r["fleet"], r) for r in rows[:-1]],
+        total=_intervention_row(None, total),
+    )
+
+
+def outcomes(ds: DuckDBDatastore, p: TimeRange) -> OutcomesAnswer:
+    """Outcome units and their spend, per fleet and effective outcome."""
+    where, params = p.where("opened_at")
+    rows = ds.rows(
+        f"""
+        SELECT fleet, effective_outcome AS outcome, count(*) AS units,
+               COALESCE(sum(spend), 0) AS spend
+        FROM outcome_units WHERE {where}
+        GROUP BY ALL ORDER BY fleet, outcome
+        """,
+        params,
+    )
+    return OutcomesAnswer(
+        rows=[
+            OutcomeRow(
+                fleet=r["fleet"], outcome=r["outcome"], units=r["units"], spend_usd=r["spend"]
+            )
+            for r in rows
+        ]
+    )
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+P = TypeVar("P", bound=BaseModel)
+A = TypeVar("A", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class NamedQuery(Generic[P, A]):
+    """A query the service answers: its name (the endpoint), parameter and answer types."""
+
+    name: str
+    params: type[P]
+    answer: type[A]
+    run: Callable[[DuckDBDatastore, P], A]
+    description: str
+
+
+NAMED_QUERIES: dict[str, NamedQuery[Any, Any]] = {
+    q.name: q
+    for q in (
+        NamedQuery("cost", CostParams, CostAnswer, cost, "cost by dimension"),
+        NamedQuery(
+            "cost-per-success",
+            TimeRange,
+            SuccessCostAnswer,
+            cost_per_success,
+            "spend per successful outcome",
+        ),
+        NamedQuery("failed-spend", TimeRange, FailedSpendAnswer, failed_spend, "failed sessions"),
+        NamedQuery("retries", TimeRange, RetriesAnswer, retries_per_success, "retries/success"),
+        NamedQuery("ledger", LedgerParams, LedgerAnswer, tool_ledger, "tool-call ledger"),
+        NamedQuery("sessions", SessionsParams, SessionsAnswer, sessions, "active/stuck/looping"),
+        NamedQuery("workflows", WorkflowsParams, WorkflowsAnswer, top_workflows, "top workflows"),
+        NamedQuery(
+            "interventions",
+            TimeRange,
+            InterventionAnswer,
+            intervention_rate,
+            "human-intervention rate",
+        ),
+        NamedQuery("outcomes", TimeRange, OutcomesAnswer, outcomes, "outcomes and spend"),
+    )
+}
+"""Every named query, by endpoint name."""
+
+
+def run_named(ds: DuckDBDatastore, name: str, params: dict[str, Any] | None = None) -> BaseModel:
+    """Run a named query from JSON-ready parameters (validated against its model)."""
+    query = NAMED_QUERIES[name]
+    answer: BaseModel = query.run(ds, query.params.model_validate(params or {}))
+    return answer
+
+
+def all_answers(
+    ds: DuckDBDatastore, now: datetime, names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Every named query's answer with fixed parameters, as JSON data (to compare builds)."""
+    params: dict[str, dict[str, Any]] = {
+        "sessions": {"now": now.isoformat()},
+    }
+    out: dict[str, Any] = {}
+    for name in names or NAMED_QUERIES:
+        out[name] = run_named(ds, name, params.get(name)).model_dump(mode="json")
+    for dims in (["fleet"], ["agent"], ["principal"], ["goal"], ["outcome"], ["agent", "model"]):
+        key = "cost:" + ",".join(dims)
+        out[key] = run_named(ds, "cost", {"by": dims}).model_dump(mode="json")
+    for state in ("stuck", "looping"):
+        out[f"sessions:{state}"] = run_named(
+            ds, "sessions", {"state": state, "now": now.isoformat()}
+        ).model_dump(mode="json")
+    out["workflows:successes"] = run_named(ds, "workflows", {"order": "successes"}).model_dump(
+        mode="json"
+    )
+    return out

@@ -1,0 +1,102 @@
+"""Feeding the projection from the core's notification log: catch up, then follow.
+
+The library's ``ProjectionRunner`` needs a recorder that supports subscriptions, which the
+SQLite recorder (shoal's embedded default) does not. :class:`ProjectionFollower` does the same
+job for any recorder by reading the log in pages (``select_notifications`` after the tracked
+position, filtered to the projection's topics), handing each decoded event to the projection
+with its ``Tracking``, and flushing once per page; when the log is drained it polls.
+
+Everything here is synchronous (SQLite, DuckDB); the async service runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import Tracking
+
+from shoal.projections.projection import CostProjection
+
+__all__ = ["CatchUp", "Progress", "ProjectionFollower"]
+
+log = logging.getLogger("shoal.projections")
+
+Progress = Callable[[int, int], None]
+"""Called after each page with (position, last notification id of the log)."""
+
+
+@dataclass
+class CatchUp:
+    """What one catch-up did."""
+
+    events: int = 0
+    position: int = 0
+    stopped_at_seq: int | None = None
+
+
+class ProjectionFollower:
+    """Reads the core's notification log into a :class:`CostProjection`."""
+
+    def __init__(
+        self,
+        app: Application[Any],
+        projection: CostProjection,
+        *,
+        page: int = 5000,
+        as_of: int | None = None,
+    ) -> None:
+        self.app = app
+        self.projection = projection
+        self.page = page
+        self.as_of = as_of
+        """Stop before the first event whose stream sequence (``seq``) is above this."""
+
+    @property
+    def position(self) -> int:
+        """The last notification id the projection has committed (0 before the first)."""
+        return self.projection.view.max_tracking_id(self.app.name) or 0
+
+    def catch_up(self, progress: Progress | None = None) -> CatchUp:
+        """Process every notification recorded so far; return what was done."""
+        recorder, mapper, name = self.app.recorder, self.app.mapper, self.app.name
+        done = CatchUp(position=self.position)
+        last = recorder.max_notification_id() or 0
+        while done.stopped_at_seq is None:
+            page = recorder.select_notifications(
+                start=done.position,
+                limit=self.page,
+                topics=self.projection.topics,
+                inclusive_of_start=False,
+            )
+            if not page:
+                break
+            for notification in page:
+                event = mapper.to_domain_event(notification)
+                seq = getattr(event, "seq", None)
+                if self.as_of is not None and seq is not None and seq > self.as_of:
+                    done.stopped_at_seq = seq
+                    break
+                self.projection.process_event(event, Tracking(name, notification.id))
+                done.events += 1
+                done.position = notification.id
+            self.projection.flush()
+            if progress is not None:
+                progress(done.position, max(last, done.position))
+            if len(page) < self.page:
+                break
+        return done
+
+    def follow(self, stop: threading.Event, poll_s: float = 0.2) -> None:
+        """Catch up, then keep polling for new notifications until ``stop`` is set."""
+        while not stop.is_set():
+            done = self.catch_up()
+            if done.events:
+                log.debug("projected %d events, position %d", done.events, done.position)
+            if done.stopped_at_seq is not None:
+                return
+            stop.wait(poll_s)

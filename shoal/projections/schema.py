@@ -1,0 +1,290 @@
+"""The projection's tables: one column list per table, from which DDL and Arrow schemas come.
+
+Fact tables (``model_calls``, ``tool_calls``, ``policy_decisions``, ``approvals``,
+``outcomes``) are append-only and carry no index: exactly-once comes from the tracking row
+committed in the same transaction, and appends stay at Arrow speed. ``sessions`` and
+``goals`` are state tables keyed by IID and GID, upserted once per batch.
+
+Money is ``DECIMAL(18,10)`` (see :mod:`shoal.projections.money`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from shoal.projections.money import MONEY_SCALE
+
+__all__ = [
+    "FACT_TABLES",
+    "MONEY",
+    "STATE_TABLES",
+    "TABLES",
+    "VIEWS",
+    "Column",
+    "Table",
+    "create_statements",
+]
+
+MONEY = pa.decimal128(18, MONEY_SCALE)
+_TS = pa.timestamp("us", tz="UTC")
+
+_DUCK_TYPES: dict[pa.DataType, str] = {
+    pa.string(): "VARCHAR",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    _TS: "TIMESTAMPTZ",
+    MONEY: f"DECIMAL(18,{MONEY_SCALE})",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its name and Arrow type (the DuckDB type follows from it)."""
+
+    name: str
+    type: pa.DataType
+
+    @property
+    def duck_type(self) -> str:
+        return _DUCK_TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the projection: name, columns, and primary key (state tables only)."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: str | None = None
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type) for c in self.columns])
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def ddl(self) -> str:
+        cols = ", ".join(
+            f"{c.name} {c.duck_type}{' PRIMARY KEY' if c.name == self.key else ''}"
+            for c in self.columns
+        )
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({cols})"
+
+
+def _cols(*spec: tuple[str, pa.DataType]) -> tuple[Column, ...]:
+    return tuple(Column(name, type_) for name, type_ in spec)
+
+
+_S, _I, _L, _F, _B = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
+
+# Who did it: copied onto every fact row so a ledger or cost query needs no join.
+_WHO = (("fleet", _S), ("agent", _S), ("instance", _S), ("principal", _S))
+_WHERE = (("seq", _L), ("ts", _TS), ("iid", _S), ("gid", _S))
+
+MODEL_CALLS = Table(
+    "model_calls",
+    _cols(
+        *_WHERE,
+        *_WHO,
+        ("event_id", _S),
+        ("call_id", _S),
+        ("model", _S),
+        ("provider", _S),
+        ("input_tokens", _L),
+        ("output_tokens", _L),
+        ("cached_tokens", _L),
+        ("latency_ms", _F),
+        ("finish_reason", _S),
+        ("cost_usd", MONEY),
+        ("reported_cost_usd", MONEY),
+        ("priced_as", _S),
+        ("error", _S),
+    ),
+)
+
+TOOL_CALLS = Table(
+    "tool_calls",
+    _cols(
+        *_WHERE,
+        *_WHO,
+        ("event_id", _S),
+        ("call_id", _S),
+        ("tool", _S),
+        ("version", _S),
+        ("arguments", _S),  # JSON text, as recorded (already redacted by the tool gateway)
+        ("signature", _S),
+        ("sensitivity", _S),
+        ("result_class", _S),
+        ("latency_ms", _F),
+        ("side_effects", pa.list_(_S)),
+        ("error", _S),
+    ),
+)
+
+POLICY_DECISIONS = Table(
+    "policy_decisions",
+    _cols(
+        *_WHERE,
+        *_WHO,
+        ("event_id", _S),
+        ("action", _S),
+        ("target", _S),
+        ("decision", _S),
+        ("rule", _S),
+        ("reason", _S),
+    ),
+)
+
+APPROVALS = Table(
+    "approvals",
+    _cols(
+        *_WHERE,
+        ("request_id", _S),
+        ("state", _S),
+        ("decided_by", _S),
+        ("action", _S),
+        ("target", _S),
+        ("reason", _S),
+    ),
+)
+
+OUTCOMES = Table(
+    "outcomes",
+    _cols(*_WHERE, ("outcome", _S), ("signal", _S), ("detail", _S), ("reported_by", _S)),
+)
+
+SESSIONS = Table(
+    "sessions",
+    _cols(
+        ("iid", _S),
+        ("session_id", _S),  # the Session aggregate's UUID: maps events back to their IID
+        ("gid", _S),
+        ("parentiid", _S),
+        ("fleet", _S),
+        ("principal", _S),
+        ("source", _S),
+        ("capability", _S),
+        ("agent", _S),
+        ("instance", _S),
+        ("status", _S),
+        ("attempts", _I),
+        ("opened_at", _TS),
+        ("started_at", _TS),
+        ("ended_at", _TS),
+        ("last_event_at", _TS),
+        ("first_seq", _L),
+        ("last_seq", _L),
+        ("model_calls", _L),
+        ("tool_calls", _L),
+        ("input_tokens", _L),
+        ("output_tokens", _L),
+        ("cached_tokens", _L),
+        ("cost_usd", MONEY),
+        ("reported_cost_usd", MONEY),
+        ("errors", _L),
+        ("denials", _L),
+        ("approvals_requested", _L),
+        ("rejected", _L),
+        ("budget_usd", MONEY),
+        ("budget_exceeded", _B),
+        ("stuck", _B),
+        ("looping", _B),
+        ("killed_by", _S),
+        ("kill_reason", _S),
+        ("outcome", _S),
+        ("outcome_signal", _S),
+        ("outcome_at", _TS),
+    ),
+    key="iid",
+)
+
+GOALS = Table(
+    "goals",
+    _cols(
+        ("gid", _S),
+        ("goal_id", _S),
+        ("fleet", _S),
+        ("principal", _S),
+        ("text", _S),
+        ("root_iid", _S),
+        ("status", _S),
+        ("budget_usd", MONEY),
+        ("budget_exceeded", _B),
+        ("sessions", _L),
+        ("opened_at", _TS),
+        ("submitted_at", _TS),
+        ("ended_at", _TS),
+        ("last_event_at", _TS),
+        ("first_seq", _L),
+        ("last_seq", _L),
+        ("summary", _S),
+        ("failure_reason", _S),
+        ("outcome", _S),
+        ("outcome_signal", _S),
+    ),
+    key="gid",
+)
+
+FACT_TABLES = (MODEL_CALLS, TOOL_CALLS, POLICY_DECISIONS, APPROVALS, OUTCOMES)
+STATE_TABLES = (SESSIONS, GOALS)
+TABLES = (*STATE_TABLES, *FACT_TABLES)
+
+# An outcome for every session and goal: the reported one if feedback arrived, else the one
+# its status implies (completed → success, failed or killed → failure, else pending).
+_EFFECTIVE = """
+    COALESCE(outcome, CASE status
+        WHEN 'completed' THEN 'success'
+        WHEN 'failed' THEN 'failure'
+        WHEN 'killed' THEN 'failure'
+        ELSE 'pending' END)
+"""
+
+VIEWS: dict[str, str] = {
+    # One row per session with its effective outcome.
+    "session_outcomes": f"SELECT *, {_EFFECTIVE} AS effective_outcome FROM sessions",
+    # The unit an outcome is judged on: a goal (all its sessions; the root session's reported
+    # outcome stands for the goal), or a bare session (no goal, no parent), with its spend.
+    "outcome_units": f"""
+        SELECT 'g:' || g.gid AS key, 'goal' AS kind, g.gid AS unit, g.fleet, g.principal,
+               g.opened_at,
+               COALESCE(r.outcome, g.outcome, CASE g.status
+                   WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
+                   ELSE 'pending' END) AS effective_outcome,
+               COALESCE(c.spend, 0)::DECIMAL(38,{MONEY_SCALE}) AS spend
+        FROM goals g
+        LEFT JOIN sessions r ON r.iid = g.root_iid
+        LEFT JOIN (SELECT gid, SUM(cost_usd) AS spend FROM sessions GROUP BY gid) c
+            ON c.gid = g.gid
+        UNION ALL
+        SELECT 's:' || s.iid, 'session', s.iid, s.fleet, s.principal, s.opened_at,
+               s.effective_outcome, s.cost_usd::DECIMAL(38,{MONEY_SCALE})
+        FROM session_outcomes s WHERE s.gid IS NULL AND s.parentiid IS NULL
+    """,
+    # The tool-call ledger: every call that ran (the gateway allowed it) and every call a
+    # policy refused before it ran (no tool.called exists for those).
+    "tool_ledger": """
+        SELECT seq, ts, iid, gid, fleet, agent, instance, principal, tool, version,
+               arguments, sensitivity, result_class, latency_ms, 'allow' AS decision,
+               NULL AS rule, error
+        FROM tool_calls
+        UNION ALL
+        SELECT seq, ts, iid, gid, fleet, agent, instance, principal, target, NULL,
+               NULL, NULL, CASE decision WHEN 'deny' THEN 'denied' ELSE 'pending' END, NULL,
+               decision, rule, reason
+        FROM policy_decisions WHERE action = 'tool.call'
+    """,
+}
+
+
+def create_statements() -> list[str]:
+    """DDL for every table and view (idempotent)."""
+    return [t.ddl() for t in TABLES] + [
+        f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in VIEWS.items()
+    ]

@@ -1,0 +1,185 @@
+"""The query service: the projection's owner, answering over NATS request/reply.
+
+A NATS micro service named ``shoal-query`` (discoverable with ``$SRV.PING.shoal-query``,
+``$SRV.INFO``, ``$SRV.STATS``) with one endpoint per named query plus ``sql``, ``status``,
+``sync``, ``export`` and ``swap``, each on ``<prefix>.api.query.<endpoint>``. A request is
+the JSON of the endpoint's parameters; the reply is the JSON answer, or a micro-service
+error (headers ``Nats-Service-Error-Code`` / ``Nats-Service-Error``) with one line saying why.
+A request with the header ``Shoal-Fresh: 1`` is answered after catching up with the core.
+
+DuckDB work runs in threads (``asyncio.to_thread``); the follower keeps writing meanwhile
+and readers see the last committed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nats.micro
+from nats.aio.client import Client as NATS
+from nats.micro.request import Request
+from nats.micro.service import Service
+from pydantic import BaseModel, ValidationError
+
+from shoal.bus import ShoalSettings, Subjects
+from shoal.bus.client import open_connection
+from shoal.errors import NotFound, QueryFailed, Refused, ShoalError
+from shoal.projections.client import FRESH_HEADER, QUERY_SERVICE
+from shoal.projections.export import export_parquet
+from shoal.projections.host import ProjectionHost
+from shoal.projections.queries import NAMED_QUERIES, run_named
+from shoal.projections.recorder import DuckDBDatastore
+from shoal.projections.sql import SqlParams, run_sql
+from shoal.schemas import describe_validation_error
+
+__all__ = [
+    "MICRO_NAME",
+    "SERVICE_ENDPOINTS",
+    "QueryService",
+    "run_query_service",
+]
+
+log = logging.getLogger("shoal.projections")
+
+MICRO_NAME = "shoal-query"
+SERVICE_ENDPOINTS = (*NAMED_QUERIES, "sql", "status", "sync", "export", "swap")
+
+_ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (Refused, "403"),
+    (NotFound, "404"),
+    (QueryFailed, "400"),
+    (ShoalError, "400"),
+)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:1000]
+
+
+class QueryService:
+    """Endpoints of the query service over one :class:`ProjectionHost`."""
+
+    def __init__(self, host: ProjectionHost, settings: ShoalSettings) -> None:
+        self.host = host
+        self.settings = settings
+        self.subjects = Subjects(settings.prefix)
+        self.service: Service | None = None
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        def ds() -> DuckDBDatastore:
+            return self.host.datastore  # looked up per request: a swap replaces it
+
+        def named(name: str) -> Callable[[dict[str, Any]], Any]:
+            return lambda body: run_named(ds(), name, body)
+
+        handlers = {name: named(name) for name in NAMED_QUERIES}
+        handlers["sql"] = lambda body: run_sql(ds(), SqlParams.model_validate(body))
+        handlers["status"] = lambda _: self.host.status()
+        handlers["sync"] = lambda _: self.host.sync().__dict__
+        handlers["export"] = lambda body: [
+            t.model_dump() for t in export_parquet(ds(), Path(str(body.get("directory", ""))))
+        ]
+        handlers["swap"] = lambda body: self._swap(Path(str(body.get("path", ""))))
+        return handlers
+
+    def _swap(self, path: Path) -> dict[str, Any]:
+        if not path.is_absolute() or not path.exists():
+            raise NotFound(f"no rebuilt database at {path}")
+        self.host.swap(path)
+        return self.host.status()
+
+    async def start(self, nc: NATS) -> None:
+        """Register the micro service and its endpoints."""
+        self.service = await nats.micro.add_service(
+            nc,
+            name=MICRO_NAME,
+            version="0.1.0",
+            description="shoal DuckDB projections: cost and outcome queries",
+            metadata={"prefix": self.settings.prefix, "path": str(self.host.path)},
+        )
+        for name, fn in self._handlers().items():
+            await self.service.add_endpoint(
+                name=name,
+                subject=self.subjects.api(QUERY_SERVICE, name),
+                handler=self._endpoint(nc, fn),
+                metadata={"kind": "named" if name in NAMED_QUERIES else "admin"},
+            )
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+            self.service = None
+
+    def _endpoint(self, nc: NATS, fn: Callable[[dict[str, Any]], Any]) -> Callable[[Request], Any]:
+        async def handle(request: Request) -> None:
+            try:
+                body = json.loads(request.data) if request.data else {}
+                if not isinstance(body, dict):
+                    raise QueryFailed("the request must be a JSON object of parameters")
+                if (request.headers or {}).get(FRESH_HEADER) == "1":
+                    await asyncio.to_thread(self.host.sync)
+                answer = await asyncio.to_thread(fn, body)
+                payload = _to_json(answer)
+            except ValidationError as e:
+                await request.respond_error("400", _one_line(describe_validation_error(e)))
+                return
+            except json.JSONDecodeError as e:
+                await request.respond_error("400", _one_line(f"the request is not JSON: {e}"))
+                return
+            except Exception as e:
+                code = next((c for t, c in _ERROR_CODES if isinstance(e, t)), "500")
+                if code == "500":
+                    log.exception("query service endpoint failed")
+                    text = f"{type(e).__name__}: {e}"
+                else:
+                    text = str(e)
+                await request.respond_error(code, _one_line(text))
+                return
+            if len(payload) > nc.max_payload:
+                message = f"answer too large ({len(payload)} bytes); ask for fewer rows"
+                await request.respond_error("413", message)
+                return
+            await request.respond(payload)
+
+        return handle
+
+
+def _to_json(answer: Any) -> bytes:
+    if isinstance(answer, BaseModel):
+        return answer.model_dump_json().encode()
+    return json.dumps(answer, default=str).encode()
+
+
+async def run_query_service(
+    settings: ShoalSettings,
+    url: str,
+    stop: asyncio.Event,
+    *,
+    ready: asyncio.Event | None = None,
+    host: ProjectionHost | None = None,
+) -> None:
+    """Own the projection, follow the core's log, answer queries until ``stop`` is set.
+
+    The in-process entry point (``shoal projections serve`` and the demo use it).
+    """
+    host = host or ProjectionHost(settings)
+    await asyncio.to_thread(host.open)
+    nc = await open_connection(url, settings, name="shoal-query")
+    service = QueryService(host, settings)
+    try:
+        await asyncio.to_thread(host.sync)  # answer the first question from a caught-up view
+        host.start()
+        await service.start(nc)
+        await nc.flush(timeout=int(settings.request_timeout) or 1)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await service.stop()
+        await asyncio.wait_for(nc.drain(), settings.request_timeout)
+        await asyncio.to_thread(host.close)

@@ -1,0 +1,78 @@
+"""The materialised view: the projection's DuckDB tables plus its tracking record.
+
+:class:`DuckDBCostView` is the DuckDB tracking recorder with the projection's tables. Its one
+write, :meth:`DuckDBCostView.write`, appends a batch's fact rows from Arrow tables, upserts
+its session and goal patches, and advances the tracking record — all in one transaction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID
+
+import duckdb
+import pyarrow as pa  # type: ignore[import-untyped]
+from eventsourcing.persistence import Tracking
+
+from shoal.projections.batch import Batch
+from shoal.projections.recorder import DuckDBDatastore, DuckDBTrackingRecorder
+from shoal.projections.schema import TABLES, create_statements
+
+__all__ = ["DuckDBCostView", "open_view"]
+
+
+class DuckDBCostView(DuckDBTrackingRecorder):
+    """Sessions, goals, model and tool calls, decisions, approvals and outcomes in DuckDB."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return super().construct_create_table_statements() + create_statements()
+
+    def write(self, batch: Batch, tracking: Tracking) -> None:
+        """Store the batch's rows and ``tracking`` atomically (``IntegrityError`` if tracked)."""
+        with self.datastore.transaction() as c:
+            # Tracking first: a batch already recorded fails before any row is written.
+            self._insert_tracking(c, tracking)
+            for rows in batch.facts.values():
+                if len(rows):
+                    name = rows.table.name
+                    _staged(c, rows.to_arrow(), f"INSERT INTO {name} SELECT * FROM staging")
+            for patches in batch.states.values():
+                if patches.created:
+                    insert = f"INSERT INTO {patches.table.name} SELECT * FROM staging"
+                    _staged(c, patches.to_arrow(created=True), insert)
+                if len(patches) > len(patches.created):
+                    _staged(c, patches.to_arrow(created=False), patches.upsert_sql("staging"))
+
+    def session_keys(self) -> dict[UUID, tuple[str, str | None]]:
+        """Session aggregate id → (IID, GID), for every session stored."""
+        with self.datastore.reader() as c:
+            rows = c.execute("SELECT session_id, iid, gid FROM sessions").fetchall()
+        return {UUID(sid): (iid, gid) for sid, iid, gid in rows}
+
+    def goal_keys(self) -> dict[UUID, str]:
+        """Goal aggregate id → GID, for every goal stored."""
+        with self.datastore.reader() as c:
+            rows = c.execute("SELECT goal_id, gid FROM goals").fetchall()
+        return {UUID(goal): gid for goal, gid in rows}
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table."""
+        with self.datastore.reader() as c:
+            return {
+                t.name: int(c.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0])  # type: ignore[index]
+                for t in TABLES
+            }
+
+
+def _staged(c: duckdb.DuckDBPyConnection, rows: pa.Table, sql: str) -> None:
+    # The Arrow table is visible to this cursor's SQL as ``staging`` (no copy is made).
+    c.register("staging", rows)
+    try:
+        c.execute(sql)
+    finally:
+        c.unregister("staging")
+
+
+def open_view(path: str | Path, *, read_only: bool = False) -> DuckDBCostView:
+    """The view in the DuckDB file at ``path`` (created if missing, unless read-only)."""
+    return DuckDBCostView(DuckDBDatastore(path, read_only=read_only))
