@@ -106,7 +106,9 @@ class TaskRunner:
         keepalive = _KeepAlive(msg, settings.task_ack_wait_s / 3)
         started = time.perf_counter()
         try:
-            await emitter.emit(TaskStarted(capability=data.capability, attempt=attempt), session)
+            await emitter.emit(
+                TaskStarted(capability=data.capability, attempt=attempt), session, wait=False
+            )
             output = await handler.fn(ctx, task_input)
             completed = TaskCompleted(
                 capability=data.capability,

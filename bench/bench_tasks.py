@@ -1,0 +1,257 @@
+"""Benchmark: tasks through one fleet, dispatch latency, kill-switch latency — beside raw nats-py.
+
+* **throughput**: N tasks pre-loaded on one capability's work queue; K in-process instances
+  (each its own NATS connection, concurrency 16) with a trivial handler consume them. Per
+  task: pull → validate → ``task.started`` (acked publish) → handler → ``task.completed``
+  (acked publish) → ack. Measured from the instances' start to the N-th ``task.completed``.
+* **ceiling**: raw nats-py on the same server: N pre-loaded messages on a work-queue stream,
+  ``fetch(1000)`` + ``ack`` loop — no parsing, no events.
+* **dispatch latency**: one task every 5 ms (low load); time from the publish call to the
+  handler starting (same process, same clock), for K instances.
+* **kill latency**: an operator connection puts ``instance.<id>`` in the kill bucket; time
+  until the instance's gateway refuses a call (the local watcher has seen the key).
+
+Run: ``uv run python bench/bench_tasks.py [--tasks N]``. Starts its own nats-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js import api
+
+from shoal.agents import Agent, AgentRuntime, CapabilityManifest, Killed, TaskContext
+from shoal.agents.killswitch import KillWatcher
+from shoal.agents.policy import Policy
+from shoal.agents.session import Emitter, Identity, Session
+from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
+from shoal.schemas import CloudEvent, TaskAssigned, new_id, utcnow
+from tests.natsproc import NatsProcess
+
+FLEET, CAPABILITY = "bench", "noop"
+
+
+def noop_agent(started: dict[str, float] | None = None) -> Agent:
+    agent = Agent("noop", fleet=FLEET, manifest=CapabilityManifest())
+
+    @agent.handler(CAPABILITY)
+    async def noop(ctx: TaskContext, task: dict[str, Any]) -> dict[str, Any]:
+        if started is not None:
+            started[ctx.iid] = time.perf_counter()
+        return {}
+
+    return agent
+
+
+def task_event(n: int) -> CloudEvent:
+    return CloudEvent.new(
+        TaskAssigned(capability=CAPABILITY, input={"n": n}),
+        iid=new_id(),
+        principal="bench",
+        source="shoal://cli/bench",
+    )
+
+
+async def raw_ceiling(url: str, n: int, events: bool = False) -> float:
+    """Raw nats-py work-queue drain rate (msgs/s): fetch(1000) + ack, nothing else.
+
+    With ``events``: also what shoal does on the wire per task, without shoal — publish two
+    pre-serialized events per message (pipelined) and ack once their acks are in.
+    """
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    name = "RAW_" + new_id()
+    await js.add_stream(
+        name=name, subjects=[f"raw.{name}"], retention=api.RetentionPolicy.WORK_QUEUE
+    )
+    await js.add_stream(name=name + "_EV", subjects=[f"rawev.{name}"])
+    payload = task_event(0).to_json()
+    for _ in range(n):
+        await js.publish_async(f"raw.{name}", payload)
+    await js.publish_async_completed()
+    psub = await js.pull_subscribe(f"raw.{name}", durable="raw", stream=name)
+    got = 0
+    t0 = time.perf_counter()
+    while got < n:
+        msgs = await psub.fetch(1000, timeout=5)
+        if events:
+            futures = []
+            for _ in msgs:
+                for _event in range(2):
+                    futures.append(await js.publish_async(f"rawev.{name}", payload))
+            await asyncio.gather(*futures)
+        for m in msgs:
+            await m.ack()
+        got += len(msgs)
+    await nc.flush()
+    elapsed = time.perf_counter() - t0
+    await js.delete_stream(name)
+    await js.delete_stream(name + "_EV")
+    await nc.close()
+    return n / elapsed
+
+
+async def connect(url: str, prefix: str) -> tuple[Any, Bus]:
+    settings = ShoalSettings(nats_url=url, prefix=prefix, data_dir=Path(tempfile.mkdtemp()))
+    stack = AsyncExitStack()
+    bus = await stack.enter_async_context(Bus.connect(url, settings, name="bench"))
+    return stack, bus
+
+
+async def shoal_throughput(url: str, n: int, instances: int) -> float:
+    stack, bus = await connect(url, "b" + new_id()[-8:].lower())
+    async with stack:
+        await bus.provision()
+        subject = bus.subjects.tasks(FLEET, CAPABILITY)
+        await bus.publish_many((subject, task_event(i)) for i in range(n))
+        done = 0
+        finished = asyncio.Event()
+
+        async def on_done(_: Any) -> None:
+            nonlocal done
+            done += 1
+            if done >= n:
+                finished.set()
+
+        sub = await bus.nc.subscribe(bus.subjects.events_of_type("task.completed"), cb=on_done)
+        # The fleet's kill switch holds every instance while they start (a paused instance
+        # takes no task); lifting it is the start signal, so start-up is not measured.
+        kill = await bus.kv(bus.topology.kill.name)
+        hold = KillSwitch(scope="fleet", name=FLEET, by="bench", at=utcnow())
+        await kill.put(kill_key("fleet", FLEET), hold.model_dump_json().encode())
+        async with AsyncExitStack() as runtimes:
+            for _ in range(instances):
+                b = await runtimes.enter_async_context(Bus.connect(url, bus.settings))
+                await runtimes.enter_async_context(
+                    AgentRuntime(b, noop_agent(), concurrency=16, drain_timeout_s=2).running()
+                )
+            t0 = time.perf_counter()
+            await kill.delete(kill_key("fleet", FLEET))
+            await asyncio.wait_for(finished.wait(), 120)
+            elapsed = time.perf_counter() - t0
+        await sub.unsubscribe()
+        return n / elapsed
+
+
+async def dispatch_latency(url: str, instances: int, n: int) -> tuple[float, float]:
+    stack, bus = await connect(url, "d" + new_id()[-8:].lower())
+    started: dict[str, float] = {}
+    async with stack:
+        await bus.provision()
+        subject = bus.subjects.tasks(FLEET, CAPABILITY)
+        async with AsyncExitStack() as runtimes:
+            for _ in range(instances):
+                b = await runtimes.enter_async_context(Bus.connect(url, bus.settings))
+                await runtimes.enter_async_context(
+                    AgentRuntime(
+                        b, noop_agent(started), concurrency=16, drain_timeout_s=2
+                    ).running()
+                )
+            await asyncio.sleep(0.2)
+            sent: dict[str, float] = {}
+            for i in range(n):
+                event = task_event(i)
+                sent[event.iid] = time.perf_counter()
+                await bus.publish(event, subject)
+                await asyncio.sleep(0.005)
+            for _ in range(200):
+                if len(started) >= n:
+                    break
+                await asyncio.sleep(0.01)
+        lat = sorted((started[i] - sent[i]) * 1000 for i in sent if i in started)
+        return percentile(lat, 50), percentile(lat, 99)
+
+
+async def kill_latency(url: str, rounds: int) -> tuple[float, float]:
+    stack, bus = await connect(url, "k" + new_id()[-8:].lower())
+    async with stack:
+        await bus.provision()
+        operator = await nats.connect(url)
+        kv_op = await operator.jetstream().key_value(bus.topology.kill.name)
+        identity = Identity(FLEET, "noop", new_id())
+        kills = KillWatcher(bus)
+        await kills.start()
+        policy = Policy(
+            identity, CapabilityManifest(models=("offline-small",)), kills, Emitter(bus, identity)
+        )
+        session = Session(iid=new_id())
+        key = kill_key("instance", identity.instance)
+        value = KillSwitch(scope="instance", name=identity.instance, by="bench", at=utcnow())
+        samples = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await kv_op.put(key, value.model_dump_json().encode())
+            while True:
+                try:
+                    await policy.check(session, "model.call", "offline-small")
+                except Killed:
+                    break
+                await asyncio.sleep(0)
+            samples.append((time.perf_counter() - t0) * 1000)
+            await kv_op.delete(key)
+            await lifted(kills, key)
+        await kills.stop()
+        await operator.close()
+        samples.sort()
+        return percentile(samples, 50), percentile(samples, 99)
+
+
+async def lifted(kills: KillWatcher, key: str) -> None:
+    """Until the watcher has seen ``key`` deleted."""
+    for _ in range(100_000):
+        if kills.match([key]) is None:
+            return
+        await asyncio.sleep(0)
+    raise TimeoutError(f"kill key {key} still seen")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+async def main(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsProcess(Path(tmp) / "js").start()
+        try:
+            url = server.url
+            raw = statistics.median([await raw_ceiling(url, max(n, 20_000)) for _ in range(2)])
+            raw_ev = statistics.median(
+                [await raw_ceiling(url, max(n, 20_000), events=True) for _ in range(2)]
+            )
+            print(f"raw nats-py work queue, fetch(1000)+ack : {raw:>9,.0f} msgs/s (ceiling)")
+            print(
+                f"raw nats-py, same wire work as shoal    : {raw_ev:>9,.0f} msgs/s "
+                "(fetch, 2 event publishes, ack; no parsing)"
+            )
+            for k in (1, 4, 16):
+                rate = await shoal_throughput(url, n, k)
+                p50, p99 = await dispatch_latency(url, k, 200)
+                print(
+                    f"shoal, {k:>2} instance(s), trivial handler  : {rate:>9,.0f} tasks/s "
+                    f"({rate / raw:5.1%} of raw)   dispatch p50 {p50:5.2f} ms  p99 {p99:5.2f} ms"
+                )
+            k50, k99 = await kill_latency(url, 200)
+            print(
+                f"kill key set -> call refused (operator on another connection): "
+                f"p50 {k50:.2f} ms  p99 {k99:.2f} ms"
+            )
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tasks", type=int, default=4000, help="tasks per throughput run")
+    args = parser.parse_args()
+    asyncio.run(main(args.tasks))
