@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from shoal.errors import InvalidSpec
 from shoal.schemas.envelope import Token, describe_validation_error
+from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = [
     "TARGET_PATTERN",
@@ -68,7 +69,10 @@ class AgentSpec(BaseModel):
     version: str = Field(default="1", min_length=1, max_length=64, pattern=r"^[^\s]+$")
     replicas: int = Field(default=1, ge=0, le=1000)
     concurrency: int = Field(default=1, ge=1, le=1000)
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    manifest: CapabilityManifest | None = Field(
+        default=None,
+        description="Overrides the manifest the agent's code declares (validated like it).",
+    )
 
 
 class FleetSpec(BaseModel):

@@ -167,3 +167,18 @@ def test_invalid_specs_name_the_field_and_the_reason(text: str, message: str) ->
     with pytest.raises(InvalidSpec) as err:
         parse_fleet_spec(text, origin="spec.yaml")
     assert message in str(err.value)
+
+
+def test_an_agents_manifest_in_the_spec_is_validated_like_a_capability_manifest() -> None:
+    text = SPEC + "    manifest: {models: [offline-small], tools: [read_file], budget_usd: '0.5'}\n"
+    parsed = parse_fleet_spec(text)
+    worker = parsed.agent("worker")
+    assert worker is not None and worker.manifest is not None
+    assert (worker.manifest.models, list(worker.manifest.tools)) == (
+        ("offline-small",),
+        ["read_file"],
+    )
+    fleet = Fleet("docs", parsed.model_dump(mode="json"), "alice", "")
+    assert fleet.spec == parsed  # survives the event's JSON round trip
+    with pytest.raises(InvalidSpec, match=r"agents\.1\.manifest\.tool: Extra inputs"):
+        parse_fleet_spec(SPEC + "    manifest: {tool: [read_file]}\n")

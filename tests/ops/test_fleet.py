@@ -165,3 +165,15 @@ def test_local_supervisor_runs_detached_once_and_stops(settings: ShoalSettings) 
     assert not pid_alive(pid)
     assert local_supervisor_pid(settings) is None
     assert stop_local_supervisor(settings) is None
+
+
+def test_demo_fleet_example_is_valid_and_its_targets_load() -> None:
+    from shoal.agents.serve import resolve_agent
+
+    spec = parse_fleet_spec(
+        (Path(__file__).parents[2] / "examples" / "demo-fleet.yaml").read_text()
+    )
+    assert [(a.name, a.replicas) for a in spec.agents] == [("orchestrator", 1), ("worker", 2)]
+    for a in spec.agents:
+        agent = resolve_agent(spec.fleet, a.name, a.target)
+        assert (agent.fleet, agent.name) == ("demo", a.name)
