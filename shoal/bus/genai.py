@@ -33,6 +33,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "TOKEN_BUCKETS",
     "AgentCall",
+    "Attributes",
     "Call",
     "ChatCall",
     "GenAI",
@@ -252,7 +253,9 @@ class GenAI:
         parent: Context | None = None,
     ) -> Iterator[C]:
         if not self.enabled:
-            yield call_type(self, INVALID_SPAN, str(attributes["gen_ai.operation.name"]), {})
+            yield call_type(
+                self, INVALID_SPAN, str(attributes["gen_ai.operation.name"]), metric_attrs
+            )
             return
         started = time.perf_counter()
         with self.tracer.start_as_current_span(

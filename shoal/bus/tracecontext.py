@@ -29,6 +29,7 @@ __all__ = [
     "goal_trace_id",
     "inject_headers",
     "with_traceparent",
+    "work_context",
 ]
 
 TRACEPARENT = "traceparent"
@@ -115,3 +116,16 @@ def goal_context(gid: str) -> Context:
         trace_flags=TraceFlags(TraceFlags.SAMPLED),
     )
     return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
+def work_context(
+    headers: Mapping[str, str] | None, traceparent: str | None, gid: str | None
+) -> Context | None:
+    """The parent of the work a message carries: its trace context, else its goal's.
+
+    ``None`` (a new trace) only for untraced work outside any goal.
+    """
+    context = extract_context(headers, traceparent)
+    if context is None and gid:
+        context = goal_context(gid)
+    return context

@@ -259,9 +259,14 @@ def test_denials_tasks_instances_and_cost_are_counted(traced: Traced) -> None:
     assert denied.attributes["shoal.policy.decision"] == "deny"
 
 
-def test_a_disabled_genai_costs_nothing_and_still_raises(tmp_path: Path) -> None:
+def test_a_disabled_genai_records_nothing_and_still_raises() -> None:
     g = GenAI.disabled()
-    with pytest.raises(KeyError), g.chat("m", SESSION) as chat:
-        chat.response(model="m", input_tokens=1, output_tokens=1)
-        raise KeyError("x")
     assert g.enabled is False
+    with g.invoke_agent("summarizer", SESSION) as agent, g.chat("m", SESSION) as chat:
+        chat.provider("openai")
+        chat.decided("deny", "manifest.model")
+        chat.response(model="m", input_tokens=1, output_tokens=1, cost_usd=Decimal("0.1"))
+        agent.fail(RuntimeError("x"))
+    assert not agent.span.get_span_context().is_valid
+    with pytest.raises(ValueError, match="boom"), g.execute_tool("t", SESSION, call_id="c"):
+        raise ValueError("boom")

@@ -20,6 +20,7 @@ from shoal.bus.tracecontext import (
     goal_trace_id,
     inject_headers,
     with_traceparent,
+    work_context,
 )
 from shoal.schemas import CloudEvent, TaskStarted, parse_event
 from tests.bus.test_telemetry import otel_settings
@@ -120,3 +121,13 @@ def test_untraced_work_of_a_goal_joins_one_trace_named_by_the_gid(telemetry: Tel
     assert first.trace_id == second.trace_id == int(ULID.from_str(gid)) == goal_trace_id(gid)
     assert spans[0].parent == spans[1].parent  # type: ignore[attr-defined]
     assert goal_trace_id("not-a-ulid") == goal_trace_id("not-a-ulid") != goal_trace_id("other")
+
+
+def test_work_continues_its_message_trace_else_its_goal_trace() -> None:
+    given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    gid = "01KAKV5J2M8ZQ3Y7TX4W6N9B1C"
+    assert current_traceparent(work_context({"traceparent": given}, None, gid)) == given
+    assert current_traceparent(work_context(None, given, gid)) == given
+    from_goal = work_context({}, None, gid)
+    assert trace.get_current_span(from_goal).get_span_context().trace_id == goal_trace_id(gid)
+    assert work_context({}, None, None) is None

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 from rich.tree import Tree
 
 from shoal.bus.spanfile import SpanRecord, session_trace
@@ -40,18 +41,26 @@ def trace(
         return
     for trace_id in dict.fromkeys(r.trace_id for r in roots):
         tree = Tree(f"[bold]trace {trace_id}[/]")
+        widths = [0]
         for root in roots:
             if root.trace_id == trace_id:
-                _add(tree, root)
+                _add(tree, root, widths)
+        # Never wrapped or cut: a span line is read (and grepped) whole, whatever the width
+        # (a Tree crops its lines to the console's width, so widen the console instead).
+        c.out.width = max(c.out.width, *widths)
         c.out.print(tree)
 
 
-def _add(tree: Tree, span: SpanRecord, parent_service: object = None) -> None:
+def _add(
+    tree: Tree, span: SpanRecord, widths: list[int], depth: int = 1, parent: object = None
+) -> None:
     service = span.resource.get("service.name")
     # The process is named where the trace enters it: the root, and each hop across the bus.
-    branch = tree.add(_label(span, service if service != parent_service else None))
+    text = Text.from_markup(_label(span, service if service != parent else None))
+    widths.append(text.cell_len + 4 * depth)  # the tree's guides take 4 cells a level
+    branch = tree.add(text)
     for child in span.children:
-        _add(branch, child, service)
+        _add(branch, child, widths, depth + 1, service)
 
 
 def _label(span: SpanRecord, service: object) -> str:
