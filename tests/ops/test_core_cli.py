@@ -1,0 +1,222 @@
+"""``shoal core``, ``session``, ``goal show`` and ``outcome report`` as an operator runs them.
+
+The fault test runs the core as a real process and SIGKILLs it mid-ingestion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+from typer.testing import CliRunner, Result
+
+from shoal.aggregates import open_core, run_core
+from shoal.bus import Bus, ShoalSettings
+from shoal.ops.cli import app as cli_app
+from tests.aggregates.eventmix import Mix, publish_all
+
+
+def shoal_args(settings: ShoalSettings) -> list[str]:
+    assert settings.nats_url
+    return [
+        "--nats-url",
+        settings.nats_url,
+        "--prefix",
+        settings.prefix,
+        "--data-dir",
+        str(settings.data_dir),
+    ]
+
+
+async def invoke(settings: ShoalSettings, *args: str) -> Result:
+    """Run the CLI in a thread (it runs its own event loop), as a user would."""
+    return await asyncio.to_thread(
+        CliRunner().invoke, cli_app, [*shoal_args(settings), *args], env={"COLUMNS": "200"}
+    )
+
+
+async def ingest(settings: ShoalSettings) -> None:
+    assert settings.nats_url
+    await asyncio.wait_for(
+        run_core(settings, settings.nats_url, asyncio.Event(), until_idle=True), 60
+    )
+
+
+async def one_goal(bus: Bus, settings: ShoalSettings) -> tuple[Mix, str, str]:
+    mix = Mix(seed=21)
+    mix.start_agents()
+    gid = mix.goal(tasks=3)
+    await publish_all(bus, mix.events)
+    await ingest(settings)
+    root = next(e.iid for e in mix.events if e.type == "shoal.goal.submitted")
+    return mix, gid, root
+
+
+async def test_replay_prints_the_tree_with_denial_retry_and_server_side_costs(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix, _, root = await one_goal(bus, settings)
+
+    result = await invoke(settings, "session", "replay", root)
+
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.count("task.assigned") == 3
+    assert "policy.decided" in out and "deny" in out
+    assert "task.failed" in out and "(will retry)" in out
+    assert out.count("task.started") == 4  # three tasks, one of them twice
+    assert f"total ${mix.cost:.8f}".rstrip("0") in out
+    assert "(agent claimed $0.0001)" in out
+
+
+async def test_replay_as_of_a_sequence_shows_the_state_then(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix, _, root = await one_goal(bus, settings)
+    stored = await bus.session_events(root)
+    planned = next(s.seq for s in stored if s.event and s.event.type == "shoal.goal.planned")
+
+    result = await invoke(settings, "session", "replay", root, "--at", str(planned), "--json")
+
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["at"] == planned
+    assert doc["tree"]["children"] == []
+    assert [e["type"] for e in doc["tree"]["events"]] == [
+        "goal.submitted",
+        "model.called",
+        "goal.planned",
+    ]
+    first_call = next(e for e in mix.events if e.type == "shoal.model.called")
+    assert doc["tree"]["state"]["model_calls"] == 1
+    assert Decimal(doc["tree"]["state"]["cost_usd"]) == mix.prices.cost(
+        "offline-small",
+        first_call.data.input_tokens,
+        first_call.data.output_tokens,  # type: ignore[attr-defined]
+    )
+
+
+async def test_goal_show_lists_every_session_and_the_total_cost(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix, gid, root = await one_goal(bus, settings)
+
+    result = await invoke(settings, "goal", "show", gid, "--json")
+
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert len(doc["sessions"]) == 4
+    assert doc["sessions"][0]["iid"] == root
+    assert Decimal(doc["total_cost_usd"]) == mix.cost
+    assert [s["retries"] for s in doc["sessions"]] == [0, 1, 0, 0]
+    table = await invoke(settings, "goal", "show", gid)
+    assert "4 sessions, total $" in table.output
+
+
+async def test_session_ls_filters_by_status_and_show_prints_one(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    _, _, root = await one_goal(bus, settings)
+
+    listed = json.loads((await invoke(settings, "session", "ls", "--json")).output)
+    completed = await invoke(settings, "session", "ls", "--status", "completed", "--json")
+    running = await invoke(settings, "session", "ls", "--status", "running", "--json")
+    shown = json.loads((await invoke(settings, "session", "show", root, "--json")).output)
+
+    assert len(listed) == 4
+    assert len(json.loads(completed.output)) == 4
+    assert json.loads(running.output) == []
+    assert (shown["iid"], shown["status"], shown["model_calls"]) == (root, "completed", 1)
+
+
+async def test_unknown_iid_or_gid_is_one_clear_line_and_exit_2(settings: ShoalSettings) -> None:
+    replay = await invoke(settings, "session", "replay", "nope")
+    show = await invoke(settings, "session", "show", "nope")
+    goal = await invoke(settings, "goal", "show", "nope")
+    outcome = await invoke(settings, "outcome", "report", "nope", "--outcome", "success")
+
+    for result, text in (
+        (replay, f"no events for session 'nope' on {settings.stream_prefix}_EVENTS"),
+        (show, "no session 'nope' in the core's store"),
+        (goal, "no goal 'nope' in the core's store"),
+        (outcome, "no session 'nope' on the event log"),
+    ):
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [f"error: {text}"]
+
+
+async def test_outcome_report_reaches_the_session_and_its_goal(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    _, gid, root = await one_goal(bus, settings)
+
+    result = await invoke(
+        settings, "outcome", "report", root, "--outcome", "success", "--signal", "ci_passed"
+    )
+    await ingest(settings)
+
+    assert result.exit_code == 0, result.output
+    app = open_core(settings)
+    assert (app.session(root).outcome, app.session(root).outcome_signal) == (
+        "success",
+        "ci_passed",
+    )
+    assert app.goal(gid).outcome == "success"
+
+
+async def test_sigkill_of_the_core_mid_ingestion_loses_and_doubles_nothing(
+    bus: Bus, settings: ShoalSettings, tmp_path: Path
+) -> None:
+    mix = Mix(seed=31).until(50_000)
+    await publish_all(bus, mix.events, chunk=5000)
+    total = len(mix.events)
+    log = (tmp_path / "core.log").open("wb")
+    core = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then only polls it
+        [sys.executable, "-m", "shoal", *shoal_args(settings), "core"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "SHOAL_CORE_BATCH": "500"},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        position = 0
+        while position < total // 3:
+            assert time.monotonic() < deadline, "the core made no progress"
+            assert core.poll() is None, (tmp_path / "core.log").read_text()
+            await asyncio.sleep(0.05)
+            position = await asyncio.to_thread(_position, settings)
+        core.send_signal(signal.SIGKILL)
+        core.wait(10)
+    finally:
+        if core.poll() is None:
+            core.kill()
+        log.close()
+    killed_at = await asyncio.to_thread(_position, settings)
+    assert total // 3 <= killed_at < total
+
+    await ingest(settings)
+
+    app = open_core(settings)
+    sessions = app.sessions()
+    assert app.max_tracking_id(bus.topology.events.name) == total
+    assert len(sessions) == mix.sessions
+    assert sum((s.cost_usd for s in sessions), Decimal(0)) == mix.cost
+    assert sum(s.model_calls for s in sessions) == mix.model_calls
+    assert sum(s.tool_calls for s in sessions) == mix.tool_calls
+    assert sum(s.retries for s in sessions) == mix.sessions // 5
+    assert {s.last_seq for s in sessions} <= set(range(1, total + 1))
+
+
+def _position(settings: ShoalSettings) -> int:
+    app = open_core(settings)
+    try:
+        return app.max_tracking_id(f"{settings.stream_prefix}_EVENTS")
+    finally:
+        app.close()
