@@ -22,6 +22,10 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 
+STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
+"""OTLP's ``Status.StatusCode`` numbers, named as the SDK (and the local span file) names them."""
+
+
 def _value(v: AnyValue) -> Any:
     kind = v.WhichOneof("value")
     if kind == "array_value":
@@ -55,6 +59,7 @@ class Received:
                                 "parent_span_id": s.parent_span_id.hex() or None,
                                 "name": s.name,
                                 "attributes": _attrs(s.attributes),
+                                "status": {"code": STATUS_CODES.get(s.status.code, "UNSET")},
                                 "resource": resource,
                             }
                         )
