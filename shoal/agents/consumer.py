@@ -111,7 +111,8 @@ class PullConsumer:
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
         self._requests.clear()
         if old is not None:
-            await old.drain()  # what is already queued goes through _on_msg (released)
+            # What is already queued goes through _on_msg (released).
+            await old.drain()  # type: ignore[no-untyped-call]
 
     def wake(self) -> None:
         self._wake.set()
@@ -126,7 +127,7 @@ class PullConsumer:
         self._stopping = True
         self._wake.set()
         if self._sub is not None:
-            await self._sub.drain()
+            await self._sub.drain()  # type: ignore[no-untyped-call]
             self._sub = None
         self._requests.clear()
         deadline = time.monotonic() + timeout
@@ -189,5 +190,5 @@ class PullConsumer:
             self.inflight -= 1
             task = asyncio.current_task()
             if task is not None:
-                self._tasks.discard(task)  # type: ignore[arg-type]
+                self._tasks.discard(task)
             self._wake.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -88,7 +89,7 @@ class OutcomeWatch:
     async def _open(self) -> None:
         self._sub = await self.bus.nc.subscribe(self.filter_subject, cb=self._on_msg)
         # A round trip guarantees the server registered the interest before we publish.
-        await self.bus.nc.flush(timeout=self.bus.settings.request_timeout)
+        await self.bus.nc.flush(timeout=math.ceil(self.bus.settings.request_timeout))
 
     async def _on_msg(self, msg: Msg) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from shoal.agents.errors import ModelError, PolicyDenied
 from shoal.agents.models import ChatMessage, ChatRequest, Completion, ModelClient
@@ -139,7 +139,9 @@ class ToolGateway:
                 target=name,
             )
         started = time.perf_counter()
-        result_class, error, result = "ok", None, None
+        result_class: Literal["ok", "error", "timeout"] = "ok"
+        error: str | None = None
+        result: Any = None
         try:
             result = await asyncio.wait_for(impl.fn(self.env, **arguments), self.timeout_s)
         except TimeoutError as e:
@@ -156,7 +158,7 @@ class ToolGateway:
                     version=impl.version,
                     arguments=redact(arguments, grant),
                     sensitivity=grant.sensitivity,
-                    result_class=result_class,  # type: ignore[arg-type]
+                    result_class=result_class,
                     latency_ms=_ms(started),
                     side_effects=list(impl.side_effects or grant.side_effects),
                     error=error,

@@ -90,9 +90,9 @@ def consolidate_outputs(
     goal: GoalSubmitted, outcomes: Sequence[Outcome]
 ) -> GoalCompleted | GoalFailed:
     """Default consolidation: every output by IID, or the failures."""
-    failed = [(t, e) for t, e in outcomes if isinstance(e.data, TaskFailed)]
+    failed = [(t, e.data) for t, e in outcomes if isinstance(e.data, TaskFailed)]
     if failed:
-        reasons = "; ".join(f"{t.iid}: {e.data.error}" for t, e in failed)  # type: ignore[union-attr]
+        reasons = "; ".join(f"{t.iid}: {data.error}" for t, data in failed)
         return GoalFailed(
             reason=f"{len(failed)} of {len(outcomes)} tasks failed: {reasons}"[:2000],
             failed_iids=[t.iid for t, _ in failed],

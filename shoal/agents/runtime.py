@@ -70,11 +70,17 @@ async def ensure_consumer(
         max_waiting=4096,
     )
     try:
-        return await bus.js.add_consumer(stream, config, timeout=s.request_timeout)
+        info: api.ConsumerInfo = await bus.js.add_consumer(
+            stream, config, timeout=s.request_timeout
+        )
+        return info
     except BadRequestError as e:
         # An existing consumer with other settings (another version's defaults): use it.
         log.warning("consumer %s exists with other settings (%s); binding to it", durable, e)
-        return await bus.js.consumer_info(stream, durable, timeout=s.request_timeout)
+        existing: api.ConsumerInfo = await bus.js.consumer_info(
+            stream, durable, timeout=s.request_timeout
+        )
+        return existing
 
 
 class AgentRuntime:

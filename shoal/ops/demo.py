@@ -10,6 +10,7 @@ same runtime in its own process.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -136,7 +137,7 @@ async def run_demo(
             await stack.enter_async_context(factory(bus))
         sub = await bus.nc.subscribe(bus.subjects.goal_events(goal.gid), cb=on_event)
         stack.push_async_callback(sub.unsubscribe)
-        await bus.nc.flush(timeout=bus.settings.request_timeout)
+        await bus.nc.flush(timeout=math.ceil(bus.settings.request_timeout))
         await submit_goal(bus, goal)
         try:
             await asyncio.wait_for(finished.wait(), timeout_s)

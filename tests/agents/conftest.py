@@ -27,7 +27,7 @@ def fbus(bus: Bus, fast_settings: ShoalSettings) -> Bus:
 async def wait_events(
     bus: Bus,
     filter_subject: str,
-    until: Callable[[list[Stored]], bool],
+    until: Callable[[list[Stored]], object],
     timeout: float = 10.0,
 ) -> list[Stored]:
     """Poll the event log under ``filter_subject`` until ``until(events)`` or fail."""
@@ -42,8 +42,9 @@ async def wait_events(
         await asyncio.sleep(0.05)
 
 
-def of_type(events: list[Stored], short_type: str) -> list[Stored]:
-    return [s for s in events if s.event is not None and s.event.short_type == short_type]
+def of_type(events: list[Stored], short_type: str) -> list[CloudEvent]:
+    """The parsed events of one type (``task.completed``), in log order."""
+    return [s.event for s in events if s.event is not None and s.event.short_type == short_type]
 
 
 async def submit_task(

@@ -29,7 +29,7 @@ from shoal.agents.killswitch import KillWatcher
 from shoal.agents.policy import Policy
 from shoal.agents.session import Emitter, Identity, Session
 from shoal.bus import Bus, KillSwitch, kill_key
-from shoal.schemas import PolicyDecided, ToolCalled, new_id, utcnow
+from shoal.schemas import AgentStopped, PolicyDecided, ToolCalled, new_id, utcnow
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
 
 pytestmark = pytest.mark.timeout(30)
@@ -62,7 +62,7 @@ class Rig:
     async def kill(self, key: str) -> None:
         kv = await self.bus.kv(self.bus.topology.kill.name)
         scope = key.partition(".")[0]
-        switch = KillSwitch(scope=scope, name=key.partition(".")[2] or None, by="op", at=utcnow())  # type: ignore[arg-type]
+        switch = KillSwitch(scope=scope, name=key.partition(".")[2] or None, by="op", at=utcnow())
         await kv.put(key, switch.model_dump_json().encode())
 
 
@@ -226,6 +226,7 @@ async def test_instance_kill_stops_the_running_instance(fbus: Bus) -> None:
     stopped = await wait_events(
         fbus, fbus.subjects.session_events("victim1"), lambda e: len(of_type(e, "agent.stopped"))
     )
-    assert of_type(stopped, "agent.stopped")[0].event.data.reason == "killed by op: test"  # type: ignore[union-attr]
+    [stop] = of_type(stopped, "agent.stopped")
+    assert isinstance(stop.data, AgentStopped) and stop.data.reason == "killed by op: test"
     info = await fbus.js.consumer_info(fbus.topology.tasks.name, "kills_chat")
     assert info.num_pending == 1 and task.iid  # the task waits for a live instance

@@ -160,7 +160,7 @@ async def test_model_gateway_records_the_endpoints_usage(bus: Bus, openai_url: s
             fbus.subjects.session_events(task.iid),
             lambda e: len(of_type(e, "task.completed")),
         )
-    [called] = [s.event.data for s in of_type(events, "model.called") if s.event]
+    [called] = [e.data for e in of_type(events, "model.called")]
     assert isinstance(called, ModelCalled)
     assert (called.model, called.provider, called.input_tokens, called.output_tokens) == (
         "gpt-test-2024",
@@ -169,7 +169,7 @@ async def test_model_gateway_records_the_endpoints_usage(bus: Bus, openai_url: s
         7,
     )
     assert (called.cached_tokens, called.reported_cost_usd) == (16, None)
-    done = of_type(events, "task.completed")[0].event
+    done = of_type(events, "task.completed")[0]
     assert done is not None and done.data.output == {"answer": "echo: why?"}  # type: ignore[attr-defined]
 
 

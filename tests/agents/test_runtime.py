@@ -64,8 +64,8 @@ async def test_invalid_task_input_is_deadlettered_with_a_final_failure(fbus: Bus
         await asyncio.sleep(0.3)  # a redelivery, if there were one, would show by now
         events = await fbus.read(fbus.subjects.session_events(task.iid))
     failed = of_type(events, "task.failed")
-    assert len(failed) == 1 and failed[0].event is not None
-    data = failed[0].event.data
+    assert len(failed) == 1
+    data = failed[0].data
     assert isinstance(data, TaskFailed)
     assert (data.final, data.error_type) == (True, "InvalidTask")
     assert data.error.startswith("invalid input: a: Input should be a valid integer")
@@ -106,9 +106,9 @@ async def test_failing_task_is_retried_then_fails_finally_after_the_last_attempt
         events = await wait_events(
             fbus,
             fbus.subjects.session_events(task.iid),
-            lambda e: any(getattr(s.event.data, "final", False) for s in of_type(e, "task.failed")),
+            lambda e: any(getattr(f.data, "final", False) for f in of_type(e, "task.failed")),
         )
-    failures = [s.event.data for s in of_type(events, "task.failed") if s.event]
+    failures = [e.data for e in of_type(events, "task.failed")]
     assert [(f.attempt, f.final, f.error) for f in failures] == [  # type: ignore[attr-defined]
         (1, False, "boom on attempt 1"),
         (2, False, "boom on attempt 2"),
@@ -133,7 +133,7 @@ async def test_permanent_error_fails_at_once_without_retry(fbus: Bus) -> None:
         )
         await asyncio.sleep(0.3)
         events = await fbus.read(fbus.subjects.session_events(task.iid))
-    failures = [s.event.data for s in of_type(events, "task.failed") if s.event]
+    failures = [e.data for e in of_type(events, "task.failed")]
     assert [(f.attempt, f.final, f.error_type) for f in failures] == [  # type: ignore[attr-defined]
         (1, True, "PermanentTaskError")
     ]
@@ -153,12 +153,10 @@ async def test_delegated_child_has_parent_iid_and_same_gid_and_returns_output(fb
         events = await wait_events(
             fbus,
             fbus.subjects.goal_events(gid),
-            lambda e: any(s.event.iid == task.iid for s in of_type(e, "task.completed")),
+            lambda e: any(c.iid == task.iid for c in of_type(e, "task.completed")),
         )
     assert all(s.event is not None and s.event.gid == gid for s in events)
-    parent_done = next(
-        s.event for s in of_type(events, "task.completed") if s.event.iid == task.iid
-    )
+    parent_done = next(e for e in of_type(events, "task.completed") if e.iid == task.iid)
     assert parent_done.data.output == {"double": 6}  # type: ignore[attr-defined]
     child_events = [s.event for s in events if s.event and s.event.iid != task.iid]
     assert {e.parentiid for e in child_events} == {task.iid}
@@ -183,7 +181,7 @@ async def test_delegation_outside_the_manifest_is_denied(fbus: Bus) -> None:
         events = await wait_events(
             fbus, fbus.subjects.session_events(task.iid), lambda e: len(of_type(e, "task.failed"))
         )
-    decided = of_type(events, "policy.decided")[0].event
+    decided = of_type(events, "policy.decided")[0]
     assert decided is not None
     assert decided.data.model_dump() == {
         "action": "delegate",
@@ -192,7 +190,7 @@ async def test_delegation_outside_the_manifest_is_denied(fbus: Bus) -> None:
         "rule": "manifest.delegate",
         "reason": "delegate 'rm_rf' is not in the capability manifest of boss",
     }
-    failed = of_type(events, "task.failed")[0].event
+    failed = of_type(events, "task.failed")[0]
     assert failed is not None and failed.data.final is True  # type: ignore[attr-defined]
 
 

@@ -67,7 +67,7 @@ async def test_plain_nats_worker_takes_tasks_and_orchestrator_accepts_results(bu
     planned = next(
         s.event.data for s in events if s.event and isinstance(s.event.data, GoalPlanned)
     )
-    done = of_type(events, "goal.completed")[0].event
+    done = of_type(events, "goal.completed")[0]
     assert done is not None and isinstance(done.data, GoalCompleted)
     by_iid = {t.iid: t.input["text"] for t in planned.tasks}
     assert {by_iid[iid]: out["text"] for iid, out in done.data.result["outputs"].items()} == {
@@ -75,6 +75,6 @@ async def test_plain_nats_worker_takes_tasks_and_orchestrator_accepts_results(bu
         "nats": "NATS",
         "world": "WORLD",
     }
-    completed = [s.event for s in of_type(events, "task.completed") if s.event]
+    completed = of_type(events, "task.completed")
     assert {e.agent for e in completed} == {"plain-worker"}
     assert {e.parentiid for e in completed} == {goal.iid}
