@@ -39,9 +39,9 @@ def export_parquet(ds: DuckDBDatastore, directory: Path) -> list[ExportedTable]:
         try:
             for table in TABLES:
                 path = directory / f"{table.name}.parquet"
-                c.execute(f"SELECT * FROM {table.name}")
-                reader = c.to_arrow_reader(batch_size=100_000)
-                assert reader is not None
+                relation = c.sql(f"SELECT * FROM {table.name}")
+                assert relation is not None
+                reader = relation.to_arrow_reader(batch_size=100_000)
                 rows = 0
                 with pq.ParquetWriter(path, reader.schema) as writer:
                     for batch in reader:

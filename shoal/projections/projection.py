@@ -110,6 +110,11 @@ _HANDLERS: dict[type[Any], str] = {
 """The core's events the projection reads, and the method that handles each."""
 
 
+def _who(e: Any, iid: str) -> tuple[Any, ...]:
+    """The leading columns of every call and decision row: where, when, and who."""
+    return (e.seq, e.timestamp, iid, e.gid, e.fleet, e.agent, e.instance, e.principal, e.event_id)
+
+
 def new_batch() -> Batch:
     """An empty batch for the projection's tables."""
     return Batch(FACT_TABLES, {SESSIONS: _SESSION_RULES, GOALS: _GOAL_RULES})
@@ -238,15 +243,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._fact(
             "model_calls",
             (
-                e.seq,
-                e.timestamp,
-                iid,
-                e.gid,
-                e.fleet,
-                e.agent,
-                e.instance,
-                e.principal,
-                e.event_id,
+                *_who(e, iid),
                 e.call_id,
                 e.model,
                 e.provider,
@@ -269,15 +266,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._fact(
             "tool_calls",
             (
-                e.seq,
-                e.timestamp,
-                iid,
-                e.gid,
-                e.fleet,
-                e.agent,
-                e.instance,
-                e.principal,
-                e.event_id,
+                *_who(e, iid),
                 e.call_id,
                 e.tool,
                 e.version,
@@ -296,15 +285,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._fact(
             "policy_decisions",
             (
-                e.seq,
-                e.timestamp,
-                iid,
-                e.gid,
-                e.fleet,
-                e.agent,
-                e.instance,
-                e.principal,
-                e.event_id,
+                *_who(e, iid),
                 e.action,
                 e.target,
                 e.decision,

@@ -78,20 +78,16 @@ def run_sql(ds: DuckDBDatastore, params: SqlParams) -> SqlAnswer:
         try:
             c.execute("BEGIN TRANSACTION READ ONLY")
             try:
-                c.execute(params.sql)
-                names = [d[0] for d in c.description or []]
-                types = [str(d[1]) for d in c.description or []]
-                reader = c.to_arrow_reader(batch_size=min(params.limit + 1, 10_000))
-                assert reader is not None  # the statement was a select
-                rows: list[list[Any]] = []
-                for batch in reader:
-                    columns = batch.to_pydict()
-                    rows.extend(list(r) for r in zip(*columns.values(), strict=True))
-                    if len(rows) > params.limit:
-                        break
+                relation = c.sql(params.sql)
+                names: list[str] = [] if relation is None else list(relation.columns)
+                types = [] if relation is None else [str(t) for t in relation.types]
+                table = None if relation is None else relation.limit(params.limit + 1)
+                result = None if table is None else table.to_arrow_table()
             finally:
                 c.execute("ROLLBACK")
         except duckdb.Error as e:
             raise QueryFailed(one_line(e)) from None
+    columns = [] if result is None else [col.to_pylist() for col in result.columns]
+    rows = [list(r) for r in zip(*columns, strict=True)]
     truncated = len(rows) > params.limit
     return SqlAnswer(columns=names, types=types, rows=rows[: params.limit], truncated=truncated)

@@ -293,8 +293,10 @@ def _task(
     return True
 
 
-def ingest(core: ShoalCore, w: Workload, batch: int = 500, start_seq: int = 1) -> int:
-    """Fold the workload into ``core`` as the ingestion would; return the last sequence."""
+def ingest(
+    core: ShoalCore, w: Workload, batch: int = 500, start_seq: int = 1, limit: int | None = None
+) -> int:
+    """Fold the workload (its first ``limit`` events) into ``core``; return the last sequence."""
     subjects = Subjects(w.prefix)
     processor = CoreProcessor(core, PriceTable.load(), subjects, UPSTREAM)
     seq = start_seq - 1
@@ -308,6 +310,8 @@ def ingest(core: ShoalCore, w: Workload, batch: int = 500, start_seq: int = 1) -
         pending.clear()
 
     for event in workload(w):
+        if limit is not None and seq - start_seq + 1 >= limit:
+            break
         seq += 1
         subject = subjects.event(event.gid, event.iid, event.short_type)
         pending.append(RawMessage(seq, subject, event.to_json()))
