@@ -4,8 +4,10 @@ counted from ``/proc``, with real SIGKILLs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +25,14 @@ from shoal.ops.fleets import (
 )
 from shoal.schemas.fleet import parse_fleet_spec
 from tests.natsproc import NatsProcess
-from tests.ops.fleetprocs import AgentProc, Supervisors, agent_procs, eventually, procs_now
+from tests.ops.fleetprocs import (
+    AgentProc,
+    Supervisors,
+    agent_procs,
+    eventually,
+    process_env,
+    procs_now,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -89,29 +98,58 @@ async def converge(bus: Bus, prefix: str, n: int, timeout: float = 45.0) -> list
     return procs
 
 
-async def test_scale_start_stop_yield_exact_instance_processes(
-    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+async def shoal(settings: ShoalSettings, *args: str) -> str:
+    """Run ``python -m shoal ARGS`` as an operator would; return its stdout (exit 0 asserted)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shoal",
+        *args,
+        env=process_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def described(settings: ShoalSettings) -> tuple[bool, int, int, list[int]]:
+    """``shoal fleet describe demo --json``: running, desired, actual, instance pids."""
+    view = json.loads(await shoal(settings, "fleet", "describe", "demo", "--json"))
+    worker = view["agents"][0]
+    pids = sorted(i["pid"] for i in worker["instances"])
+    return view["running"], worker["desired"], worker["actual"], pids
+
+
+async def test_fleet_scale_stop_start_yield_exact_instance_processes(
+    bus: Bus, settings: ShoalSettings, supervisors: Supervisors, prefix: str, tmp_path: Path
 ) -> None:
-    await apply_fleet(bus, app, parse_fleet_spec(spec(1)), by="tester")
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(spec(1))
+    await shoal(settings, "fleet", "apply", str(spec_file))
     supervisors.start("sup-a")
     await converge(bus, prefix, 1)
 
-    await fleet_command(bus, app, "demo", "scale", by="tester", replicas={"worker": 5})
+    await shoal(settings, "fleet", "scale", "demo", "worker=5", "--reason", "peak")
     five = await converge(bus, prefix, 5)
     assert sorted(p.slot for p in five) == [0, 1, 2, 3, 4]
     assert len({p.instance for p in five}) == 5
+    assert await described(settings) == (True, 5, 5, sorted(p.pid for p in five))
 
-    await fleet_command(bus, app, "demo", "scale", by="tester", replicas={"worker": 2})
+    await shoal(settings, "fleet", "scale", "demo", "worker=2")
     two = await converge(bus, prefix, 2)
     # Scale-down drains the highest slots and leaves the others untouched.
     assert [(p.slot, p.pid) for p in two] == [(p.slot, p.pid) for p in five[:2]]
+    view = (await describe_fleet(bus, "demo")).agents[0]  # what `fleet describe` prints
+    assert (view.desired, view.actual) == (2, 2)
+    assert sorted(i.pid for i in view.instances) == sorted(p.pid for p in two)
 
-    await fleet_command(bus, app, "demo", "stop", by="tester")
+    await shoal(settings, "fleet", "stop", "demo")
     await converge(bus, prefix, 0)
-    view = await describe_fleet(bus, "demo")
-    assert (view.running, view.agents[0].desired, view.agents[0].actual) == (False, 0, 0)
+    assert await described(settings) == (False, 0, 0, [])
 
-    await fleet_command(bus, app, "demo", "start", by="tester")
+    await shoal(settings, "fleet", "start", "demo")
     back = await converge(bus, prefix, 2)
     assert sorted(p.slot for p in back) == [0, 1]
 
