@@ -10,8 +10,12 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, PermanentTaskError, TaskContext
+from shoal.agents.consumer import consumer_name
+from shoal.agents.orchestrator import ModelPlanner, orchestrator
+from shoal.agents.runtime import ensure_consumer
 from shoal.bus import Bus, Presence
 from shoal.bus.client import REASON_HEADER
+from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas import TaskCompleted, TaskFailed, new_id
 from tests.agents.conftest import of_type, submit_task, wait_events
 
@@ -235,3 +239,49 @@ async def test_stop_lets_an_in_flight_task_finish_before_leaving(fbus: Bus) -> N
     assert [s.event.short_type for s in events if s.event][-1] == "task.completed"
     info = await fbus.js.consumer_info(fbus.topology.tasks.name, "calc_wait")
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_task_whose_last_attempt_was_lost_is_failed_finally(fbus: Bus) -> None:
+    durable = consumer_name("calc", "add")
+    subject = fbus.subjects.tasks("calc", "add")
+    await ensure_consumer(fbus, fbus.topology.tasks.name, durable, subject)
+    task = await submit_task(fbus, "calc", "add", {"a": 1, "b": 1})
+    psub = await fbus.js.pull_subscribe_bind(durable, fbus.topology.tasks.name)
+    for _ in range(3):  # three deliveries whose instances "died" (released here at once)
+        [msg] = await psub.fetch(1, timeout=5)
+        await msg.nak()
+    await psub.unsubscribe()
+    async with AgentRuntime(fbus, adder()).running():
+        events = await wait_events(
+            fbus, fbus.subjects.session_events(task.iid), lambda e: of_type(e, "task.failed")
+        )
+    [failed] = of_type(events, "task.failed")
+    assert isinstance(failed.data, TaskFailed)
+    assert (failed.data.attempt, failed.data.final, failed.data.error_type) == (
+        3,
+        True,
+        "InstanceLost",
+    )
+    assert of_type(events, "task.started") == []
+    info = await fbus.js.consumer_info(fbus.topology.tasks.name, durable)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_invalid_goal_is_deadlettered_and_the_orchestrator_goes_on(fbus: Bus) -> None:
+    boss = orchestrator(
+        "calc",
+        planner=ModelPlanner("add"),
+        manifest=CapabilityManifest(models=("offline-small",)),
+    )
+    async with AgentRuntime(fbus, boss).running():
+        await fbus.js.publish(fbus.subjects.goals("calc"), b'{"not": "a goal"}')
+        goal = build_goal("calc", "nothing to add", principal="tester")
+        assert goal.gid is not None
+        await submit_goal(fbus, goal)
+        events = await wait_events(
+            fbus, fbus.subjects.goal_events(goal.gid), lambda e: of_type(e, "goal.completed")
+        )
+    [done] = of_type(events, "goal.completed")
+    assert done.data.model_dump() == {"result": {}, "summary": "nothing to do"}
+    dead = await fbus.read(fbus.subjects.deadletter("goals"), stream=fbus.topology.deadletter.name)
+    assert [d.raw for d in dead] == [b'{"not": "a goal"}']
