@@ -1,0 +1,156 @@
+"""The query service over a real nats-server: discoverable, typed answers, refusals, freshness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from typer.testing import CliRunner
+
+from shoal.aggregates.application import ShoalCore, open_core
+from shoal.bus import ShoalSettings
+from shoal.errors import QueryFailed, Refused, ServiceUnavailable
+from shoal.ops.cli import app
+from shoal.projections.client import QueryClient
+from shoal.projections.queries import NAMED_QUERIES, CostAnswer, SessionsAnswer
+from shoal.projections.rebuild import rebuild
+from shoal.projections.service import MICRO_NAME, SERVICE_ENDPOINTS, run_query_service
+from tests.natsproc import NatsProcess
+from tests.projections.conftest import NOW, WORKLOAD
+from tests.projections.workload import Workload, ingest
+
+
+@dataclass
+class Running:
+    settings: ShoalSettings
+    nc: NATS
+    client: QueryClient
+
+
+@pytest.fixture
+async def service(
+    nats_server: NatsProcess, settings_with_core: ShoalSettings, prefix: str
+) -> AsyncIterator[Running]:
+    settings = settings_with_core.model_copy(update={"nats_url": nats_server.url, "prefix": prefix})
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_query_service(settings, nats_server.url, stop, ready=ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    nc = await nats.connect(nats_server.url)
+    try:
+        yield Running(settings, nc, QueryClient(nc, settings))
+    finally:
+        await nc.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def _core_cost_by_model(core: ShoalCore) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for s in core.sessions():
+        for model, cost in s.cost_by_model.items():
+            totals[model] = totals.get(model, Decimal(0)) + cost
+    return totals
+
+
+async def test_cost_over_nats_equals_the_cores_server_side_cost(
+    service: Running, core: ShoalCore
+) -> None:
+    answer = await service.client.query("cost", {"by": ["model"]})
+    assert isinstance(answer, CostAnswer)
+    assert {r.key[0]: r.cost_usd for r in answer.rows} == _core_cost_by_model(core)
+
+
+async def test_every_named_query_answers_over_nats(service: Running) -> None:
+    for name in NAMED_QUERIES:
+        answer = await service.client.query(name, {})
+        assert isinstance(answer, NAMED_QUERIES[name].answer)
+    looping = await service.client.query("sessions", {"state": "looping"})
+    assert isinstance(looping, SessionsAnswer)
+    assert [r.iid for r in looping.rows] == ["t-live-loop"]
+    stuck = await service.client.query("sessions", {"state": "stuck", "now": NOW.isoformat()})
+    assert isinstance(stuck, SessionsAnswer)
+    assert sorted(r.iid for r in stuck.rows) == ["r-live", "t-live-loop", "t-live-work"]
+
+
+async def test_the_service_is_discoverable_with_srv_ping_and_info(service: Running) -> None:
+    ping = json.loads((await service.nc.request(f"$SRV.PING.{MICRO_NAME}", b"", timeout=5)).data)
+    assert ping["name"] == MICRO_NAME
+    assert ping["metadata"]["prefix"] == service.settings.prefix
+    info = json.loads((await service.nc.request(f"$SRV.INFO.{MICRO_NAME}", b"", timeout=5)).data)
+    subjects = {e["name"]: e["subject"] for e in info["endpoints"]}
+    assert subjects == {
+        name: f"{service.settings.prefix}.api.query.{name}" for name in SERVICE_ENDPOINTS
+    }
+
+
+async def test_sql_delete_over_nats_is_refused(service: Running) -> None:
+    with pytest.raises(Refused) as refused:
+        await service.client.sql("DELETE FROM sessions")
+    assert str(refused.value) == (
+        "shoal sql is read-only: DELETE statements are refused (only SELECT runs)"
+    )
+    with pytest.raises(QueryFailed, match='^Parser Error: syntax error at or near "sessions"$'):
+        await service.client.sql("SELECT 1 FORM sessions")
+    rows = (await service.client.sql("SELECT count(*) FROM sessions WHERE status = 'killed'")).rows
+    assert rows[0][0] > 0
+
+
+async def test_a_fresh_query_sees_what_the_core_recorded_after_the_service_started(
+    service: Running,
+) -> None:
+    core = open_core(service.settings)
+    try:
+        before = await service.client.query("cost", {"by": ["fleet"]})
+        last = core.recorder.max_notification_id()
+        more = Workload(goals=15, seed=99, prefix=WORKLOAD.prefix)
+        await asyncio.to_thread(ingest, core, more, start_seq=100_000)
+        assert core.recorder.max_notification_id() > last
+        after = await service.client.query("cost", {"by": ["fleet"]}, fresh=True)
+        assert isinstance(before, CostAnswer) and isinstance(after, CostAnswer)
+        expected = sum((s.cost_usd for s in core.sessions()), Decimal(0))
+        assert after.total_usd == expected > before.total_usd
+    finally:
+        core.close()
+
+
+async def test_a_rebuilt_file_is_swapped_in_and_answers_the_same(service: Running) -> None:
+    before = await service.client.query("cost", {"by": ["agent", "model"]})
+    core = open_core(service.settings)
+    target = service.settings.data_dir / "projections.rebuild.duckdb"
+    built = await asyncio.to_thread(rebuild, core, target.resolve())
+    core.close()
+    status = await service.client.ask("swap", {"path": str(target.resolve())})
+    assert status["position"] == built.position
+    assert not target.exists()
+    assert await service.client.query("cost", {"by": ["agent", "model"]}) == before
+
+
+async def test_the_cli_asks_the_service(service: Running) -> None:
+    s = service.settings
+    args = ["--nats-url", s.nats_url or "", "--prefix", s.prefix, "--data-dir", str(s.data_dir)]
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, [*args, "cost", "--by", "agent,model", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    direct = await service.client.query("cost", {"by": ["agent", "model"]})
+    assert json.loads(result.output) == direct.model_dump(mode="json")
+
+
+async def test_without_a_service_the_client_says_so(nats_server: NatsProcess, prefix: str) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        client = QueryClient(nc, ShoalSettings(nats_url=nats_server.url, prefix=prefix))
+        with pytest.raises(ServiceUnavailable) as missing:
+            await client.query("cost", {})
+        assert str(missing.value) == (
+            f"no query service answers on {prefix}.api.query.cost; "
+            "start one with 'shoal projections serve'"
+        )
+    finally:
+        await nc.close()
