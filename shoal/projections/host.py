@@ -134,11 +134,13 @@ class ProjectionHost:
 
     def status(self) -> dict[str, Any]:
         """Position, rows per table, the database path and the last error."""
-        with self._lock:
-            assert self._view is not None and self._app is not None
-            position = self._view.max_tracking_id(self._app.name) or 0
-            counts = self._view.table_counts()
-            last = self._app.recorder.max_notification_id() or 0
+        # Readers only, without the catch-up lock: status answers while a catch-up runs.
+        view, app = self._view, self._app
+        if view is None or app is None:
+            raise RuntimeError("the projection host is not open")
+        position = view.max_tracking_id(app.name) or 0
+        counts = view.table_counts()
+        last = app.recorder.max_notification_id() or 0
         return {
             "path": str(self.path),
             "position": position,

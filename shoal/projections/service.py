@@ -172,7 +172,8 @@ async def run_query_service(
     nc = await open_connection(url, settings, name="shoal-query")
     service = QueryService(host, settings)
     try:
-        await asyncio.to_thread(host.sync)  # answer the first question from a caught-up view
+        # Answer at once (``status`` shows how far the catch-up got); a request with
+        # ``Shoal-Fresh: 1`` waits for the catch-up instead.
         host.start()
         await service.start(nc)
         await nc.flush(timeout=int(settings.request_timeout) or 1)

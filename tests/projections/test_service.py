@@ -42,8 +42,10 @@ async def service(
     task = asyncio.create_task(run_query_service(settings, nats_server.url, stop, ready=ready))
     await asyncio.wait_for(ready.wait(), 30)
     nc = await nats.connect(nats_server.url)
+    client = QueryClient(nc, settings)
+    await client.ask("sync", timeout=30)  # the service answers at once; catch up first
     try:
-        yield Running(settings, nc, QueryClient(nc, settings))
+        yield Running(settings, nc, client)
     finally:
         await nc.close()
         stop.set()
@@ -95,7 +97,7 @@ async def test_sql_delete_over_nats_is_refused(service: Running) -> None:
     assert str(refused.value) == (
         "shoal sql is read-only: DELETE statements are refused (only SELECT runs)"
     )
-    with pytest.raises(QueryFailed, match='^Parser Error: syntax error at or near "sessions"$'):
+    with pytest.raises(QueryFailed, match=r'^Parser Error: syntax error at or near "sessions"$'):
         await service.client.sql("SELECT 1 FORM sessions")
     rows = (await service.client.sql("SELECT count(*) FROM sessions WHERE status = 'killed'")).rows
     assert rows[0][0] > 0

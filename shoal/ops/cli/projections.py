@@ -28,9 +28,14 @@ export_app = typer.Typer(help="Export the projection's tables.", no_args_is_help
 
 
 @projections_app.command("serve")
-def serve(ctx: typer.Context) -> None:
+def serve(
+    ctx: typer.Context,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="Events per DuckDB transaction when catching up.")
+    ] = 5000,
+) -> None:
     """Own the projection: follow the core's log into DuckDB and answer queries (foreground)."""
-    from shoal.projections.host import projection_path
+    from shoal.projections.host import ProjectionHost, projection_path
     from shoal.projections.service import run_query_service
 
     c = cli(ctx)
@@ -41,7 +46,8 @@ def serve(ctx: typer.Context) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         url = resolve_url(c.settings)
-        task = asyncio.create_task(run_query_service(c.settings, url, stop, ready=ready))
+        host = ProjectionHost(c.settings, batch_size=batch)
+        task = asyncio.create_task(run_query_service(c.settings, url, stop, ready=ready, host=host))
         done, _ = await asyncio.wait(
             {task, asyncio.create_task(ready.wait())}, return_when=asyncio.FIRST_COMPLETED
         )
