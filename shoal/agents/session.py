@@ -8,19 +8,14 @@ log. Every event an agent emits goes through :meth:`Emitter.emit`.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from shoal.agents.killswitch import Scope
 from shoal.bus import Bus, check_token, event_headers
 from shoal.schemas import CloudEvent, EventData, new_id, utcnow
 
 __all__ = ["Emitter", "Identity", "Session"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,20 +105,15 @@ class Emitter:
         """Build and publish; return the event.
 
         ``wait`` awaits the stream's ack (the event is stored when this returns). Without it
-        the publish is pipelined and a failure is logged: for progress events whose loss is
-        harmless (``task.started``), on the hot path.
+        the event is published fire-and-forget (the stream stores it but sends no ack): for
+        progress events whose loss in a failure is harmless (``task.started``), on the hot
+        path, where skipping the ack saves a message and a future per task.
         """
         event = self.event(data, session, id=id)
         if wait:
             await self.bus.publish(event)
         else:
-            future = await self.bus.js.publish_async(
+            await self.bus.nc.publish(
                 self.bus.event_subject(event), event.to_json(), headers=event_headers(event)
             )
-            future.add_done_callback(_log_failure)
         return event
-
-
-def _log_failure(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("pipelined event publish failed: %s", future.exception())
