@@ -109,10 +109,10 @@ async def test_a_fresh_query_sees_what_the_core_recorded_after_the_service_start
     core = open_core(service.settings)
     try:
         before = await service.client.query("cost", {"by": ["fleet"]})
-        last = core.recorder.max_notification_id()
+        last = core.recorder.max_notification_id() or 0
         more = Workload(goals=15, seed=99, prefix=WORKLOAD.prefix)
         await asyncio.to_thread(ingest, core, more, start_seq=100_000)
-        assert core.recorder.max_notification_id() > last
+        assert (core.recorder.max_notification_id() or 0) > last
         after = await service.client.query("cost", {"by": ["fleet"]}, fresh=True)
         assert isinstance(before, CostAnswer) and isinstance(after, CostAnswer)
         expected = sum((s.cost_usd for s in core.sessions()), Decimal(0))
