@@ -16,7 +16,7 @@ from typing import Any
 
 from shoal.agents.agent import Agent
 from shoal.agents.context import TaskContext
-from shoal.agents.errors import PermanentTaskError
+from shoal.agents.errors import DelegationFailed, PermanentTaskError
 from shoal.agents.tools import Tool
 from shoal.schemas import (
     CloudEvent,
@@ -121,7 +121,11 @@ def orchestrator(
         await ctx.emit(GoalPlanned(tasks=plan))
         if not plan:
             return GoalCompleted(result={}, summary="nothing to do")
-        outcomes = await ctx.fan_out(plan, timeout=task_timeout_s)
+        try:
+            outcomes = await ctx.fan_out(plan, timeout=task_timeout_s)
+        except DelegationFailed as e:
+            # A task never reported back: planning again would duplicate the others.
+            return GoalFailed(reason=str(e), failed_iids=[e.iid])
         return consolidate(goal, list(zip(plan, outcomes, strict=True)))
 
     return agent

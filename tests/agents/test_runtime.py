@@ -285,3 +285,27 @@ async def test_invalid_goal_is_deadlettered_and_the_orchestrator_goes_on(fbus: B
     assert done.data.model_dump() == {"result": {}, "summary": "nothing to do"}
     dead = await fbus.read(fbus.subjects.deadletter("goals"), stream=fbus.topology.deadletter.name)
     assert [d.raw for d in dead] == [b'{"not": "a goal"}']
+
+
+async def test_goal_whose_task_never_reports_fails_without_replanning(fbus: Bus) -> None:
+    boss = orchestrator(
+        "calc",
+        planner=ModelPlanner("nobody_serves_this"),
+        manifest=CapabilityManifest(models=("offline-small",)),
+        task_timeout_s=0.5,
+    )
+    goal = build_goal("calc", "wait forever", principal="tester", inputs={"items": ["x"]})
+    assert goal.gid is not None
+    async with AgentRuntime(fbus, boss).running():
+        await submit_goal(fbus, goal)
+        events = await wait_events(
+            fbus, fbus.subjects.goal_events(goal.gid), lambda e: of_type(e, "goal.failed")
+        )
+    [planned] = of_type(events, "goal.planned")
+    [failed] = of_type(events, "goal.failed")
+    [task] = planned.data.tasks  # type: ignore[attr-defined]
+    assert failed.data.model_dump() == {
+        "reason": f"no outcome for task {task.iid} within 0.5s",
+        "failed_iids": [task.iid],
+    }
+    assert len(of_type(events, "task.assigned")) == 1
