@@ -121,6 +121,7 @@ class Patches:
             )
             for c in table.columns
         }
+        self._merge = {name: _MERGE[rule] for name, rule in self.rules.items()}
         self.patches: dict[str, dict[str, Any]] = {}
         self.created: set[str] = set()
 
@@ -136,9 +137,10 @@ class Patches:
             patch[self.table.key or ""] = key
         if created:
             self.created.add(key)
+        merge = self._merge
         for column, value in values.items():
             if value is not None:
-                patch[column] = _MERGE[self.rules[column]](patch[column], value)
+                patch[column] = merge[column](patch[column], value)
 
     def __len__(self) -> int:
         return len(self.patches)

@@ -71,7 +71,11 @@ class ProjectionHost:
         assert self._app is not None
         datastore = DuckDBDatastore(self.path, external_access=False)
         self._view = DuckDBCostView(datastore)
-        projection = CostProjection(self._view, batch_size=self.batch_size)
+        self._open_follower()
+
+    def _open_follower(self) -> None:
+        assert self._app is not None and self._view is not None
+        projection = CostProjection(self._view, batch_size=self.batch_size, pipelined=True)
         self._follower = ProjectionFollower(self._app, projection, page=self.batch_size)
 
     def start(self) -> None:
@@ -89,6 +93,9 @@ class ProjectionHost:
             self._thread.join(timeout=30)
             self._thread = None
         with self._lock:
+            if self._follower is not None:
+                self._follower.projection.abandon()
+                self._follower = None
             if self._view is not None:
                 self._view.datastore.close()
                 self._view = None
@@ -111,9 +118,10 @@ class ProjectionHost:
     def _reset(self) -> None:
         # Drop the half-built batch: the projection restarts from the committed position.
         with self._lock:
-            if self._view is not None and self._app is not None:
-                projection = CostProjection(self._view, batch_size=self.batch_size)
-                self._follower = ProjectionFollower(self._app, projection, page=self.batch_size)
+            if self._follower is not None:
+                self._follower.projection.abandon()
+            if self._view is not None:
+                self._open_follower()
 
     # -- use --------------------------------------------------------------------------------------
     @property
@@ -154,7 +162,8 @@ class ProjectionHost:
         if not rebuilt.exists():
             raise FileNotFoundError(f"no rebuilt database at {rebuilt}")
         with self._lock:
-            assert self._view is not None
+            assert self._view is not None and self._follower is not None
+            self._follower.projection.abandon()
             self._view.datastore.close()
             os.replace(rebuilt, self.path)
             _remove_wal(rebuilt)

@@ -16,6 +16,7 @@ tables, so a restarted projection knows them too).
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
@@ -126,7 +127,9 @@ class CostProjection(Projection[DuckDBCostView]):
     name = "costs"
     topics = tuple(get_topic(cls) for cls in _HANDLERS)
 
-    def __init__(self, view: DuckDBCostView, batch_size: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self, view: DuckDBCostView, batch_size: int = DEFAULT_BATCH, *, pipelined: bool = False
+    ) -> None:
         super().__init__(view)
         self.batch_size = batch_size
         self.batch = new_batch()
@@ -136,17 +139,52 @@ class CostProjection(Projection[DuckDBCostView]):
         self._sessions: dict[UUID, tuple[str, str | None]] = view.session_keys()
         self._goals: dict[UUID, str] = view.goal_keys()
         self._handlers = {cls: getattr(self, name) for cls, name in _HANDLERS.items()}
+        # Pipelined: a writer thread commits batch k while this thread decodes batch k+1
+        # (DuckDB releases the GIL while it inserts). One write in flight, in order.
+        self._writer = ThreadPoolExecutor(1, "shoal-projection-writer") if pipelined else None
+        self._writing: Future[None] | None = None
 
     # -- the batch --------------------------------------------------------------------------
     def flush(self) -> int:
-        """Write the batch and its last tracking record in one transaction; return its size."""
+        """Commit the batch and its last tracking record in one transaction; return its size.
+
+        Pipelined, the commit may still be running when this returns; :meth:`drain` waits.
+        """
         if self.tracking is None:
             return 0
         size = len(self.batch)
-        self.view.write(self.batch, self.tracking)
-        self.flushed += size
+        batch, tracking = self.batch, self.tracking
         self.batch, self.tracking = new_batch(), None
+        if self._writer is None:
+            self.view.write(batch, tracking)
+        else:
+            self.drain()
+            self._writing = self._writer.submit(self.view.write, batch, tracking)
+        self.flushed += size
         return size
+
+    def drain(self) -> None:
+        """Wait for the write in flight (re-raising its error)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def close(self) -> None:
+        """Flush, wait for the last write, and stop the writer thread."""
+        try:
+            self.flush()
+            self.drain()
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Drop the batch being built (after an error) and stop the writer thread.
+
+        A write already submitted holds whole events only, so it is let finish.
+        """
+        self.batch, self.tracking = new_batch(), None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Add the event's rows to the batch (flushing a full batch); track its position."""

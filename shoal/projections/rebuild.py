@@ -47,9 +47,12 @@ def rebuild(
     started = time.perf_counter()
     view = open_view(path)
     try:
-        projection = CostProjection(view, batch_size=batch_size)
+        projection = CostProjection(view, batch_size=batch_size, pipelined=True)
         follower = ProjectionFollower(app, projection, page=batch_size, as_of=as_of)
-        done = follower.catch_up(progress)
+        try:
+            done = follower.catch_up(progress)
+        finally:
+            projection.abandon()  # catch_up committed everything it reports
     finally:
         view.datastore.close()
     return Rebuilt(

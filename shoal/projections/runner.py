@@ -89,6 +89,7 @@ class ProjectionFollower:
                 progress(done.position, max(last, done.position))
             if len(page) < self.page:
                 break
+        self.projection.drain()  # committed before we say so
         return done
 
     def follow(self, stop: threading.Event, poll_s: float = 0.2) -> None:

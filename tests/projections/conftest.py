@@ -60,9 +60,9 @@ def core(settings_with_core: ShoalSettings) -> Iterator[ShoalCore]:
 
 
 def build(core: ShoalCore, path: Path | str, batch_size: int = 5000) -> DuckDBCostView:
-    """A projection of ``core``'s whole log in a new view at ``path``."""
+    """A projection of ``core``'s whole log in a new view at ``path`` (pipelined writes)."""
     view = open_view(path)
-    ProjectionFollower(
-        core, CostProjection(view, batch_size=batch_size), page=batch_size
-    ).catch_up()
+    projection = CostProjection(view, batch_size=batch_size, pipelined=True)
+    ProjectionFollower(core, projection, page=batch_size).catch_up()
+    projection.close()
     return view
