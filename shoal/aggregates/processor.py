@@ -298,6 +298,7 @@ class CoreProcessor:
         s = self._sessions.get(ev.iid)
         if s is not None:
             self._sessions.move_to_end(ev.iid)
+            self._batch.snapshot_from.setdefault(s.id, s.version)
             return s
         if ev.iid in self.known_iids:
             loaded = self.app.find(session_id(ev.iid))

@@ -10,20 +10,31 @@ along), so replay works with the core down. Each session is re-folded into a fre
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from nats.aio.msg import Msg
+
 from shoal.aggregates.fold import actor, apply_event, open_session
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.session import Session
-from shoal.bus import Bus, Stored
+from shoal.bus import Bus, Stored, to_stored
 from shoal.errors import InvalidEvent, NotFound
 from shoal.schemas import CloudEvent, ModelCalled, PolicyDecided, TaskFailed, ToolCalled
 
-__all__ = ["Replay", "ReplayNode", "TimelineEntry", "build_replay", "parse_at", "read_replay"]
+__all__ = [
+    "Replay",
+    "ReplayNode",
+    "TimelineEntry",
+    "build_replay",
+    "parse_at",
+    "read_ordered",
+    "read_replay",
+]
 
 
 @dataclass(frozen=True)
@@ -118,9 +129,37 @@ def parse_at(value: str | None) -> int | datetime | None:
     return moment
 
 
+async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> list[Stored]:
+    """Every stored message under ``filter_subject``, through an ordered push consumer.
+
+    JetStream streams them with flow control, several times faster than pull batches
+    (replay is read-only: nothing to ack). Done when a message reports nothing pending.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    received: list[Msg] = []
+
+    async def collect(msg: Msg) -> None:
+        received.append(msg)
+        if msg.metadata.num_pending == 0 and not done.done():
+            done.set_result(None)
+
+    sub = await bus.js.subscribe(
+        filter_subject, stream=bus.topology.events.name, ordered_consumer=True, cb=collect
+    )
+    try:
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            return []
+        await asyncio.wait_for(done, timeout)
+    finally:
+        await sub.unsubscribe()
+    return [to_stored(m) for m in received]
+
+
 async def read_replay(bus: Bus, iid: str) -> list[Stored]:
     """The stored events of a session, and of its goal's other sessions when it has a goal."""
-    own = await bus.session_events(iid)
+    own = await read_ordered(bus, bus.subjects.session_events(iid))
     if not own:
         raise NotFound(f"no events for session {iid!r} on {bus.topology.events.name}")
     gid = next((s.event.gid for s in own if s.event is not None and s.event.gid), None)
@@ -128,7 +167,7 @@ async def read_replay(bus: Bus, iid: str) -> list[Stored]:
         return own
     # The goal's events bring the child sessions; the session's own may include events sent
     # without the GID (an operator's session.killed, a late outcome.reported).
-    merged = {s.seq: s for s in await bus.goal_events(gid)}
+    merged = {s.seq: s for s in await read_ordered(bus, bus.subjects.goal_events(gid))}
     merged.update((s.seq, s) for s in own)
     return [merged[seq] for seq in sorted(merged)]
 

@@ -25,6 +25,7 @@ SESSION_STATUSES = ("open", "running", "completed", "failed", "killed")
 """``open``: assigned or seen, no attempt started; ``killed`` is terminal."""
 
 _ZERO = Decimal(0)
+_SIGNATURES_KEPT = 256
 
 
 def stable_id(kind: str, name: str) -> UUID:
@@ -307,8 +308,12 @@ class Session(Aggregate):
     ) -> None:
         self.last_seq = seq
         self.tool_calls += 1
-        repeats = self.tool_signatures.get(signature, 0)
+        repeats = self.tool_signatures.pop(signature, 0)
+        # Re-inserted last, so the dict stays ordered by recency and can be cut at the front:
+        # a long session keeps a bounded snapshot.
         self.tool_signatures[signature] = repeats + 1
+        while len(self.tool_signatures) > _SIGNATURES_KEPT:
+            del self.tool_signatures[next(iter(self.tool_signatures))]
         if repeats == 0:
             self.calls_since_progress = 0
         if error or result_class in ("error", "timeout"):

@@ -1,0 +1,102 @@
+"""Benchmark: core ingestion rate, SHOAL_EVENTS → recorded aggregates (SQLite), exactly once.
+
+A realistic mix (goals submitted and planned, tasks assigned/started/completed, one retry
+and one policy denial per goal, model and tool calls: ~9 bus events per session) is
+published to a fresh stream, then ingested by the core's real loop (fetch a batch, fold it
+into Session/Goal/Instance aggregates, write events + tracking in one SQLite transaction,
+ack). Ceiling, same run, same stream: a raw nats-py pull consumer doing ``fetch(batch)`` and
+one ack per batch, touching nothing else — the rate the core could reach if folding and
+writing were free.
+
+Run: ``uv run python bench/bench_ingest.py [--events 100000] [--batch 1000]``.
+Starts its own nats-server in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from nats.js import api
+
+from shoal.aggregates import open_core
+from shoal.aggregates.ingestion import Ingestion, processor_for
+from shoal.bus import Bus, ShoalSettings
+from tests.aggregates.eventmix import Mix, publish_all
+from tests.natsproc import NatsProcess
+
+
+async def raw_consume(bus: Bus, total: int, batch: int) -> float:
+    """Messages/s of a bare pull consumer over the whole stream (the ceiling)."""
+    stream = bus.topology.events.name
+    await bus.js.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            durable_name="raw", ack_policy=api.AckPolicy.ALL, max_ack_pending=batch * 4
+        ),
+    )
+    psub = await bus.js.pull_subscribe_bind(durable="raw", stream=stream)
+    started, seen = time.perf_counter(), 0
+    while seen < total:
+        msgs = await psub.fetch(batch, timeout=5)
+        seen += len(msgs)
+        await msgs[-1].ack()
+    elapsed = time.perf_counter() - started
+    await psub.unsubscribe()
+    return seen / elapsed
+
+
+async def core_ingest(bus: Bus, settings: ShoalSettings, total: int) -> tuple[float, int]:
+    """Events/s of the core's loop from the first fetch to the last committed batch."""
+    app = await asyncio.to_thread(open_core, settings)
+    processor = await asyncio.to_thread(processor_for, app, settings, bus)
+    ingestion = Ingestion(bus, app, processor, batch=settings.core_batch, stuck_after_s=3600)
+    await ingestion.attach()
+    started = time.perf_counter()
+    while ingestion.stats.messages < total:
+        fetched = await ingestion.fetch(timeout=5)
+        assert fetched is not None, "the stream ran dry before every event was ingested"
+        await ingestion.process(fetched)
+    elapsed = time.perf_counter() - started
+    await ingestion.detach()
+    recorded = app.recorder.max_notification_id() or 0
+    app.close()
+    return total / elapsed, recorded
+
+
+async def main(events: int, batch: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="shoal-bench-ingest-"))
+    server = NatsProcess(root / "js").start()
+    try:
+        settings = ShoalSettings(
+            nats_url=server.url, prefix="bench", data_dir=root / "data", core_batch=batch
+        )
+        mix = Mix(seed=1).until(events)
+        async with Bus.connect(server.url, settings, name="bench") as bus:
+            await bus.provision()
+            await publish_all(bus, mix.events, chunk=5000)
+            total = len(mix.events)
+            raw = await raw_consume(bus, total, batch)
+            rate, recorded = await core_ingest(bus, settings, total)
+            app = open_core(settings)
+            cost = sum(s.cost_usd for s in app.sessions())
+            app.close()
+        print(f"events: {total} ({mix.sessions} sessions), batch {batch}, SQLite")
+        print(f"raw JetStream pull fetch({batch}) + ack (ceiling): {raw:10,.0f} msg/s")
+        print(f"shoal core ingestion (fold + atomic write + ack):  {rate:10,.0f} events/s")
+        print(f"ratio: {rate / raw:.0%} of the raw consume rate; target >= 10,000 events/s")
+        print(f"aggregate events recorded: {recorded} ({recorded / total:.2f} per bus event)")
+        print(f"check: total cost ${cost} == generated ${mix.cost}: {cost == mix.cost}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.batch))

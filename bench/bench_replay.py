@@ -1,0 +1,121 @@
+"""Benchmark: replay of a 10,000-event session, and loading it from the core's store.
+
+One session (IID) of N events — model calls, tool calls and policy decisions of a long
+agent run — is published, then:
+
+1. ``replay`` as ``shoal session replay`` does it: read the session's events from JetStream
+   by subject filter, validate each CloudEvent, re-fold them into a fresh Session aggregate
+   and build the timeline. Ceiling, same run: the same read with nats-py alone (ordered,
+   un-acked pull by the same subject filter, no parsing) — the time just to get the bytes.
+2. The session ingested by the core, then loaded from the SQLite store through the
+   repository (a snapshot every 200 events, then the tail) — what ``session show`` costs.
+
+Run: ``uv run python bench/bench_replay.py [--events 10000]``. Target: replay < 1 s.
+Starts its own nats-server in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+from shoal.aggregates import PriceTable, open_core, run_core
+from shoal.aggregates.replay import build_replay, read_replay
+from shoal.bus import Bus, ShoalSettings
+from shoal.schemas import PolicyDecided
+from tests.aggregates.eventmix import Mix, publish_all
+from tests.natsproc import NatsProcess
+
+IID = "s-long"
+
+
+def long_session(events: int) -> Mix:
+    """One running session with ``events`` events: calls in a 3:2:1 model/tool/policy mix."""
+    mix = Mix(seed=3)
+    mix.start_agents()
+    n = 0
+    while len(mix.events) < events:
+        n += 1
+        if n % 3 == 0:
+            mix.tool_call(IID, None, {"path": f"doc{n}.md"})
+        elif n % 6 == 1:
+            decision = PolicyDecided(action="tool.call", target="shell", decision="deny", rule="m")
+            mix.emit(decision, iid=IID, gid=None, by=mix.worker)
+        else:
+            mix.model_call(IID, None, mix.worker)
+    return mix
+
+
+async def raw_read(bus: Bus) -> tuple[float, int]:
+    """Seconds to receive every message of the session with nats-py only (no parsing)."""
+    started = time.perf_counter()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen = 0
+
+    async def count(msg: Msg) -> None:
+        nonlocal seen
+        seen += 1
+        if msg.metadata.num_pending == 0 and not done.done():
+            done.set_result(None)
+
+    sub = await bus.js.subscribe(
+        bus.subjects.session_events(IID),
+        stream=bus.topology.events.name,
+        ordered_consumer=True,
+        cb=count,
+    )
+    await asyncio.wait_for(done, 60)
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return elapsed, seen
+
+
+async def main(events: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="shoal-bench-replay-"))
+    server = NatsProcess(root / "js").start()
+    try:
+        settings = ShoalSettings(nats_url=server.url, prefix="bench", data_dir=root / "data")
+        mix = long_session(events)
+        prices = PriceTable.load()
+        async with Bus.connect(server.url, settings, name="bench") as bus:
+            await bus.provision()
+            await publish_all(bus, mix.events, chunk=5000)
+            raw_s, raw_n = await raw_read(bus)
+            started = time.perf_counter()
+            stored = await read_replay(bus, IID)
+            read_s = time.perf_counter() - started
+            replay = build_replay(stored, IID, prices)
+            replay_s = time.perf_counter() - started
+        await run_core(settings, server.url, asyncio.Event(), until_idle=True)
+        app = open_core(settings)
+        started = time.perf_counter()
+        session = app.session(IID)
+        load_s = time.perf_counter() - started
+        app.close()
+        n = replay.events
+        print(f"session {IID}: {n} events ({raw_n} read raw)")
+        print(f"raw nats-py read of the session (ceiling):   {raw_s * 1000:8.1f} ms")
+        print(f"shoal replay: read + validate               {read_s * 1000:8.1f} ms")
+        print(
+            f"shoal replay: read + validate + re-fold     {replay_s * 1000:8.1f} ms (target < 1000)"
+        )
+        print(f"ratio: replay takes {replay_s / raw_s:.1f}x the raw read")
+        print(f"load from the core's store (snapshot+tail): {load_s * 1000:8.1f} ms")
+        same = replay.root.session.cost_usd == session.cost_usd == mix.cost
+        print(
+            f"check: replayed cost ${replay.root.session.cost_usd} == stored == generated: {same}"
+        )
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.events))
