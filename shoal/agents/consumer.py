@@ -63,6 +63,7 @@ class PullConsumer:
         max_inflight: int = 8,
         expires_s: float = 2.0,
         paused: Callable[[], bool] = lambda: False,
+        recreate: Callable[[], Awaitable[object]] | None = None,
         js_prefix: str = api.DEFAULT_PREFIX,
     ) -> None:
         self.nc = nc
@@ -72,6 +73,9 @@ class PullConsumer:
         self.max_inflight = max_inflight
         self.expires_s = expires_s
         self.paused = paused
+        self.recreate = recreate
+        self.lost = False  # the server says the consumer is gone
+        self.recreated = 0
         self.next_subject = f"{js_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.inflight = 0
         self.received = 0
@@ -92,6 +96,8 @@ class PullConsumer:
         threshold = max(1, self.max_inflight // 2)
         while not self._stopping:
             self._forget_expired()
+            if self.lost:
+                await self._recreate()
             if self.paused() and self._requests:
                 # Open requests would keep delivering: drop them with the inbox's interest.
                 await self._subscribe()
@@ -113,6 +119,19 @@ class PullConsumer:
         if old is not None:
             # What is already queued goes through _on_msg (released).
             await old.drain()  # type: ignore[no-untyped-call]
+
+    async def _recreate(self) -> None:
+        log.error("consumer %s on %s is gone; re-creating it", self.durable, self.stream)
+        self._requests.clear()
+        if self.recreate is None:
+            return
+        try:
+            await self.recreate()
+            self.lost = False
+            self.recreated += 1
+        except Exception as e:  # the server may be unavailable: retry on the next turn
+            log.error("cannot re-create consumer %s: %s", self.durable, e)
+            await asyncio.sleep(self.expires_s / 2)
 
     def wake(self) -> None:
         self._wake.set()
@@ -160,8 +179,10 @@ class PullConsumer:
             # either way one request is over.
             if self._requests:
                 self._requests.popleft()
-            if status == "409" and msg.headers and "Deleted" in msg.headers.get("Description", ""):
-                log.error("consumer %s on %s was deleted", self.durable, self.stream)
+            description = msg.headers.get("Description", "") if msg.headers else ""
+            if status == "503" or (status == "409" and "Deleted" in description):
+                # 503: no responders, the consumer does not exist (any more).
+                self.lost = True
             self._wake.set()
             return
         if self._requests:

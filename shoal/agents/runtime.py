@@ -15,10 +15,11 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import BadRequestError
 
@@ -137,17 +138,11 @@ class AgentRuntime:
         topo = self.bus.topology
         subjects = self.bus.subjects
         for capability in self.agent.handlers:
-            durable = consumer_name(self.agent.fleet, capability)
-            await ensure_consumer(
-                self.bus, topo.tasks.name, durable, subjects.tasks(self.agent.fleet, capability)
-            )
-            self.consumers.append(self._consumer(topo.tasks.name, durable, self.runner.handle_task))
+            subject = subjects.tasks(self.agent.fleet, capability)
+            await self._add_consumer(topo.tasks.name, capability, subject, self.runner.handle_task)
         if self.agent.goal_handler is not None:
-            durable = consumer_name(self.agent.fleet, "goals")
-            await ensure_consumer(
-                self.bus, topo.goals.name, durable, subjects.goals(self.agent.fleet)
-            )
-            self.consumers.append(self._consumer(topo.goals.name, durable, self.runner.handle_goal))
+            subject = subjects.goals(self.agent.fleet)
+            await self._add_consumer(topo.goals.name, "goals", subject, self.runner.handle_goal)
         self.presence_kv = await self.bus.kv(topo.presence.name)
         await self._heartbeat()
         await self.emitter.emit(
@@ -243,12 +238,23 @@ class AgentRuntime:
             except Exception as e:  # an outage must be visible, not fatal: retry next beat
                 log.warning("presence heartbeat failed: %s", e)
 
-    def _consumer(self, stream: str, durable: str, handle: object) -> PullConsumer:
-        return PullConsumer(
-            self.bus.nc,
-            stream,
-            durable,
-            handle,  # type: ignore[arg-type]
-            max_inflight=self.concurrency,
-            paused=self.paused,
+    async def _add_consumer(
+        self, stream: str, capability: str, subject: str, handle: Callable[[Msg], Awaitable[None]]
+    ) -> None:
+        durable = consumer_name(self.agent.fleet, capability)
+
+        async def recreate() -> object:
+            return await ensure_consumer(self.bus, stream, durable, subject)
+
+        await recreate()
+        self.consumers.append(
+            PullConsumer(
+                self.bus.nc,
+                stream,
+                durable,
+                handle,
+                max_inflight=self.concurrency,
+                paused=self.paused,
+                recreate=recreate,
+            )
         )

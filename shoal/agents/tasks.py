@@ -75,9 +75,12 @@ class TaskRunner:
             await self._reject(msg, str(e), None)
             return
         data = event.data
-        handler = self.rt.agent.handlers.get(data.capability)
-        if handler is None:
-            await self._reject(msg, f"no handler for capability {data.capability!r}", event)
+        # The subject names the capability (it is what the consumer filters on).
+        capability = msg.subject.rsplit(".", 1)[-1]
+        handler = self.rt.agent.handlers.get(capability)
+        if handler is None or data.capability != capability:
+            why = f"task for capability {data.capability!r} on the subject of {capability!r}"
+            await self._reject(msg, why if handler else f"no handler for {capability!r}", event)
             return
         try:
             task_input = handler.parse(data.input)

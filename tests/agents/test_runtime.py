@@ -17,7 +17,7 @@ from shoal.bus import Bus, Presence
 from shoal.bus.client import REASON_HEADER
 from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas import TaskCompleted, TaskFailed, new_id
-from tests.agents.conftest import of_type, submit_task, wait_events
+from tests.agents.conftest import eventually, of_type, submit_task, wait_events
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -309,3 +309,15 @@ async def test_goal_whose_task_never_reports_fails_without_replanning(fbus: Bus)
         "failed_iids": [task.iid],
     }
     assert len(of_type(events, "task.assigned")) == 1
+
+
+async def test_deleted_consumer_is_recreated_and_tasks_flow_again(fbus: Bus) -> None:
+    async with AgentRuntime(fbus, adder()).running() as runtime:
+        await fbus.js.delete_consumer(fbus.topology.tasks.name, "calc_add")
+        await eventually(lambda: runtime.consumers[0].recreated == 1, timeout=10)
+        task = await submit_task(fbus, "calc", "add", {"a": 20, "b": 22})
+        events = await wait_events(
+            fbus, fbus.subjects.session_events(task.iid), lambda e: of_type(e, "task.completed")
+        )
+    [done] = of_type(events, "task.completed")
+    assert done.data.output == {"sum": 42}  # type: ignore[attr-defined]
