@@ -83,6 +83,7 @@ class SupervisorOptions:
     crashloop_after: int = 5
     crash_window_s: float = 10.0
     liveness_factor: float = 3.0
+    resync_s: float = 30.0
     fleets: frozenset[str] | None = None
 
 
@@ -135,6 +136,21 @@ class KvMirror:
                 )
             if self._on_change is not None:
                 self._on_change(entry.key)
+
+    async def renewed(self, timeout: float) -> KvMirror:
+        """A new mirror from a new watch (a watch does not survive every server restart).
+
+        Keys whose revision did not change keep their ``seen_at``, so a lease that stopped
+        being renewed does not look fresh again. On failure this mirror stays in use.
+        """
+        mirror = KvMirror(self.kv, self._on_change)
+        await mirror.start(timeout)
+        for key, entry in mirror.entries.items():
+            previous = self.entries.get(key)
+            if previous is not None and previous.revision == entry.revision:
+                entry.seen_at = previous.seen_at
+        await self.stop()
+        return mirror
 
     def fresh(self, key: str, ttl: float, now: float) -> MirrorEntry | None:
         """The entry if it was written within ``ttl`` seconds."""
@@ -203,6 +219,7 @@ class Supervisor:
         self.logs_dir = self.settings.data_dir.resolve() / "logs"
         self._wake = asyncio.Event()
         self._sup_renewed_at = -math.inf
+        self._synced_at = time.monotonic()
         self.fleets: KvMirror
         self.kills: KvMirror
         self.presence: KvMirror
@@ -219,6 +236,7 @@ class Supervisor:
             while not stop.is_set():
                 try:
                     await self.reconcile()
+                    await self._resync()
                 except Exception:  # a NATS hiccup must not kill the supervisor: log, retry
                     log.exception("reconcile failed; retrying")
                 with contextlib.suppress(TimeoutError):
@@ -252,6 +270,17 @@ class Supervisor:
             await mirror.start(timeout)
         await self._announce(time.monotonic())
         log.info("supervisor %s on %s started", self.id, self.host)
+
+    async def _resync(self) -> None:
+        now = time.monotonic()
+        if now - self._synced_at < self.options.resync_s:
+            return
+        self._synced_at = now
+        timeout = self.settings.request_timeout
+        self.fleets = await self.fleets.renewed(timeout)
+        self.kills = await self.kills.renewed(timeout)
+        self.presence = await self.presence.renewed(timeout)
+        self.leases = await self.leases.renewed(timeout)
 
     async def shutdown(self) -> None:
         """Drain every instance (SIGTERM, SIGKILL after the grace period), release leases."""
@@ -558,7 +587,11 @@ class Supervisor:
         if now - self._sup_renewed_at < self.settings.lease_ttl_s / 3:
             return
         body = json.dumps({"host": self.host, "pid": os.getpid()}).encode()
-        await self._leases_kv.put(supervisor_key(self.id), body)
+        try:
+            await self._leases_kv.put(supervisor_key(self.id), body)
+        except Exception as e:  # keep managing local processes while NATS is away
+            log.warning("cannot announce supervisor %s: %s", self.id, e or type(e).__name__)
+            return
         self._sup_renewed_at = now
 
     async def _claim(
@@ -588,6 +621,9 @@ class Supervisor:
                     slot.revision = await self._leases_kv.create(key, self._lease(slot))
                 except KeyWrongLastSequenceError:
                     continue  # held by another supervisor (or its lease has not expired yet)
+                except Exception as e:
+                    log.warning("cannot claim %s: %s", key, e or type(e).__name__)
+                    return
                 slot.dirty = False
                 self.held[key] = slot
                 self._adopt(slot, key)

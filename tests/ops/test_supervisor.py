@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -305,3 +305,35 @@ async def test_rolling_upgrade_replaces_every_instance_and_stops_on_a_failing_ve
     await fleet_command(bus, app, "demo", "rollback", by="tester", agent="worker")
     procs = await converge(bus, prefix, 3)
     assert [p.version for p in procs] == ["2", "2", "2"]
+
+
+async def test_supervisor_keeps_reconciling_after_the_nats_server_restarts(
+    nats_process: Callable[..., NatsProcess], tmp_path: Path, prefix: str
+) -> None:
+    server = nats_process()
+    own = ShoalSettings(
+        nats_url=server.url,
+        prefix=prefix,
+        data_dir=tmp_path / "own",
+        principal="tester",
+        lease_ttl_s=LEASE_TTL,
+        presence_ttl_s=3.0,
+    )
+    sups = Supervisors(own, tmp_path / "own-logs")
+    app = open_fleet_app(own)
+    try:
+        async with Bus.connect(server.url, own, name="test") as bus:
+            await bus.provision()
+            await apply_fleet(bus, app, parse_fleet_spec(spec(2)), by="tester")
+            sups.start("sup-a", "--resync", "2")
+            before = await converge(bus, prefix, 2)
+
+            server.restart()  # SIGKILL, then the same port and store
+            await asyncio.sleep(1.0)
+            await fleet_command(bus, app, "demo", "scale", by="tester", replicas={"worker": 3})
+            after = await converge(bus, prefix, 3, timeout=60)
+            # The running instances rode out the outage; one more was started.
+            assert {p.pid for p in before} < {p.pid for p in after}
+    finally:
+        sups.stop_all()
+        app.close()

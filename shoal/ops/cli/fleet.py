@@ -73,7 +73,10 @@ def _command(c: Cli, name: str, verb: str, reason: str, **args: Any) -> None:
             bus, app, name, verb, by=c.settings.principal, reason=reason, **args
         )
 
-    _print_desired(c, verb, _with_app(c, body))
+    _print_desired(c, _PAST.get(verb, verb), _with_app(c, body))
+
+
+_PAST = {"start": "started", "stop": "stopped", "rollback": "rolled back"}
 
 
 @fleet_app.command("start")
@@ -230,9 +233,10 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
             f"\n[bold]{a.name}[/]: [{colour}]{a.actual}/{a.desired}[/] "
             f"version {a.version}{prev} (running: {versions})  {escape(a.target)}"
         )
-        table = Table(
-            "slot", "instance", "version", "host", "pid", "uptime", "heartbeat", "session"
-        )
+        table = Table("slot")
+        table.add_column("instance", no_wrap=True)  # ids are copied into `shoal kill`
+        for column in ("version", "host", "pid", "uptime", "heartbeat", "session"):
+            table.add_column(column)
         for i in a.instances:
             table.add_row(
                 "-" if i.slot is None else str(i.slot),

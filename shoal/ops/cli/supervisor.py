@@ -29,6 +29,9 @@ def supervisor(
     backoff: Annotated[
         float, typer.Option("--backoff", help="First restart delay; doubles per crash.")
     ] = 0.5,
+    resync: Annotated[
+        float, typer.Option("--resync", help="Seconds between re-reads of the buckets.")
+    ] = 30.0,
     crashloop_after: Annotated[
         int, typer.Option("--crashloop-after", min=1, help="Exits at start before giving up.")
     ] = 5,
@@ -43,6 +46,7 @@ def supervisor(
         drain_grace_s=drain_grace,
         backoff_base_s=backoff,
         crashloop_after=crashloop_after,
+        resync_s=resync,
         fleets=frozenset(fleet) if fleet else None,
     )
     logging.basicConfig(
