@@ -76,6 +76,8 @@ class PullConsumer:
         self.recreate = recreate
         self.lost = False  # the server says the consumer is gone
         self.recreated = 0
+        # Ask for more once half the slots are free: fewer, larger pull requests.
+        self.threshold = max(1, max_inflight // 2)
         self.next_subject = f"{js_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.inflight = 0
         self.received = 0
@@ -93,22 +95,28 @@ class PullConsumer:
     async def run(self) -> None:
         """Request and dispatch until :meth:`stop`; then return (in-flight work continues)."""
         await self._subscribe()
-        threshold = max(1, self.max_inflight // 2)
         while not self._stopping:
-            self._forget_expired()
-            if self.lost:
-                await self._recreate()
-            if self.paused() and self._requests:
-                # Open requests would keep delivering: drop them with the inbox's interest.
-                await self._subscribe()
-            want = self.max_inflight - self.inflight - self.outstanding
-            if want > 0 and (want >= threshold or not self._requests) and not self.paused():
-                await self._request(want)
+            try:
+                await self._turn()
+            except Exception as e:  # e.g. the connection is closed: say so, keep trying
+                log.error("consumer %s: %s", self.durable, e)
+                await asyncio.sleep(self.expires_s / 2)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.expires_s / 2)
             except TimeoutError:
                 pass
+
+    async def _turn(self) -> None:
+        self._forget_expired()
+        if self.lost:
+            await self._recreate()
+        if self.paused() and self._requests:
+            # Open requests would keep delivering: drop them with the inbox's interest.
+            await self._subscribe()
+        want = self.max_inflight - self.inflight - self.outstanding
+        if want > 0 and (want >= self.threshold or not self._requests) and not self.paused():
+            await self._request(want)
 
     async def _subscribe(self) -> None:
         """(Re)subscribe on a fresh inbox; the old one's open requests die with it."""
@@ -212,4 +220,7 @@ class PullConsumer:
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.discard(task)
-            self._wake.set()
+            # Wake the loop only when it has something to do (a request, or the drain).
+            free = self.max_inflight - self.inflight - self.outstanding
+            if self._stopping or free >= self.threshold or not self._requests:
+                self._wake.set()
