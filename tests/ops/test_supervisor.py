@@ -337,3 +337,26 @@ async def test_supervisor_keeps_reconciling_after_the_nats_server_restarts(
     finally:
         sups.stop_all()
         app.close()
+
+
+async def test_stopped_supervisor_drains_its_instances_and_hands_its_slots_over(
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+) -> None:
+    a = supervisors.start("sup-a")
+    await eventually(lambda: _supervisor_keys(bus), lambda k: k == ["_supervisor.sup-a"], 20, "a")
+    await apply_fleet(bus, app, parse_fleet_spec(spec(2)), by="tester")
+    await converge(bus, prefix, 2)
+    supervisors.start("sup-b")
+    await eventually(lambda: _supervisor_keys(bus), lambda k: len(k) == 2, 20, "b up")
+
+    a.send_signal(signal.SIGTERM)  # graceful: drain, then delete its leases
+    assert a.wait(20) == 0
+    # Its leases are released at once (not left to expire), and sup-b runs both slots.
+    assert await _supervisor_keys(bus) == ["_supervisor.sup-b"]
+    taken = await converge(bus, prefix, 2)
+    assert {p.supervisor for p in taken} == {"sup-b"}
+    view = await describe_fleet(bus, "demo")
+    assert sorted((s.slot, s.supervisor) for s in view.agents[0].slots) == [
+        (0, "sup-b"),
+        (1, "sup-b"),
+    ]
