@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,10 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
 )
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from pydantic_core import to_json
 
 __all__ = [
     "JsonLinesMetricExporter",
@@ -43,10 +45,10 @@ class _Appender:
         self._fd: int | None = None
         self._lock = threading.Lock()
 
-    def append(self, lines: Sequence[str]) -> None:
+    def append(self, lines: Sequence[bytes]) -> None:
         if not lines:
             return
-        data = ("\n".join(lines) + "\n").encode()
+        data = b"\n".join(lines) + b"\n"
         with self._lock:
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,13 +64,13 @@ class _Appender:
                 self._fd = None
 
 
-def _attributes(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
-    # Attribute values are str/bool/int/float or sequences of them; tuples become lists.
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in (attrs or {}).items()}
+def _json(value: Any) -> bytes:
+    # pydantic-core's serializer: ~5x faster than json.dumps on these small dicts (the export
+    # thread shares the GIL with the agents); tuples become arrays, anything odd a string.
+    return to_json(value, fallback=str)
 
 
-def span_to_json(span: ReadableSpan) -> dict[str, Any]:
-    """One finished span as the JSON object written to ``spans.jsonl``."""
+def _span_fields(span: ReadableSpan) -> dict[str, Any]:
     ctx = span.get_span_context()
     parent = span.parent
     assert ctx is not None
@@ -81,26 +83,43 @@ def span_to_json(span: ReadableSpan) -> dict[str, Any]:
         "start_time_unix_nano": span.start_time,
         "end_time_unix_nano": span.end_time,
         "status": {"code": span.status.status_code.name, "description": span.status.description},
-        "attributes": _attributes(span.attributes),
+        "attributes": dict(span.attributes or {}),
         "events": [
-            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": _attributes(e.attributes)}
+            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})}
             for e in span.events
         ],
-        "resource": _attributes(span.resource.attributes),
         "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
     }
 
 
+def span_to_json(span: ReadableSpan) -> dict[str, Any]:
+    """One finished span as the JSON object written to ``spans.jsonl``."""
+    fields = {**_span_fields(span), "resource": dict(span.resource.attributes)}
+    return dict(json.loads(_json(fields)))
+
+
 class JsonLinesSpanExporter(SpanExporter):
-    """Appends finished spans to a JSON-lines file, one object per span."""
+    """Appends finished spans to a JSON-lines file, one object per span (see
+    :func:`span_to_json`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._out = _Appender(path)
+        self._resource: tuple[int, bytes] = (0, b"")
+
+    def _resource_json(self, resource: Resource) -> bytes:
+        # Every span of a process has the same resource: serialize it once.
+        if self._resource[0] != id(resource):
+            self._resource = (id(resource), _json(dict(resource.attributes)))
+        return self._resource[1]
+
+    def _line(self, span: ReadableSpan) -> bytes:
+        body = _json(_span_fields(span))
+        return body[:-1] + b',"resource":' + self._resource_json(span.resource) + b"}"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            self._out.append([json.dumps(span_to_json(s), default=str) for s in spans])
+            self._out.append([self._line(s) for s in spans])
         except OSError:
             # The SDK logs a failed export; the spans of this batch are lost, not the process.
             return SpanExportResult.FAILURE
@@ -126,7 +145,7 @@ class JsonLinesMetricExporter(MetricExporter):
     ) -> MetricExportResult:
         lines = []
         for rm in metrics_data.resource_metrics:
-            resource = _attributes(rm.resource.attributes)
+            resource = dict(rm.resource.attributes)
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     line = {
@@ -137,7 +156,7 @@ class JsonLinesMetricExporter(MetricExporter):
                         "resource": resource,
                         "data": json.loads(metric.data.to_json()),
                     }
-                    lines.append(json.dumps(line, default=str))
+                    lines.append(_json(line))
         try:
             self._out.append(lines)
         except OSError:

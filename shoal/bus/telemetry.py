@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricReader,
@@ -152,7 +152,11 @@ def setup_telemetry(
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(processor)
     reader = metric_reader or PeriodicExportingMetricReader(_metric_exporter(settings))
-    meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
+    # No exemplars: sampling one per measurement costs more than the rest of a record, and
+    # the spans already carry what an exemplar would point to.
+    meter_provider = MeterProvider(
+        metric_readers=[reader], resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
+    )
     if install_global:
         _install_global(tracer_provider, meter_provider)
     return Telemetry(

@@ -34,8 +34,7 @@ class Traced:
 
     def points(self, name: str) -> list[Any]:
         data = self.reader.get_metrics_data()
-        assert data is not None
-        for rm in data.resource_metrics:
+        for rm in data.resource_metrics if data is not None else []:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     if metric.name == name:
@@ -136,28 +135,36 @@ def test_agent_chat_and_tool_spans_nest_with_genai_attributes(traced: Traced) ->
     assert all(s.status.status_code == StatusCode.UNSET for s in spans.values())
 
 
-def test_a_failing_tool_sets_error_type_and_still_records_duration(traced: Traced) -> None:
+def test_a_failing_model_call_sets_error_type_and_still_records_duration(traced: Traced) -> None:
     g = traced.genai
-    with (
-        pytest.raises(ValueError, match="bad path"),
-        g.execute_tool("read_file", SESSION, call_id="C1"),
-    ):
-        raise ValueError("bad path")
+    with pytest.raises(ValueError, match="bad gateway"), g.chat("m1", SESSION, provider="openai"):
+        raise ValueError("bad gateway")
     [span] = traced.spans.get_finished_spans()
     assert span.attributes is not None and span.attributes["error.type"] == "ValueError"
     assert span.status.status_code == StatusCode.ERROR
-    assert span.status.description == "ValueError: bad path"
+    assert span.status.description == "ValueError: bad gateway"
     assert [e.name for e in span.events] == ["exception"]
     [point] = traced.points("gen_ai.client.operation.duration")
     assert isinstance(point, HistogramDataPoint)
     assert point.count == 1
     assert dict(point.attributes or {}) == {
-        "gen_ai.operation.name": "execute_tool",
-        "gen_ai.tool.name": "read_file",
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "m1",
         "shoal.fleet": "docs",
         "gen_ai.agent.name": "summarizer",
         "error.type": "ValueError",
     }
+
+
+def test_a_failing_tool_call_is_a_failed_span_that_re_raises(traced: Traced) -> None:
+    g = traced.genai
+    with pytest.raises(KeyError), g.execute_tool("read_file", SESSION, call_id="C1"):
+        raise KeyError("path")
+    [span] = traced.spans.get_finished_spans()
+    assert span.attributes is not None and span.attributes["error.type"] == "KeyError"
+    assert span.status.status_code == StatusCode.ERROR
+    assert traced.points("gen_ai.client.operation.duration") == []
 
 
 def test_token_usage_and_duration_use_the_conventional_buckets(traced: Traced) -> None:

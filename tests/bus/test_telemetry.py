@@ -133,10 +133,11 @@ def test_otlp_http_export_reaches_a_receiver(tmp_path: Path) -> None:
             assert telemetry.exporter == "otlp/http"
             genai = GenAI(telemetry)
             with genai.invoke_agent("writer", session_attributes(iid="I-http", fleet="docs")):
-                pass
+                with genai.chat("m1", session_attributes(iid="I-http"), provider="openai"):
+                    pass
         got = receiver.received
-        assert got.wait_for(lambda r: len(r.spans) == 1)
-        [span] = got.spans
+        assert got.wait_for(lambda r: len(r.spans) == 2)
+        span = next(s for s in got.spans if s["parent_span_id"] is None)
         assert span["name"] == "invoke_agent writer"
         assert span["attributes"]["gen_ai.conversation.id"] == "I-http"
         assert span["resource"]["service.name"] == "shoal-test"
