@@ -93,6 +93,8 @@ class CostParams(TimeRange):
     """Cost grouped by one or more dimensions (``by=["agent", "model"]``)."""
 
     by: list[Dimension] = Field(default=["model"], min_length=1)
+    limit: int = Field(default=100, ge=1, le=10_000)
+    """Rows returned, most expensive first (totals always cover every group)."""
 
 
 class LedgerParams(TimeRange):
@@ -139,6 +141,8 @@ class CostRow(_Model):
 class CostAnswer(_Model):
     by: list[str]
     rows: list[CostRow]
+    groups: int
+    """Groups in all (``rows`` holds the first ``limit`` of them)."""
     calls: int
     total_usd: Money
 
@@ -307,11 +311,14 @@ def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
         f"""
         SELECT {keys}, count(*) AS calls, sum(m.input_tokens) AS input_tokens,
                sum(m.output_tokens) AS output_tokens, sum(m.cached_tokens) AS cached_tokens,
-               sum(m.cost_usd) AS cost_usd, COALESCE(sum(m.reported_cost_usd), 0) AS reported
+               sum(m.cost_usd) AS cost_usd, COALESCE(sum(m.reported_cost_usd), 0) AS reported,
+               count(*) OVER () AS all_groups, sum(count(*)) OVER () AS all_calls,
+               sum(sum(m.cost_usd)) OVER () AS all_cost
         FROM model_calls m {join}
         WHERE {where}
         GROUP BY {group}
         ORDER BY cost_usd DESC, {group}
+        LIMIT {p.limit}
         """,
         params,
     )
@@ -327,11 +334,15 @@ def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
         )
         for r in rows
     ]
+    first: dict[str, Any] = (
+        rows[0] if rows else {"all_groups": 0, "all_calls": 0, "all_cost": _ZERO}
+    )
     return CostAnswer(
         by=list(p.by),
         rows=out,
-        calls=sum(r.calls for r in out),
-        total_usd=sum((r.cost_usd for r in out), _ZERO),
+        groups=first["all_groups"],
+        calls=int(first["all_calls"]),
+        total_usd=first["all_cost"],
     )
 
 

@@ -178,7 +178,8 @@ def _render_cost(out: Console, answer: CostAnswer) -> None:
         )
     blanks = [""] * (len(answer.by) - 1)
     table.add_section()
-    table.add_row("total", *blanks, str(answer.calls), "", "", _cell(answer.total_usd))
+    label = "total" if answer.groups == len(answer.rows) else f"total ({answer.groups} groups)"
+    table.add_row(label, *blanks, str(answer.calls), "", "", _cell(answer.total_usd))
     out.print(table)
 
 
@@ -219,13 +220,15 @@ def cost(
     ] = None,
     since: SinceOption = None,
     until: UntilOption = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most expensive groups shown.")] = 100,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Server-side cost of model calls, grouped (default: by model)."""
     c = cli(ctx, as_json)
     dims = [d.strip() for item in (by or ["model"]) for d in item.split(",") if d.strip()]
-    answer = run(c, ask_named(c, "cost", {"by": dims, **_range(since, until)}, db=db))
+    params = {"by": dims, "limit": limit, **_range(since, until)}
+    answer = run(c, ask_named(c, "cost", params, db=db))
     _render(c, "cost", answer)
 
 
