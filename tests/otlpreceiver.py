@@ -21,7 +21,6 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-
 STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 """OTLP's ``Status.StatusCode`` numbers, named as the SDK (and the local span file) names them."""
 
