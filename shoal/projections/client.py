@@ -66,7 +66,7 @@ class QueryClient:
                 f"no query service answers on {subject}; start one with 'shoal projections serve'"
             ) from None
         except (NatsTimeoutError, TimeoutError):
-            raise ServiceUnavailable(f"the query service did not answer within {wait:g}s") from None
+            raise QueryFailed(f"the query service did not answer within {wait:g}s") from None
         headers = msg.headers or {}
         code = headers.get("Nats-Service-Error-Code")
         if code:

@@ -15,20 +15,24 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import PersistenceError
 
 from shoal.aggregates.application import open_core
 from shoal.bus import ShoalSettings
+from shoal.errors import ServiceUnavailable
 from shoal.projections.projection import DEFAULT_BATCH, CostProjection
 from shoal.projections.recorder import DuckDBDatastore
 from shoal.projections.runner import CatchUp, ProjectionFollower
 from shoal.projections.view import DuckDBCostView
 
-__all__ = ["ProjectionHost", "projection_path"]
+__all__ = ["ProjectionHost", "answer_locally", "projection_path"]
 
 log = logging.getLogger("shoal.projections")
+
+T = TypeVar("T")
 
 
 def projection_path(settings: ShoalSettings) -> Path:
@@ -174,3 +178,29 @@ def _remove_wal(path: Path) -> None:
     wal = path.with_name(path.name + ".wal")
     if wal.exists():
         wal.unlink()
+
+
+def answer_locally(settings: ShoalSettings, ask: Callable[[DuckDBDatastore], T]) -> T:
+    """Own the projection for one answer: open it, catch up with the core, ask, close.
+
+    What the CLI does when no query service runs (the embedded default after ``shoal demo``):
+    the answer is as fresh as the core's store. Refused (:class:`ServiceUnavailable`) when
+    there is no core store here, or another process owns the database file.
+    """
+    core_file = settings.data_dir / "core.sqlite"
+    if settings.persistence_module == "eventsourcing.sqlite" and not core_file.exists():
+        raise ServiceUnavailable(
+            f"no query service answers and there is no core store at {core_file}; "
+            "run 'shoal core' and 'shoal projections serve'"
+        )
+    host = ProjectionHost(settings)
+    try:
+        host.open()
+        host.sync()
+        return ask(host.datastore)
+    except PersistenceError as e:
+        raise ServiceUnavailable(
+            f"no query service answers, and {host.path} cannot be opened here: {e}"
+        ) from e
+    finally:
+        host.close()

@@ -307,14 +307,19 @@ def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
     where, params = p.where("m.ts")
     keys = ", ".join(f"{c} AS k{i}" for i, c in enumerate(columns))
     group = ", ".join(f"k{i}" for i in range(len(columns)))
+    # Per call by default; but goal and outcome are attributes of the session, whose row
+    # already sums its calls: without a time range, a tenth of the rows give the same sums.
+    calls, source = "count(*)", "model_calls m"
+    if p.since is None and p.until is None and set(p.by) <= {"goal", "outcome"}:
+        calls, source, where = "sum(m.model_calls)", "sessions m", "m.model_calls > 0"
     rows = ds.rows(
         f"""
-        SELECT {keys}, count(*) AS calls, sum(m.input_tokens) AS input_tokens,
+        SELECT {keys}, {calls} AS calls, sum(m.input_tokens) AS input_tokens,
                sum(m.output_tokens) AS output_tokens, sum(m.cached_tokens) AS cached_tokens,
                sum(m.cost_usd) AS cost_usd, COALESCE(sum(m.reported_cost_usd), 0) AS reported,
-               count(*) OVER () AS all_groups, sum(count(*)) OVER () AS all_calls,
+               count(*) OVER () AS all_groups, sum({calls}) OVER () AS all_calls,
                sum(sum(m.cost_usd)) OVER () AS all_cost
-        FROM model_calls m {join}
+        FROM {source} {join}
         WHERE {where}
         GROUP BY {group}
         ORDER BY cost_usd DESC, {group}

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "SERVICE_ENDPOINTS",
     "QueryService",
     "run_query_service",
+    "serving",
 ]
 
 log = logging.getLogger("shoal.projections")
@@ -155,6 +157,29 @@ def _to_json(answer: Any) -> bytes:
     return json.dumps(answer, default=str).encode()
 
 
+@asynccontextmanager
+async def serving(
+    settings: ShoalSettings, nc: NATS, *, host: ProjectionHost | None = None
+) -> AsyncIterator[QueryService]:
+    """The query service on an existing connection, for the life of the ``async with``.
+
+    It answers at once (``status`` shows how far the catch-up got); a request with
+    ``Shoal-Fresh: 1`` waits for the catch-up. The demo adds it to its services with
+    ``lambda bus: serving(settings, bus.nc)``.
+    """
+    host = host or ProjectionHost(settings)
+    await asyncio.to_thread(host.open)
+    service = QueryService(host, settings)
+    try:
+        host.start()
+        await service.start(nc)
+        await nc.flush(timeout=int(settings.request_timeout) or 1)
+        yield service
+    finally:
+        await service.stop()
+        await asyncio.to_thread(host.close)
+
+
 async def run_query_service(
     settings: ShoalSettings,
     url: str,
@@ -165,22 +190,13 @@ async def run_query_service(
 ) -> None:
     """Own the projection, follow the core's log, answer queries until ``stop`` is set.
 
-    The in-process entry point (``shoal projections serve`` and the demo use it).
+    The in-process entry point of ``shoal projections serve``, on its own connection.
     """
-    host = host or ProjectionHost(settings)
-    await asyncio.to_thread(host.open)
     nc = await open_connection(url, settings, name="shoal-query")
-    service = QueryService(host, settings)
     try:
-        # Answer at once (``status`` shows how far the catch-up got); a request with
-        # ``Shoal-Fresh: 1`` waits for the catch-up instead.
-        host.start()
-        await service.start(nc)
-        await nc.flush(timeout=int(settings.request_timeout) or 1)
-        if ready is not None:
-            ready.set()
-        await stop.wait()
+        async with serving(settings, nc, host=host):
+            if ready is not None:
+                ready.set()
+            await stop.wait()
     finally:
-        await service.stop()
         await asyncio.wait_for(nc.drain(), settings.request_timeout)
-        await asyncio.to_thread(host.close)

@@ -10,7 +10,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 
 from shoal.aggregates.application import ShoalCore
 from shoal.projections.projection import CostProjection, new_batch
-from shoal.projections.queries import all_answers
+from shoal.projections.queries import CostAnswer, all_answers, run_named
 from shoal.projections.view import DuckDBCostView, open_view
 from tests.projections.conftest import NOW, build
 
@@ -113,3 +113,16 @@ def test_a_batch_already_tracked_is_refused_and_writes_nothing(core: ShoalCore) 
         view.write(batch, Tracking(core.name, position))
     assert view.table_counts() == before
     assert view.max_tracking_id(core.name) == position
+
+
+def test_cost_by_goal_and_outcome_agree_whether_summed_per_session_or_per_call(
+    core: ShoalCore,
+) -> None:
+    view = build(core, ":memory:")
+    # With a time range the sums run over model calls; without one, over sessions.
+    everything = {"since": "2000-01-01T00:00:00+00:00"}
+    for by in (["outcome"], ["goal"], ["goal", "outcome"]):
+        per_session = run_named(view.datastore, "cost", {"by": by, "limit": 10_000})
+        per_call = run_named(view.datastore, "cost", {"by": by, "limit": 10_000, **everything})
+        assert per_session == per_call
+        assert isinstance(per_session, CostAnswer) and per_session.groups > 1

@@ -1,19 +1,21 @@
 """``shoal cost``, ``shoal outcomes``, ``shoal query``, ``shoal tools ledger``, ``shoal sql``.
 
-Every command asks the query service over NATS (``<prefix>.api.query.<endpoint>``), or, with
-``--db PATH``, opens a projection file read-only in this process (a rebuilt ``--as-of`` file,
-or any copy nobody is writing). Answers print as rich tables, or as JSON with ``--json``.
+Every command asks the query service over NATS (``<prefix>.api.query.<endpoint>``). When no
+service answers (the embedded default once ``shoal demo`` has ended), the command owns the
+data dir's projection for one answer: it opens it, catches up with the core's store, and
+answers. With ``--db PATH`` it opens that file read-only (a rebuilt ``--as-of`` file). Answers
+print as rich tables, or as JSON with ``--json``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from nats.aio.client import Client as NATS
@@ -22,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.bus import ShoalSettings
-from shoal.errors import InvalidSpec, NotFound
+from shoal.errors import InvalidSpec, NatsUnreachable, NotFound, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
 from shoal.projections.client import QueryClient
@@ -46,6 +48,8 @@ __all__ = [
     "register",
     "render_demo_summary",
 ]
+
+T = TypeVar("T")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -109,8 +113,24 @@ async def ask_named(
             return await asyncio.to_thread(run_named, ds, name, params)
         finally:
             ds.close()
-    async with open_bus(c.settings, start=False, provision=False, name="shoal-query-cli") as bus:
-        return await QueryClient(bus.nc, c.settings).query(name, params, fresh=fresh)
+    try:
+        async with open_bus(c.settings, start=False, provision=False, name="shoal-query") as bus:
+            return await QueryClient(bus.nc, c.settings).query(name, params, fresh=fresh)
+    except (NatsUnreachable, ServiceUnavailable):
+        return await asyncio.to_thread(_locally, c, lambda ds: _run_named(ds, name, params))
+
+
+def _run_named(ds: DuckDBDatastore, name: str, params: dict[str, Any]) -> BaseModel:
+    from shoal.projections.queries import run_named
+
+    return run_named(ds, name, params)
+
+
+def _locally(c: Cli, ask: Callable[[DuckDBDatastore], T]) -> T:
+    """No query service: answer from the data dir's projection, caught up with the core."""
+    from shoal.projections.host import answer_locally
+
+    return answer_locally(c.settings, ask)
 
 
 async def fetch_demo_summary(
@@ -347,8 +367,13 @@ def sql(
                 return await asyncio.to_thread(run_sql, ds, params)
             finally:
                 ds.close()
-        async with open_bus(c.settings, start=False, provision=False, name="shoal-sql") as bus:
-            return await QueryClient(bus.nc, c.settings).sql(statement, limit)
+        try:
+            async with open_bus(c.settings, start=False, provision=False, name="shoal-sql") as bus:
+                return await QueryClient(bus.nc, c.settings).sql(statement, limit)
+        except (NatsUnreachable, ServiceUnavailable):
+            from shoal.projections.sql import run_sql
+
+            return await asyncio.to_thread(_locally, c, lambda ds: run_sql(ds, params))
 
     answer = run(c, _ask())
     if c.json:

@@ -1,0 +1,55 @@
+"""``shoal cost --by model`` right after ``shoal demo`` equals the core's server-side costs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from shoal.aggregates.application import open_core
+from shoal.bus import ShoalSettings
+from tests.natsproc import NatsProcess
+
+CENT = Decimal("0.01")
+
+
+def _shoal(settings: ShoalSettings, *args: str, timeout: float = 180) -> str:
+    base = [sys.executable, "-m", "shoal", "--nats-url", settings.nats_url or ""]
+    base += ["--prefix", settings.prefix, "--data-dir", str(settings.data_dir)]
+    done = subprocess.run([*base, *args], capture_output=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return done.stdout.decode()
+
+
+def test_cost_by_model_after_the_demo_equals_the_cores_costs_to_the_cent(
+    nats_server: NatsProcess, prefix: str, tmp_path: Path
+) -> None:
+    settings = ShoalSettings(
+        nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "data", principal="tester"
+    )
+    _shoal(settings, "demo", "--json")
+    if not (settings.data_dir / "core.sqlite").exists():
+        pytest.skip("shoal demo does not run the core in this tree yet")
+
+    answer = json.loads(_shoal(settings, "cost", "--by", "model", "--json"))
+
+    core = open_core(settings)
+    try:
+        expected: dict[str, Decimal] = defaultdict(Decimal)
+        for session in core.sessions():
+            for model, cost in session.cost_by_model.items():
+                expected[model] += cost
+    finally:
+        core.close()
+    got = {row["key"][0]: Decimal(row["cost_usd"]) for row in answer["rows"]}
+    assert expected, "the demo made no model call"
+    assert {m: c.quantize(CENT) for m, c in got.items()} == {
+        m: c.quantize(CENT) for m, c in expected.items()
+    }
+    assert got == dict(expected)  # and in fact exactly
+    assert Decimal(answer["total_usd"]) == sum(expected.values())
