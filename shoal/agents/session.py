@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from shoal.agents.killswitch import Scope
 from shoal.bus import Bus, check_token, event_headers
+from shoal.bus.tracecontext import with_traceparent
 from shoal.schemas import CloudEvent, EventData, new_id, utcnow
 
 __all__ = ["Emitter", "Identity", "Session"]
@@ -113,6 +114,7 @@ class Emitter:
         if wait:
             await self.bus.publish(event)
         else:
+            event = with_traceparent(event)  # as Bus.publish does
             await self.bus.nc.publish(
                 self.bus.event_subject(event), event.to_json(), headers=event_headers(event)
             )

@@ -24,12 +24,19 @@ from shoal.agents.demo import DEMO_FLEET, DEMO_GOAL, demo_agents, write_workspac
 from shoal.agents.models import OfflineModelClient
 from shoal.agents.runtime import AgentRuntime
 from shoal.agents.tools import ToolEnv
-from shoal.bus import Bus, Stored
+from shoal.bus import Bus, ShoalSettings, Stored
 from shoal.errors import InvalidEvent, Refused
 from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas import CloudEvent, GoalCompleted, GoalFailed, GoalPlanned, parse_event
 
-__all__ = ["DemoResult", "GoalProgress", "ServiceFactory", "fleet_services", "run_demo"]
+__all__ = [
+    "DemoResult",
+    "GoalProgress",
+    "ServiceFactory",
+    "demo_services",
+    "fleet_services",
+    "run_demo",
+]
 
 ServiceFactory = Callable[[Bus], AbstractAsyncContextManager[Any]]
 """Starts a service on the bus when entered, stops it when exited."""
@@ -82,6 +89,15 @@ class DemoResult:
     progress: GoalProgress
     elapsed_s: float
     workspace: Path
+
+
+def demo_services(settings: ShoalSettings) -> list[ServiceFactory]:
+    """Services ``shoal demo`` starts beside the fleet (the core, a query service…).
+
+    The extension point for the parts of shoal that run in-process during the demo: each
+    factory is entered before the goal is submitted and exited after it ends.
+    """
+    return []
 
 
 def fleet_services(

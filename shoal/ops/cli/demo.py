@@ -12,7 +12,7 @@ from rich.tree import Tree
 from shoal.bus import Stored
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
-from shoal.ops.demo import DemoResult, GoalProgress, run_demo, session_tree
+from shoal.ops.demo import DemoResult, GoalProgress, demo_services, run_demo, session_tree
 from shoal.ops.events import event_summary, stored_to_json
 from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed
 
@@ -32,7 +32,7 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
 async def _demo(c: Cli) -> DemoResult:
     async with open_bus(c.settings, name="shoal-demo") as bus:
         if c.json:
-            return await run_demo(bus)
+            return await run_demo(bus, services=demo_services(c.settings))
         with Progress(
             TextColumn("[bold]goal[/] {task.description}"),
             BarColumn(),
@@ -48,7 +48,7 @@ async def _demo(c: Cli) -> DemoResult:
                 label = "done" if p.outcome is not None else "running"
                 bar.update(task, total=p.total, completed=p.done, description=label)
 
-            return await run_demo(bus, on_progress=on_progress)
+            return await run_demo(bus, services=demo_services(c.settings), on_progress=on_progress)
 
 
 def _print(c: Cli, result: DemoResult) -> None:
