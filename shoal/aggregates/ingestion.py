@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
@@ -108,50 +107,74 @@ class Ingestion:
         self.clock = clock
         self.stats = CoreStats()
         self.stream = bus.topology.events.name
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._buffer: list[Msg] = []
+        self._full = asyncio.Event()
         self._last_watch = 0.0
 
     # -- the consumer ---------------------------------------------------------------------------
     async def attach(self) -> None:
-        """Bind to the durable consumer, re-creating it at the store's position if they differ."""
+        """(Re)create the durable consumer at the store's position and start receiving.
+
+        The store is the source of truth, the consumer only a cursor: it is created afresh at
+        ``max_tracking_id + 1`` on every start, whatever an earlier run left acknowledged. It
+        is a push consumer with flow control (measured 3-5x faster here than pull ``fetch``);
+        ``max_ack_pending`` bounds what JetStream sends ahead of the acknowledged batch.
+        """
+        await self.detach()
         js, position = self.bus.js, self.processor.position
         try:
-            info = await js.consumer_info(self.stream, self.consumer)
-            agrees = (
-                info.ack_floor is not None
-                and (info.ack_floor.stream_seq or 0) == position
-                and not info.num_ack_pending
-                and info.config.filter_subject == self.bus.subjects.all_events
-            )
-            if not agrees:
-                await js.delete_consumer(self.stream, self.consumer)
-                raise NotFoundError
+            await js.delete_consumer(self.stream, self.consumer)
         except NotFoundError:
-            await js.add_consumer(
-                self.stream,
-                api.ConsumerConfig(
-                    durable_name=self.consumer,
-                    description="shoal core ingestion",
-                    filter_subject=self.bus.subjects.all_events,
-                    ack_policy=api.AckPolicy.ALL,
-                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
-                    if position
-                    else api.DeliverPolicy.ALL,
-                    opt_start_seq=position + 1 if position else None,
-                    max_ack_pending=self.batch * 4,
-                    ack_wait=60.0,
-                ),
-            )
-            log.info("core consumer %s (re)created at seq %d", self.consumer, position + 1)
-        self._psub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+            pass
+        config = api.ConsumerConfig(
+            durable_name=self.consumer,
+            description="shoal core ingestion",
+            deliver_subject=self.bus.nc.new_inbox(),
+            filter_subject=self.bus.subjects.all_events,
+            ack_policy=api.AckPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
+            if position
+            else api.DeliverPolicy.ALL,
+            opt_start_seq=position + 1 if position else None,
+            max_ack_pending=self.batch * 2,
+            ack_wait=60.0,
+            flow_control=True,
+            idle_heartbeat=5.0,
+        )
+        await js.add_consumer(self.stream, config)
+        self._buffer.clear()
+        self._sub = await js.subscribe_bind(
+            self.stream, config, self.consumer, cb=self._receive, manual_ack=True
+        )
+        log.info("core consumer %s created at seq %d", self.consumer, position + 1)
+
+    async def _receive(self, msg: Msg) -> None:
+        self._buffer.append(msg)
+        if len(self._buffer) >= self.batch:
+            self._full.set()
 
     async def fetch(self, timeout: float = 1.0) -> Fetched | None:
-        """The next batch, sorted by sequence; ``None`` when nothing arrived in ``timeout``."""
-        assert self._psub is not None
-        try:
-            msgs = await self._psub.fetch(self.batch, timeout=timeout)
-        except (NatsTimeoutError, TimeoutError):
-            return None
+        """The next batch, sorted by sequence; ``None`` when nothing arrived in ``timeout``.
+
+        A batch is whatever arrived when ``batch`` messages are buffered, or when the flow
+        pauses for a moment (so a trickle of events is not held back).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            waited = len(self._buffer)
+            self._full.clear()
+            if waited < self.batch:
+                pause = 0.02 if waited else max(deadline - time.monotonic(), 0.0)
+                try:
+                    await asyncio.wait_for(self._full.wait(), pause)
+                except TimeoutError:
+                    pass
+            if self._buffer and (len(self._buffer) == waited or len(self._buffer) >= self.batch):
+                break
+            if not self._buffer and time.monotonic() >= deadline:
+                return None
+        msgs, self._buffer = self._buffer, []
         raw = sorted(
             (RawMessage(m.metadata.sequence.stream, m.subject, m.data) for m in msgs),
             key=lambda r: r.seq,
@@ -262,10 +285,11 @@ class Ingestion:
                         await self.process(fetched)
                     except Exception:
                         log.exception("core batch failed; restarting from the store's position")
+                        await self.detach()
                         await asyncio.sleep(1.0)
                         await self.attach()
                         continue
-                elif until_idle:
+                elif until_idle and await self._drained():
                     break
                 if time.monotonic() - self._last_watch >= watch_every:
                     self._last_watch = time.monotonic()
@@ -274,10 +298,14 @@ class Ingestion:
             await self.detach()
         return self.stats
 
+    async def _drained(self) -> bool:
+        info = await self.bus.js.consumer_info(self.stream, self.consumer)
+        return not info.num_pending and not info.num_ack_pending and not self._buffer
+
     async def detach(self) -> None:
-        """Stop pulling (un-acked messages go back to the consumer for the next run)."""
-        if self._psub is not None:
-            psub, self._psub = self._psub, None
+        """Stop receiving (un-acknowledged messages are read again by the next run)."""
+        if self._sub is not None:
+            psub, self._sub = self._sub, None
             try:
                 timeout = self.bus.settings.request_timeout
                 await asyncio.wait_for(psub.unsubscribe(), timeout=timeout)

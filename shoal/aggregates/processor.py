@@ -200,15 +200,16 @@ class CoreProcessor:
 
     # -- the fold ---------------------------------------------------------------------------
     def fold(self, batch: list[RawMessage]) -> FoldResult:
-        """Fold a batch (in stream order); messages at or below :attr:`position` are skipped."""
+        """Fold a batch sorted by sequence; what is at or below :attr:`position` is skipped."""
         result = FoldResult(ProcessingEvent(), {})
         self._batch = result
         last = self.position
         for msg in batch:
-            if msg.seq <= self.position:
+            # At or below the recorded position, or a redelivered copy inside this batch.
+            if msg.seq <= last:
                 result.skipped += 1
                 continue
-            last = max(last, msg.seq)
+            last = msg.seq
             self._fold_one(msg, result)
         if last > self.position:
             result.processing.tracking = Tracking(self.upstream, last)
