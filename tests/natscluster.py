@@ -13,8 +13,13 @@ import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import nats
+from nats.errors import Error as NatsError
+from nats.js import api
 
 from shoal.ops.server import find_nats_server, free_port, nats_url, port_open
 
@@ -154,3 +159,34 @@ class NatsCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no agreed JetStream meta leader within {timeout}s")
             await asyncio.sleep(0.1)
+
+    async def wait_for_placement(self, timeout: float = 20.0) -> None:
+        """Wait until a fresh cluster can place a stream on all its nodes.
+
+        A meta leader alone is not enough: until it has heard from every peer it refuses
+        R3 placement ("no suitable peers for placement, peer offline"). A probe stream
+        with one replica per node, created and deleted, proves the cluster is ready.
+        """
+        await self.wait_for_jetstream(timeout)
+        deadline = time.monotonic() + timeout
+        probe = f"PROBE_{uuid.uuid4().hex[:8]}"
+        config = api.StreamConfig(
+            name=probe,
+            subjects=[f"probe.{probe}"],
+            num_replicas=self.size,
+            storage=api.StorageType.MEMORY,
+        )
+        nc = await nats.connect(self.urls[0], connect_timeout=2, allow_reconnect=False)
+        try:
+            js = nc.jetstream(timeout=2.0)
+            while True:
+                try:
+                    await js.add_stream(config)
+                    await js.delete_stream(probe)
+                    return
+                except (NatsError, TimeoutError) as e:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"cluster could not place R{self.size}: {e}") from e
+                    await asyncio.sleep(0.1)
+        finally:
+            await nc.close()

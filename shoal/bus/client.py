@@ -32,6 +32,8 @@ __all__ = ["Bus", "Stored", "event_headers"]
 
 REASON_HEADER = "Shoal-Reason"
 ORIGINAL_SUBJECT_HEADER = "Shoal-Original-Subject"
+PUBLISH_WINDOW = 4000
+"""Most publish acks :meth:`Bus.publish_many` keeps in flight (nats-py's default)."""
 
 
 def event_headers(event: CloudEvent) -> dict[str, str]:
@@ -60,7 +62,9 @@ class Bus:
     def __init__(self, nc: NATS, settings: ShoalSettings) -> None:
         self.nc = nc
         self.settings = settings
-        self.js = nc.jetstream(timeout=settings.request_timeout)
+        self.js = nc.jetstream(
+            timeout=settings.request_timeout, publish_async_max_pending=PUBLISH_WINDOW
+        )
         self.subjects = Subjects(settings.prefix)
         self.topology = Topology.for_settings(settings)
 
@@ -107,12 +111,16 @@ class Bus:
         for item in items:
             subject, event = item if isinstance(item, tuple) else (self.event_subject(item), item)
             event = with_traceparent(event)
+            # nats-py wraps a bounded window wait (``wait_stall``) in a new task, costing an
+            # event-loop round trip and a socket write per message (measured ~4x slower);
+            # bound the wait only when the window is full and the wait is real.
+            full = self.js.publish_async_pending() >= PUBLISH_WINDOW
             futures.append(
                 await self.js.publish_async(
                     subject,
                     event.to_json(),
                     headers=event_headers(event),
-                    wait_stall=self.settings.request_timeout,
+                    wait_stall=self.settings.request_timeout if full else None,
                 )
             )
         return list(
