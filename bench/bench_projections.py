@@ -174,7 +174,10 @@ def generate(path: Path, events: int) -> dict[str, int]:
             {base} + to_milliseconds(i * 48 * 50) AS opened_at,
             {base} + to_milliseconds(i * 48 * 50) AS submitted_at,
             {base} + to_milliseconds(i * 48 * 50) AS last_event_at,
-            CASE WHEN i % 7 = 0 THEN 'success' WHEN i % 13 = 0 THEN 'abandoned' END AS outcome
+            CASE WHEN i % 7 = 0 THEN 'success' WHEN i % 13 = 0 THEN 'abandoned' END AS outcome,
+            CASE WHEN i % 7 = 0 THEN 'success' WHEN i % 13 = 0 THEN 'abandoned' END
+                AS root_outcome,
+            30 AS model_calls, 0.0369 AS cost_usd
         FROM range({n_goals}) t(i)
     """)
     con.execute(f"""
@@ -300,7 +303,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--goals", type=int, default=2000, help="Build workload size (goals).")
     parser.add_argument("--sizes", default="1000000,10000000", help="Synthetic event counts.")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as d:
         tmp = Path(d)

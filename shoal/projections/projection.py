@@ -29,7 +29,7 @@ from shoal.aggregates.session import Session
 from shoal.projections.batch import Batch, Rule
 from shoal.projections.money import money
 from shoal.projections.schema import FACT_TABLES, GOALS, SESSIONS
-from shoal.projections.view import DuckDBCostView
+from shoal.projections.view import DuckDBCostView, SessionKey
 
 __all__ = ["DEFAULT_BATCH", "CostProjection", "new_batch"]
 
@@ -72,6 +72,8 @@ _SESSION_RULES = {
 
 _GOAL_RULES = {
     "goal_id": Rule.FIRST,
+    "model_calls": Rule.SUM,
+    "cost_usd": Rule.SUM,
     "status": Rule.GOAL_STATUS,
     "sessions": Rule.SUM,
     "opened_at": Rule.FIRST,
@@ -136,7 +138,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self.tracking: Tracking | None = None
         self.flushed = 0
         # Aggregate id → (IID, GID) and → GID, for events that carry only the aggregate id.
-        self._sessions: dict[UUID, tuple[str, str | None]] = view.session_keys()
+        self._sessions: dict[UUID, SessionKey] = view.session_keys()
         self._goals: dict[UUID, str] = view.goal_keys()
         self._handlers = {cls: getattr(self, name) for cls, name in _HANDLERS.items()}
         # Pipelined: a writer thread commits batch k while this thread decodes batch k+1
@@ -196,13 +198,11 @@ class CostProjection(Projection[DuckDBCostView]):
         if self.batch.events >= self.batch_size:
             self.flush()
 
-    def _session(
-        self, e: Any, values: dict[str, Any], created: bool = False
-    ) -> tuple[str, str | None]:
+    def _session(self, e: Any, values: dict[str, Any], created: bool = False) -> SessionKey:
         key = self._sessions[e.originator_id]
         values["last_event_at"] = e.timestamp
         values["last_seq"] = e.seq
-        self.batch.states["sessions"].update(key[0], values, created=created)
+        self.batch.states["sessions"].update(key.iid, values, created=created)
         return key
 
     def _goal(self, e: Any, values: dict[str, Any], created: bool = False) -> str:
@@ -218,7 +218,8 @@ class CostProjection(Projection[DuckDBCostView]):
     # -- events -----------------------------------------------------------------------------
 
     def _on_session_opened(self, e: Session.Opened) -> None:
-        self._sessions[e.originator_id] = (e.iid, e.gid)
+        root = e.gid is not None and e.parentiid is None
+        self._sessions[e.originator_id] = SessionKey(e.iid, e.gid, root)
         self._session(
             e,
             {
@@ -266,7 +267,7 @@ class CostProjection(Projection[DuckDBCostView]):
 
     def _on_session_model_called(self, e: Session.ModelCalled) -> None:
         cost, reported = money(e.cost_usd), money(e.reported_cost_usd)
-        iid, _ = self._session(
+        iid, _, _ = self._session(
             e,
             {
                 "model_calls": 1,
@@ -278,6 +279,9 @@ class CostProjection(Projection[DuckDBCostView]):
                 "errors": 1 if e.error else None,
             },
         )
+        if e.gid is not None:
+            # The goal's spend, kept on its row so outcome questions need no join per call.
+            self.batch.states["goals"].update(e.gid, {"model_calls": 1, "cost_usd": cost})
         self._fact(
             "model_calls",
             (
@@ -299,7 +303,7 @@ class CostProjection(Projection[DuckDBCostView]):
 
     def _on_session_tool_called(self, e: Session.ToolCalled) -> None:
         failed = e.error or e.result_class in ("error", "timeout")
-        iid, _ = self._session(e, {"tool_calls": 1, "errors": 1 if failed else None})
+        iid, _, _ = self._session(e, {"tool_calls": 1, "errors": 1 if failed else None})
         arguments = json.dumps(e.arguments, sort_keys=True, default=str)
         self._fact(
             "tool_calls",
@@ -319,7 +323,7 @@ class CostProjection(Projection[DuckDBCostView]):
         )
 
     def _on_session_policy_decided(self, e: Session.PolicyDecided) -> None:
-        iid, _ = self._session(e, {"denials": 1 if e.decision == "deny" else None})
+        iid, _, _ = self._session(e, {"denials": 1 if e.decision == "deny" else None})
         self._fact(
             "policy_decisions",
             (
@@ -334,7 +338,7 @@ class CostProjection(Projection[DuckDBCostView]):
 
     def _on_session_approval_changed(self, e: Session.ApprovalChanged) -> None:
         requested = 1 if e.state == "requested" else None
-        iid, gid = self._session(e, {"approvals_requested": requested})
+        iid, gid, _ = self._session(e, {"approvals_requested": requested})
         row = (e.seq, e.timestamp, iid, gid, e.request_id, e.state, e.by, e.action, e.target)
         self._fact("approvals", (*row, e.reason))
 
@@ -359,7 +363,10 @@ class CostProjection(Projection[DuckDBCostView]):
 
     def _on_session_outcome_reported(self, e: Session.OutcomeReported) -> None:
         values = {"outcome": e.outcome, "outcome_signal": e.signal, "outcome_at": e.timestamp}
-        iid, gid = self._session(e, values)
+        iid, gid, root = self._session(e, values)
+        if root and gid is not None:
+            # The root session's reported outcome stands for its goal's.
+            self.batch.states["goals"].update(gid, {"root_outcome": e.outcome})
         self._fact("outcomes", (e.seq, e.timestamp, iid, gid, e.outcome, e.signal, e.detail, e.by))
 
     def _on_session_event_rejected(self, e: Session.EventRejected) -> None:

@@ -218,6 +218,8 @@ GOALS = Table(
         ("budget_usd", MONEY),
         ("budget_exceeded", _B),
         ("sessions", _L),
+        ("model_calls", _L),
+        ("cost_usd", MONEY),
         ("opened_at", _TS),
         ("submitted_at", _TS),
         ("ended_at", _TS),
@@ -228,6 +230,7 @@ GOALS = Table(
         ("failure_reason", _S),
         ("outcome", _S),
         ("outcome_signal", _S),
+        ("root_outcome", _S),  # the root session's reported outcome: it stands for the goal
     ),
     key="gid",
 )
@@ -249,23 +252,20 @@ _EFFECTIVE = """
 VIEWS: dict[str, str] = {
     # One row per session with its effective outcome.
     "session_outcomes": f"SELECT *, {_EFFECTIVE} AS effective_outcome FROM sessions",
-    # The unit an outcome is judged on: a goal (all its sessions; the root session's reported
-    # outcome stands for the goal), or a bare session (no goal, no parent), with its spend.
+    # The unit an outcome is judged on: a goal (all its sessions' spend, kept on its row; the
+    # root session's reported outcome stands for the goal), or a bare session (no goal, no
+    # parent).
     "outcome_units": f"""
-        SELECT 'g:' || g.gid AS key, 'goal' AS kind, g.gid AS unit, g.fleet, g.principal,
-               g.opened_at,
-               COALESCE(r.outcome, g.outcome, CASE g.status
+        SELECT 'g:' || gid AS key, 'goal' AS kind, gid AS unit, fleet, principal, opened_at,
+               COALESCE(root_outcome, outcome, CASE status
                    WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
                    ELSE 'pending' END) AS effective_outcome,
-               COALESCE(c.spend, 0)::DECIMAL(38,{MONEY_SCALE}) AS spend
-        FROM goals g
-        LEFT JOIN sessions r ON r.iid = g.root_iid
-        LEFT JOIN (SELECT gid, SUM(cost_usd) AS spend FROM sessions GROUP BY gid) c
-            ON c.gid = g.gid
+               cost_usd::DECIMAL(38,{MONEY_SCALE}) AS spend
+        FROM goals
         UNION ALL
-        SELECT 's:' || s.iid, 'session', s.iid, s.fleet, s.principal, s.opened_at,
-               s.effective_outcome, s.cost_usd::DECIMAL(38,{MONEY_SCALE})
-        FROM session_outcomes s WHERE s.gid IS NULL AND s.parentiid IS NULL
+        SELECT 's:' || iid, 'session', iid, fleet, principal, opened_at, effective_outcome,
+               cost_usd::DECIMAL(38,{MONEY_SCALE})
+        FROM session_outcomes WHERE gid IS NULL AND parentiid IS NULL
     """,
     # The tool-call ledger: every call that ran (the gateway allowed it) and every call a
     # policy refused before it ran (no tool.called exists for those).

@@ -8,6 +8,7 @@ its session and goal patches, and advances the tracking record — all in one tr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 from uuid import UUID
 
 import duckdb
@@ -18,7 +19,16 @@ from shoal.projections.batch import Batch
 from shoal.projections.recorder import DuckDBDatastore, DuckDBTrackingRecorder
 from shoal.projections.schema import TABLES, create_statements
 
-__all__ = ["DuckDBCostView", "open_view"]
+__all__ = ["DuckDBCostView", "SessionKey", "open_view"]
+
+
+class SessionKey(NamedTuple):
+    """What events of a session need but carry only as the aggregate id."""
+
+    iid: str
+    gid: str | None
+    root: bool
+    """The session is the root of its goal (has a GID and no parent)."""
 
 
 class DuckDBCostView(DuckDBTrackingRecorder):
@@ -43,11 +53,13 @@ class DuckDBCostView(DuckDBTrackingRecorder):
                 if len(patches) > len(patches.created):
                     _staged(c, patches.to_arrow(created=False), patches.upsert_sql("staging"))
 
-    def session_keys(self) -> dict[UUID, tuple[str, str | None]]:
-        """Session aggregate id → (IID, GID), for every session stored."""
+    def session_keys(self) -> dict[UUID, SessionKey]:
+        """Session aggregate id → its IID, GID and whether it is its goal's root."""
         with self.datastore.reader() as c:
-            rows = c.execute("SELECT session_id, iid, gid FROM sessions").fetchall()
-        return {UUID(sid): (iid, gid) for sid, iid, gid in rows}
+            rows = c.execute(
+                "SELECT session_id, iid, gid, gid IS NOT NULL AND parentiid IS NULL FROM sessions"
+            ).fetchall()
+        return {UUID(sid): SessionKey(iid, gid, root) for sid, iid, gid, root in rows}
 
     def goal_keys(self) -> dict[UUID, str]:
         """Goal aggregate id → GID, for every goal stored."""

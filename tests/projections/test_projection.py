@@ -126,3 +126,22 @@ def test_cost_by_goal_and_outcome_agree_whether_summed_per_session_or_per_call(
         per_call = run_named(view.datastore, "cost", {"by": by, "limit": 10_000, **everything})
         assert per_session == per_call
         assert isinstance(per_session, CostAnswer) and per_session.groups > 1
+
+
+def test_every_goal_carries_its_sessions_spend_and_the_cores_outcome(core: ShoalCore) -> None:
+    view = build(core, ":memory:")
+    rows = {r["gid"]: r for r in view.datastore.rows("SELECT * FROM goals")}
+    units = {
+        r["unit"]: r["effective_outcome"]
+        for r in view.datastore.rows("SELECT * FROM outcome_units WHERE kind = 'goal'")
+    }
+    reported = 0
+    for gid, row in rows.items():
+        goal = core.goal(gid)
+        assert row["cost_usd"] == core.goal_cost(goal), gid
+        assert row["status"] == goal.status, gid
+        assert row["sessions"] == len(goal.iids), gid
+        if goal.outcome is not None:
+            reported += 1
+            assert units[gid] == goal.outcome, gid
+    assert reported > 10
