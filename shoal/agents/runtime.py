@@ -21,7 +21,8 @@ from datetime import datetime
 
 from nats.aio.msg import Msg
 from nats.js import api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from shoal.agents.agent import Agent
 from shoal.agents.consumer import PullConsumer, consumer_name
@@ -33,6 +34,7 @@ from shoal.agents.session import Emitter, Identity, Session
 from shoal.agents.tasks import TaskRunner
 from shoal.agents.tools import ToolEnv
 from shoal.bus import Bus, KillSwitch, Presence, ShoalSettings, kill_key, presence_key
+from shoal.errors import ConfigConflict
 from shoal.schemas import AgentStarted, AgentStopped, new_id, utcnow
 
 __all__ = ["AgentRuntime", "default_model_clients", "ensure_consumer"]
@@ -56,7 +58,11 @@ def default_model_clients(settings: ShoalSettings) -> list[ModelClient]:
 async def ensure_consumer(
     bus: Bus, stream: str, durable: str, filter_subject: str
 ) -> api.ConsumerInfo:
-    """Create the shared durable consumer, or bind to the one another instance created."""
+    """Bind to the shared durable consumer, creating it if it does not exist yet.
+
+    An existing consumer is used as it is, never updated (the server would silently apply
+    a new config to every instance): differing settings are logged.
+    """
     s = bus.settings
     config = api.ConsumerConfig(
         durable_name=durable,
@@ -71,17 +77,33 @@ async def ensure_consumer(
         max_waiting=4096,
     )
     try:
-        info: api.ConsumerInfo = await bus.js.add_consumer(
-            stream, config, timeout=s.request_timeout
-        )
-        return info
-    except BadRequestError as e:
-        # An existing consumer with other settings (another version's defaults): use it.
-        log.warning("consumer %s exists with other settings (%s); binding to it", durable, e)
-        existing: api.ConsumerInfo = await bus.js.consumer_info(
+        info: api.ConsumerInfo = await bus.js.consumer_info(
             stream, durable, timeout=s.request_timeout
         )
-        return existing
+    except NotFoundError:
+        try:
+            created: api.ConsumerInfo = await bus.js.add_consumer(
+                stream, config, timeout=s.request_timeout
+            )
+        except BadRequestError as e:
+            raise ConfigConflict(
+                f"cannot create consumer {durable} on {stream}: {e.description}"
+            ) from e
+        return created
+    differences = [
+        f"{name} is {got!r}, not {want!r}"
+        for name, got, want in (
+            ("filter_subject", info.config.filter_subject, filter_subject),
+            ("ack_wait", info.config.ack_wait, config.ack_wait),
+            ("max_deliver", info.config.max_deliver, config.max_deliver),
+        )
+        if got != want
+    ]
+    if differences:
+        log.warning(
+            "consumer %s exists with %s; using it as it is", durable, "; ".join(differences)
+        )
+    return info
 
 
 class AgentRuntime:
@@ -122,11 +144,17 @@ class AgentRuntime:
         self.stop_reason = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._life = Session(iid=self.identity.instance)
+        self._announced = False
+        self.presence_kv: KeyValue | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     @asynccontextmanager
     async def running(self) -> AsyncIterator[AgentRuntime]:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop("failed to start")  # release what was set up, then report
+            raise
         try:
             yield self
         finally:
@@ -154,6 +182,7 @@ class AgentRuntime:
             ),
             self._life,
         )
+        self._announced = True
         for consumer in self.consumers:
             self._tasks.append(
                 asyncio.create_task(consumer.run(), name=f"consume-{consumer.durable}")
@@ -177,14 +206,23 @@ class AgentRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        with contextlib.suppress(Exception):
-            await self.emitter.emit(AgentStopped(reason=reason), self._life)
-        with contextlib.suppress(Exception):
-            await self.presence_kv.delete(self._presence_key)
+        # Best effort from here on (the server may be gone), but never silently.
+        if self._announced:
+            try:
+                await self.emitter.emit(AgentStopped(reason=reason), self._life)
+            except Exception as e:
+                log.warning("agent.stopped not recorded: %s", e)
+        if self.presence_kv is not None:
+            try:
+                await self.presence_kv.delete(self._presence_key)
+            except Exception as e:
+                log.warning("presence key not deleted (its TTL will expire it): %s", e)
         await self.kills.stop()
         for client in self.model_clients:
-            with contextlib.suppress(Exception):
+            try:
                 await client.aclose()
+            except Exception as e:
+                log.warning("model client %s did not close cleanly: %s", client.provider, e)
 
     # -- kill switches ----------------------------------------------------------------------
     def paused(self) -> bool:
@@ -210,6 +248,7 @@ class AgentRuntime:
 
     async def _heartbeat(self) -> None:
         i = self.identity
+        assert self.presence_kv is not None, "heartbeat before start"
         presence = Presence(
             instance=i.instance,
             fleet=i.fleet,

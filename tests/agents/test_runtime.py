@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from nats.js import api
 from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
@@ -15,6 +16,7 @@ from shoal.agents.orchestrator import ModelPlanner, orchestrator
 from shoal.agents.runtime import ensure_consumer
 from shoal.bus import Bus, Presence
 from shoal.bus.client import REASON_HEADER
+from shoal.errors import ConfigConflict
 from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas import TaskCompleted, TaskFailed, new_id
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
@@ -321,3 +323,20 @@ async def test_deleted_consumer_is_recreated_and_tasks_flow_again(fbus: Bus) -> 
         )
     [done] = of_type(events, "task.completed")
     assert done.data.output == {"sum": 42}  # type: ignore[attr-defined]
+
+
+async def test_runtime_that_cannot_start_reports_and_leaves_nothing_running(fbus: Bus) -> None:
+    # A work-queue stream allows one consumer per subject: a squatter makes ours impossible.
+    squatter = api.ConsumerConfig(
+        durable_name="squatter",
+        filter_subject=fbus.subjects.tasks("calc", "add"),
+        ack_policy=api.AckPolicy.EXPLICIT,
+    )
+    await fbus.js.add_consumer(fbus.topology.tasks.name, squatter)
+    runtime = AgentRuntime(fbus, adder(), instance="never")
+    before = len(asyncio.all_tasks())
+    with pytest.raises(ConfigConflict, match="filtered consumer not unique on workqueue"):
+        async with runtime.running():
+            pass
+    await eventually(lambda: len(asyncio.all_tasks()) == before)
+    assert await fbus.read(fbus.subjects.session_events("never")) == []
