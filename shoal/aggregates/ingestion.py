@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -40,6 +40,7 @@ from shoal.aggregates.processor import (
     FoldResult,
     RawMessage,
 )
+from shoal.aggregates.watchdog import flag_stuck
 from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
 from shoal.schemas import BudgetExceeded, CloudEvent, SessionFlagged, utcnow
 
@@ -236,29 +237,9 @@ class Ingestion:
     # -- the watchdog --------------------------------------------------------------------------
     async def watch(self) -> int:
         """Flag running sessions silent for longer than ``stuck_after_s``; return how many."""
-        cutoff = self.clock() - timedelta(seconds=self.stuck_after_s)
-        flagged = 0
-        for iid in self.processor.silent_since(cutoff)[:200]:
-            session = self.processor.cached_session(iid) or await asyncio.to_thread(
-                self.app.session, iid
-            )
-            if session.status != "running" or "stuck" in session.flags:
-                continue
-            if session.modified_on >= cutoff:
-                continue
-            silent = int((self.clock() - session.modified_on).total_seconds())
-            data = SessionFlagged(flag="stuck", reason=f"running and silent for {silent}s")
-            await self.bus.publish(
-                CloudEvent.new(
-                    data,
-                    iid=iid,
-                    gid=session.gid,
-                    source=CORE_SOURCE,
-                    id=f"core-flag-stuck-{iid}-{session.last_seq}",
-                )
-            )
-            flagged += 1
-        return flagged
+        return await flag_stuck(
+            self.bus, self.app, self.processor, self.clock(), self.stuck_after_s
+        )
 
     # -- the loop ---------------------------------------------------------------------------------
     async def run(

@@ -62,6 +62,7 @@ async def test_ingested_goals_have_exact_costs_retries_and_denials(
     assert [s.denials for s in children] == [0, 1, 0]
     assert [s.parentiid for s in children] == [goal.root_iid] * 3
     assert app.goal_cost(goal) == sum((s.cost_usd for s in app.goal_sessions(goal)), Decimal(0))
+    assert goal.root_iid is not None
     assert app.session(goal.root_iid).status == "completed"
 
 
@@ -191,9 +192,9 @@ async def test_a_session_over_budget_is_killed_by_the_core(
     switch = KillSwitch.model_validate_json(entry.value)
     assert (switch.scope, switch.name, switch.by) == ("session", "s-spender", "shoal://core")
     published = [s.event for s in await bus.session_events("s-spender")]
-    crossings = [e for e in published if e and isinstance(e.data, BudgetExceeded)]
+    crossings = [e.data for e in published if e and isinstance(e.data, BudgetExceeded)]
     assert len(crossings) == 1
-    assert crossings[0].data.spent_usd == Decimal("0.0018")  # the second call crossed $0.001
+    assert crossings[0].spent_usd == Decimal("0.0018")  # the second call crossed $0.001
 
 
 async def test_a_goal_over_budget_is_killed_by_the_core(bus: Bus, settings: ShoalSettings) -> None:

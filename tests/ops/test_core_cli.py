@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 from shoal.aggregates import open_core, run_core
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.cli import app as cli_app
+from shoal.schemas import ModelCalled
 from tests.aggregates.eventmix import Mix, publish_all
 
 
@@ -94,12 +95,10 @@ async def test_replay_as_of_a_sequence_shows_the_state_then(
         "model.called",
         "goal.planned",
     ]
-    first_call = next(e for e in mix.events if e.type == "shoal.model.called")
+    call = next(e.data for e in mix.events if isinstance(e.data, ModelCalled))
     assert doc["tree"]["state"]["model_calls"] == 1
     assert Decimal(doc["tree"]["state"]["cost_usd"]) == mix.prices.cost(
-        "offline-small",
-        first_call.data.input_tokens,
-        first_call.data.output_tokens,  # type: ignore[attr-defined]
+        "offline-small", call.input_tokens, call.output_tokens
     )
 
 
