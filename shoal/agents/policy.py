@@ -14,7 +14,7 @@ from typing import Literal
 from shoal.agents.errors import ApprovalRequired, BudgetExhausted, Killed, PolicyDenied
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.agents.session import Emitter, Identity, Session
-from shoal.schemas import PolicyDecided
+from shoal.schemas import ApprovalRequested, PolicyDecided, new_id
 from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = ["Action", "Policy"]
@@ -87,4 +87,10 @@ class Policy:
             action=action, target=target, decision=decision, rule=error.rule, reason=str(error)
         )
         await self.emitter.emit(decided, session)
+        if decision == "needs_approval":
+            # The request an approver acts on; the call itself does not run (no resume yet).
+            request = ApprovalRequested(
+                request_id=new_id(), action=action, target=target, reason=str(error)
+            )
+            await self.emitter.emit(request, session)
         raise error

@@ -29,7 +29,15 @@ from shoal.agents.killswitch import KillWatcher
 from shoal.agents.policy import Policy
 from shoal.agents.session import Emitter, Identity, Session
 from shoal.bus import Bus, KillSwitch, kill_key
-from shoal.schemas import AgentStopped, PolicyDecided, ToolCalled, new_id, utcnow
+from shoal.schemas import (
+    AgentStopped,
+    ApprovalRequested,
+    EventData,
+    PolicyDecided,
+    ToolCalled,
+    new_id,
+    utcnow,
+)
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
 
 pytestmark = pytest.mark.timeout(30)
@@ -96,11 +104,11 @@ async def rig(bus: Bus, tmp_path: Path) -> AsyncIterator[Rig]:
     await kills.stop()
 
 
-async def session_events(rig: Rig, n: int) -> list[PolicyDecided | ToolCalled]:
+async def session_events(rig: Rig, n: int) -> list[EventData]:
     stored = await wait_events(
         rig.bus, rig.bus.subjects.session_events(rig.session.iid), lambda e: len(e) >= n
     )
-    return [s.event.data for s in stored if s.event]  # type: ignore[misc]
+    return [s.event.data for s in stored if s.event]
 
 
 async def test_tool_not_in_manifest_is_denied_before_it_runs(rig: Rig) -> None:
@@ -140,9 +148,11 @@ def test_arguments_are_redacted_by_sensitivity() -> None:
 async def test_action_needing_approval_is_not_run_and_asks_for_it(rig: Rig) -> None:
     with pytest.raises(ApprovalRequired):
         await rig.tools.call("send_email", to="x@example.com")
-    [decided] = await session_events(rig, 1)
+    decided, requested = await session_events(rig, 2)
     assert isinstance(decided, PolicyDecided)
     assert (decided.decision, decided.rule) == ("needs_approval", "manifest.approval")
+    assert isinstance(requested, ApprovalRequested)
+    assert (requested.action, requested.target) == ("tool.call", "send_email")
 
 
 async def test_model_call_after_the_budget_is_spent_is_refused(rig: Rig) -> None:
@@ -153,7 +163,7 @@ async def test_model_call_after_the_budget_is_spent_is_refused(rig: Rig) -> None
         await rig.model.complete("again")
     events = await session_events(rig, 2)
     assert [type(e).__name__ for e in events] == ["ModelCalled", "PolicyDecided"]
-    assert events[1].rule == "budget.session"  # type: ignore[union-attr]
+    assert isinstance(events[1], PolicyDecided) and events[1].rule == "budget.session"
 
 
 async def test_model_not_in_manifest_is_refused(rig: Rig) -> None:
