@@ -174,6 +174,7 @@ class HeldSlot:
     target: str | None = None
     started_at: float = 0.0
     heartbeat_seen: bool = False
+    last_heartbeat: float = 0.0
     failures: int = 0
     restarts: int = 0
     retry_at: float = 0.0
@@ -382,13 +383,15 @@ class Supervisor:
         assert slot.instance is not None
         entry = self.presence.entries.get(presence_key(slot.fleet, slot.agent, slot.instance))
         if entry is not None:
+            slot.last_heartbeat = max(slot.last_heartbeat, entry.seen_at)
             if not slot.heartbeat_seen:
                 slot.heartbeat_seen = True
                 self._set(slot, "running", "")
-            stale = self.settings.presence_ttl_s * self.options.liveness_factor
-            if now - entry.seen_at > stale:
+        if slot.heartbeat_seen:
+            silent = now - slot.last_heartbeat
+            if silent > self.settings.presence_ttl_s * self.options.liveness_factor:
                 self._stop(slot, "hung", now, 0.0)
-                slot.message = f"no heartbeat for {now - entry.seen_at:.0f}s"
+                slot.message = f"no heartbeat for {silent:.0f}s"
         elif now - slot.started_at > doc.rollout.first_heartbeat_s:
             self._stop(slot, "no-heartbeat", now, 0.0)
             slot.message = f"no first heartbeat within {doc.rollout.first_heartbeat_s:.0f}s"

@@ -57,7 +57,9 @@ class RolloutSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     batch: int = Field(default=2, ge=1, le=100)
-    first_heartbeat_s: float = Field(default=20.0, gt=0, le=600)
+    # Generous: under CPU contention (many instances starting at once on few cores) a
+    # healthy Python instance can take tens of seconds to its first heartbeat.
+    first_heartbeat_s: float = Field(default=60.0, gt=0, le=600)
 
 
 class AgentSpec(BaseModel):

@@ -70,7 +70,7 @@ async def app(settings: ShoalSettings) -> AsyncIterator[FleetApplication]:
 def spec(replicas: int, target: str = WORKER, fleet: str = "demo", batch: int = 2) -> str:
     return f"""
 fleet: {fleet}
-rollout: {{batch: {batch}, first_heartbeat_s: 15}}
+rollout: {{batch: {batch}, first_heartbeat_s: 60}}
 agents:
   - name: worker
     target: {target}
