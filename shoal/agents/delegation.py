@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -38,13 +39,22 @@ __all__ = ["Delegator", "OutcomeWatch", "assign_task", "child_session", "result_
 
 
 class OutcomeWatch:
-    """Futures for the outcome (``task.completed`` / final ``task.failed``) of child IIDs."""
+    """Futures for the outcome (``task.completed`` / final ``task.failed``) of child IIDs.
 
-    def __init__(self, bus: Bus, filter_subject: str) -> None:
+    The live subscription is core NATS: what is published while the connection is down
+    (a reconnect) never reaches it. So a wait that lasts longer than ``catch_up_s`` reads
+    the stored outcomes from the event log, once per interval for all waiters.
+    """
+
+    def __init__(self, bus: Bus, filter_subject: str, catch_up_s: float = 5.0) -> None:
         self.bus = bus
         self.filter_subject = filter_subject
+        self.catch_up_s = catch_up_s
         self.futures: dict[str, asyncio.Future[CloudEvent]] = {}
+        self.catch_ups = 0
         self._sub: Subscription | None = None
+        self._catching_up = asyncio.Lock()
+        self._last_catch_up = time.monotonic()
 
     @classmethod
     async def for_goal(cls, bus: Bus, gid: str) -> OutcomeWatch:
@@ -67,15 +77,35 @@ class OutcomeWatch:
     async def outcome(self, iid: str, timeout: float | None) -> CloudEvent:
         """The child's terminal event; :class:`DelegationFailed` if none within ``timeout``."""
         self.expect([iid])
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.futures[iid]), timeout)
-        except TimeoutError as e:
-            raise DelegationFailed(
-                f"no outcome for task {iid} within {timeout:g}s", iid=iid, error_type="Timeout"
-            ) from e
+        future = self.futures[iid]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not future.done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise DelegationFailed(
+                    f"no outcome for task {iid} within {timeout:g}s", iid=iid, error_type="Timeout"
+                )
+            wait = self.catch_up_s if left is None else min(left, self.catch_up_s)
+            try:
+                await asyncio.wait_for(asyncio.shield(future), wait)
+            except TimeoutError:
+                await self.catch_up()
+        return future.result()
+
+    async def catch_up(self) -> None:
+        """Resolve waiters from the event log (at most once per ``catch_up_s``)."""
+        async with self._catching_up:
+            if time.monotonic() - self._last_catch_up < self.catch_up_s:
+                return
+            for stored in await self.bus.read(self.filter_subject):
+                if stored.event is not None:
+                    self._resolve(stored.event)
+            self._last_catch_up = time.monotonic()
+            self.catch_ups += 1
 
     async def close(self) -> None:
         if self._sub is not None:
+            # A closed connection has no subscription left to remove: nothing to report.
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
@@ -96,6 +126,9 @@ class OutcomeWatch:
             event = parse_event(msg.data)
         except InvalidEvent:
             return  # the core dead-letters malformed events; nothing to resolve here
+        self._resolve(event)
+
+    def _resolve(self, event: CloudEvent) -> None:
         data = event.data
         terminal = isinstance(data, TaskCompleted) or (isinstance(data, TaskFailed) and data.final)
         future = self.futures.get(event.iid)

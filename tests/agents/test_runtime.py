@@ -12,13 +12,14 @@ from pydantic import BaseModel
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, PermanentTaskError, TaskContext
 from shoal.agents.consumer import consumer_name
+from shoal.agents.delegation import OutcomeWatch
 from shoal.agents.orchestrator import ModelPlanner, orchestrator
 from shoal.agents.runtime import ensure_consumer
 from shoal.bus import Bus, Presence
 from shoal.bus.client import REASON_HEADER
 from shoal.errors import ConfigConflict
 from shoal.ops.goals import build_goal, submit_goal
-from shoal.schemas import TaskCompleted, TaskFailed, new_id
+from shoal.schemas import CloudEvent, TaskCompleted, TaskFailed, new_id
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
 
 pytestmark = pytest.mark.timeout(30)
@@ -340,3 +341,18 @@ async def test_runtime_that_cannot_start_reports_and_leaves_nothing_running(fbus
             pass
     await eventually(lambda: len(asyncio.all_tasks()) == before)
     assert await fbus.read(fbus.subjects.session_events("never")) == []
+
+
+async def test_outcome_missed_by_the_live_subscription_is_read_from_the_log(fbus: Bus) -> None:
+    gid, iid = new_id(), new_id()
+    done = CloudEvent.new(
+        TaskCompleted(capability="add", output={"sum": 3}),
+        iid=iid,
+        gid=gid,
+        source="shoal://calc/adder/x",
+    )
+    await fbus.publish(done)  # before anyone listens, as during a reconnect
+    async with await OutcomeWatch.for_goal(fbus, gid) as watch:
+        watch.catch_up_s = 0.1
+        got = await watch.outcome(iid, timeout=5)
+    assert (got.id, watch.catch_ups) == (done.id, 1)
