@@ -9,6 +9,7 @@ aggregate's state (:meth:`Fleet.desired`), never written from anywhere else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError
 
 from shoal.errors import NotFound, Refused
 from shoal.schemas.fleet import DesiredAgent, FleetDesired, FleetSpec
@@ -263,31 +265,49 @@ class FleetApplication(Application[UUID]):
 
     def apply_spec(self, spec: FleetSpec, by: str, reason: str = "") -> Fleet:
         """Register a new fleet, or apply the spec to the existing one."""
-        if self.exists(spec.fleet):
+
+        def change() -> Fleet:
+            if not self.exists(spec.fleet):
+                return Fleet(spec.fleet, spec.model_dump(mode="json"), by, reason)
             fleet = self.get_fleet(spec.fleet)
             fleet.apply(spec, by, reason)
-        else:
-            fleet = Fleet(spec.fleet, spec.model_dump(mode="json"), by, reason)
-        self.save(fleet)
-        return fleet
+            return fleet
+
+        return self._save_fresh(spec.fleet, change)
 
     def command(self, name: str, verb: str, by: str, reason: str = "", **args: Any) -> Fleet:
         """Run one lifecycle command (start, stop, scale, upgrade, rollback) and save it."""
-        fleet = self.get_fleet(name)
-        if verb == "start":
-            fleet.start(by, reason)
-        elif verb == "stop":
-            fleet.stop(by, reason)
-        elif verb == "scale":
-            fleet.scale(args["replicas"], by, reason)
-        elif verb == "upgrade":
-            fleet.upgrade(args["agent"], args["version"], by, reason, target=args.get("target"))
-        elif verb == "rollback":
-            fleet.rollback(args["agent"], by, reason)
-        else:
-            raise ValueError(f"unknown fleet command {verb!r}")
-        self.save(fleet)
-        return fleet
+
+        def change() -> Fleet:
+            fleet = self.get_fleet(name)
+            if verb == "start":
+                fleet.start(by, reason)
+            elif verb == "stop":
+                fleet.stop(by, reason)
+            elif verb == "scale":
+                fleet.scale(args["replicas"], by, reason)
+            elif verb == "upgrade":
+                target = args.get("target")
+                fleet.upgrade(args["agent"], args["version"], by, reason, target=target)
+            elif verb == "rollback":
+                fleet.rollback(args["agent"], by, reason)
+            else:
+                raise ValueError(f"unknown fleet command {verb!r}")
+            return fleet
+
+        return self._save_fresh(name, change)
+
+    def _save_fresh(self, name: str, change: Callable[[], Fleet], attempts: int = 3) -> Fleet:
+        # Two operators commanding one fleet at once: the second save conflicts on the
+        # aggregate's version. Re-read and re-validate against the new state, then retry.
+        for _ in range(attempts):
+            fleet = change()
+            try:
+                self.save(fleet)
+            except IntegrityError:
+                continue
+            return fleet
+        raise Refused(f"fleet {name} kept changing under this command; try again")
 
     def history(self, name: str) -> list[FleetHistoryEntry]:
         """Every command recorded on the fleet, oldest first."""

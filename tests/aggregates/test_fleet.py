@@ -4,6 +4,7 @@ desired state derived from them — persisted in a real SQLite file."""
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +183,27 @@ def test_an_agents_manifest_in_the_spec_is_validated_like_a_capability_manifest(
     assert fleet.spec == parsed  # survives the event's JSON round trip
     with pytest.raises(InvalidSpec, match=r"agents\.1\.manifest\.tool: Extra inputs"):
         parse_fleet_spec(SPEC + "    manifest: {tool: [read_file]}\n")
+
+
+def test_concurrent_commands_of_two_operators_all_land_once(
+    app: FleetApplication, tmp_path: Path
+) -> None:
+    app.apply_spec(spec(), "alice")
+    other = FleetApplication(env=_env(tmp_path))  # a second operator, same database
+
+    def scale_many(application: FleetApplication, who: str) -> None:
+        for n in range(15):
+            application.command("docs", "scale", who, replicas={"worker": n})
+
+    threads = [
+        threading.Thread(target=scale_many, args=(a, who))
+        for a, who in ((app, "alice"), (other, "bob"))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    history = app.history("docs")
+    assert [h.version for h in history] == list(range(1, 32))  # none lost, none doubled
+    assert sorted(h.by for h in history[1:]) == ["alice"] * 15 + ["bob"] * 15
+    other.close()
