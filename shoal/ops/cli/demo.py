@@ -23,8 +23,8 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
     result = run(c, _demo(c))
     if c.json:
         emit_json(_as_json(result))
-        return
-    _print(c, result)
+    else:
+        _print(c, result)
     if not isinstance(result.outcome.data, GoalCompleted):
         raise typer.Exit(1)
 
