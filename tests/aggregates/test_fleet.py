@@ -207,3 +207,12 @@ def test_concurrent_commands_of_two_operators_all_land_once(
     assert [h.version for h in history] == list(range(1, 32))  # none lost, none doubled
     assert sorted(h.by for h in history[1:]) == ["alice"] * 15 + ["bob"] * 15
     other.close()
+
+
+def test_applying_a_spec_without_an_agent_removes_it_from_desired_state() -> None:
+    fleet = Fleet("docs", spec().model_dump(mode="json"), "alice", "")
+    without = SPEC[: SPEC.index("  - name: worker")]
+    fleet.apply(spec(without), "alice", "worker retired")
+    assert list(fleet.desired().agents) == ["orchestrator"]
+    with pytest.raises(Refused, match="fleet docs has no agent 'worker'"):
+        fleet.scale({"worker": 1}, "bob")

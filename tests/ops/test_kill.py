@@ -210,3 +210,7 @@ def test_kill_cli_needs_exactly_one_scope_and_reports_an_unset_switch(
     again = runner.invoke(cli_app, ["unkill", "--model", "gpt-x"], env=env)
     assert again.exit_code == 2
     assert "no kill switch model.gpt-x is set" in again.output
+    everything = runner.invoke(cli_app, ["kill", "--all", "-r", "incident"], env=env)
+    assert everything.exit_code == 0, everything.output
+    assert "kill switch all set" in everything.output
+    assert runner.invoke(cli_app, ["unkill", "--all"], env=env).exit_code == 0
