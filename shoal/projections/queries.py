@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 
 from shoal.projections.money import MONEY_QUANTUM
+from shoal.projections.views import LEDGER_CALLS, LEDGER_REFUSALS
 from shoal.schemas import utcnow
 
 if TYPE_CHECKING:  # duckdb loads where queries run, not in every CLI process
@@ -456,9 +457,18 @@ def tool_ledger(ds: DuckDBDatastore, p: LedgerParams) -> LedgerAnswer:
         if value is not None:
             where += f" AND {column} = ?"
             params.append(value)
+    # The newest rows of each half first, then of both: a top-N per table, not a sort of
+    # every matching call.
+    top = f"WHERE {where} ORDER BY seq DESC, tool LIMIT {p.limit}"
     rows = ds.rows(
-        f"SELECT * FROM tool_ledger WHERE {where} ORDER BY seq DESC, tool LIMIT {p.limit}",
-        params,
+        f"""
+        SELECT * FROM (
+            (SELECT * FROM ({LEDGER_CALLS}) {top})
+            UNION ALL
+            (SELECT * FROM ({LEDGER_REFUSALS}) {top})
+        ) {top}
+        """,
+        [*params, *params, *params],
     )
     return LedgerAnswer(rows=[LedgerRow(**r) for r in rows])
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from shoal.projections.money import MONEY_SCALE
+from shoal.projections.views import VIEWS
 
 __all__ = [
     "FACT_TABLES",
     "MONEY",
     "STATE_TABLES",
     "TABLES",
-    "VIEWS",
     "Column",
     "Table",
     "create_statements",
@@ -238,49 +238,6 @@ GOALS = Table(
 FACT_TABLES = (MODEL_CALLS, TOOL_CALLS, POLICY_DECISIONS, APPROVALS, OUTCOMES)
 STATE_TABLES = (SESSIONS, GOALS)
 TABLES = (*STATE_TABLES, *FACT_TABLES)
-
-# An outcome for every session and goal: the reported one if feedback arrived, else the one
-# its status implies (completed → success, failed or killed → failure, else pending).
-_EFFECTIVE = """
-    COALESCE(outcome, CASE status
-        WHEN 'completed' THEN 'success'
-        WHEN 'failed' THEN 'failure'
-        WHEN 'killed' THEN 'failure'
-        ELSE 'pending' END)
-"""
-
-VIEWS: dict[str, str] = {
-    # One row per session with its effective outcome.
-    "session_outcomes": f"SELECT *, {_EFFECTIVE} AS effective_outcome FROM sessions",
-    # The unit an outcome is judged on: a goal (all its sessions' spend, kept on its row; the
-    # root session's reported outcome stands for the goal), or a bare session (no goal, no
-    # parent).
-    "outcome_units": f"""
-        SELECT 'g:' || gid AS key, 'goal' AS kind, gid AS unit, fleet, principal, opened_at,
-               COALESCE(root_outcome, outcome, CASE status
-                   WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
-                   ELSE 'pending' END) AS effective_outcome,
-               cost_usd::DECIMAL(38,{MONEY_SCALE}) AS spend
-        FROM goals
-        UNION ALL
-        SELECT 's:' || iid, 'session', iid, fleet, principal, opened_at, effective_outcome,
-               cost_usd::DECIMAL(38,{MONEY_SCALE})
-        FROM session_outcomes WHERE gid IS NULL AND parentiid IS NULL
-    """,
-    # The tool-call ledger: every call that ran (the gateway allowed it) and every call a
-    # policy refused before it ran (no tool.called exists for those).
-    "tool_ledger": """
-        SELECT seq, ts, iid, gid, fleet, agent, instance, principal, tool, version,
-               arguments, sensitivity, result_class, latency_ms, 'allow' AS decision,
-               NULL AS rule, error
-        FROM tool_calls
-        UNION ALL
-        SELECT seq, ts, iid, gid, fleet, agent, instance, principal, target, NULL,
-               NULL, NULL, CASE decision WHEN 'deny' THEN 'denied' ELSE 'pending' END, NULL,
-               decision, rule, reason
-        FROM policy_decisions WHERE action = 'tool.call'
-    """,
-}
 
 
 def create_statements() -> list[str]:

@@ -1,0 +1,56 @@
+"""The projection's views and the SQL shared by views and queries (no pyarrow here: the
+CLI imports the queries without loading the storage side)."""
+
+from __future__ import annotations
+
+from shoal.projections.money import MONEY_SCALE
+
+__all__ = ["LEDGER_CALLS", "LEDGER_REFUSALS", "VIEWS"]
+
+# An outcome for every session and goal: the reported one if feedback arrived, else the one
+# its status implies (completed → success, failed or killed → failure, else pending).
+_EFFECTIVE = """
+    COALESCE(outcome, CASE status
+        WHEN 'completed' THEN 'success'
+        WHEN 'failed' THEN 'failure'
+        WHEN 'killed' THEN 'failure'
+        ELSE 'pending' END)
+"""
+
+# The tool-call ledger: every call that ran (the gateway allowed it) and every call a policy
+# refused before it ran (no tool.called exists for those). Kept apart so that a query can
+# push its filter and top-N into each half (``queries.tool_ledger``).
+LEDGER_CALLS = """
+    SELECT seq, ts, iid, gid, fleet, agent, instance, principal, tool, version,
+           arguments, sensitivity, result_class, latency_ms, 'allow' AS decision,
+           NULL AS rule, error
+    FROM tool_calls
+"""
+LEDGER_REFUSALS = """
+    SELECT seq, ts, iid, gid, fleet, agent, instance, principal, target AS tool, NULL AS version,
+           NULL AS arguments, NULL AS sensitivity,
+           CASE decision WHEN 'deny' THEN 'denied' ELSE 'pending' END AS result_class,
+           NULL AS latency_ms, decision, rule, reason AS error
+    FROM policy_decisions WHERE action = 'tool.call'
+"""
+
+VIEWS: dict[str, str] = {
+    # One row per session with its effective outcome.
+    "session_outcomes": f"SELECT *, {_EFFECTIVE} AS effective_outcome FROM sessions",
+    # The unit an outcome is judged on: a goal (all its sessions' spend, kept on its row; the
+    # root session's reported outcome stands for the goal), or a bare session (no goal, no
+    # parent).
+    "outcome_units": f"""
+        SELECT 'g:' || gid AS key, 'goal' AS kind, gid AS unit, fleet, principal, opened_at,
+               COALESCE(root_outcome, outcome, CASE status
+                   WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
+                   ELSE 'pending' END) AS effective_outcome,
+               cost_usd::DECIMAL(38,{MONEY_SCALE}) AS spend
+        FROM goals
+        UNION ALL
+        SELECT 's:' || iid, 'session', iid, fleet, principal, opened_at, effective_outcome,
+               cost_usd::DECIMAL(38,{MONEY_SCALE})
+        FROM session_outcomes WHERE gid IS NULL AND parentiid IS NULL
+    """,
+    "tool_ledger": f"{LEDGER_CALLS} UNION ALL {LEDGER_REFUSALS}",
+}
