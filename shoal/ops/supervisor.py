@@ -17,9 +17,9 @@ towards what is desired:
   and as ``agent.crashlooping`` on the event log).
 - **drain**: slots above the desired count (scale-down, ``fleet stop``) get SIGTERM, then
   SIGKILL after ``drain_grace_s``; their lease is released once the process is gone.
-- **upgrade**: instances of an old version are replaced ``rollout.batch`` at a time; a new
-  instance that does not report presence within ``rollout.first_heartbeat_s`` or exits at
-  start stops the rollout (old instances are kept).
+- **upgrade**: instances of an old version are replaced one first (a canary), then
+  ``rollout.batch`` at a time; a new instance that does not report presence within
+  ``rollout.first_heartbeat_s`` or exits at start stops the rollout (old instances are kept).
 - **kill switches**: ``instance.<id>``, ``fleet.<name>`` and ``all`` terminate the matching
   instances (SIGTERM, SIGKILL after ``kill_grace_s``) and block their restart while the
   key exists.
@@ -401,16 +401,20 @@ class Supervisor:
         mine = [s for s in self.held.values() if (s.fleet, s.agent) == (slot.fleet, slot.agent)]
         if any(s.version == agent.version and s.state in ("backoff", "crashloop") for s in mine):
             return False  # own slots first: their lease updates may not be written yet
+        proven = any(s.version == agent.version and s.heartbeat_seen for s in mine)
         for key, entry in self.leases.entries.items():
             if not key.startswith(f"{slot.fleet}.{slot.agent}."):
                 continue
             lease = SlotLease.model_validate_json(entry.value)
             if lease.version == agent.version and lease.state in ("backoff", "crashloop"):
                 return False
+            proven = proven or (lease.version == agent.version and lease.state == "running")
         in_flight = sum(
             1 for s in mine if s.stop_reason == "upgrade" or s.state in ("starting", "claimed")
         )
-        return in_flight < doc.rollout.batch
+        # A canary first: one instance of the new version must heartbeat before a batch goes,
+        # so a version that cannot start costs one instance, not a whole batch.
+        return in_flight < (doc.rollout.batch if proven else 1)
 
     def _launch(self, slot: HeldSlot, agent: DesiredAgent) -> None:
         if self._killed(slot.fleet, None):

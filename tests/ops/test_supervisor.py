@@ -264,7 +264,7 @@ async def test_rolling_upgrade_replaces_every_instance_and_stops_on_a_failing_ve
 ) -> None:
     from shoal.ops.fleets import wait_rollout
 
-    await apply_fleet(bus, app, parse_fleet_spec(spec(2, batch=1)), by="tester")
+    await apply_fleet(bus, app, parse_fleet_spec(spec(2, batch=2)), by="tester")
     supervisors.start("sup-a", "--backoff", "0.2", "--crashloop-after", "2")
     await converge(bus, prefix, 2)
 
@@ -293,7 +293,8 @@ async def test_rolling_upgrade_replaces_every_instance_and_stops_on_a_failing_ve
         view = await describe_fleet(bus, "demo")
         return [s.state for s in view.agents[0].slots if s.version == "3"]
 
-    # The first batch (1 slot) fails into a crash loop; the other slot is never replaced.
+    # The canary (one slot, though the batch is 2) fails into a crash loop; the other slot is
+    # never replaced.
     states = await eventually(v3_slots, lambda s: s == ["crashloop"], 30, "batch given up")
     assert states == ["crashloop"]
     await asyncio.sleep(1.0)
