@@ -38,6 +38,7 @@ from shoal.aggregates.processor import (
     CoreLimits,
     CoreProcessor,
     FoldResult,
+    PoisonMessage,
     RawMessage,
 )
 from shoal.aggregates.watchdog import flag_stuck
@@ -184,9 +185,20 @@ class Ingestion:
 
     # -- one batch ------------------------------------------------------------------------------
     async def process(self, fetched: Fetched) -> FoldResult:
-        """Fold, carry out side effects, commit, ack. On failure the working set is reset."""
+        """Fold, carry out side effects, commit, ack. On failure the working set is reset.
+
+        A message the fold raises on is remembered and the batch folded again without it
+        (it is dead-lettered with the error): one bad message cannot stall the core.
+        """
         try:
-            result = await asyncio.to_thread(self.processor.fold, fetched.messages)
+            while True:
+                try:
+                    result = await asyncio.to_thread(self.processor.fold, fetched.messages)
+                    break
+                except PoisonMessage as e:
+                    log.error("core failed on message #%d; dead-lettering it: %s", e.seq, e)
+                    self.processor.poisoned[e.seq] = e.reason
+                    await asyncio.to_thread(self.processor.reset)
             await self._side_effects(result)
             if result.processing.tracking is not None:
                 await asyncio.to_thread(self.app.record, result.processing, result.snapshot_from)

@@ -47,7 +47,7 @@ from shoal.schemas import (
     parse_event,
 )
 
-__all__ = ["CoreProcessor", "DeadLetter", "Flag", "FoldResult", "RawMessage"]
+__all__ = ["CoreProcessor", "DeadLetter", "Flag", "FoldResult", "PoisonMessage", "RawMessage"]
 
 CORE_SOURCE = "shoal://core"
 _TRUSTED_PREFIXES = (CORE_SOURCE, "shoal://cli/")
@@ -77,6 +77,14 @@ class RawMessage:
     seq: int
     subject: str
     data: bytes
+
+
+class PoisonMessage(Exception):
+    """A valid-looking message the fold raised on (a bug): it will be dead-lettered."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"#{seq}: {reason}")
+        self.seq, self.reason = seq, reason
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,9 @@ class CoreProcessor:
         self.upstream = upstream
         self.limits = limits or CoreLimits()
         self.cache_size = cache_size
+        # Messages the fold raised on, by sequence, with the reason: folded again, the batch
+        # dead-letters them instead of failing forever on the same message.
+        self.poisoned: dict[int, str] = {}
         self.reset()
 
     # -- working set ---------------------------------------------------------------------------
@@ -210,7 +221,16 @@ class CoreProcessor:
                 result.skipped += 1
                 continue
             last = msg.seq
-            self._fold_one(msg, result)
+            poisoned = self.poisoned.get(msg.seq)
+            if poisoned is not None:
+                result.dead_letters.append(DeadLetter(msg.seq, msg.subject, msg.data, poisoned))
+                continue
+            try:
+                self._fold_one(msg, result)
+            except Exception as e:
+                raise PoisonMessage(
+                    msg.seq, f"the core failed on it: {type(e).__name__}: {e}"
+                ) from e
         if last > self.position:
             result.processing.tracking = Tracking(self.upstream, last)
         return result

@@ -21,6 +21,7 @@ from shoal.bus.client import REASON_HEADER
 from shoal.schemas import (
     AgentKilled,
     BudgetExceeded,
+    ModelCalled,
     OutcomeReported,
     SessionFlagged,
     TaskAssigned,
@@ -310,3 +311,25 @@ def test_session_events_name_the_figures_projections_need() -> None:
         "seq", "timestamp",
     } <= fields  # fmt: skip
     assert api.AckPolicy.ALL.value == "all"
+
+
+async def test_a_message_the_core_fails_on_is_dead_lettered_and_the_rest_applied(
+    bus: Bus, settings: ShoalSettings, tmp_path: Path
+) -> None:
+    table = tmp_path / "prices.yaml"
+    table.write_text('models:\n  offline-small: {input: "1", output: "1"}\n')  # no "*" entry
+    strict = settings.model_copy(update={"price_table": table})
+    mix = Mix(seed=14)
+    mix.start_agents()
+    mix.model_call("s-mixed", None, mix.worker, model="mystery-model")
+    mix.model_call("s-mixed", None, mix.worker, input_tokens=1_000_000, output_tokens=0)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(strict)
+
+    session = app.session("s-mixed")
+    assert (session.model_calls, session.cost_usd) == (1, Decimal(1))
+    assert app.max_tracking_id(bus.topology.events.name) == len(mix.events)
+    dead = await bus.read(bus.subjects.deadletter("events"), stream=bus.topology.deadletter.name)
+    models = [d.event.data.model for d in dead if d.event and isinstance(d.event.data, ModelCalled)]
+    assert models == ["mystery-model"]

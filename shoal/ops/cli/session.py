@@ -42,14 +42,22 @@ def select_sessions(
     fleet: str | None = None,
     status: str | None = None,
     stuck: bool = False,
+    limit: int = 50,
     now: datetime | None = None,
 ) -> list[Session]:
-    """Sessions from the core's store, filtered; ``stuck`` = flagged, or running and silent."""
+    """The ``limit`` most recent matching sessions, oldest first.
+
+    ``stuck`` means running and flagged stuck, or silent for longer than ``stuck_after_s``.
+    Sessions are loaded newest first and the scan stops at ``limit`` matches.
+    """
     app = open_core(settings)
     try:
         cutoff = (now or utcnow()) - timedelta(seconds=settings.stuck_after_s)
-        found = []
-        for s in app.sessions():
+        found: list[Session] = []
+        for iid in reversed(app.session_iids()):
+            if len(found) >= limit:
+                break
+            s = app.session(iid)
             if fleet and s.fleet != fleet:
                 continue
             if status and s.status != status:
@@ -59,7 +67,7 @@ def select_sessions(
             ):
                 continue
             found.append(s)
-        return found
+        return found[::-1]
     finally:
         app.close()
 
@@ -91,10 +99,10 @@ def ls(
 
     async def _ls() -> list[Session]:
         return await asyncio.to_thread(
-            select_sessions, c.settings, fleet=fleet, status=status, stuck=stuck
+            select_sessions, c.settings, fleet=fleet, status=status, stuck=stuck, limit=limit
         )
 
-    sessions = run(c, _ls())[-limit:] if limit > 0 else []
+    sessions = run(c, _ls())
     if c.json:
         emit_json([s.summary() for s in sessions])
         return
