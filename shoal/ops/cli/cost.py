@@ -173,8 +173,10 @@ def _cell(value: Any) -> str:
 def _table(title: str, rows: Sequence[BaseModel], columns: Sequence[str] | None = None) -> Table:
     names = list(columns or (type(rows[0]).model_fields if rows else []))
     table = Table(title=title, title_justify="left")
+    first = rows[0] if rows else None
     for name in names:
-        numeric = name.endswith(("_usd", "calls", "tokens", "sessions", "units", "rate", "retries"))
+        value = getattr(first, name, None)
+        numeric = isinstance(value, int | float | Decimal) and not isinstance(value, bool)
         table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(_cell(getattr(row, n)) for n in names))
@@ -383,7 +385,8 @@ def sql(
     for name, type_ in zip(answer.columns, answer.types, strict=True):
         table.add_column(f"{name}\n[dim]{type_}[/]")
     for row in answer.rows:
-        table.add_row(*(_cell(v) for v in row))
+        # Exact values here (a named query's table rounds money to 6 places).
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
     c.out.print(table)
     note = f" (cut at --limit {limit})" if answer.truncated else ""
     c.out.print(f"{len(answer.rows)} row(s){note}")
