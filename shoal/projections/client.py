@@ -66,7 +66,10 @@ class QueryClient:
                 f"no query service answers on {subject}; start one with 'shoal projections serve'"
             ) from None
         except (NatsTimeoutError, TimeoutError):
-            raise QueryFailed(f"the query service did not answer within {wait:g}s") from None
+            raise QueryFailed(
+                f"the query service did not answer within {wait:g}s (it may still be catching "
+                "up with the core: see 'shoal projections status')"
+            ) from None
         headers = msg.headers or {}
         code = headers.get("Nats-Service-Error-Code")
         if code:

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ class QueryService:
         handlers = {name: named(name) for name in NAMED_QUERIES}
         handlers["sql"] = lambda body: run_sql(ds(), SqlParams.model_validate(body))
         handlers["status"] = lambda _: self.host.status()
-        handlers["sync"] = lambda _: self.host.sync().__dict__
+        handlers["sync"] = lambda _: asdict(self.host.sync())
         handlers["export"] = lambda body: [
             t.model_dump() for t in export_parquet(ds(), Path(str(body.get("directory", ""))))
         ]
