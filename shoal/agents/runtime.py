@@ -145,6 +145,12 @@ class AgentRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._life = Session(iid=self.identity.instance)
         self._announced = False
+        ident = self.identity
+        self._pause_keys = (
+            kill_key("instance", ident.instance),
+            kill_key("fleet", ident.fleet),
+            kill_key("all"),
+        )
         self.presence_kv: KeyValue | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -188,6 +194,7 @@ class AgentRuntime:
                 asyncio.create_task(consumer.run(), name=f"consume-{consumer.durable}")
             )
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="presence"))
+        self._tasks.append(asyncio.create_task(self._keep_alive(), name="keep-alive"))
 
     async def stop(self, reason: str = "stopped") -> None:
         """Drain: stop taking tasks, finish in-flight ones (release the rest), announce."""
@@ -227,9 +234,7 @@ class AgentRuntime:
     # -- kill switches ----------------------------------------------------------------------
     def paused(self) -> bool:
         """No new tasks while the instance, its fleet or the platform is killed."""
-        ident = self.identity
-        keys = (kill_key("instance", ident.instance), kill_key("fleet", ident.fleet), "all")
-        return self.kills.match(keys) is not None
+        return self.kills.match(self._pause_keys) is not None
 
     def _on_kill(self, key: str, switch: KillSwitch | None) -> None:
         if switch is not None and key == kill_key("instance", self.identity.instance):
@@ -267,6 +272,16 @@ class AgentRuntime:
             self.presence_kv.put(self._presence_key, presence.model_dump_json().encode()),
             self.settings.request_timeout,
         )
+
+    async def _keep_alive(self) -> None:
+        # One loop for all in-flight tasks (not a timer per task: the hot path stays light).
+        interval = self.settings.task_ack_wait_s / 3
+        while True:
+            await asyncio.sleep(interval / 2)
+            try:
+                await self.runner.keep_alive(older_than=interval)
+            except Exception as e:  # the connection is down: the next turn retries
+                log.warning("in-progress acks failed: %s", e)
 
     async def _heartbeats(self) -> None:
         interval = self.settings.presence_ttl_s / 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 
 from shoal.agents.killswitch import Scope
 from shoal.bus import Bus, check_token, event_headers
@@ -32,7 +33,7 @@ class Identity:
         for what in ("fleet", "agent", "instance"):
             check_token(getattr(self, what), what)
 
-    @property
+    @cached_property
     def source(self) -> str:
         return f"shoal://{self.fleet}/{self.agent}/{self.instance}"
 

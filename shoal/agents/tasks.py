@@ -61,7 +61,9 @@ class TaskRunner:
 
     def __init__(self, runtime: AgentRuntime) -> None:
         self.rt = runtime
-        self.current_sessions: set[str] = set()
+        # In-flight deliveries by id(msg): (msg, session IID, start time). The runtime's
+        # keep-alive loop tells JetStream about the long ones; presence lists the sessions.
+        self.inflight: dict[int, tuple[Msg, str, float]] = {}
 
     # -- tasks ------------------------------------------------------------------------------
     async def handle_task(self, msg: Msg) -> None:
@@ -105,8 +107,7 @@ class TaskRunner:
             return
         ctx = self._context(session, data.capability, attempt)
         emitter = self.rt.emitter
-        self.current_sessions.add(session.iid)
-        keepalive = _KeepAlive(msg, settings.task_ack_wait_s / 3)
+        self.inflight[id(msg)] = (msg, session.iid, time.monotonic())
         started = time.perf_counter()
         try:
             await emitter.emit(
@@ -127,8 +128,7 @@ class TaskRunner:
             await self._on_error(msg, session, data.capability, attempt, e)
             return
         finally:
-            keepalive.cancel()
-            self.current_sessions.discard(session.iid)
+            del self.inflight[id(msg)]
         await msg.ack()
 
     async def _on_error(
@@ -206,8 +206,7 @@ class TaskRunner:
             await msg.ack()
             return
         ctx = self._context(session, "goals", attempt)
-        self.current_sessions.add(session.iid)
-        keepalive = _KeepAlive(msg, self.rt.settings.task_ack_wait_s / 3)
+        self.inflight[id(msg)] = (msg, session.iid, time.monotonic())
         try:
             outcome = await handler(ctx, event.data)
             if not isinstance(outcome, GoalCompleted | GoalFailed):
@@ -223,8 +222,7 @@ class TaskRunner:
                 return
             outcome = GoalFailed(reason=f"{type(e).__name__}: {e}"[:2000])
         finally:
-            keepalive.cancel()
-            self.current_sessions.discard(session.iid)
+            del self.inflight[id(msg)]
         await self.rt.emitter.emit(outcome, session)
         await msg.ack()
 
@@ -238,6 +236,18 @@ class TaskRunner:
         return False
 
     # -- shared -----------------------------------------------------------------------------
+    @property
+    def current_sessions(self) -> set[str]:
+        return {iid for _, iid, _ in self.inflight.values()}
+
+    async def keep_alive(self, older_than: float) -> int:
+        """``+WPI`` for every delivery in flight longer than ``older_than`` s; how many."""
+        now = time.monotonic()
+        long_running = [m for m, _, t in list(self.inflight.values()) if now - t >= older_than]
+        for msg in long_running:
+            await msg.in_progress()
+        return len(long_running)
+
     def _session(self, event: CloudEvent, budget: Any) -> Session:
         return Session(
             iid=event.iid,
@@ -280,21 +290,3 @@ def _session_from_raw(raw: bytes) -> Session:
         parentiid=token("parentiid"),
         principal=principal if isinstance(principal, str) else None,
     )
-
-
-class _KeepAlive:
-    """Tells JetStream a long task is still being worked on (``+WPI``), every ``interval``."""
-
-    def __init__(self, msg: Msg, interval: float) -> None:
-        self.msg = msg
-        self.interval = interval
-        self.loop = asyncio.get_running_loop()
-        self._pending: asyncio.Task[None] | None = None
-        self.handle = self.loop.call_later(interval, self._fire)
-
-    def _fire(self) -> None:
-        self._pending = self.loop.create_task(self.msg.in_progress())
-        self.handle = self.loop.call_later(self.interval, self._fire)
-
-    def cancel(self) -> None:
-        self.handle.cancel()

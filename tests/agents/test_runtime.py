@@ -356,3 +356,23 @@ async def test_outcome_missed_by_the_live_subscription_is_read_from_the_log(fbus
         watch.catch_up_s = 0.1
         got = await watch.outcome(iid, timeout=5)
     assert (got.id, watch.catch_ups) == (done.id, 1)
+
+
+async def test_task_longer_than_ack_wait_is_kept_alive_not_redelivered(fbus: Bus) -> None:
+    assert fbus.settings.task_ack_wait_s == 2.0
+    agent = Agent("slow", fleet="calc", manifest=CapabilityManifest())
+
+    @agent.handler("ponder")
+    async def ponder(ctx: TaskContext, task: dict[str, int]) -> dict[str, str]:
+        await asyncio.sleep(3.0)
+        return {"thought": "done"}
+
+    async with AgentRuntime(fbus, agent).running() as runtime:
+        task = await submit_task(fbus, "calc", "ponder", {})
+        await eventually(lambda: task.iid in runtime.runner.current_sessions)
+        events = await wait_events(
+            fbus, fbus.subjects.session_events(task.iid), lambda e: of_type(e, "task.completed")
+        )
+    assert [e.short_type for e in of_type(events, "task.started")] == ["task.started"]
+    info = await fbus.js.consumer_info(fbus.topology.tasks.name, "calc_ponder")
+    assert (info.num_redelivered, info.num_ack_pending) == (0, 0)
