@@ -160,8 +160,9 @@ class CostProjection(Projection[DuckDBCostView]):
         if self._writer is None:
             self.view.write(batch, tracking)
         else:
+            staged = self.view.stage(batch)
             self.drain()
-            self._writing = self._writer.submit(self.view.write, batch, tracking)
+            self._writing = self._writer.submit(self.view.commit, staged, tracking)
         self.flushed += size
         return size
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import NamedTuple
 from uuid import UUID
 
-import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
 from eventsourcing.persistence import Tracking
 
@@ -19,7 +18,7 @@ from shoal.projections.batch import Batch
 from shoal.projections.recorder import DuckDBDatastore, DuckDBTrackingRecorder
 from shoal.projections.schema import TABLES, create_statements
 
-__all__ = ["DuckDBCostView", "SessionKey", "open_view"]
+__all__ = ["DuckDBCostView", "SessionKey", "Staged", "open_view"]
 
 
 class SessionKey(NamedTuple):
@@ -31,6 +30,13 @@ class SessionKey(NamedTuple):
     """The session is the root of its goal (has a GID and no parent)."""
 
 
+class Staged(NamedTuple):
+    """One statement of a batch and the Arrow rows it reads as ``staging``."""
+
+    sql: str
+    rows: pa.Table
+
+
 class DuckDBCostView(DuckDBTrackingRecorder):
     """Sessions, goals, model and tool calls, decisions, approvals and outcomes in DuckDB."""
 
@@ -39,19 +45,41 @@ class DuckDBCostView(DuckDBTrackingRecorder):
 
     def write(self, batch: Batch, tracking: Tracking) -> None:
         """Store the batch's rows and ``tracking`` atomically (``IntegrityError`` if tracked)."""
+        self.commit(self.stage(batch), tracking)
+
+    @staticmethod
+    def stage(batch: Batch) -> list[Staged]:
+        """The batch as Arrow tables, each with the statement that stores it.
+
+        Pure Python (holds the GIL); :meth:`commit` is DuckDB work (releases it), so a
+        pipelined projection stages in its own thread and commits in the writer's.
+        """
+        staged = []
+        for rows in batch.facts.values():
+            if len(rows):
+                insert = f"INSERT INTO {rows.table.name} SELECT * FROM staging"
+                staged.append(Staged(insert, rows.to_arrow()))
+        for patches in batch.states.values():
+            if patches.created:
+                insert = f"INSERT INTO {patches.table.name} SELECT * FROM staging"
+                staged.append(Staged(insert, patches.to_arrow(created=True)))
+            if len(patches) > len(patches.created):
+                upsert = patches.upsert_sql("staging")
+                staged.append(Staged(upsert, patches.to_arrow(created=False)))
+        return staged
+
+    def commit(self, staged: list[Staged], tracking: Tracking) -> None:
+        """Run the staged statements and advance ``tracking`` in one transaction."""
         with self.datastore.transaction() as c:
             # Tracking first: a batch already recorded fails before any row is written.
             self._insert_tracking(c, tracking)
-            for rows in batch.facts.values():
-                if len(rows):
-                    name = rows.table.name
-                    _staged(c, rows.to_arrow(), f"INSERT INTO {name} SELECT * FROM staging")
-            for patches in batch.states.values():
-                if patches.created:
-                    insert = f"INSERT INTO {patches.table.name} SELECT * FROM staging"
-                    _staged(c, patches.to_arrow(created=True), insert)
-                if len(patches) > len(patches.created):
-                    _staged(c, patches.to_arrow(created=False), patches.upsert_sql("staging"))
+            for item in staged:
+                # The Arrow table is visible to this cursor's SQL as ``staging`` (no copy).
+                c.register("staging", item.rows)
+                try:
+                    c.execute(item.sql)
+                finally:
+                    c.unregister("staging")
 
     def session_keys(self) -> dict[UUID, SessionKey]:
         """Session aggregate id → its IID, GID and whether it is its goal's root."""
@@ -74,15 +102,6 @@ class DuckDBCostView(DuckDBTrackingRecorder):
                 t.name: int(c.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0])  # type: ignore[index]
                 for t in TABLES
             }
-
-
-def _staged(c: duckdb.DuckDBPyConnection, rows: pa.Table, sql: str) -> None:
-    # The Arrow table is visible to this cursor's SQL as ``staging`` (no copy is made).
-    c.register("staging", rows)
-    try:
-        c.execute(sql)
-    finally:
-        c.unregister("staging")
 
 
 def open_view(path: str | Path, *, read_only: bool = False) -> DuckDBCostView:
