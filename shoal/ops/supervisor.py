@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shoal.bus import Bus, ShoalSettings, kill_key, lease_key, presence_key
@@ -221,6 +221,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._sup_renewed_at = -math.inf
         self._synced_at = time.monotonic()
+        self._reconnects = bus.nc.stats["reconnects"]
         self.fleets: KvMirror
         self.kills: KvMirror
         self.presence: KvMirror
@@ -228,6 +229,7 @@ class Supervisor:
         self._leases_kv: KeyValue
         self._presence_kv: KeyValue
         self._gone: list[str] = []  # presence keys of instances that exited
+        self._suspects: list[HeldSlot] = []  # silent instances, to confirm before stopping
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -236,8 +238,11 @@ class Supervisor:
         try:
             while not stop.is_set():
                 try:
-                    await self.reconcile()
                     await self._resync()
+                except Exception as e:  # NATS away: keep managing local processes meanwhile
+                    log.warning("cannot re-read the buckets: %s", e or type(e).__name__)
+                try:
+                    await self.reconcile()
                 except Exception:  # a NATS hiccup must not kill the supervisor: log, retry
                     log.exception("reconcile failed; retrying")
                 with contextlib.suppress(TimeoutError):
@@ -274,9 +279,12 @@ class Supervisor:
 
     async def _resync(self) -> None:
         now = time.monotonic()
-        if now - self._synced_at < self.options.resync_s:
+        reconnects = self.bus.nc.stats["reconnects"]
+        # After a reconnect (a server restart) the watches can stall for a while: re-read at
+        # once rather than act on a stale view (e.g. think every instance stopped heartbeating).
+        if now - self._synced_at < self.options.resync_s and reconnects == self._reconnects:
             return
-        self._synced_at = now
+        self._synced_at, self._reconnects = now, reconnects
         timeout = self.settings.request_timeout
         self.fleets = await self.fleets.renewed(timeout)
         self.kills = await self.kills.renewed(timeout)
@@ -315,6 +323,7 @@ class Supervisor:
         desired = self._desired()
         for slot in list(self.held.values()):
             await self._step(slot, desired, now)
+        await self._confirm_hung(now)
         self._escalate(now)
         await self._claim(desired, now)
         for slot in list(self.held.values()):
@@ -390,11 +399,37 @@ class Supervisor:
         if slot.heartbeat_seen:
             silent = now - slot.last_heartbeat
             if silent > self.settings.presence_ttl_s * self.options.liveness_factor:
-                self._stop(slot, "hung", now, 0.0)
-                slot.message = f"no heartbeat for {silent:.0f}s"
+                self._suspects.append(slot)  # confirmed against the bucket before acting
         elif now - slot.started_at > doc.rollout.first_heartbeat_s:
             self._stop(slot, "no-heartbeat", now, 0.0)
             slot.message = f"no first heartbeat within {doc.rollout.first_heartbeat_s:.0f}s"
+
+    async def _confirm_hung(self, now: float) -> None:
+        """Stop instances whose heartbeat the bucket itself (not just the watch) lacks."""
+        suspects, self._suspects = self._suspects, []
+        for slot in suspects:
+            if not slot.alive or slot.instance is None:
+                continue
+            key = presence_key(slot.fleet, slot.agent, slot.instance)
+            mirrored = self.presence.entries.get(key)
+            try:
+                entry = await self._presence_kv.get(key)
+            except KeyNotFoundError:
+                entry = None
+            except Exception as e:  # cannot tell: never stop an instance on a guess
+                log.warning("cannot confirm %s is hung: %s", key, e or type(e).__name__)
+                continue
+            fresher = entry is not None and (entry.revision or 0) > (
+                mirrored.revision if mirrored else 0
+            )
+            if fresher:
+                # The instance is alive; our watch stalled. Re-read everything next pass.
+                slot.last_heartbeat = now
+                self._synced_at = -math.inf
+                log.warning("presence watch is behind (%s); re-reading the buckets", key)
+                continue
+            self._stop(slot, "hung", now, 0.0)
+            slot.message = f"no heartbeat for {now - slot.last_heartbeat:.0f}s"
 
     def _may_replace(self, slot: HeldSlot, doc: FleetDesired, agent: DesiredAgent) -> bool:
         """Rolling upgrade gate: a batch at a time, and never past a failing new version."""

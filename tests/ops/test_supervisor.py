@@ -325,7 +325,7 @@ async def test_supervisor_keeps_reconciling_after_the_nats_server_restarts(
         async with Bus.connect(server.url, own, name="test") as bus:
             await bus.provision()
             await apply_fleet(bus, app, parse_fleet_spec(spec(2)), by="tester")
-            sups.start("sup-a", "--resync", "2")
+            sups.start("sup-a")
             before = await converge(bus, prefix, 2)
 
             server.restart()  # SIGKILL, then the same port and store
