@@ -169,7 +169,7 @@ class CoreProcessor:
         self.known_iids: set[str] = set()
         self.known_gids: set[str] = set()
         self.totals = SpendTotals()
-        # Sessions not ended, with the time of their last lifecycle event (watchdog input).
+        # Running sessions, with the time of their last event (the watchdog's input).
         self.active: dict[str, datetime] = {}
         self.position = self.app.max_tracking_id(self.upstream)
         self._warm_up()
@@ -200,9 +200,10 @@ class CoreProcessor:
                 iid = iid_of.get(e.originator_id)
                 if iid is None:
                     continue
-                if _RUNNING_TOPICS[n.topic] == "ended":
+                state = _RUNNING_TOPICS[n.topic]
+                if state == "ended":
                     self.active.pop(iid, None)
-                else:
+                elif state == "running":
                     self.active[iid] = ev.timestamp
         for spend_fleet in list(self.totals.fleets):
             spend = self.app.fleet_spend(spend_fleet)
@@ -299,7 +300,8 @@ class CoreProcessor:
     def _apply(self, ev: CloudEvent, seq: int, result: FoldResult) -> None:
         t = ev.type
         if t in (AgentStarted.type, AgentStopped.type, AgentKilled.type):
-            self._instance_event(ev, seq)
+            if ev.instance:  # an agent event naming no instance has nothing to apply to
+                self._instance_event(ev, seq)
             return
         s = self._session(ev, seq)
         if ev.gid and (t in _GOAL_TYPES or ev.iid not in self._iids_of_goal(ev.gid, seq, ev)):
@@ -328,7 +330,6 @@ class CoreProcessor:
         else:
             s = open_session(ev, seq)
             self.known_iids.add(ev.iid)
-            self.active[ev.iid] = ev.time
             self._batch.snapshot_from.setdefault(s.id, 0)
             if ev.parentiid and not ev.gid:
                 # A child with a GID is listed (with its parent) on the Goal; only a bare
@@ -511,8 +512,12 @@ class CoreProcessor:
 
     # -- queries for the watchdog -------------------------------------------------------------
     def silent_since(self, older_than: datetime) -> list[str]:
-        """IIDs of active sessions whose last activity is before ``older_than``."""
+        """IIDs of running sessions whose last event is before ``older_than``."""
         return [iid for iid, at in self.active.items() if at < older_than]
+
+    def forget_silent(self, iid: str) -> None:
+        """Stop watching a session until its next event (flagged, or found not running)."""
+        self.active.pop(iid, None)
 
     def cached_session(self, iid: str) -> Session | None:
         """The in-memory session, if held."""

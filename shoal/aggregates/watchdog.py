@@ -37,6 +37,7 @@ async def flag_stuck(
         if session is None:
             session = await asyncio.to_thread(app.session, iid)
         if session.status != "running" or "stuck" in session.flags:
+            processor.forget_silent(iid)
             continue
         if session.modified_on >= cutoff:
             continue
@@ -48,5 +49,6 @@ async def flag_stuck(
         await bus.publish(
             CloudEvent.new(data, iid=iid, gid=session.gid, source=CORE_SOURCE, id=flag_id)
         )
+        processor.forget_silent(iid)
         flagged += 1
     return flagged
