@@ -55,9 +55,6 @@ class Handler:
         """Validate the task input (raises pydantic's ValidationError)."""
         return self.input.validate_python(raw)
 
-    async def run(self, ctx: TaskContext, raw: dict[str, Any]) -> dict[str, Any]:
-        return to_output(await self.fn(ctx, self.parse(raw)))
-
 
 GoalHandler = Callable[["TaskContext", Any], Awaitable[Any]]
 """``async def on_goal(ctx, goal: GoalSubmitted) -> GoalOutcome``, for orchestrators."""

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -86,7 +87,7 @@ async def _documents(ctx: TaskContext, goal: GoalSubmitted) -> list[str]:
     return [str(f) for f in files]
 
 
-def _consolidate(goal: GoalSubmitted, outcomes: list[Outcome]) -> GoalCompleted | GoalFailed:
+def _consolidate(goal: GoalSubmitted, outcomes: Sequence[Outcome]) -> GoalCompleted | GoalFailed:
     failed = [t.iid for t, e in outcomes if isinstance(e.data, TaskFailed)]
     if failed:
         return GoalFailed(reason=f"{len(failed)} document(s) not summarised", failed_iids=failed)
@@ -114,7 +115,7 @@ def orchestrator_agent(fleet: str = DEMO_FLEET) -> Agent:
     return orchestrator(
         fleet,
         planner=ModelPlanner("summarize", input_key="path", items=_documents),
-        consolidate=_consolidate,  # type: ignore[arg-type]
+        consolidate=_consolidate,
         manifest=manifest,
         tools=[list_files],
         task_timeout_s=60.0,

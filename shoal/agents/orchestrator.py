@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from shoal.agents.agent import Agent
 from shoal.agents.context import TaskContext
@@ -129,8 +128,3 @@ def orchestrator(
         return consolidate(goal, list(zip(plan, outcomes, strict=True)))
 
     return agent
-
-
-def goal_result(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Outputs of the completed tasks by IID (for custom consolidators)."""
-    return {t.iid: e.data.output for t, e in outcomes if isinstance(e.data, TaskCompleted)}

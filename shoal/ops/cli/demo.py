@@ -65,11 +65,12 @@ def _print(c: Cli, result: DemoResult) -> None:
         c.out.print(f"[red]{escape(str(data.model_dump()))}[/]")
     c.out.print(_timeline(result))
     events = [s.event for s in result.events if s.event is not None]
-    denied = [e for e in events if isinstance(e.data, PolicyDecided) and e.data.decision != "allow"]
+    denied = [e.data for e in events if isinstance(e.data, PolicyDecided)]
+    denied = [d for d in denied if d.decision != "allow"]
     retried = [e for e in events if isinstance(e.data, TaskFailed) and not e.data.final]
     c.out.print(
         f"{len(events)} events; {len(denied)} call(s) refused by policy "
-        f"({', '.join(sorted({e.data.target for e in denied}))}); "  # type: ignore[attr-defined]
+        f"({', '.join(sorted({d.target for d in denied}))}); "
         f"{len(retried)} failed attempt(s) retried"
     )
 
