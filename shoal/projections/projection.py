@@ -113,6 +113,10 @@ _HANDLERS: dict[type[Any], str] = {
 """The core's events the projection reads, and the method that handles each."""
 
 
+_ARGUMENTS_JSON = json.JSONEncoder(sort_keys=True, default=str).encode
+"""Tool arguments as stored: JSON with sorted keys (one encoder, not one per call)."""
+
+
 def _who(e: Any, iid: str) -> tuple[Any, ...]:
     """The leading columns of every call and decision row: where, when, and who."""
     return (e.seq, e.timestamp, iid, e.gid, e.fleet, e.agent, e.instance, e.principal, e.event_id)
@@ -305,7 +309,7 @@ class CostProjection(Projection[DuckDBCostView]):
     def _on_session_tool_called(self, e: Session.ToolCalled) -> None:
         failed = e.error or e.result_class in ("error", "timeout")
         iid, _, _ = self._session(e, {"tool_calls": 1, "errors": 1 if failed else None})
-        arguments = json.dumps(e.arguments, sort_keys=True, default=str)
+        arguments = _ARGUMENTS_JSON(e.arguments)
         self._fact(
             "tool_calls",
             (
