@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from shoal.agents.demo import DEMO_DOCUMENTS, write_workspace
 from shoal.bus import Bus, ShoalSettings, Stored
-from shoal.schemas import CloudEvent, TaskAssigned, new_id
+from shoal.ops.goals import build_goal, submit_goal
+from shoal.schemas import CloudEvent, GoalCompleted, TaskAssigned, new_id
 from tests.agents.conftest import of_type, wait_events
 
 pytestmark = pytest.mark.timeout(90)
@@ -180,3 +182,45 @@ def test_agent_run_with_an_unknown_target_fails_with_one_line(settings: ShoalSet
     )
     assert bad.returncode == 2
     assert bad.stderr.decode().strip() == "error: cannot import nope:agent: No module named 'nope'"
+
+
+async def test_demo_fleet_runs_as_processes_and_completes_a_submitted_goal(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    write_workspace(settings.data_dir / "workspace")
+    env = {
+        **os.environ,
+        "NATS_URL": settings.nats_url or "",
+        "SHOAL_PREFIX": settings.prefix,
+        "SHOAL_DATA_DIR": str(settings.data_dir),
+        "SHOAL_TASK_RETRY_DELAY_S": "0.05",
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "shoal", "agent", "run", "docs", name),
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for name in ("orchestrator", "summarizer")
+    ]
+    try:
+        goal = build_goal("docs", "Summarise the workspace", principal="tester")
+        assert goal.gid is not None
+        await submit_goal(bus, goal)
+        events = await wait_events(
+            bus,
+            bus.subjects.goal_events(goal.gid),
+            lambda e: of_type(e, "goal.completed") or of_type(e, "goal.failed"),
+            timeout=60,
+        )
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(proc.wait(), 20) for proc in procs]
+    [done] = of_type(events, "goal.completed")
+    assert isinstance(done.data, GoalCompleted)
+    assert sorted(done.data.result["documents"]) == sorted(DEMO_DOCUMENTS)
+    assert {e.fleet for e in of_type(events, "task.completed")} == {"docs"}
+    assert codes == [0, 0]
