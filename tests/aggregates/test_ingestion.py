@@ -333,3 +333,30 @@ async def test_a_message_the_core_fails_on_is_dead_lettered_and_the_rest_applied
     dead = await bus.read(bus.subjects.deadletter("events"), stream=bus.topology.deadletter.name)
     models = [d.event.data.model for d in dead if d.event and isinstance(d.event.data, ModelCalled)]
     assert models == ["mystery-model"]
+
+
+async def test_a_fleet_over_its_cap_is_killed_once(
+    bus: Bus, settings: ShoalSettings, tmp_path: Path
+) -> None:
+    table = tmp_path / "prices.yaml"
+    table.write_text(
+        'models:\n  offline-small: {input: "1", output: "1"}\nfleet_budgets:\n  docs: "2.5"\n'
+    )
+    capped = settings.model_copy(update={"price_table": table})
+    mix = Mix(seed=15)
+    mix.start_agents()
+    for n in range(4):  # $1 each: the third call crosses $2.5
+        mix.model_call(f"s-{n}", None, mix.worker, input_tokens=1_000_000, output_tokens=0)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(capped)
+
+    spend = app.fleet_spend("docs")
+    assert spend is not None and spend.budget_exceeded
+    assert spend.crossings == [{"budget_usd": "2.5", "spent_usd": "3"}]
+    kill = await bus.kv(bus.topology.kill.name)
+    entry = await kill.get(kill_key("fleet", "docs"))
+    assert entry.value is not None
+    assert KillSwitch.model_validate_json(entry.value).scope == "fleet"
+    published = await bus.read(bus.subjects.events_of_type("budget.exceeded"))
+    assert [s.event.iid for s in published if s.event] == ["s-2"]

@@ -219,3 +219,31 @@ def _position(settings: ShoalSettings) -> int:
         return app.max_tracking_id(f"{settings.stream_prefix}_EVENTS")
     finally:
         app.close()
+
+
+async def test_sigterm_stops_the_core_cleanly_with_its_counts(
+    bus: Bus, settings: ShoalSettings, tmp_path: Path
+) -> None:
+    mix = Mix(seed=32)
+    mix.start_agents()
+    mix.goal(tasks=2)
+    await publish_all(bus, mix.events)
+    core = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then only polls it
+        [sys.executable, "-m", "shoal", *shoal_args(settings), "core"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while await asyncio.to_thread(_position, settings) < len(mix.events):
+            assert time.monotonic() < deadline, "the core did not ingest the goal"
+            assert core.poll() is None, "the core exited early"
+            await asyncio.sleep(0.05)
+        core.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(core.communicate, timeout=30)
+    finally:
+        if core.poll() is None:
+            core.kill()
+    assert core.returncode == 0, out
+    n = len(mix.events)
+    assert f"core stopped at seq {n}: {n} messages, {n} applied, 0 rejected" in out.decode()
