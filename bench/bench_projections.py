@@ -50,6 +50,11 @@ QUERIES: list[tuple[str, str, dict[str, Any]]] = [
     ("cost --by goal", "cost", {"by": ["goal"]}),
     ("cost --by outcome", "cost", {"by": ["outcome"]}),
     ("cost --by model --since", "cost", {"by": ["model"], "since": "2026-01-05T12:00:00+00:00"}),
+    (
+        "cost --by outcome --since",
+        "cost",
+        {"by": ["outcome"], "since": "2026-01-05T12:00:00+00:00"},
+    ),
     ("cost-per-success", "cost-per-success", {}),
     ("failed-spend", "failed-spend", {}),
     ("retries", "retries", {}),
@@ -143,6 +148,7 @@ def generate(path: Path, events: int) -> dict[str, int]:
     """A synthetic projection of ``events`` events with the workload's mix, made in DuckDB."""
     con = duckdb.connect(str(path))
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     for statement in create_statements():
         con.execute(statement)
     n_sessions, n_goals = events // 16, events // 48

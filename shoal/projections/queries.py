@@ -292,27 +292,43 @@ _COST_COLUMN = {
     "principal": "m.principal",
     "goal": "m.gid",
     "provider": "m.provider",
-    "outcome": "COALESCE(u.effective_outcome, 'pending')",
+    "outcome": (
+        "COALESCE(CASE WHEN m.gid IS NOT NULL THEN g.effective_outcome "
+        "WHEN {bare}.parentiid IS NULL THEN {bare}.effective_outcome END, 'pending')"
+    ),
 }
 
 
 def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
     """Server-side cost of model calls in the range, grouped by ``p.by``."""
-    columns = [_COST_COLUMN[d] for d in p.by]
-    join = ""
-    if "outcome" in p.by:
-        join = (
-            "LEFT JOIN outcome_units u ON u.key = "
-            "CASE WHEN m.gid IS NULL THEN 's:' || m.iid ELSE 'g:' || m.gid END"
-        )
+    per_session = p.since is None and p.until is None and set(p.by) <= {"goal", "outcome"}
+    bare = "m" if per_session else "s"  # where a bare session's own outcome is found
+    columns = [_COST_COLUMN[d].format(bare=bare) for d in p.by]
     where, params = p.where("m.ts")
     keys = ", ".join(f"{c} AS k{i}" for i, c in enumerate(columns))
     group = ", ".join(f"k{i}" for i in range(len(columns)))
     # Per call by default; but goal and outcome are attributes of the session, whose row
     # already sums its calls: without a time range, a tenth of the rows give the same sums.
-    calls, source = "count(*)", "model_calls m"
-    if p.since is None and p.until is None and set(p.by) <= {"goal", "outcome"}:
-        calls, source, where = "sum(m.model_calls)", "sessions m", "m.model_calls > 0"
+    calls, source, join = "count(*)", "model_calls m", ""
+    if per_session:
+        calls, source, where = "sum(m.model_calls)", "session_outcomes m", "m.model_calls > 0"
+    if "outcome" in p.by:
+        # A goal's sessions take the goal's outcome; a bare session (no goal) its own.
+        join = "LEFT JOIN goal_outcomes g ON g.gid = m.gid"
+        if not per_session:
+            # Sum the calls per goal (or bare session) first, then join the few sums.
+            inner = sorted({_COST_COLUMN[d] for d in p.by if d != "outcome"} | {"m.gid"})
+            source = f"""(
+                SELECT {", ".join(f"{c} AS {c[2:]}" for c in inner)},
+                       CASE WHEN m.gid IS NULL THEN m.iid END AS iid,
+                       count(*) AS model_calls, sum(m.input_tokens) AS input_tokens,
+                       sum(m.output_tokens) AS output_tokens,
+                       sum(m.cached_tokens) AS cached_tokens, sum(m.cost_usd) AS cost_usd,
+                       sum(m.reported_cost_usd) AS reported_cost_usd
+                FROM model_calls m WHERE {where} GROUP BY ALL
+            ) m"""
+            calls, where = "sum(m.model_calls)", "TRUE"
+            join += " LEFT JOIN session_outcomes s ON s.iid = m.iid"
     rows = ds.rows(
         f"""
         SELECT {keys}, {calls} AS calls, sum(m.input_tokens) AS input_tokens,

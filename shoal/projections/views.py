@@ -37,16 +37,20 @@ LEDGER_REFUSALS = """
 VIEWS: dict[str, str] = {
     # One row per session with its effective outcome.
     "session_outcomes": f"SELECT *, {_EFFECTIVE} AS effective_outcome FROM sessions",
-    # The unit an outcome is judged on: a goal (all its sessions' spend, kept on its row; the
-    # root session's reported outcome stands for the goal), or a bare session (no goal, no
-    # parent).
+    # A goal's effective outcome: its root session's reported one, else the last reported for
+    # the goal, else what its status implies; and its spend (kept on its row).
+    "goal_outcomes": """
+        SELECT *, COALESCE(root_outcome, outcome, CASE status
+                   WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
+                   ELSE 'pending' END) AS effective_outcome
+        FROM goals
+    """,
+    # The unit an outcome is judged on: a goal (with all its sessions' spend), or a bare
+    # session (no goal, no parent).
     "outcome_units": f"""
         SELECT 'g:' || gid AS key, 'goal' AS kind, gid AS unit, fleet, principal, opened_at,
-               COALESCE(root_outcome, outcome, CASE status
-                   WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
-                   ELSE 'pending' END) AS effective_outcome,
-               cost_usd::DECIMAL(38,{MONEY_SCALE}) AS spend
-        FROM goals
+               effective_outcome, cost_usd::DECIMAL(38,{MONEY_SCALE}) AS spend
+        FROM goal_outcomes
         UNION ALL
         SELECT 's:' || iid, 'session', iid, fleet, principal, opened_at, effective_outcome,
                cost_usd::DECIMAL(38,{MONEY_SCALE})
