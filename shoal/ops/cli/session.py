@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from rich.tree import Tree
 
 from shoal.aggregates import PriceTable, Session, open_core
@@ -106,7 +106,9 @@ def ls(
     if c.json:
         emit_json([s.summary() for s in sessions])
         return
-    table = Table("IID", "fleet", "agent", "capability", "status", "cost $", "calls", "flags")
+    table = Table(
+        _iid_column(), "fleet", "agent", "capability", "status", "cost $", "calls", "flags"
+    )
     for s in sessions:
         table.add_row(
             s.iid,
@@ -207,6 +209,11 @@ def _grow(branch: Tree, node: ReplayNode) -> None:
         )
 
 
+def _iid_column(header: str = "IID") -> Column:
+    # IIDs are what an operator copies into the next command: never cut them.
+    return Column(header, no_wrap=True, min_width=26)
+
+
 def _status_style(status: str) -> str:
     return {"completed": "green", "failed": "red", "killed": "red"}.get(status, "yellow")
 
@@ -264,7 +271,16 @@ def show_goal(c: Cli, gid: str) -> None:
     )
     if goal["text"]:
         c.out.print(escape(goal["text"]))
-    table = Table("IID", "parent", "capability", "agent", "status", "retries", "calls", "cost $")
+    table = Table(
+        _iid_column(),
+        _iid_column("parent"),
+        "capability",
+        "agent",
+        "status",
+        "retries",
+        "calls",
+        "cost $",
+    )
     for s in goal["sessions"]:
         table.add_row(
             s["iid"],
