@@ -13,15 +13,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from shoal.agents.errors import ModelError, PolicyDenied
+from shoal.agents.errors import ApprovalRequired, ModelError, PolicyDenied
 from shoal.agents.models import ChatMessage, ChatRequest, Completion, ModelClient
-from shoal.agents.policy import Policy
+from shoal.agents.policy import Action, Policy
 from shoal.agents.session import Emitter, Session
 from shoal.agents.tools import Tool, ToolEnv
+from shoal.bus.genai import Attributes, Call, ChatCall, GenAI, ToolCall, session_attributes
 from shoal.schemas import ModelCalled, ToolCalled, new_id
 from shoal.schemas.manifest import ToolGrant
 
-__all__ = ["ModelGateway", "ToolGateway", "redact"]
+__all__ = ["ModelGateway", "ToolGateway", "redact", "span_attributes"]
 
 
 class ModelGateway:
@@ -33,11 +34,14 @@ class ModelGateway:
         emitter: Emitter,
         clients: Sequence[ModelClient],
         session: Session,
+        genai: GenAI | None = None,
     ) -> None:
         self.policy = policy
         self.emitter = emitter
         self.clients = clients
         self.session = session
+        self.genai = genai or GenAI.disabled()
+        self.span_attrs = span_attributes(policy, session) if self.genai.enabled else {}
 
     @property
     def default_model(self) -> str:
@@ -61,7 +65,19 @@ class ModelGateway:
     ) -> Completion:
         """Ask ``model`` (default: the manifest's first) and return its completion."""
         model = model or self.default_model
-        await self.policy.check(self.session, "model.call", model)
+        with self.genai.chat(model, self.span_attrs) as call:
+            return await self._complete(call, messages, model, system, max_tokens, json_mode)
+
+    async def _complete(
+        self,
+        call: ChatCall,
+        messages: Sequence[ChatMessage] | str,
+        model: str,
+        system: str | None,
+        max_tokens: int,
+        json_mode: bool,
+    ) -> Completion:
+        await checked(self.policy, self.session, call, "model.call", model)
         if isinstance(messages, str):
             messages = [ChatMessage("user", messages)]
         if system is not None:
@@ -70,6 +86,7 @@ class ModelGateway:
         client = next((c for c in self.clients if c.serves(model)), None)
         if client is None:
             raise ModelError(f"no model client serves {model!r} (set SHOAL_MODEL_BASE_URL?)")
+        call.provider(client.provider)
         started = time.perf_counter()
         try:
             completion = await client.complete(request)
@@ -90,6 +107,13 @@ class ModelGateway:
             raise
         if completion.cost_usd is not None:
             self.session.spent_usd += completion.cost_usd
+        call.response(
+            model=completion.model,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            finish_reason=completion.finish_reason,
+            cost_usd=completion.cost_usd,
+        )
         await self.emitter.emit(
             ModelCalled(
                 call_id=new_id(),
@@ -118,6 +142,7 @@ class ToolGateway:
         env: ToolEnv,
         session: Session,
         timeout_s: float = 30.0,
+        genai: GenAI | None = None,
     ) -> None:
         self.policy = policy
         self.emitter = emitter
@@ -125,10 +150,19 @@ class ToolGateway:
         self.env = env
         self.session = session
         self.timeout_s = timeout_s
+        self.genai = genai or GenAI.disabled()
+        self.span_attrs = span_attributes(policy, session) if self.genai.enabled else {}
 
     async def call(self, name: str, /, **arguments: Any) -> Any:
         """Run tool ``name`` with ``arguments``; raise what the tool raised, after recording."""
-        await self.policy.check(self.session, "tool.call", name)
+        call_id = new_id()  # the same id on the span and on tool.called
+        with self.genai.execute_tool(name, self.span_attrs, call_id=call_id) as call:
+            return await self._call(call, call_id, name, arguments)
+
+    async def _call(
+        self, call: ToolCall, call_id: str, name: str, arguments: dict[str, Any]
+    ) -> Any:
+        await checked(self.policy, self.session, call, "tool.call", name)
         grant = self.policy.manifest.grant(name)
         assert grant is not None  # the policy check refused tools without a grant
         impl = self.tools.get(name)
@@ -138,6 +172,8 @@ class ToolGateway:
                 rule="tool.missing",
                 target=name,
             )
+        redacted = redact(arguments, grant)
+        call.arguments(redacted)
         started = time.perf_counter()
         result_class: Literal["ok", "error", "timeout"] = "ok"
         error: str | None = None
@@ -153,10 +189,10 @@ class ToolGateway:
         finally:
             await self.emitter.emit(
                 ToolCalled(
-                    call_id=new_id(),
+                    call_id=call_id,
                     tool=name,
                     version=impl.version,
-                    arguments=redact(arguments, grant),
+                    arguments=redacted,
                     sensitivity=grant.sensitivity,
                     result_class=result_class,
                     latency_ms=_ms(started),
@@ -165,7 +201,38 @@ class ToolGateway:
                 ),
                 self.session,
             )
+        call.result(result, grant.sensitivity)
         return result
+
+
+async def checked(
+    policy: Policy, session: Session, call: Call, action: Action, target: str
+) -> None:
+    """The policy check, with its decision recorded on the call's span (refusals counted)."""
+    try:
+        await policy.check(session, action, target)
+    except ApprovalRequired as e:
+        call.decided("needs_approval", e.rule)
+        raise
+    except PolicyDenied as e:
+        call.decided("deny", e.rule)
+        raise
+    call.decided("allow")
+
+
+def span_attributes(policy: Policy, session: Session) -> Attributes:
+    """The attributes every span of ``session`` carries, as this instance runs it."""
+    ident = policy.identity
+    return session_attributes(
+        iid=session.iid,
+        fleet=ident.fleet,
+        agent=ident.agent,
+        instance=ident.instance,
+        gid=session.gid,
+        parentiid=session.parentiid,
+        principal=session.principal,
+        version=ident.version,
+    )
 
 
 def redact(arguments: Mapping[str, Any], grant: ToolGrant) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from shoal.agents.session import Emitter, Identity, Session
 from shoal.agents.tasks import TaskRunner
 from shoal.agents.tools import ToolEnv
 from shoal.bus import Bus, KillSwitch, Presence, ShoalSettings, kill_key, presence_key
+from shoal.bus.genai import GenAI
 from shoal.errors import ConfigConflict
 from shoal.schemas import AgentStarted, AgentStopped, new_id, utcnow
 
@@ -121,8 +122,10 @@ class AgentRuntime:
         supervisor: str | None = None,
         slot: int | None = None,
         drain_timeout_s: float | None = None,
+        genai: GenAI | None = None,
     ) -> None:
         self.bus = bus
+        self.genai = genai or GenAI.disabled()  # spans and metrics (setup_telemetry)
         self.agent = agent
         self.settings = bus.settings
         self.identity = Identity(
@@ -189,6 +192,7 @@ class AgentRuntime:
             self._life,
         )
         self._announced = True
+        self.genai.instance_started(self.identity.fleet, self.identity.agent)
         for consumer in self.consumers:
             self._tasks.append(
                 asyncio.create_task(consumer.run(), name=f"consume-{consumer.durable}")
@@ -213,6 +217,7 @@ class AgentRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.genai.instance_stopped(self.identity.fleet, self.identity.agent)
         # Best effort from here on (the server may be gone), but never silently.
         if self._announced:
             try:

@@ -17,6 +17,7 @@ from shoal.agents.agent import Agent
 from shoal.agents.models import ModelClient
 from shoal.agents.runtime import AgentRuntime
 from shoal.bus import Bus, check_token
+from shoal.bus.genai import GenAI
 from shoal.errors import NotFound
 
 __all__ = ["resolve_agent", "serve"]
@@ -57,6 +58,7 @@ async def serve(
     supervisor: str | None = None,
     model_clients: Sequence[ModelClient] | None = None,
     stop: asyncio.Event | None = None,
+    genai: GenAI | None = None,
 ) -> str:
     """Run until SIGTERM/SIGINT (or ``stop``, or an instance kill); return the stop reason."""
     stop = stop or asyncio.Event()
@@ -84,6 +86,7 @@ async def serve(
         slot=slot,
         supervisor=supervisor,
         model_clients=model_clients,
+        genai=genai,
     )
     try:
         async with runtime.running():

@@ -18,17 +18,20 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from shoal.agents.agent import to_output
+from shoal.agents.agent import Handler, to_output
 from shoal.agents.context import TaskContext
 from shoal.agents.delegation import Delegator
 from shoal.agents.errors import Killed, PermanentTaskError, PolicyDenied
-from shoal.agents.gateways import ModelGateway, ToolGateway
+from shoal.agents.gateways import ModelGateway, ToolGateway, span_attributes
 from shoal.agents.session import Session
+from shoal.bus.genai import AgentCall
+from shoal.bus.tracecontext import work_context
 from shoal.errors import InvalidEvent
 from shoal.schemas import (
     CloudEvent,
@@ -105,6 +108,19 @@ class TaskRunner:
         if attempt > 1 and await self._already_completed(event):
             await msg.ack()
             return
+        with self._invoke_agent(msg, event, session, data.capability, attempt) as call:
+            await self._run_task(call, msg, session, data, handler, task_input, attempt)
+
+    async def _run_task(
+        self,
+        call: AgentCall,
+        msg: Msg,
+        session: Session,
+        data: TaskAssigned,
+        handler: Handler,
+        task_input: Any,
+        attempt: int,
+    ) -> None:
         ctx = self._context(session, data.capability, attempt)
         emitter = self.rt.emitter
         self.inflight[id(msg)] = (msg, session.iid, time.monotonic())
@@ -113,6 +129,7 @@ class TaskRunner:
             await emitter.emit(
                 TaskStarted(capability=data.capability, attempt=attempt), session, wait=False
             )
+            self.rt.genai.task_started(self.rt.identity.fleet, data.capability)
             output = await handler.fn(ctx, task_input)
             completed = TaskCompleted(
                 capability=data.capability,
@@ -121,10 +138,12 @@ class TaskRunner:
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
             await emitter.emit(completed, session)
+            self.rt.genai.task_completed(self.rt.identity.fleet, data.capability)
         except asyncio.CancelledError:
             await msg.nak()  # drain timed out: hand the task to another instance now
             raise
         except Exception as e:
+            call.fail(e)
             await self._on_error(msg, session, data.capability, attempt, e)
             return
         finally:
@@ -163,6 +182,7 @@ class TaskRunner:
             final=final,
         )
         await self.rt.emitter.emit(failed, session)
+        self.rt.genai.task_failed(self.rt.identity.fleet, capability, error_type, final)
         if final:
             await msg.term()
         else:
@@ -175,6 +195,7 @@ class TaskRunner:
         """Dead-letter an unprocessable task and record a final ``task.failed``."""
         bus = self.rt.bus
         await bus.deadletter("tasks", msg.data, reason, msg.subject)
+        self.rt.genai.deadlettered("tasks", "invalid_task")
         session = self._session(event, None) if event else _session_from_raw(msg.data)
         capability = msg.subject.rsplit(".", 1)[-1]
         failed = TaskFailed(
@@ -199,12 +220,21 @@ class TaskRunner:
                 raise InvalidEvent(f"expected shoal.goal.submitted, got {event.type}")
         except InvalidEvent as e:
             await self.rt.bus.deadletter("goals", msg.data, str(e), msg.subject)
+            self.rt.genai.deadlettered("goals", "invalid_goal")
             await msg.term()
             return
         session = self._session(event, event.data.budget_usd)
         if attempt > 1 and await self._goal_finished(event):
             await msg.ack()
             return
+        with self._invoke_agent(msg, event, session, "goals", attempt) as call:
+            await self._run_goal(call, msg, event, session, attempt)
+
+    async def _run_goal(
+        self, call: AgentCall, msg: Msg, event: CloudEvent, session: Session, attempt: int
+    ) -> None:
+        handler = self.rt.agent.goal_handler
+        assert handler is not None and isinstance(event.data, GoalSubmitted)
         ctx = self._context(session, "goals", attempt)
         self.inflight[id(msg)] = (msg, session.iid, time.monotonic())
         try:
@@ -215,6 +245,7 @@ class TaskRunner:
             await msg.nak()
             raise
         except Exception as e:
+            call.fail(e)
             last = attempt >= self.rt.settings.task_max_deliver or isinstance(e, PolicyDenied)
             if not last:
                 log.info("goal %s attempt %d failed: %s", session.gid, attempt, e)
@@ -236,6 +267,21 @@ class TaskRunner:
         return False
 
     # -- shared -----------------------------------------------------------------------------
+    def _invoke_agent(
+        self, msg: Msg, event: CloudEvent, session: Session, capability: str, attempt: int
+    ) -> AbstractContextManager[AgentCall]:
+        """The ``invoke_agent`` span of one attempt, continuing the trace the message carries
+        (else its goal's), so work delegated across processes stays in one trace."""
+        rt = self.rt
+        traced = rt.genai.enabled  # off: skip the header parsing and attributes, not just spans
+        return rt.genai.invoke_agent(
+            rt.identity.agent,
+            span_attributes(rt.policy, session) if traced else {},
+            parent=work_context(msg.headers, event.traceparent, event.gid) if traced else None,
+            capability=capability,
+            attempt=attempt,
+        )
+
     @property
     def current_sessions(self) -> set[str]:
         return {iid for _, iid, _ in self.inflight.values()}
@@ -264,8 +310,10 @@ class TaskRunner:
             session=session,
             capability=capability,
             attempt=attempt,
-            model=ModelGateway(rt.policy, rt.emitter, rt.model_clients, session),
-            tools=ToolGateway(rt.policy, rt.emitter, rt.agent.tools, rt.tool_env, session),
+            model=ModelGateway(rt.policy, rt.emitter, rt.model_clients, session, rt.genai),
+            tools=ToolGateway(
+                rt.policy, rt.emitter, rt.agent.tools, rt.tool_env, session, genai=rt.genai
+            ),
             delegator=Delegator(rt.bus, rt.emitter, rt.policy, session),
             settings=rt.settings,
         )

@@ -25,6 +25,8 @@ from shoal.agents.models import OfflineModelClient
 from shoal.agents.runtime import AgentRuntime
 from shoal.agents.tools import ToolEnv
 from shoal.bus import Bus, ShoalSettings, Stored
+from shoal.bus.genai import GenAI
+from shoal.bus.tracecontext import current_traceparent, goal_context
 from shoal.errors import InvalidEvent, Refused
 from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas import CloudEvent, GoalCompleted, GoalFailed, GoalPlanned, parse_event
@@ -104,6 +106,7 @@ def fleet_services(
     fleet: str = DEMO_FLEET,
     instances: dict[str, int] | None = None,
     model_latency_s: float = DEMO_MODEL_LATENCY_S,
+    genai: GenAI | None = None,
 ) -> list[ServiceFactory]:
     """One factory per demo instance (runtimes sharing the demo's connection)."""
     factories: list[ServiceFactory] = []
@@ -113,7 +116,9 @@ def fleet_services(
             def factory(bus: Bus, name: str = name) -> AbstractAsyncContextManager[Any]:
                 agent = demo_agents(fleet)[name]
                 clients = [OfflineModelClient(latency_s=model_latency_s)]
-                return AgentRuntime(bus, agent, model_clients=clients, concurrency=4).running()
+                return AgentRuntime(
+                    bus, agent, model_clients=clients, concurrency=4, genai=genai
+                ).running()
 
             factories.append(factory)
     return factories
@@ -126,6 +131,7 @@ async def run_demo(
     on_progress: Callable[[GoalProgress], None] | None = None,
     timeout_s: float = 45.0,
     fleet: str = DEMO_FLEET,
+    genai: GenAI | None = None,
 ) -> DemoResult:
     """Write the workspace, start the fleet and ``services``, run the goal, read its log."""
     workspace = ToolEnv.for_settings(bus.settings).workspace
@@ -133,6 +139,10 @@ async def run_demo(
     goal = build_goal(
         fleet, DEMO_GOAL, principal=bus.settings.principal, inputs={"pattern": "*.md"}
     )
+    if genai is not None and genai.enabled and goal.gid:
+        # The goal's own trace context: goal.submitted links to the trace like every event.
+        traceparent = current_traceparent(goal_context(goal.gid))
+        goal = goal.model_copy(update={"traceparent": traceparent})
     assert goal.gid is not None
     progress = GoalProgress(goal.gid, goal.iid)
     finished = asyncio.Event()
@@ -149,7 +159,7 @@ async def run_demo(
 
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        for factory in [*fleet_services(fleet), *services]:
+        for factory in [*fleet_services(fleet, genai=genai), *services]:
             await stack.enter_async_context(factory(bus))
         sub = await bus.nc.subscribe(bus.subjects.goal_events(goal.gid), cb=on_event)
         stack.push_async_callback(sub.unsubscribe)

@@ -7,8 +7,11 @@ from typing import Annotated
 import typer
 
 from shoal.agents.serve import resolve_agent, serve
+from shoal.bus.genai import GenAI
+from shoal.bus.telemetry import setup_telemetry
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
+from shoal.schemas import new_id
 
 agent_app = typer.Typer(help="Run agent instances.", no_args_is_help=True)
 
@@ -60,16 +63,23 @@ async def _run(
     supervisor: str | None,
 ) -> str:
     agent = resolve_agent(fleet, name, target)
-    async with open_bus(c.settings, name=f"shoal-agent-{fleet}-{name}") as bus:
-        return await serve(
-            bus,
-            agent,
-            instance=instance,
-            version=version,
-            concurrency=concurrency,
-            slot=slot,
-            supervisor=supervisor,
-        )
+    instance = instance or new_id()  # known before the runtime: the telemetry resource names it
+    attributes = {"shoal.fleet": fleet, "gen_ai.agent.name": name}
+    # Spans go to the local span file or OTLP per the OTEL_* settings; exit flushes them.
+    with setup_telemetry(
+        c.settings, "shoal-agent", instance_id=instance, attributes=attributes
+    ) as telemetry:
+        async with open_bus(c.settings, name=f"shoal-agent-{fleet}-{name}") as bus:
+            return await serve(
+                bus,
+                agent,
+                instance=instance,
+                version=version,
+                concurrency=concurrency,
+                slot=slot,
+                supervisor=supervisor,
+                genai=GenAI(telemetry),
+            )
 
 
 def register(app: typer.Typer) -> None:

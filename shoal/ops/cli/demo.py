@@ -10,6 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.tree import Tree
 
 from shoal.bus import Stored
+from shoal.bus.genai import GenAI
+from shoal.bus.telemetry import setup_telemetry
+from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
 from shoal.ops.demo import DemoResult, GoalProgress, demo_services, run_demo, session_tree
@@ -20,7 +23,8 @@ from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed
 def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Run the demo fleet on a goal: live progress, then the result and the event timeline."""
     c = cli(ctx, as_json)
-    result = run(c, _demo(c))
+    with setup_telemetry(c.settings, "shoal-demo") as telemetry:
+        result = run(c, _demo(c, GenAI(telemetry)))
     if c.json:
         emit_json(_as_json(result))
     else:
@@ -29,10 +33,10 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
-async def _demo(c: Cli) -> DemoResult:
+async def _demo(c: Cli, genai: GenAI) -> DemoResult:
     async with open_bus(c.settings, name="shoal-demo") as bus:
         if c.json:
-            return await run_demo(bus, services=demo_services(c.settings))
+            return await run_demo(bus, genai=genai, services=demo_services(c.settings))
         with Progress(
             TextColumn("[bold]goal[/] {task.description}"),
             BarColumn(),
@@ -48,7 +52,9 @@ async def _demo(c: Cli) -> DemoResult:
                 label = "done" if p.outcome is not None else "running"
                 bar.update(task, total=p.total, completed=p.done, description=label)
 
-            return await run_demo(bus, services=demo_services(c.settings), on_progress=on_progress)
+            return await run_demo(
+                bus, genai=genai, services=demo_services(c.settings), on_progress=on_progress
+            )
 
 
 def _print(c: Cli, result: DemoResult) -> None:
@@ -73,6 +79,7 @@ def _print(c: Cli, result: DemoResult) -> None:
         f"({', '.join(sorted({d.target for d in denied}))}); "
         f"{len(retried)} failed attempt(s) retried"
     )
+    c.out.print(f"trace {goal_trace_id(result.gid):032x} (spans: shoal trace {result.gid})")
 
 
 def _timeline(result: DemoResult) -> Tree:
@@ -110,6 +117,7 @@ def _as_json(result: DemoResult) -> dict[str, Any]:
         "outcome": result.outcome.model_dump(mode="json", exclude_none=True),
         "tasks": {"total": result.progress.total, "done": result.progress.done},
         "elapsed_s": round(result.elapsed_s, 3),
+        "trace_id": f"{goal_trace_id(result.gid):032x}",
         "events": [stored_to_json(s) for s in result.events],
     }
 
