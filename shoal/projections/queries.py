@@ -369,17 +369,8 @@ def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
 
 
 def _success_row(fleet: str | None, r: dict[str, Any]) -> SuccessCostRow:
-    return SuccessCostRow(
-        fleet=fleet,
-        units=r["units"],
-        successes=r["successes"],
-        failures=r["failures"],
-        abandoned=r["abandoned"],
-        pending=r["pending"],
-        spend_usd=r["spend"],
-        success_spend_usd=r["success_spend"],
-        cost_per_success_usd=_ratio(r["spend"], r["successes"]),
-    )
+    ratio = _ratio(r["spend_usd"], r["successes"])
+    return SuccessCostRow(**{**r, "fleet": fleet}, cost_per_success_usd=ratio)
 
 
 def cost_per_success(ds: DuckDBDatastore, p: TimeRange) -> SuccessCostAnswer:
@@ -392,11 +383,12 @@ def cost_per_success(ds: DuckDBDatastore, p: TimeRange) -> SuccessCostAnswer:
                count(*) FILTER (effective_outcome = 'failure') AS failures,
                count(*) FILTER (effective_outcome = 'abandoned') AS abandoned,
                count(*) FILTER (effective_outcome = 'pending') AS pending,
-               COALESCE(sum(spend), 0) AS spend,
-               COALESCE(sum(spend) FILTER (effective_outcome = 'success'), 0) AS success_spend
+               COALESCE(sum(spend), 0) AS spend_usd,
+               COALESCE(sum(spend) FILTER (effective_outcome = 'success'), 0)
+                   AS success_spend_usd
         FROM outcome_units WHERE {where}
         GROUP BY GROUPING SETS ((fleet), ())
-        ORDER BY GROUPING(fleet), spend DESC, fleet
+        ORDER BY GROUPING(fleet), spend_usd DESC, fleet
         """,
         params,
     )
@@ -404,7 +396,9 @@ def cost_per_success(ds: DuckDBDatastore, p: TimeRange) -> SuccessCostAnswer:
     empty = {k: 0 for k in ("units", "successes", "failures", "abandoned", "pending")}
     return SuccessCostAnswer(
         rows=[_success_row(r["fleet"], r) for r in fleets],
-        total=_success_row(None, total or {**empty, "spend": _ZERO, "success_spend": _ZERO}),
+        total=_success_row(
+            None, total or {**empty, "spend_usd": _ZERO, "success_spend_usd": _ZERO}
+        ),
     )
 
 
@@ -413,22 +407,14 @@ def failed_spend(ds: DuckDBDatastore, p: TimeRange) -> FailedSpendAnswer:
     where, params = p.where("opened_at")
     rows = ds.rows(
         f"""
-        SELECT fleet, count(*) FILTER (status = 'failed') AS failed,
-               count(*) FILTER (status = 'killed') AS killed, sum(cost_usd) AS spend
+        SELECT fleet, count(*) FILTER (status = 'failed') AS failed_sessions,
+               count(*) FILTER (status = 'killed') AS killed_sessions, sum(cost_usd) AS spend_usd
         FROM sessions WHERE status IN ('failed', 'killed') AND {where}
-        GROUP BY fleet ORDER BY spend DESC, fleet
+        GROUP BY fleet ORDER BY spend_usd DESC, fleet
         """,
         params,
     )
-    out = [
-        FailedSpendRow(
-            fleet=r["fleet"],
-            failed_sessions=r["failed"],
-            killed_sessions=r["killed"],
-            spend_usd=r["spend"],
-        )
-        for r in rows
-    ]
+    out = [FailedSpendRow(**r) for r in rows]
     return FailedSpendAnswer(rows=out, total_usd=sum((r.spend_usd for r in out), _ZERO))
 
 
@@ -445,18 +431,9 @@ def retries_per_success(ds: DuckDBDatastore, p: TimeRange) -> RetriesAnswer:
         """,
         params,
     )
+    ratio = "retries_per_success"
     return RetriesAnswer(
-        rows=[
-            RetriesRow(
-                fleet=r["fleet"],
-                capability=r["capability"],
-                sessions=r["sessions"],
-                retries=r["retries"],
-                successes=r["successes"],
-                retries_per_success=_ratio(r["retries"], r["successes"]),
-            )
-            for r in rows
-        ]
+        rows=[RetriesRow(**r, **{ratio: _ratio(r["retries"], r["successes"])}) for r in rows]
     )
 
 
@@ -517,13 +494,15 @@ def _seconds(s: float) -> timedelta:
 def top_workflows(ds: DuckDBDatastore, p: WorkflowsParams) -> WorkflowsAnswer:
     """Workflows (fleet, capability) by spend or by successful outcomes."""
     where, params = p.where("opened_at")
-    order = "spend DESC, successes DESC" if p.order == "spend" else "successes DESC, spend DESC"
+    order = (
+        "spend_usd DESC, successes DESC" if p.order == "spend" else "successes DESC, spend_usd DESC"
+    )
     rows = ds.rows(
         f"""
         SELECT fleet, COALESCE(capability, '(goal)') AS capability, count(*) AS sessions,
                count(*) FILTER (effective_outcome = 'success') AS successes,
                count(*) FILTER (effective_outcome = 'failure') AS failures,
-               sum(cost_usd) AS spend
+               sum(cost_usd) AS spend_usd
         FROM session_outcomes WHERE {where}
         GROUP BY ALL ORDER BY {order}, fleet, capability LIMIT {p.limit}
         """,
@@ -532,28 +511,15 @@ def top_workflows(ds: DuckDBDatastore, p: WorkflowsParams) -> WorkflowsAnswer:
     return WorkflowsAnswer(
         order=p.order,
         rows=[
-            WorkflowRow(
-                fleet=r["fleet"],
-                capability=r["capability"],
-                sessions=r["sessions"],
-                successes=r["successes"],
-                failures=r["failures"],
-                spend_usd=r["spend"],
-                cost_per_success_usd=_ratio(r["spend"], r["successes"]),
-            )
+            WorkflowRow(**r, cost_per_success_usd=_ratio(r["spend_usd"], r["successes"]))
             for r in rows
         ],
     )
 
 
 def _intervention_row(fleet: str | None, r: dict[str, Any]) -> InterventionRow:
-    return InterventionRow(
-        fleet=fleet,
-        sessions=r["sessions"],
-        sessions_needing_approval=r["needing"],
-        approvals_requested=r["requested"],
-        rate=_ratio(r["needing"], r["sessions"]) or _ZERO,
-    )
+    rate = _ratio(r["sessions_needing_approval"], r["sessions"]) or _ZERO
+    return InterventionRow(**{**r, "fleet": fleet}, rate=rate)
 
 
 def intervention_rate(ds: DuckDBDatastore, p: TimeRange) -> InterventionAnswer:
@@ -562,15 +528,16 @@ def intervention_rate(ds: DuckDBDatastore, p: TimeRange) -> InterventionAnswer:
     rows = ds.rows(
         f"""
         SELECT fleet, count(*) AS sessions,
-               count(*) FILTER (approvals_requested > 0) AS needing,
-               COALESCE(sum(approvals_requested), 0) AS requested
+               count(*) FILTER (approvals_requested > 0) AS sessions_needing_approval,
+               COALESCE(sum(approvals_requested), 0) AS approvals_requested
         FROM sessions WHERE {where}
         GROUP BY GROUPING SETS ((fleet), ())
         ORDER BY GROUPING(fleet), sessions DESC, fleet
         """,
         params,
     )
-    total = rows[-1] if rows else {"sessions": 0, "needing": 0, "requested": 0}
+    empty = {"sessions": 0, "sessions_needing_approval": 0, "approvals_requested": 0}
+    total = rows[-1] if rows else empty
     return InterventionAnswer(
         rows=[_intervention_row(r["fleet"], r) for r in rows[:-1]],
         total=_intervention_row(None, total),
@@ -583,20 +550,13 @@ def outcomes(ds: DuckDBDatastore, p: TimeRange) -> OutcomesAnswer:
     rows = ds.rows(
         f"""
         SELECT fleet, effective_outcome AS outcome, count(*) AS units,
-               COALESCE(sum(spend), 0) AS spend
+               COALESCE(sum(spend), 0) AS spend_usd
         FROM outcome_units WHERE {where}
         GROUP BY ALL ORDER BY fleet, outcome
         """,
         params,
     )
-    return OutcomesAnswer(
-        rows=[
-            OutcomeRow(
-                fleet=r["fleet"], outcome=r["outcome"], units=r["units"], spend_usd=r["spend"]
-            )
-            for r in rows
-        ]
-    )
+    return OutcomesAnswer(rows=[OutcomeRow(**r) for r in rows])
 
 
 # -- the registry ------------------------------------------------------------------------------
