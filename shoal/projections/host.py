@@ -140,7 +140,7 @@ class ProjectionHost:
         with self._lock:
             if self._follower is None:
                 raise RuntimeError("the projection host is not open")
-            done = self._follower.catch_up()
+            done = self._follower.catch_up(stop=self._stop)
         self.last_error = None
         return done
 

@@ -61,8 +61,11 @@ class ProjectionFollower:
         """The last notification id the projection has committed (0 before the first)."""
         return self.projection.view.max_tracking_id(self.app.name) or 0
 
-    def catch_up(self, progress: Progress | None = None) -> CatchUp:
-        """Process every notification recorded so far; return what was done."""
+    def catch_up(
+        self, progress: Progress | None = None, stop: threading.Event | None = None
+    ) -> CatchUp:
+        """Process every notification recorded so far (or until ``stop`` is set, checked
+        between pages); return what was done."""
         recorder, mapper, name = self.app.recorder, self.app.mapper, self.app.name
         done = CatchUp(position=self.position)
         last = recorder.max_notification_id() or 0
@@ -87,7 +90,7 @@ class ProjectionFollower:
             self.projection.flush()
             if progress is not None:
                 progress(done.position, max(last, done.position))
-            if len(page) < self.page:
+            if len(page) < self.page or (stop is not None and stop.is_set()):
                 break
         self.projection.drain()  # committed before we say so
         return done
@@ -95,7 +98,7 @@ class ProjectionFollower:
     def follow(self, stop: threading.Event, poll_s: float = 0.2) -> None:
         """Catch up, then keep polling for new notifications until ``stop`` is set."""
         while not stop.is_set():
-            done = self.catch_up()
+            done = self.catch_up(stop=stop)
             if done.events:
                 log.debug("projected %d events, position %d", done.events, done.position)
             if done.stopped_at_seq is not None:
