@@ -9,8 +9,9 @@ from nats.js.errors import NotFoundError
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.server import EmbeddedServer
+from shoal.ops.services import LOCAL_SERVICES
 
-__all__ = ["PlatformStatus", "StreamStatus", "down", "status", "up"]
+__all__ = ["PlatformStatus", "StreamStatus", "UpResult", "down", "status", "up"]
 
 
 @dataclass(frozen=True)
@@ -29,25 +30,48 @@ class PlatformStatus:
     memory_bytes: int
     storage_bytes: int
     streams: list[StreamStatus] = field(default_factory=list)
+    services: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def deadletters(self) -> int:
         return next((s.messages for s in self.streams if s.name.endswith("_DEADLETTER")), 0)
 
 
-async def up(settings: ShoalSettings) -> tuple[str, bool, list[str]]:
-    """Start (or reuse) the server and provision streams: (url, started, created names)."""
+@dataclass(frozen=True)
+class UpResult:
+    url: str
+    started_server: bool
+    created: list[str]
+    services: dict[str, int]
+    started_services: list[str]
+
+
+async def up(settings: ShoalSettings, *, services: bool = True) -> UpResult:
+    """Start (or reuse) the server, provision streams, and start the local services.
+
+    The services (core, query service, supervisor) are detached processes on this host,
+    whether NATS is embedded or external; each is reused if it already runs.
+    """
     started = False
     if settings.embedded:
         _, started = EmbeddedServer(settings).ensure()
+    url = resolve_url(settings, start=False)
     async with open_bus(settings, provision=False) as bus:
         created = await bus.provision()
-        return resolve_url(settings, start=False), started, created
+    pids: dict[str, int] = {}
+    started_services: list[str] = []
+    for service in LOCAL_SERVICES if services else ():
+        pids[service.name], fresh = service.start(settings, url)
+        if fresh:
+            started_services.append(service.name)
+    return UpResult(url, started, created, pids, started_services)
 
 
-def down(settings: ShoalSettings) -> bool:
-    """Stop the embedded server; False when none was running."""
-    return EmbeddedServer(settings).stop() is not None
+def down(settings: ShoalSettings) -> tuple[list[str], bool]:
+    """Stop the local services, then the embedded server: (services stopped, server stopped)."""
+    stopped = [s.name for s in reversed(LOCAL_SERVICES) if s.stop(settings) is not None]
+    server = settings.embedded and EmbeddedServer(settings).stop() is not None
+    return stopped, server
 
 
 async def status(settings: ShoalSettings) -> PlatformStatus:
@@ -72,4 +96,5 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
             memory_bytes=account.memory,
             storage_bytes=account.storage,
             streams=streams,
+            services={service.name: service.pid(settings) for service in LOCAL_SERVICES},
         )

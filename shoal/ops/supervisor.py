@@ -36,11 +36,9 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
@@ -55,7 +53,6 @@ from shoal.ops.instances import (
     spawn,
     tail_line,
 )
-from shoal.ops.server import pid_alive
 from shoal.ops.slots import SUPERVISOR_KEY_PREFIX, SlotLease, SlotState, supervisor_key
 from shoal.schemas import AgentCrashLooping, CloudEvent, new_id, utcnow
 from shoal.schemas.fleet import DesiredAgent, FleetDesired
@@ -64,8 +61,6 @@ __all__ = [
     "KvMirror",
     "Supervisor",
     "SupervisorOptions",
-    "start_local_supervisor",
-    "stop_local_supervisor",
 ]
 
 log = logging.getLogger("shoal.supervisor")
@@ -685,58 +680,3 @@ class Supervisor:
 def _log_failure(task: asyncio.Task[object]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("could not publish: %s", task.exception())
-
-
-# -- a local supervisor for ``shoal up`` ------------------------------------------------------
-
-
-def _record_path(settings: ShoalSettings) -> Path:
-    return settings.data_dir.resolve() / "supervisor.json"
-
-
-def local_supervisor_pid(settings: ShoalSettings) -> int | None:
-    """The pid of the detached local supervisor, if it runs."""
-    try:
-        pid = int(json.loads(_record_path(settings).read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid if pid_alive(pid) else None
-
-
-def start_local_supervisor(settings: ShoalSettings, url: str) -> int:
-    """Run ``shoal supervisor`` detached (its pid in ``<data_dir>/supervisor.json``).
-
-    Reuses the running one. Returns its pid.
-    """
-    pid = local_supervisor_pid(settings)
-    if pid is not None:
-        return pid
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = instance_env(settings, url)
-    with (data_dir / "supervisor.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "supervisor"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the ``shoal up`` that started it
-        )
-    _record_path(settings).write_text(json.dumps({"pid": proc.pid, "url": url}))
-    return proc.pid
-
-
-def stop_local_supervisor(settings: ShoalSettings, timeout: float = 15.0) -> int | None:
-    """Stop the local supervisor (SIGTERM: it drains its instances); None if none ran."""
-    pid = local_supervisor_pid(settings)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(FileNotFoundError):
-        _record_path(settings).unlink()
-    return pid

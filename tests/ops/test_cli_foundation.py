@@ -51,14 +51,23 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert code == 0
     first = json.loads(out)
     assert first["started"] is True and "SHOAL_EVENTS" in first["created"]
+    assert first["started_services"] == ["core", "query", "supervisor"]
+    assert all(pid_alive(pid) for pid in first["services"].values())
     code, out, _ = shoal(embedded, "up", "--json")
     again = json.loads(out)
     assert (code, again["started"], again["created"], again["url"]) == (0, False, [], first["url"])
+    assert (again["services"], again["started_services"]) == (first["services"], [])
     record = EmbeddedServer(ShoalSettings(data_dir=Path(embedded["SHOAL_DATA_DIR"]))).running()
     assert record is not None and record.url == first["url"]
+    code, out, _ = shoal(embedded, "status", "--json")
+    assert json.loads(out)["services"] == first["services"]
     code, out, _ = shoal(embedded, "down")
-    assert (code, out.strip()) == (0, "embedded NATS stopped")
+    assert (code, out.splitlines()) == (
+        0,
+        ["supervisor stopped", "query stopped", "core stopped", "embedded NATS stopped"],
+    )
     assert not pid_alive(record.pid)
+    assert not any(pid_alive(pid) for pid in first["services"].values())
     code, _, err = shoal(embedded, "status")
     assert code == 2
     assert err.strip() == (
@@ -70,7 +79,7 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
 def test_nats_url_makes_commands_use_that_server(
     external: dict[str, str], settings: ShoalSettings
 ) -> None:
-    code, out, _ = shoal(external, "up", "--json")
+    code, out, _ = shoal(external, "up", "--no-services", "--json")
     assert code == 0 and json.loads(out)["url"] == settings.nats_url
     assert json.loads(out)["started"] is False
     code, out, _ = shoal(external, "status", "--json")

@@ -16,11 +16,7 @@ from shoal.errors import NotFound, Refused
 from shoal.ops.cli import app as cli_app
 from shoal.ops.fleets import apply_fleet, describe_fleet, fleet_command, open_fleet_app
 from shoal.ops.server import pid_alive
-from shoal.ops.supervisor import (
-    local_supervisor_pid,
-    start_local_supervisor,
-    stop_local_supervisor,
-)
+from shoal.ops.services import SUPERVISOR
 from shoal.schemas.fleet import FleetDesired, parse_fleet_spec
 from tests.ops.fleetprocs import process_env
 
@@ -153,18 +149,18 @@ def test_invalid_spec_is_refused_naming_the_field(settings: ShoalSettings, tmp_p
 
 
 def test_local_supervisor_runs_detached_once_and_stops(settings: ShoalSettings) -> None:
-    assert local_supervisor_pid(settings) is None
-    pid = start_local_supervisor(settings, settings.nats_url or "")
+    assert SUPERVISOR.pid(settings) is None
+    pid, started = SUPERVISOR.start(settings, settings.nats_url or "")
     try:
-        assert pid_alive(pid)
-        assert start_local_supervisor(settings, settings.nats_url or "") == pid  # reused
-        assert local_supervisor_pid(settings) == pid
+        assert started and pid_alive(pid)
+        assert SUPERVISOR.start(settings, settings.nats_url or "") == (pid, False)  # reused
+        assert SUPERVISOR.pid(settings) == pid
     finally:
-        stopped = stop_local_supervisor(settings)
+        stopped = SUPERVISOR.stop(settings)
     assert stopped == pid
     assert not pid_alive(pid)
-    assert local_supervisor_pid(settings) is None
-    assert stop_local_supervisor(settings) is None
+    assert SUPERVISOR.pid(settings) is None
+    assert SUPERVISOR.stop(settings) is None
 
 
 def test_demo_fleet_example_is_valid_and_its_targets_load() -> None:

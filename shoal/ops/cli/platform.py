@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.table import Table
 
@@ -9,30 +11,55 @@ from shoal.ops import platform
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
 
 
-def up(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Start (or reuse) the embedded NATS server and provision shoal's streams and buckets."""
+def up(
+    ctx: typer.Context,
+    services: Annotated[
+        bool,
+        typer.Option(
+            "--services/--no-services",
+            help="Also run the core, the query service and a supervisor on this host.",
+        ),
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Start (or reuse) NATS, provision streams and buckets, start the local services."""
     c = cli(ctx, as_json)
-    url, started, created = run(c, platform.up(c.settings))
+    result = run(c, platform.up(c.settings, services=services))
     if c.json:
-        emit_json({"url": url, "started": started, "created": created})
+        emit_json(
+            {
+                "url": result.url,
+                "started": result.started_server,
+                "created": result.created,
+                "services": result.services,
+                "started_services": result.started_services,
+            }
+        )
         return
-    verb = "started" if started else ("using" if not c.settings.embedded else "reusing")
-    c.out.print(f"NATS {verb} at [bold]{url}[/]")
-    if created:
-        c.out.print(f"provisioned: {', '.join(created)}")
+    verb = (
+        "started" if result.started_server else ("using" if not c.settings.embedded else "reusing")
+    )
+    c.out.print(f"NATS {verb} at [bold]{result.url}[/]")
+    if result.created:
+        c.out.print(f"provisioned: {', '.join(result.created)}")
+    for name, pid in result.services.items():
+        state = "started" if name in result.started_services else "running"
+        c.out.print(f"{name} {state} (pid {pid})")
 
 
 def down(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Stop the embedded NATS server (its store stays in the data dir)."""
+    """Stop the local services and the embedded NATS server (its store stays)."""
     c = cli(ctx, as_json)
+    stopped, server = platform.down(c.settings)
+    if c.json:
+        emit_json({"stopped": server, "services": stopped})
+        return
+    for name in stopped:
+        c.out.print(f"{name} stopped")
     if not c.settings.embedded:
         c.out.print("NATS_URL is set: shoal did not start that server and will not stop it")
-        return
-    stopped = platform.down(c.settings)
-    if c.json:
-        emit_json({"stopped": stopped})
     else:
-        c.out.print("embedded NATS stopped" if stopped else "embedded NATS was not running")
+        c.out.print("embedded NATS stopped" if server else "embedded NATS was not running")
 
 
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
@@ -49,6 +76,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
                 "storage_bytes": st.storage_bytes,
                 "deadletters": st.deadletters,
                 "streams": [s.__dict__ for s in st.streams],
+                "services": st.services,
             }
         )
         return
@@ -59,6 +87,8 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     for s in st.streams:
         table.add_row(s.name, f"{s.messages:,}", f"{s.bytes:,}", str(s.consumers))
     c.out.print(table)
+    for name, pid in st.services.items():
+        c.out.print(f"{name}: " + (f"running (pid {pid})" if pid else "[dim]not running[/]"))
     if st.deadletters:
         c.out.print(f"[yellow]{st.deadletters} dead-lettered message(s)[/]")
 

@@ -1,0 +1,104 @@
+"""The platform's long-running local processes, run detached by ``shoal up``.
+
+Three services: the core (``shoal core``: ingestion, budgets, watchdog), the query service
+(``shoal projections serve``: owns the DuckDB projection and answers over NATS), and a
+supervisor (``shoal supervisor``: runs the instances of applied fleets). Each runs in its own
+session, so it outlives the ``shoal up`` that started it, logs to
+``<data_dir>/services/<name>.log`` and is found again through ``<name>.json`` (pid, URL).
+A recorded pid counts only while that process still runs the service's command line, so a
+recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.bus import ShoalSettings
+from shoal.ops.instances import instance_env
+from shoal.ops.server import pid_alive
+
+__all__ = ["CORE", "LOCAL_SERVICES", "QUERY", "SUPERVISOR", "LocalService"]
+
+
+@dataclass(frozen=True)
+class LocalService:
+    """One detached ``python -m shoal <args>`` process per data dir."""
+
+    name: str
+    args: tuple[str, ...]
+
+    def home(self, settings: ShoalSettings) -> Path:
+        return settings.data_dir.resolve() / "services"
+
+    def record_path(self, settings: ShoalSettings) -> Path:
+        return self.home(settings) / f"{self.name}.json"
+
+    def log_path(self, settings: ShoalSettings) -> Path:
+        return self.home(settings) / f"{self.name}.log"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "shoal", *self.args]
+
+    def pid(self, settings: ShoalSettings) -> int | None:
+        """The pid of the running service, or None."""
+        try:
+            pid = int(json.loads(self.record_path(settings).read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return pid if pid_alive(pid) and self._runs_us(pid) else None
+
+    def start(self, settings: ShoalSettings, url: str) -> tuple[int, bool]:
+        """Start it detached unless it runs; return (pid, started)."""
+        pid = self.pid(settings)
+        if pid is not None:
+            return pid, False
+        self.home(settings).mkdir(parents=True, exist_ok=True)
+        with self.log_path(settings).open("ab") as log:
+            proc = subprocess.Popen(
+                self.argv(),
+                env=instance_env(settings, url),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.record_path(settings).write_text(json.dumps({"pid": proc.pid, "url": url}))
+        return proc.pid, True
+
+    def stop(self, settings: ShoalSettings, timeout: float = 15.0) -> int | None:
+        """SIGTERM (the service drains), SIGKILL after ``timeout``; None if none ran."""
+        pid = self.pid(settings)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            self.record_path(settings).unlink()
+        return pid
+
+    def _runs_us(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            return True  # no /proc (not Linux): trust the record
+        return [a.decode(errors="replace") for a in cmdline[-len(self.args) :]] == list(self.args)
+
+
+CORE = LocalService("core", ("core",))
+QUERY = LocalService("query", ("projections", "serve"))
+SUPERVISOR = LocalService("supervisor", ("supervisor",))
+LOCAL_SERVICES = (CORE, QUERY, SUPERVISOR)
+"""In start order; ``shoal down`` stops them in reverse."""
