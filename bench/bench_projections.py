@@ -338,7 +338,7 @@ def main() -> None:
         bench_build(tmp, args.goals)
         server = NatsProcess(tmp / "nats").start()
         try:
-            for size in (int(s) for s in args.sizes.split(",")):
+            for size in (int(s) for s in args.sizes.split(",") if s):
                 asyncio.run(bench_queries(tmp, size, args.repeat, server.url))
         finally:
             server.stop()

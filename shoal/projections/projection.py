@@ -33,7 +33,7 @@ from shoal.projections.view import DuckDBCostView, SessionKey
 
 __all__ = ["DEFAULT_BATCH", "CostProjection", "new_batch"]
 
-DEFAULT_BATCH = 5000
+DEFAULT_BATCH = 20_000
 """Events per DuckDB transaction when catching up (a live tail flushes sooner)."""
 
 _SESSION_RULES = {

@@ -20,7 +20,7 @@ from typing import Any
 from eventsourcing.application import Application
 from eventsourcing.persistence import Tracking
 
-from shoal.projections.projection import CostProjection
+from shoal.projections.projection import DEFAULT_BATCH, CostProjection
 
 __all__ = ["CatchUp", "Progress", "ProjectionFollower"]
 
@@ -47,7 +47,7 @@ class ProjectionFollower:
         app: Application[Any],
         projection: CostProjection,
         *,
-        page: int = 5000,
+        page: int = DEFAULT_BATCH,
         as_of: int | None = None,
     ) -> None:
         self.app = app

@@ -32,7 +32,7 @@ def serve(
     ctx: typer.Context,
     batch: Annotated[
         int, typer.Option("--batch", min=1, help="Events per DuckDB transaction when catching up.")
-    ] = 5000,
+    ] = 20_000,
 ) -> None:
     """Own the projection: follow the core's log into DuckDB and answer queries (foreground)."""
     from shoal.projections.host import ProjectionHost, projection_path
