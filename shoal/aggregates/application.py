@@ -10,6 +10,7 @@ and goals through :meth:`session`, :meth:`goal` and :meth:`sessions`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, DomainEventProtocol
-from eventsourcing.persistence import Notification, ProcessRecorder
+from eventsourcing.persistence import IntegrityError, Notification, ProcessRecorder
 from eventsourcing.utils import get_topic
 
 from shoal.aggregates.budgets import FleetSpend, fleet_spend_id
@@ -145,5 +146,17 @@ class ShoalCore(Application[UUID]):
 
 
 def open_core(settings: ShoalSettings, *, dbname: str = "core") -> ShoalCore:
-    """The core application on the persistence the settings name (SQLite file or PostgreSQL)."""
-    return ShoalCore(env=application_env(settings, dbname))
+    """The core application on the persistence the settings name (SQLite file or PostgreSQL).
+
+    Two processes opening a fresh store at once (the core starting, a CLI reading) both
+    create its tables; the loser of that race sees an integrity error and simply retries.
+    """
+    env = application_env(settings, dbname)
+    for attempt in range(3):
+        try:
+            return ShoalCore(env=env)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")

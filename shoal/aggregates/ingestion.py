@@ -52,6 +52,13 @@ log = logging.getLogger("shoal.core")
 CORE_CONSUMER = "core"
 """Durable name of the core's consumer on the events stream."""
 
+STALL_AFTER_IDLE = 3
+"""Idle receive rounds with messages still pending before the core re-attaches."""
+
+
+class ConsumerStalled(Exception):
+    """The consumer holds messages but delivers none (e.g. after a server restart)."""
+
 
 @dataclass
 class CoreStats:
@@ -204,7 +211,6 @@ class Ingestion:
                 await asyncio.to_thread(self.app.record, result.processing, result.snapshot_from)
             self.processor.committed(result)
         except BaseException:
-            self.stats.failures += 1
             await asyncio.to_thread(self.processor.reset)
             raise
         # AckPolicy.ALL: acknowledging the highest sequence acknowledges the whole batch.
@@ -259,41 +265,70 @@ class Ingestion:
     ) -> CoreStats:
         """Consume until ``stop`` is set (or, with ``until_idle``, until nothing is pending).
 
-        Batches are fetched, then folded and written, one after the other: fetching the
-        next batch during the fold was measured slower (the event loop and the fold thread
-        fight over the GIL). A failure
-        (NATS or store unreachable, a bug) is logged and counted; the loop then starts over
-        from the store's position, so the consumer never dies of one bad moment.
+        Batches are received, then folded and written, one after the other (taking the next
+        batch during the fold was measured slower: the event loop and the fold thread fight
+        over the GIL). A failure (NATS or the store unreachable, a stalled delivery) is logged
+        and counted; the loop then re-attaches at the store's position, with back-off, so the
+        consumer never dies of one bad moment.
         """
         await self.attach()
         if ready is not None:
             ready.set()
         watch_every = min(max(self.stuck_after_s / 4, 0.5), 30.0)
         timeout = 0.5 if until_idle else 1.0
+        idle = 0
         try:
             while not stop.is_set():
-                fetched = await self.fetch(timeout)
-                if fetched:
-                    try:
+                try:
+                    fetched = await self.fetch(timeout)
+                    if fetched:
+                        idle = 0
                         await self.process(fetched)
-                    except Exception:
-                        log.exception("core batch failed; restarting from the store's position")
-                        await self.detach()
-                        await asyncio.sleep(1.0)
-                        await self.attach()
-                        continue
-                elif until_idle and await self._drained():
-                    break
-                if time.monotonic() - self._last_watch >= watch_every:
-                    self._last_watch = time.monotonic()
-                    await self.watch()
+                    else:
+                        idle += 1
+                        if await self._drained(stalled=idle >= STALL_AFTER_IDLE):
+                            idle = 0
+                            if until_idle:
+                                break
+                    if time.monotonic() - self._last_watch >= watch_every:
+                        self._last_watch = time.monotonic()
+                        await self.watch()
+                except Exception:
+                    self.stats.failures += 1
+                    log.exception("core batch failed; restarting from the store's position")
+                    await self._recover(stop)
+                    idle = 0
         finally:
             await self.detach()
         return self.stats
 
-    async def _drained(self) -> bool:
+    async def _recover(self, stop: asyncio.Event) -> None:
+        """Re-attach at the store's position, retrying with back-off while NATS is away."""
+        delay = 0.5
+        while not stop.is_set():
+            await asyncio.sleep(delay)
+            try:
+                await self.attach()
+                return
+            except Exception as e:
+                log.warning("core cannot re-attach yet (%s); retrying in %.1fs", e, delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _drained(self, *, stalled: bool) -> bool:
+        """True when nothing is left to deliver; raise if delivery stalled with work pending.
+
+        A push subscription can go quiet after a server restart while the consumer still
+        holds messages: after a few idle rounds with work pending, re-attaching fixes it.
+        """
         info = await self.bus.js.consumer_info(self.stream, self.consumer)
-        return not info.num_pending and not info.num_ack_pending and not self._buffer
+        if not info.num_pending and not info.num_ack_pending and not self._buffer:
+            return True
+        if stalled:
+            raise ConsumerStalled(
+                f"{info.num_pending} pending and {info.num_ack_pending} unacknowledged, "
+                "nothing delivered"
+            )
+        return False
 
     async def detach(self) -> None:
         """Stop receiving (un-acknowledged messages are read again by the next run)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from shoal.schemas import (
     TaskStarted,
 )
 from tests.aggregates.eventmix import Mix, publish_all
+from tests.natsproc import NatsProcess
 
 
 async def ingest(settings: ShoalSettings) -> ShoalCore:
@@ -360,3 +362,48 @@ async def test_a_fleet_over_its_cap_is_killed_once(
     assert KillSwitch.model_validate_json(entry.value).scope == "fleet"
     published = await bus.read(bus.subjects.events_of_type("budget.exceeded"))
     assert [s.event.iid for s in published if s.event] == ["s-2"]
+
+
+async def test_the_core_rides_out_a_nats_restart_and_loses_nothing(
+    nats_process: Callable[..., NatsProcess], prefix: str, tmp_path: Path
+) -> None:
+    server = nats_process()
+    settings = ShoalSettings(nats_url=server.url, prefix=prefix, data_dir=tmp_path / "data")
+    mix = Mix(seed=16).until(3000)
+    half = len(mix.events) // 2
+    async with Bus.connect(server.url, settings, name="test") as bus:
+        await bus.provision()
+        await publish_all(bus, mix.events[:half])
+    stop = asyncio.Event()
+    core = asyncio.create_task(run_core(settings, server.url, stop))
+    try:
+        await wait_for_position(settings, half)
+        await asyncio.to_thread(server.restart)  # SIGKILL, then the same port and store
+        async with Bus.connect(server.url, settings, name="test") as bus:
+            await publish_all(bus, mix.events[half:])
+        await wait_for_position(settings, len(mix.events))
+    finally:
+        stop.set()
+        await asyncio.wait_for(core, 30)
+
+    app = open_core(settings)
+    sessions = app.sessions()
+    assert len(sessions) == mix.sessions
+    assert sum((s.cost_usd for s in sessions), Decimal(0)) == mix.cost
+    assert sum(s.model_calls for s in sessions) == mix.model_calls
+
+
+async def wait_for_position(settings: ShoalSettings, seq: int, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    stream = f"{settings.stream_prefix}_EVENTS"
+    while (position := await asyncio.to_thread(_position, settings, stream)) < seq:
+        assert asyncio.get_running_loop().time() < deadline, f"core stuck at {position}"
+        await asyncio.sleep(0.05)
+
+
+def _position(settings: ShoalSettings, stream: str) -> int:
+    app = open_core(settings)
+    try:
+        return app.max_tracking_id(stream)
+    finally:
+        app.close()
