@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Notification, Tracking
 
 from shoal.projections.projection import DEFAULT_BATCH, CostProjection
 
@@ -78,15 +78,14 @@ class ProjectionFollower:
             )
             if not page:
                 break
+            if self.as_of is not None:
+                page = self._before_as_of(page, done)
+            decode, process = mapper.to_domain_event, self.projection.process_event
             for notification in page:
-                event = mapper.to_domain_event(notification)
-                seq = getattr(event, "seq", None)
-                if self.as_of is not None and seq is not None and seq > self.as_of:
-                    done.stopped_at_seq = seq
-                    break
-                self.projection.process_event(event, Tracking(name, notification.id))
-                done.events += 1
-                done.position = notification.id
+                process(decode(notification), Tracking(name, notification.id))
+            if page:
+                done.events += len(page)
+                done.position = page[-1].id
             self.projection.flush()
             if progress is not None:
                 progress(done.position, max(last, done.position))
@@ -94,6 +93,15 @@ class ProjectionFollower:
                 break
         self.projection.drain()  # committed before we say so
         return done
+
+    def _before_as_of(self, page: Sequence[Notification], done: CatchUp) -> Sequence[Notification]:
+        """The page cut before the first event whose stream sequence is above ``as_of``."""
+        for i, notification in enumerate(page):
+            seq = getattr(self.app.mapper.to_domain_event(notification), "seq", None)
+            if self.as_of is not None and seq is not None and seq > self.as_of:
+                done.stopped_at_seq = seq
+                return page[:i]
+        return page
 
     def follow(self, stop: threading.Event, poll_s: float = 0.2) -> None:
         """Catch up, then keep polling for new notifications until ``stop`` is set."""
