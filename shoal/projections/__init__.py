@@ -4,7 +4,8 @@ Modules, by layer: :mod:`~shoal.projections.recorder` (the DuckDB tracking recor
 :mod:`~shoal.projections.schema` (tables), :mod:`~shoal.projections.projection` (the core's
 events → rows), :mod:`~shoal.projections.view` (the materialised view),
 :mod:`~shoal.projections.runner` (catch-up and follow), :mod:`~shoal.projections.queries`
-(named queries), :mod:`~shoal.projections.sql` (read-only SQL),
+(named queries; their parameters and answers in :mod:`~shoal.projections.answers`),
+:mod:`~shoal.projections.sql` (read-only SQL),
 :mod:`~shoal.projections.host` and :mod:`~shoal.projections.service` (the query service),
 :mod:`~shoal.projections.rebuild` and :mod:`~shoal.projections.export`.
 
