@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from typer.testing import CliRunner, Result
 from shoal.aggregates import open_core, run_core
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.cli import app as cli_app
-from shoal.schemas import ModelCalled
+from shoal.ops.cli.session import select_sessions
+from shoal.schemas import ModelCalled, TaskStarted
 from tests.aggregates.eventmix import Mix, publish_all
 
 
@@ -247,3 +249,22 @@ async def test_sigterm_stops_the_core_cleanly_with_its_counts(
     assert core.returncode == 0, out
     n = len(mix.events)
     assert f"core stopped at seq {n}: {n} messages, {n} applied, 0 rejected" in out.decode()
+
+
+async def test_session_ls_stuck_lists_running_sessions_silent_too_long(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    mix = Mix(seed=33)
+    mix.start_agents()
+    mix.emit(TaskStarted(capability="summarize"), iid="s-quiet", gid=None, by=mix.worker)
+    mix.goal(tasks=1)  # completed sessions: never stuck
+    await publish_all(bus, mix.events)
+    await ingest(settings)
+    started = mix.events[2].time
+
+    later = started + timedelta(seconds=settings.stuck_after_s + 1)
+    stuck_later = await asyncio.to_thread(select_sessions, settings, stuck=True, now=later)
+    stuck_now = await asyncio.to_thread(select_sessions, settings, stuck=True, now=started)
+
+    assert [s.iid for s in stuck_later] == ["s-quiet"]
+    assert stuck_now == []
