@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any, Literal
 
 from shoal.agents.errors import ApprovalRequired, ModelError, PolicyDenied
@@ -41,7 +42,11 @@ class ModelGateway:
         self.clients = clients
         self.session = session
         self.genai = genai or GenAI.disabled()
-        self.span_attrs = span_attributes(policy, session) if self.genai.enabled else {}
+
+    @cached_property
+    def span_attrs(self) -> Attributes:
+        """The session's span attributes, built on the first traced call (never if off)."""
+        return span_attributes(self.policy, self.session) if self.genai.enabled else {}
 
     @property
     def default_model(self) -> str:
@@ -151,7 +156,11 @@ class ToolGateway:
         self.session = session
         self.timeout_s = timeout_s
         self.genai = genai or GenAI.disabled()
-        self.span_attrs = span_attributes(policy, session) if self.genai.enabled else {}
+
+    @cached_property
+    def span_attrs(self) -> Attributes:
+        """The session's span attributes, built on the first traced call (never if off)."""
+        return span_attributes(self.policy, self.session) if self.genai.enabled else {}
 
     async def call(self, name: str, /, **arguments: Any) -> Any:
         """Run tool ``name`` with ``arguments``; raise what the tool raised, after recording."""

@@ -14,7 +14,7 @@ from functools import cached_property
 
 from shoal.agents.killswitch import Scope
 from shoal.bus import Bus, check_token, event_headers
-from shoal.bus.tracecontext import with_traceparent
+from shoal.bus.tracecontext import current_traceparent, with_traceparent
 from shoal.schemas import CloudEvent, EventData, new_id, utcnow
 
 __all__ = ["Emitter", "Identity", "Session"]
@@ -97,7 +97,7 @@ class Emitter:
             agent=ident.agent,
             instance=ident.instance,
             principal=session.principal,
-            traceparent=None,
+            traceparent=current_traceparent(),  # its span, if tracing is on (no copy later)
             data=data,
         )
 
