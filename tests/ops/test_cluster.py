@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nats.errors
 import pytest
+from nats.js.api import PubAck
 from nats.js.errors import BadRequestError
 
 from shoal.bus import Bus, ShoalSettings, Stored
@@ -96,34 +97,38 @@ async def provisioned_leader(url: str, settings: ShoalSettings) -> str:
     return info.cluster.leader
 
 
-async def publish_until_acked(bus: Bus, event: CloudEvent, timeout: float = 20.0) -> None:
+async def publish_until_acked(bus: Bus, event: CloudEvent, timeout: float = 20.0) -> PubAck:
     """Publish, retrying the same event (same id) until acked, as a careful producer does.
 
     While a new stream leader is elected a publish fails or times out; a timed-out one may
-    still have been stored, which is why the retry must carry the same ``Nats-Msg-Id``.
+    still have been stored, which is why the retry must carry the same ``Nats-Msg-Id`` (its
+    ack then says ``duplicate`` and gives the stored sequence).
     """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await bus.publish(event)
-            return
+            return await bus.publish(event)
         except nats.errors.Error:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
 
 
-async def session_events_after_a_crash(bus: Bus, iid: str, timeout: float = 20.0) -> list[Stored]:
-    """Read a session back, retrying while the cluster has not yet noticed a dead peer.
+async def read_back(
+    read: Callable[[], Awaitable[list[Stored]]], timeout: float = 30.0
+) -> list[Stored]:
+    """Run a read (``bus.session_events`` …), re-running it if its consumer request times out.
 
-    A read creates an ephemeral consumer; right after a SIGKILL the meta leader still
-    counts the dead node as a peer and may place the consumer there, so the create request
-    times out. It is placed on a live node once the death is noticed; the retry re-asks.
+    A read creates an ephemeral consumer, and two cluster situations lose that request's
+    reply: right after a SIGKILL the meta leader still counts the dead node as a peer and
+    may place the consumer there; and on a young, loaded cluster the first API request of
+    a brand-new connection was now and then created but never answered (about once in 40
+    runs here). The retry re-asks; the orphaned consumer expires on its own.
     """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await bus.session_events(iid)
+            return await read()
         except nats.errors.Error:
             if time.monotonic() > deadline:
                 raise
@@ -161,14 +166,16 @@ async def test_r3_events_are_published_and_read_back_through_another_node(
     await provisioned_leader(first, cluster_settings(first, tmp_path, prefix))
     events = [model_called(n) for n in range(50)]
     async with Bus.connect(first, cluster_settings(first, tmp_path, prefix)) as bus:
-        acks = [await bus.publish(event) for event in events[:25]]
+        # The first publish of a new connection goes through the retrying producer: see
+        # read_back for why its reply can be lost on a young, loaded cluster.
+        acks = [await publish_until_acked(bus, event) for event in events[:25]]
         acks += await bus.publish_many(events[25:])
         duplicate = await bus.publish(events[0])
     assert [ack.seq for ack in acks] == list(range(1, 51))
     assert duplicate.duplicate is True
     async with Bus.connect(second, cluster_settings(second, tmp_path, prefix)) as bus:
-        stored = await bus.session_events(IID)
-        by_goal = await bus.goal_events(GID)
+        stored = await read_back(lambda: bus.session_events(IID))
+        by_goal = await read_back(lambda: bus.goal_events(GID))
     assert [s.event.id for s in stored if s.event] == [e.id for e in events]
     assert [s.seq for s in by_goal] == list(range(1, 51))
 
@@ -227,7 +234,7 @@ async def test_killing_a_follower_loses_no_acknowledged_event(
 
         victim = await publish_across_a_crash(bus, events, kill_a_follower, after=100)
         await cluster.wait_for_jetstream()
-        stored = await session_events_after_a_crash(bus, IID)
+        stored = await read_back(lambda: bus.session_events(IID))
         info = await bus.js.stream_info(bus.topology.events.name)
 
     assert [s.event.id for s in stored if s.event] == [e.id for e in events]
@@ -255,7 +262,7 @@ async def test_killing_the_stream_leader_loses_no_acknowledged_event(
 
         victim = await publish_across_a_crash(bus, events, kill_the_leader, after=100)
         await cluster.wait_for_jetstream()
-        stored = await session_events_after_a_crash(bus, IID)
+        stored = await read_back(lambda: bus.session_events(IID))
         info = await bus.js.stream_info(bus.topology.events.name)
 
     # Every acknowledged event is there, once, in publish order: a publish that timed out
