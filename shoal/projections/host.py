@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import OperationalError, PersistenceError
 
 from shoal.aggregates.application import open_core
 from shoal.bus import ShoalSettings
-from shoal.errors import ServiceUnavailable
+from shoal.errors import Refused, ServiceUnavailable
 from shoal.projections.projection import DEFAULT_BATCH, CostProjection
 from shoal.projections.recorder import DuckDBDatastore
 from shoal.projections.runner import CatchUp, ProjectionFollower
@@ -73,7 +73,11 @@ class ProjectionHost:
 
     def _open_view(self) -> None:
         assert self._app is not None
-        datastore = DuckDBDatastore(self.path, external_access=False)
+        try:
+            datastore = DuckDBDatastore(self.path, external_access=False)
+        except OperationalError as e:
+            # DuckDB's file lock: another process (a query service) owns the database.
+            raise Refused(f"cannot open {self.path}: {str(e).split(' See also')[0]}") from e
         self._view = DuckDBCostView(datastore)
         self._open_follower()
 
@@ -198,9 +202,7 @@ def answer_locally(settings: ShoalSettings, ask: Callable[[DuckDBDatastore], T])
         host.open()
         host.sync()
         return ask(host.datastore)
-    except PersistenceError as e:
-        raise ServiceUnavailable(
-            f"no query service answers, and {host.path} cannot be opened here: {e}"
-        ) from e
+    except (PersistenceError, Refused) as e:
+        raise ServiceUnavailable(f"no query service answers, and here: {e}") from e
     finally:
         host.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -156,3 +158,21 @@ async def test_without_a_service_the_client_says_so(nats_server: NatsProcess, pr
         )
     finally:
         await nc.close()
+
+
+async def test_a_second_service_on_the_same_file_is_refused_in_one_line(
+    service: Running,
+) -> None:
+    s = service.settings
+    args = ["--nats-url", s.nats_url or "", "--prefix", s.prefix, "--data-dir", str(s.data_dir)]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shoal", *args, "projections", "serve"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot open {s.data_dir / 'projections.duckdb'}: IO Error")
