@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]  # no stubs in the dev dependencies
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -146,8 +146,10 @@ class OtlpGrpcReceiver:
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self.server)
+        add_traces = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
+        add_metrics = metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server
+        add_traces(Traces(), self.server)  # type: ignore[no-untyped-call]
+        add_metrics(Metrics(), self.server)  # type: ignore[no-untyped-call]
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     @property
