@@ -13,12 +13,14 @@ from decimal import Decimal
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from rich.console import Console
 from typer.testing import CliRunner
 
 from shoal.aggregates.application import ShoalCore, open_core
 from shoal.bus import ShoalSettings
 from shoal.errors import QueryFailed, Refused, ServiceUnavailable
 from shoal.ops.cli import app
+from shoal.ops.cli.cost import fetch_demo_summary, render_demo_summary
 from shoal.projections.client import QueryClient
 from shoal.projections.queries import NAMED_QUERIES, CostAnswer, SessionsAnswer
 from shoal.projections.rebuild import rebuild
@@ -176,3 +178,19 @@ async def test_a_second_service_on_the_same_file_is_refused_in_one_line(
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: cannot open {s.data_dir / 'projections.duckdb'}: IO Error")
+
+
+async def test_the_demo_summary_shows_cost_by_agent_and_model_and_per_success(
+    service: Running, core: ShoalCore
+) -> None:
+    cost, success = await fetch_demo_summary(service.nc, service.settings)
+    assert cost.by == ["agent", "model"]
+    assert cost.total_usd == sum((s.cost_usd for s in core.sessions()), Decimal(0))
+    assert success.total.successes > 0
+    console = Console(record=True, width=200)
+    render_demo_summary(console, cost, success)
+    text = console.export_text()
+    assert "cost by agent, model (USD, server-side)" in text
+    assert "cost per successful outcome (USD)" in text
+    assert f"{cost.total_usd:.6f}" in text
+    assert f"{success.total.cost_per_success_usd:.6f}" in text
