@@ -9,6 +9,8 @@ aggregate's state (:meth:`Fleet.desired`), never written from anywhere else.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -297,14 +299,16 @@ class FleetApplication(Application[UUID]):
 
         return self._save_fresh(name, change)
 
-    def _save_fresh(self, name: str, change: Callable[[], Fleet], attempts: int = 3) -> Fleet:
+    def _save_fresh(self, name: str, change: Callable[[], Fleet], attempts: int = 10) -> Fleet:
         # Two operators commanding one fleet at once: the second save conflicts on the
-        # aggregate's version. Re-read and re-validate against the new state, then retry.
-        for _ in range(attempts):
+        # aggregate's version. Re-read and re-validate against the new state, then retry
+        # after a jittered back-off, so two retrying writers stop colliding in lockstep.
+        for attempt in range(attempts):
             fleet = change()
             try:
                 self.save(fleet)
             except IntegrityError:
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))
                 continue
             return fleet
         raise Refused(f"fleet {name} kept changing under this command; try again")
