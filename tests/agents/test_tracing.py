@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from shoal.agents.demo import demo_agents, write_workspace
 from shoal.agents.models import OfflineModelClient
@@ -21,9 +23,10 @@ from shoal.bus.genai import GenAI
 from shoal.bus.spanfile import SpanRecord, read_spans
 from shoal.bus.telemetry import setup_telemetry, spans_path
 from shoal.bus.tracecontext import current_traceparent, goal_context, goal_trace_id
+from shoal.ops.cli import app
 from shoal.ops.demo import run_demo
 from shoal.ops.goals import build_goal, submit_goal
-from shoal.schemas import CloudEvent, ModelCalled, PolicyDecided, ToolCalled
+from shoal.schemas import CloudEvent, ModelCalled, PolicyDecided, ToolCalled, parse_event
 from tests.agents.conftest import wait_events
 from tests.bus.test_telemetry import otel_settings
 from tests.otlpreceiver import OtlpHttpReceiver
@@ -227,4 +230,24 @@ async def test_a_worker_in_another_process_continues_the_goal_trace(
     worker_spans = [s for s in spans if s.resource["service.name"] == "shoal-agent"]
     assert {s.resource["service.instance.id"] for s in worker_spans} == {"w1"}
     events = [s.event for s in stored if s.event is not None]
+    assert_trace_mirrors_events(spans, events)
+
+
+def test_shoal_demo_leaves_its_goal_trace_in_the_span_file(settings: ShoalSettings) -> None:
+    env = {
+        "NATS_URL": settings.nats_url or "",
+        "SHOAL_PREFIX": settings.prefix,
+        "SHOAL_DATA_DIR": str(settings.data_dir),
+        "SHOAL_PRINCIPAL": "tester",
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        "OTEL_SERVICE_NAME": "",
+    }
+    result = CliRunner().invoke(app, ["demo", "--json"], env=env)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["trace_id"] == f"{goal_trace_id(doc['gid']):032x}"
+    spans = [s for s in read_spans(spans_path(settings)) if s.trace_id == doc["trace_id"]]
+    assert {s.resource["service.name"] for s in spans} == {"shoal-demo"}
+    events = [parse_event(e["event"]) for e in doc["events"]]
     assert_trace_mirrors_events(spans, events)
