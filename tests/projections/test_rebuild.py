@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pytest
 from typer.testing import CliRunner
 
 from shoal.aggregates.application import ShoalCore, open_core
 from shoal.bus import ShoalSettings
+from shoal.errors import InvalidSpec
 from shoal.ops.cli import app
+from shoal.ops.cli.cost import parse_since
 from shoal.projections.host import projection_path
 from shoal.projections.queries import NAMED_QUERIES, all_answers
 from shoal.projections.view import open_view
@@ -97,3 +101,33 @@ def test_export_writes_every_table_as_parquet(
     model_calls = pq.read_table(target / "model_calls.parquet")
     assert model_calls.num_rows == counts["model_calls"]
     assert sum(model_calls.column("cost_usd").to_pylist()) == total
+
+
+def test_since_takes_a_duration_back_from_now_or_a_time() -> None:
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert parse_since("24h", now) == datetime(2026, 2, 28, 12, 0, tzinfo=UTC)
+    assert parse_since("90m", now) == datetime(2026, 3, 1, 10, 30, tzinfo=UTC)
+    assert parse_since("7d", now) == datetime(2026, 2, 22, 12, 0, tzinfo=UTC)
+    assert parse_since("2026-02-01T08:00:00", now) == datetime(2026, 2, 1, 8, 0, tzinfo=UTC)
+    assert parse_since(None, now) is None
+    with pytest.raises(InvalidSpec, match="'yesterday' is neither a duration"):
+        parse_since("yesterday", now)
+
+
+def test_cost_since_a_time_counts_only_later_calls(
+    core: ShoalCore, settings_with_core: ShoalSettings
+) -> None:
+    db = settings_with_core.data_dir / "p.duckdb"
+    build(core, db).datastore.close()
+    cut = "2026-01-05T09:10:00+00:00"
+    answer = json.loads(
+        _cli(settings_with_core, "cost", "--by", "fleet", "--since", cut, "--db", str(db), "--json")
+    )
+    view = open_view(db, read_only=True)
+    expected = view.datastore.rows(
+        "SELECT sum(cost_usd) AS s, count(*) AS n FROM model_calls WHERE ts >= ?", [cut]
+    )[0]
+    assert Decimal(answer["total_usd"]) == expected["s"]
+    assert answer["calls"] == expected["n"] > 0
+    everything = view.datastore.rows("SELECT count(*) AS n FROM model_calls")[0]["n"]
+    assert answer["calls"] < everything
