@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import typer
@@ -9,52 +10,77 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.tree import Tree
 
-from shoal.bus import Stored
+from shoal.bus import Bus, Stored
 from shoal.bus.genai import GenAI
 from shoal.bus.telemetry import setup_telemetry
 from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli.cost import fetch_demo_summary, render_demo_summary
 from shoal.ops.connect import open_bus
 from shoal.ops.demo import DemoResult, GoalProgress, demo_services, run_demo, session_tree
 from shoal.ops.events import event_summary, stored_to_json
+from shoal.ops.inprocess import local_platform
+from shoal.projections.answers import CostAnswer, SuccessCostAnswer
 from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """The demo's goal and, answered by the query service, what it cost."""
+
+    result: DemoResult
+    cost: CostAnswer
+    per_success: SuccessCostAnswer
+
+
 def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Run the demo fleet on a goal: live progress, then the result and the event timeline."""
+    """Run the demo fleet on a goal: live progress, the result, the timeline and its cost."""
     c = cli(ctx, as_json)
     with setup_telemetry(c.settings, "shoal-demo") as telemetry:
-        result = run(c, _demo(c, GenAI(telemetry)))
+        done = run(c, _demo(c, GenAI(telemetry)))
     if c.json:
-        emit_json(_as_json(result))
+        emit_json(_as_json(done))
     else:
-        _print(c, result)
-    if not isinstance(result.outcome.data, GoalCompleted):
+        _print(c, done.result)
+        render_demo_summary(c.out, done.cost, done.per_success)
+    if not isinstance(done.result.outcome.data, GoalCompleted):
         raise typer.Exit(1)
 
 
-async def _demo(c: Cli, genai: GenAI) -> DemoResult:
-    async with open_bus(c.settings, name="shoal-demo") as bus:
-        if c.json:
-            return await run_demo(bus, genai=genai, services=demo_services(c.settings))
-        with Progress(
-            TextColumn("[bold]goal[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("tasks"),
-            TimeElapsedColumn(),
-            console=c.err,
-            transient=False,
-        ) as bar:
-            task = bar.add_task("planning…", total=None)
+async def _demo(c: Cli, genai: GenAI) -> DemoRun:
+    async with (
+        open_bus(c.settings, name="shoal-demo") as bus,
+        local_platform(bus) as platform,
+    ):
+        result = await _run_goal(c, bus, genai)
+        # The summary is the query service's answer over NATS, once the core has ingested
+        # every event of the run (the service then catches up with the core by itself).
+        await platform.caught_up()
+        cost, per_success = await fetch_demo_summary(bus.nc, c.settings)
+        return DemoRun(result, cost, per_success)
 
-            def on_progress(p: GoalProgress) -> None:
-                label = "done" if p.outcome is not None else "running"
-                bar.update(task, total=p.total, completed=p.done, description=label)
 
-            return await run_demo(
-                bus, genai=genai, services=demo_services(c.settings), on_progress=on_progress
-            )
+async def _run_goal(c: Cli, bus: Bus, genai: GenAI) -> DemoResult:
+    if c.json:
+        return await run_demo(bus, genai=genai, services=demo_services(c.settings))
+    with Progress(
+        TextColumn("[bold]goal[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tasks"),
+        TimeElapsedColumn(),
+        console=c.err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("planning…", total=None)
+
+        def on_progress(p: GoalProgress) -> None:
+            label = "done" if p.outcome is not None else "running"
+            bar.update(task, total=p.total, completed=p.done, description=label)
+
+        return await run_demo(
+            bus, genai=genai, services=demo_services(c.settings), on_progress=on_progress
+        )
 
 
 def _print(c: Cli, result: DemoResult) -> None:
@@ -110,7 +136,8 @@ def _timeline(result: DemoResult) -> Tree:
     return root
 
 
-def _as_json(result: DemoResult) -> dict[str, Any]:
+def _as_json(done: DemoRun) -> dict[str, Any]:
+    result = done.result
     return {
         "gid": result.gid,
         "iid": result.root_iid,
@@ -119,6 +146,8 @@ def _as_json(result: DemoResult) -> dict[str, Any]:
         "elapsed_s": round(result.elapsed_s, 3),
         "trace_id": f"{goal_trace_id(result.gid):032x}",
         "events": [stored_to_json(s) for s in result.events],
+        "cost": done.cost.model_dump(mode="json"),
+        "cost_per_success": done.per_success.model_dump(mode="json"),
     }
 
 
