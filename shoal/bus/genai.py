@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -59,7 +59,6 @@ CONTENT_LIMIT = 4096
 """Longest tool argument/result text put on a span (characters)."""
 
 Attributes = dict[str, str | int | float | bool]
-C = TypeVar("C", bound="Call")
 
 
 AttrKey = tuple[tuple[str, str | int | float | bool], ...]
@@ -156,13 +155,59 @@ def session_attributes(
 
 
 class Call:
-    """One GenAI operation in flight: its span, and the attributes its metrics will carry."""
+    """One GenAI operation: a context manager around its span (made current while it runs),
+    with the attributes its metrics will carry. With telemetry off it does nothing.
 
-    def __init__(self, genai: GenAI, span: Span, operation: str, metric_attrs: Attributes) -> None:
+    A class rather than a generator context manager: three of these run per task.
+    """
+
+    def __init__(
+        self,
+        genai: GenAI,
+        name: str,
+        kind: SpanKind,
+        attributes: Attributes,
+        metric_attrs: Attributes,
+        parent: Context | None = None,
+        timed: bool = True,
+    ) -> None:
         self.genai = genai
-        self.span = span
-        self.operation = operation
+        self.name = name
+        self.kind = kind
+        self.attributes = attributes
         self.metric_attrs = metric_attrs
+        self.parent = parent
+        self.timed = timed
+        self.span: Span = INVALID_SPAN
+        self._token: object = None
+        self._started = 0.0
+
+    def __enter__(self) -> Self:
+        genai = self.genai
+        if genai.enabled:
+            self._started = time.perf_counter()
+            self.span = genai.tracer.start_span(
+                self.name, context=self.parent, kind=self.kind, attributes=self.attributes
+            )
+            self._token = context_api.attach(trace.set_span_in_context(self.span, self.parent))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is None:
+            return
+        if exc is not None:  # cancellation too: the span must say it did not finish
+            self.fail(exc)
+        context_api.detach(self._token)  # type: ignore[arg-type]
+        self._token = None
+        self.span.end()
+        if self.timed:
+            elapsed = time.perf_counter() - self._started
+            self.genai.metrics.operation_duration.record(elapsed, self.metric_attrs)
 
     def set(self, key: str, value: str | int | float | bool) -> None:
         """Set one span attribute."""
@@ -273,40 +318,6 @@ class GenAI:
         """Spans and metrics that go nowhere (tests and tools that do not trace)."""
         return cls(Telemetry.disabled())
 
-    @contextmanager
-    def _operation(
-        self,
-        call_type: type[C],
-        name: str,
-        kind: SpanKind,
-        attributes: Attributes,
-        metric_attrs: Attributes,
-        parent: Context | None = None,
-        timed: bool = True,
-    ) -> Iterator[C]:
-        operation = str(attributes["gen_ai.operation.name"])
-        if not self.enabled:
-            yield call_type(self, INVALID_SPAN, operation, metric_attrs)
-            return
-        started = time.perf_counter()
-        # start_span + attach rather than start_as_current_span: two context managers less
-        # on a path every task takes three times (see bench/bench_tracing.py).
-        span = self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
-        token = context_api.attach(trace.set_span_in_context(span, parent))
-        call = call_type(self, span, operation, metric_attrs)
-        try:
-            yield call
-        except BaseException as e:  # cancellation too: the span must say it did not finish
-            call.fail(e)
-            raise
-        finally:
-            context_api.detach(token)
-            span.end()
-            if timed:
-                self.metrics.operation_duration.record(
-                    time.perf_counter() - started, call.metric_attrs
-                )
-
     def invoke_agent(
         self,
         agent: str,
@@ -315,7 +326,7 @@ class GenAI:
         parent: Context | None = None,
         capability: str | None = None,
         attempt: int | None = None,
-    ) -> AbstractContextManager[AgentCall]:
+    ) -> AgentCall:
         """``with genai.invoke_agent(agent, attrs, parent=ctx) as call:`` around one task.
 
         ``parent`` is the context extracted from the task message, so a delegated task
@@ -328,8 +339,8 @@ class GenAI:
         if attempt is not None:
             attrs["shoal.attempt"] = attempt
         metric_attrs = _metric_base("invoke_agent", PROVIDER_SHOAL, session)
-        return self._operation(
-            AgentCall,
+        return AgentCall(
+            self,
             f"invoke_agent {agent}",
             SpanKind.INTERNAL,
             attrs,
@@ -338,9 +349,7 @@ class GenAI:
             timed=False,  # gen_ai.client.operation.duration times model calls (chat)
         )
 
-    def chat(
-        self, model: str, session: Attributes, *, provider: str | None = None
-    ) -> AbstractContextManager[ChatCall]:
+    def chat(self, model: str, session: Attributes, *, provider: str | None = None) -> ChatCall:
         """``with genai.chat(model, attrs) as call:`` around one model call."""
         attrs: Attributes = {
             "gen_ai.operation.name": "chat",
@@ -351,11 +360,9 @@ class GenAI:
             attrs["gen_ai.provider.name"] = provider
         metric_attrs = _metric_base("chat", provider, session)
         metric_attrs["gen_ai.request.model"] = model
-        return self._operation(ChatCall, f"chat {model}", SpanKind.CLIENT, attrs, metric_attrs)
+        return ChatCall(self, f"chat {model}", SpanKind.CLIENT, attrs, metric_attrs)
 
-    def execute_tool(
-        self, tool: str, session: Attributes, *, call_id: str
-    ) -> AbstractContextManager[ToolCall]:
+    def execute_tool(self, tool: str, session: Attributes, *, call_id: str) -> ToolCall:
         """``with genai.execute_tool(tool, attrs, call_id=...) as call:`` around one tool call."""
         attrs: Attributes = {
             "gen_ai.operation.name": "execute_tool",
@@ -367,8 +374,8 @@ class GenAI:
         metric_attrs = _metric_base("execute_tool", None, session)
         metric_attrs["gen_ai.tool.name"] = tool
         # Not timed: gen_ai.client.operation.duration times model calls (chat).
-        return self._operation(
-            ToolCall, f"execute_tool {tool}", SpanKind.INTERNAL, attrs, metric_attrs, timed=False
+        return ToolCall(
+            self, f"execute_tool {tool}", SpanKind.INTERNAL, attrs, metric_attrs, timed=False
         )
 
     # -- counters outside any span ----------------------------------------------------------
