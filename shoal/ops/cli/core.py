@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shoal.aggregates import CORE_CONSUMER, CoreStats, run_core
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import resolve_url
+
+if TYPE_CHECKING:  # eventsourcing loads when the core runs, not at every CLI start
+    from shoal.aggregates import CoreStats
 
 
 def core(
     ctx: typer.Context,
     consumer: Annotated[
-        str, typer.Option("--consumer", help="Durable consumer name on the events stream.")
-    ] = CORE_CONSUMER,
+        str | None,
+        typer.Option("--consumer", help="Durable consumer name on the events stream (core)."),
+    ] = None,
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit once every stored event is ingested.")
     ] = False,
@@ -44,7 +47,10 @@ def core(
         )
 
 
-async def _core(c: Cli, consumer: str, until_idle: bool) -> CoreStats:
+async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
+    from shoal.aggregates import CORE_CONSUMER, run_core
+
+    consumer = consumer or CORE_CONSUMER
     url = resolve_url(c.settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

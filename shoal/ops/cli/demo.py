@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -11,17 +11,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.tree import Tree
 
 from shoal.bus import Bus, Stored
-from shoal.bus.genai import GenAI
-from shoal.bus.telemetry import setup_telemetry
 from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
-from shoal.ops.cli.cost import fetch_demo_summary, render_demo_summary
 from shoal.ops.connect import open_bus
-from shoal.ops.demo import DemoResult, GoalProgress, demo_services, run_demo, session_tree
 from shoal.ops.events import event_summary, stored_to_json
-from shoal.ops.inprocess import local_platform
-from shoal.projections.answers import CostAnswer, SuccessCostAnswer
 from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed
+
+if TYPE_CHECKING:
+    # The demo pulls in every part of shoal (DuckDB, pyarrow, eventsourcing, the agents):
+    # imported when it runs, not at every CLI start (an agent instance's start-up included).
+    from shoal.bus.genai import GenAI
+    from shoal.ops.demo import DemoResult
+    from shoal.projections.answers import CostAnswer, SuccessCostAnswer
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class DemoRun:
 
 def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Run the demo fleet on a goal: live progress, the result, the timeline and its cost."""
+    from shoal.bus.genai import GenAI
+    from shoal.bus.telemetry import setup_telemetry
+    from shoal.ops.cli.cost import render_demo_summary
+
     c = cli(ctx, as_json)
     with setup_telemetry(c.settings, "shoal-demo") as telemetry:
         done = run(c, _demo(c, GenAI(telemetry)))
@@ -48,6 +53,9 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 async def _demo(c: Cli, genai: GenAI) -> DemoRun:
+    from shoal.ops.cli.cost import fetch_demo_summary
+    from shoal.ops.inprocess import local_platform
+
     async with (
         open_bus(c.settings, name="shoal-demo") as bus,
         local_platform(bus) as platform,
@@ -61,6 +69,8 @@ async def _demo(c: Cli, genai: GenAI) -> DemoRun:
 
 
 async def _run_goal(c: Cli, bus: Bus, genai: GenAI) -> DemoResult:
+    from shoal.ops.demo import GoalProgress, demo_services, run_demo
+
     if c.json:
         return await run_demo(bus, genai=genai, services=demo_services(c.settings))
     with Progress(
@@ -110,6 +120,8 @@ def _print(c: Cli, result: DemoResult) -> None:
 
 def _timeline(result: DemoResult) -> Tree:
     """The goal's events as a tree of sessions (children under the IID that delegated)."""
+    from shoal.ops.demo import session_tree
+
     by_iid: dict[str, list[Stored]] = {}
     for item in result.events:
         if item.event is not None:
