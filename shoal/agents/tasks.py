@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from shoal.agents.agent import Handler, to_output
+from shoal.agents.agent import GoalHandler, Handler, to_output
 from shoal.agents.context import TaskContext
 from shoal.agents.delegation import Delegator
 from shoal.agents.errors import Killed, PermanentTaskError, PolicyDenied
@@ -228,17 +228,21 @@ class TaskRunner:
             await msg.ack()
             return
         with self._invoke_agent(msg, event, session, "goals", attempt) as call:
-            await self._run_goal(call, msg, event, session, attempt)
+            await self._run_goal(call, msg, handler, event.data, session, attempt)
 
     async def _run_goal(
-        self, call: AgentCall, msg: Msg, event: CloudEvent, session: Session, attempt: int
+        self,
+        call: AgentCall,
+        msg: Msg,
+        handler: GoalHandler,
+        goal: GoalSubmitted,
+        session: Session,
+        attempt: int,
     ) -> None:
-        handler = self.rt.agent.goal_handler
-        assert handler is not None and isinstance(event.data, GoalSubmitted)
         ctx = self._context(session, "goals", attempt)
         self.inflight[id(msg)] = (msg, session.iid, time.monotonic())
         try:
-            outcome = await handler(ctx, event.data)
+            outcome = await handler(ctx, goal)
             if not isinstance(outcome, GoalCompleted | GoalFailed):
                 outcome = GoalCompleted(result=outcome if isinstance(outcome, dict) else {})
         except asyncio.CancelledError:
