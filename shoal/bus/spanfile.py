@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +70,17 @@ def _json(value: Any) -> bytes:
     return to_json(value, fallback=str)
 
 
+def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    # A span's attributes are a read-only proxy of the SDK's BoundedAttributes, whose Python
+    # iteration dict() would walk key by key; copy() is the underlying dict's C copy.
+    return dict(attributes.copy()) if attributes else {}  # type: ignore[attr-defined]
+
+
 def _span_fields(span: ReadableSpan) -> dict[str, Any]:
-    ctx = span.get_span_context()
+    ctx = span.context
     parent = span.parent
+    status = span.status
+    scope = span.instrumentation_scope
     assert ctx is not None
     return {
         "trace_id": f"{ctx.trace_id:032x}",
@@ -82,13 +90,13 @@ def _span_fields(span: ReadableSpan) -> dict[str, Any]:
         "kind": span.kind.name,
         "start_time_unix_nano": span.start_time,
         "end_time_unix_nano": span.end_time,
-        "status": {"code": span.status.status_code.name, "description": span.status.description},
-        "attributes": dict(span.attributes or {}),
+        "status": {"code": status.status_code.name, "description": status.description},
+        "attributes": _plain(span.attributes),
         "events": [
-            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})}
+            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": _plain(e.attributes)}
             for e in span.events
         ],
-        "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
+        "scope": scope.name if scope else None,
     }
 
 
