@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.errors import Error as NatsError
@@ -59,14 +60,24 @@ class ClusterNode:
             "}\n"
         )
 
-    def meta_leader(self) -> str | None:
-        """The JetStream meta leader this node knows of (monitoring ``/jsz``), if any."""
-        url = f"http://127.0.0.1:{self.http_port}/jsz"
+    def monitor(self, endpoint: str) -> dict[str, Any] | None:
+        """This node's monitoring ``endpoint`` (``varz``, ``jsz``…), or None if it fails."""
+        url = f"http://127.0.0.1:{self.http_port}/{endpoint}"
         try:
             with urllib.request.urlopen(url, timeout=1.0) as response:
-                jsz = json.load(response)
+                answer = json.load(response)
         except (OSError, ValueError):
             return None
+        return answer if isinstance(answer, dict) else None
+
+    def varz_name(self) -> str | None:
+        """The ``server_name`` the process on this node's HTTP port reports."""
+        varz = self.monitor("varz") or {}
+        return varz.get("server_name")
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader this node knows of (monitoring ``/jsz``), if any."""
+        jsz = self.monitor("jsz") or {}
         leader = (jsz.get("meta_cluster") or {}).get("leader")
         return str(leader) if leader else None
 
@@ -108,10 +119,10 @@ class NatsCluster:
 
     def __post_init__(self) -> None:
         if not self.nodes:
-            self.nodes = [
-                ClusterNode(f"{self.name}-n{i + 1}", self.root / f"n{i + 1}")
-                for i in range(self.size)
-            ]
+            self.nodes = self._new_nodes(self.root)
+
+    def _new_nodes(self, home: Path) -> list[ClusterNode]:
+        return [ClusterNode(f"{self.name}-n{i + 1}", home / f"n{i + 1}") for i in range(self.size)]
 
     @property
     def urls(self) -> list[str]:
@@ -125,18 +136,40 @@ class NatsCluster:
     def node(self, name: str) -> ClusterNode:
         return next(node for node in self.nodes if node.name == name)
 
-    def start(self, timeout: float = 10.0) -> NatsCluster:
-        """Start every node and wait until each accepts client connections."""
-        for node in self.nodes:
-            node.start(self.name, self.routes)
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> NatsCluster:
+        """Start every node and wait until each accepts client connections.
+
+        The nine ports are picked free but only bound when the servers start, so a process
+        started meanwhile (other test suites pick free ports too) can take one: a node that
+        dies at start is retried, with fresh ports and stores, ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            for node in self.nodes:
+                node.start(self.name, self.routes)
+            failed = self._wait_for_ports(timeout)
+            if failed is None:
+                return self
+            self.stop()
+            if attempt == attempts:
+                raise RuntimeError(f"cluster node {failed.name} did not start; see {failed.home}")
+            self.nodes = self._new_nodes(self.root / f"retry-{attempt}")
+        return self
+
+    def _wait_for_ports(self, timeout: float) -> ClusterNode | None:
+        """None once every node serves its ports, else the first node that did not.
+
+        An open port alone proves nothing if another process took it, so each node must
+        also answer ``/varz`` with its own name, and still be alive a moment later (a
+        server that cannot bind one of its ports exits).
+        """
         deadline = time.monotonic() + timeout
         for node in self.nodes:
-            while not port_open(node.port):
+            while not (port_open(node.port) and node.varz_name() == node.name):
                 if not node.alive or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"cluster node {node.name} did not start; see {node.home}")
+                    return node
                 time.sleep(0.02)
-        return self
+        time.sleep(0.2)
+        return next((node for node in self.nodes if not node.alive), None)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -176,7 +209,7 @@ class NatsCluster:
             num_replicas=self.size,
             storage=api.StorageType.MEMORY,
         )
-        nc = await nats.connect(self.urls[0], connect_timeout=2, allow_reconnect=False)
+        nc = await nats.connect(self.urls[0], connect_timeout=5, allow_reconnect=False)
         try:
             js = nc.jetstream(timeout=2.0)
             while True:
