@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoServersError
 from nats.js import api
+from nats.js.errors import ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from shoal.bus.settings import ShoalSettings
@@ -84,9 +85,23 @@ class Bus:
                 except (TimeoutError, nats.errors.ConnectionClosedError):
                     await nc.close()
 
-    async def provision(self) -> list[str]:
-        """Create missing streams and buckets (idempotent); return what was created."""
-        return await provision(self.js, self.topology)
+    async def provision(self, attempts: int = 3) -> list[str]:
+        """Create missing streams and buckets (idempotent); return what was created.
+
+        On a young or recovering cluster a JetStream API call can time out although it was
+        carried out (the reply was lost) or fail placement while a peer is still starting;
+        provisioning is idempotent, so it is simply asked again.
+        """
+        created: list[str] = []
+        for attempt in range(attempts):
+            try:
+                created += await provision(self.js, self.topology)
+                return created
+            except (TimeoutError, nats.errors.TimeoutError, ServiceUnavailableError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+        return created
 
     # -- publish ----------------------------------------------------------------------------
     def event_subject(self, event: CloudEvent) -> str:
@@ -217,9 +232,11 @@ async def open_connection(url: str, settings: ShoalSettings, *, name: str) -> NA
         # fail; nats-py would otherwise print them to stderr.
         return None
 
+    # NATS_URL may list several servers of a cluster, comma-separated.
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     try:
         nc = await nats.connect(
-            url,
+            servers,
             name=name,
             connect_timeout=settings.connect_timeout,
             allow_reconnect=True,
@@ -231,6 +248,8 @@ async def open_connection(url: str, settings: ShoalSettings, *, name: str) -> NA
         )
     except (NoServersError, OSError, TimeoutError) as e:
         raise NatsUnreachable(f"no NATS server reachable at {url}: {e or type(e).__name__}") from e
+    except nats.errors.Error as e:  # a malformed URL, refused authorization…
+        raise NatsUnreachable(f"cannot connect to {url}: {e}") from e
     # Once connected, ride out outages: a restarted server must not end a long-running
     # process; operations that fail meanwhile raise and are reported where they happen.
     nc.options["max_reconnect_attempts"] = -1

@@ -99,3 +99,24 @@ def test_status_without_a_running_embedded_server_says_how_to_start_one(tmp_path
     with pytest.raises(NatsUnreachable, match="run 'shoal up'"):
         resolve_url(ShoalSettings(data_dir=tmp_path), start=False)
     assert os.listdir(tmp_path) == []
+
+
+async def test_nats_url_may_list_several_servers(settings: ShoalSettings, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    several = ShoalSettings(
+        nats_url=f"nats://127.0.0.1:{dead}, {settings.nats_url}",
+        prefix=settings.prefix,
+        data_dir=tmp_path,
+    )
+    async with open_bus(several) as bus:
+        assert bus.nc.connected_url is not None
+        assert f"nats://127.0.0.1:{bus.nc.connected_url.port}" == settings.nats_url
+
+
+async def test_a_malformed_nats_url_is_one_clear_error(tmp_path: Path) -> None:
+    settings = ShoalSettings(nats_url="nats://127.0.0.1:notaport", data_dir=tmp_path)
+    with pytest.raises(NatsUnreachable, match="nats://127.0.0.1:notaport"):
+        async with open_bus(settings):
+            pass

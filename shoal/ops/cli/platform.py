@@ -36,10 +36,11 @@ def up(
             }
         )
         return
-    verb = (
-        "started" if result.started_server else ("using" if not c.settings.embedded else "reusing")
-    )
-    c.out.print(f"NATS {verb} at [bold]{result.url}[/]")
+    if not c.settings.embedded:
+        c.out.print(f"using NATS at [bold]{result.url}[/]")
+    else:
+        verb = "started" if result.started_server else "reusing"
+        c.out.print(f"NATS {verb} at [bold]{result.url}[/]")
     if result.created:
         c.out.print(f"provisioned: {', '.join(result.created)}")
     for name, pid in result.services.items():
