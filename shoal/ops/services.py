@@ -4,9 +4,10 @@ Three services: the core (``shoal core``: ingestion, budgets, watchdog), the que
 (``shoal projections serve``: owns the DuckDB projection and answers over NATS), and a
 supervisor (``shoal supervisor``: runs the instances of applied fleets). Each runs in its own
 session, so it outlives the ``shoal up`` that started it, logs to
-``<data_dir>/services/<name>.log`` and is found again through ``<name>.json`` (pid, URL).
-A recorded pid counts only while that process still runs the service's command line, so a
-recycled pid is never signalled.
+``<data_dir>/services/<name>.log`` and is found again through ``<name>.json`` (pid, its
+kernel start time, URL). A recorded pid counts only while the process with that pid has that
+start time, so a recycled pid is never signalled (the command line would not do: between
+fork and exec a child still shows its parent's).
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class LocalService:
     def pid(self, settings: ShoalSettings) -> int | None:
         """The pid of the running service, or None."""
         try:
-            pid = int(json.loads(self.record_path(settings).read_text())["pid"])
+            record = json.loads(self.record_path(settings).read_text())
+            pid, started = int(record["pid"]), record.get("started")
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return pid if pid_alive(pid) and self._runs_us(pid) else None
+        return pid if pid_alive(pid) and _start_time(pid) == started else None
 
     def start(self, settings: ShoalSettings, url: str) -> tuple[int, bool]:
         """Start it detached unless it runs; return (pid, started)."""
@@ -70,7 +72,8 @@ class LocalService:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.record_path(settings).write_text(json.dumps({"pid": proc.pid, "url": url}))
+        record = {"pid": proc.pid, "started": _start_time(proc.pid), "url": url}
+        self.record_path(settings).write_text(json.dumps(record))
         return proc.pid, True
 
     def stop(self, settings: ShoalSettings, timeout: float = 15.0) -> int | None:
@@ -89,12 +92,15 @@ class LocalService:
             self.record_path(settings).unlink()
         return pid
 
-    def _runs_us(self, pid: int) -> bool:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        except OSError:
-            return True  # no /proc (not Linux): trust the record
-        return [a.decode(errors="replace") for a in cmdline[-len(self.args) :]] == list(self.args)
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None where /proc is absent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) start at field 3; starttime is 22.
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 CORE = LocalService("core", ("core",))
