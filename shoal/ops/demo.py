@@ -26,7 +26,6 @@ from shoal.agents.runtime import AgentRuntime
 from shoal.agents.tools import ToolEnv
 from shoal.bus import Bus, ShoalSettings, Stored
 from shoal.bus.genai import GenAI
-from shoal.bus.tracecontext import current_traceparent, goal_context
 from shoal.errors import InvalidEvent, Refused
 from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas import CloudEvent, GoalCompleted, GoalFailed, GoalPlanned, parse_event
@@ -139,10 +138,6 @@ async def run_demo(
     goal = build_goal(
         fleet, DEMO_GOAL, principal=bus.settings.principal, inputs={"pattern": "*.md"}
     )
-    if genai is not None and genai.enabled and goal.gid:
-        # The goal's own trace context: goal.submitted links to the trace like every event.
-        traceparent = current_traceparent(goal_context(goal.gid))
-        goal = goal.model_copy(update={"traceparent": traceparent})
     assert goal.gid is not None
     progress = GoalProgress(goal.gid, goal.iid)
     finished = asyncio.Event()

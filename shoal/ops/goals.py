@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shoal.bus import Bus
+from shoal.bus.tracecontext import current_traceparent, goal_context
 from shoal.errors import InvalidEvent
 from shoal.schemas import CloudEvent, GoalSubmitted, describe_validation_error, new_id
 
@@ -36,17 +37,21 @@ def build_goal(
     inputs: dict[str, Any] | None = None,
     budget_usd: str | None = None,
 ) -> CloudEvent:
-    """A ``goal.submitted`` event with a new GID and IID, validated."""
+    """A ``goal.submitted`` event with a new GID and IID and the goal's trace, validated."""
     try:
         budget = Decimal(budget_usd) if budget_usd is not None else None
     except InvalidOperation as e:
         raise InvalidEvent(f"--budget {budget_usd!r} is not a number of dollars") from e
+    gid = new_id()
     try:
         data = GoalSubmitted(fleet=fleet, text=text, inputs=inputs or {}, budget_usd=budget)
         return CloudEvent.new(
             data,
             iid=new_id(),
-            gid=new_id(),
+            gid=gid,
+            # The goal's trace: its id follows from the GID, so every process that works on
+            # the goal joins one trace whether or not the submitter traces.
+            traceparent=current_traceparent(goal_context(gid)),
             fleet=fleet,
             principal=principal,
             source=f"shoal://cli/{principal}",

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shoal.bus import Bus, ShoalSettings
+from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli import app
 from shoal.ops.server import EmbeddedServer, pid_alive
 from shoal.schemas import CloudEvent, TaskStarted
@@ -102,6 +103,9 @@ async def test_goal_submit_publishes_goal_submitted_and_prints_the_gid(
     assert event is not None and event.type == "shoal.goal.submitted"
     assert (event.gid, event.fleet, event.principal) == (gid, "onboarding", "tester")
     assert event.source == "shoal://cli/tester"
+    # The goal's trace context, derived from the GID: every worker joins one trace.
+    version, trace_id, _span_id, flags = (event.traceparent or "---").split("-")
+    assert (version, trace_id, flags) == ("00", f"{goal_trace_id(gid):032x}", "01")
     assert event.data.model_dump()["budget_usd"] == pytest.approx(2.5)
     goals = await bus.js.get_msg(bus.topology.goals.name, subject=bus.subjects.goals("onboarding"))
     assert json.loads(goals.data)["id"] == event.id
