@@ -1,8 +1,10 @@
 """Running one agent instance as a process: resolve the declaration, serve until a signal.
 
-Library side of ``shoal agent run``. SIGTERM and SIGINT drain gracefully (stop taking
-tasks, finish in-flight ones, ``agent.stopped``, presence key deleted); a second signal
-cancels the drain. An instance kill switch also ends the process (exit 0: it was asked to).
+Library side of ``shoal agent run`` (:func:`run_instance`, shared by the typer command and
+the lean ``python -m shoal.agents run`` entry point that supervisors start). SIGTERM and
+SIGINT drain gracefully (stop taking tasks, finish in-flight ones, ``agent.stopped``,
+presence key deleted); a second signal cancels the drain. An instance kill switch also
+ends the process (exit 0: it was asked to).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Sequence
 from shoal.agents.agent import Agent
 from shoal.agents.models import ModelClient
 from shoal.agents.runtime import AgentRuntime
-from shoal.bus import Bus, check_token
+from shoal.bus import Bus, ShoalSettings, check_token
 from shoal.bus.genai import GenAI
+from shoal.bus.telemetry import setup_telemetry
 from shoal.errors import NotFound
+from shoal.schemas import new_id
 
-__all__ = ["resolve_agent", "serve"]
+__all__ = ["resolve_agent", "run_instance", "serve"]
 
 
 def resolve_agent(fleet: str, name: str, target: str | None = None) -> Agent:
@@ -102,3 +106,40 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     return runtime.stop_reason
+
+
+async def run_instance(
+    settings: ShoalSettings,
+    fleet: str,
+    name: str,
+    *,
+    target: str | None = None,
+    instance: str | None = None,
+    version: str | None = None,
+    concurrency: int = 8,
+    slot: int | None = None,
+    supervisor: str | None = None,
+) -> str:
+    """``shoal agent run``: connect (provisioning as every command does), serve with
+    telemetry until a signal or an instance kill; return the stop reason."""
+    # shoal.ops builds on the agents: its connection helper is imported when an instance runs.
+    from shoal.ops.connect import open_bus
+
+    agent = resolve_agent(fleet, name, target)
+    instance = instance or new_id()  # known before the runtime: the telemetry resource names it
+    attributes = {"shoal.fleet": fleet, "gen_ai.agent.name": name}
+    # Spans go to the local span file or OTLP per the OTEL_* settings; exit flushes them.
+    with setup_telemetry(
+        settings, "shoal-agent", instance_id=instance, attributes=attributes
+    ) as telemetry:
+        async with open_bus(settings, name=f"shoal-agent-{fleet}-{name}") as bus:
+            return await serve(
+                bus,
+                agent,
+                instance=instance,
+                version=version,
+                concurrency=concurrency,
+                slot=slot,
+                supervisor=supervisor,
+                genai=GenAI(telemetry),
+            )

@@ -2,7 +2,8 @@
 the tie that makes an instance die with its supervisor.
 
 Each instance is ``python -m shoal agent run FLEET AGENT --target … --instance … --version …
---slot … --supervisor …`` in a session of its own (so a Ctrl-C meant for the supervisor
+--slot … --supervisor …`` (the lean entry point :mod:`shoal.agents.__main__`: no typer app to
+build) in a session of its own (so a Ctrl-C meant for the supervisor
 does not reach it: the supervisor drains its instances itself). On Linux the child asks the
 kernel to send it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``): a SIGKILLed
 supervisor therefore leaves no unsupervised instance behind, and the supervisor that takes
@@ -26,6 +27,7 @@ from shoal.bus import ShoalSettings
 __all__ = [
     "Launch",
     "Launcher",
+    "bytecode_cache_dir",
     "instance_command",
     "instance_env",
     "signal_process",
@@ -55,7 +57,8 @@ Launcher = Callable[[Launch], list[str]]
 
 
 def instance_command(launch: Launch) -> list[str]:
-    """``python -m shoal agent run`` for one slot."""
+    """``python -m shoal agent run`` for one slot (``shoal/__main__.py`` routes it to the lean
+    :mod:`shoal.agents.__main__`; the words ``shoal agent run`` name it in process lists)."""
     return [
         sys.executable,
         "-m",
@@ -91,7 +94,19 @@ def instance_env(settings: ShoalSettings, url: str) -> dict[str, str]:
             "SHOAL_LEASE_TTL_S": str(settings.lease_ttl_s),
         }
     )
+    if env.pop("PYTHONDONTWRITEBYTECODE", ""):
+        # Without cached bytecode every instance compiles shoal and its dependencies from
+        # source: about half its CPU before the first heartbeat, times every replica. The
+        # installed tree stays free of __pycache__ (the point of that variable): the cache
+        # lives apart, in the user's cache directory, shared by every start that follows.
+        env.setdefault("PYTHONPYCACHEPREFIX", str(bytecode_cache_dir(env)))
     return env
+
+
+def bytecode_cache_dir(env: dict[str, str]) -> Path:
+    """Where instances keep compiled bytecode when ``PYTHONDONTWRITEBYTECODE`` is set."""
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "shoal" / "pycache"
 
 
 def _libc() -> ctypes.CDLL | None:

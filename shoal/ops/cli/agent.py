@@ -1,4 +1,9 @@
-"""``shoal agent run``: one agent instance in the foreground (what supervisors start)."""
+"""``shoal agent run``: one agent instance in the foreground (what supervisors start).
+
+``python -m shoal agent run …`` skips this typer command: ``shoal/__main__.py`` routes it to
+the lean :mod:`shoal.agents.__main__`, which parses the same options and calls the same
+:func:`~shoal.agents.serve.run_instance`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,8 @@ from typing import Annotated
 
 import typer
 
-from shoal.agents.serve import resolve_agent, serve
-from shoal.bus.genai import GenAI
-from shoal.bus.telemetry import setup_telemetry
-from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
-from shoal.ops.connect import open_bus
-from shoal.schemas import new_id
+from shoal.agents.serve import run_instance
+from shoal.ops.cli._common import JsonOption, cli, emit_json, run
 
 agent_app = typer.Typer(help="Run agent instances.", no_args_is_help=True)
 
@@ -44,42 +45,24 @@ def run_cmd(
 ) -> None:
     """Run one instance until SIGTERM/SIGINT (graceful drain, exit 0) or an instance kill."""
     c = cli(ctx, as_json)
-    reason = run(c, _run(c, fleet, agent, target, instance, version, concurrency, slot, supervisor))
+    reason = run(
+        c,
+        run_instance(
+            c.settings,
+            fleet,
+            agent,
+            target=target,
+            instance=instance,
+            version=version,
+            concurrency=concurrency,
+            slot=slot,
+            supervisor=supervisor,
+        ),
+    )
     if c.json:
         emit_json({"stopped": reason})
     else:
         c.err.print(f"agent {fleet}/{agent} stopped: {reason}")
-
-
-async def _run(
-    c: Cli,
-    fleet: str,
-    name: str,
-    target: str | None,
-    instance: str | None,
-    version: str | None,
-    concurrency: int,
-    slot: int | None,
-    supervisor: str | None,
-) -> str:
-    agent = resolve_agent(fleet, name, target)
-    instance = instance or new_id()  # known before the runtime: the telemetry resource names it
-    attributes = {"shoal.fleet": fleet, "gen_ai.agent.name": name}
-    # Spans go to the local span file or OTLP per the OTEL_* settings; exit flushes them.
-    with setup_telemetry(
-        c.settings, "shoal-agent", instance_id=instance, attributes=attributes
-    ) as telemetry:
-        async with open_bus(c.settings, name=f"shoal-agent-{fleet}-{name}") as bus:
-            return await serve(
-                bus,
-                agent,
-                instance=instance,
-                version=version,
-                concurrency=concurrency,
-                slot=slot,
-                supervisor=supervisor,
-                genai=GenAI(telemetry),
-            )
 
 
 def register(app: typer.Typer) -> None:
