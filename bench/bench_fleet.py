@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ from pathlib import Path
 from shoal.agents.killswitch import KillWatcher
 from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
 from shoal.ops.fleets import apply_fleet, fleet_command, kv_snapshot, open_fleet_app
+from shoal.ops.instances import bytecode_cache_dir
 from shoal.ops.kill import kill, unkill
 from shoal.schemas import utcnow
 from shoal.schemas.fleet import parse_fleet_spec
@@ -79,7 +81,18 @@ async def proc_count(settings: ShoalSettings) -> int:
     return len(agent_procs(settings.prefix))
 
 
-async def bench_scale(bus: Bus, settings: ShoalSettings, n: int) -> tuple[float, float, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU (user + system) a process has used so far, from ``/proc/PID/stat``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_scale(
+    bus: Bus, settings: ShoalSettings, n: int
+) -> tuple[float, float, float, list[float]]:
     app = open_fleet_app(settings)
     await apply_fleet(bus, app, parse_fleet_spec(SPEC), by="bench")
     log = (settings.data_dir / "supervisor.log").open("ab")
@@ -96,12 +109,14 @@ async def bench_scale(bus: Bus, settings: ShoalSettings, n: int) -> tuple[float,
         procs_up = await wait_for(lambda: proc_count(settings), lambda c: c == n, 120)
         await wait_for(lambda: presence_count(bus), lambda c: c == n, 120)
         up = time.monotonic() - started
+        # Each instance's CPU so far ≈ its start-up cost (it has just sent its first beat).
+        cpu = sorted(cpu_seconds(p.pid) for p in agent_procs(settings.prefix))
         started = time.monotonic()
         await fleet_command(bus, app, "demo", "scale", by="bench", replicas={"worker": 0})
         await wait_for(lambda: presence_count(bus), lambda c: c == 0, 120)
         await wait_for(lambda: proc_count(settings), lambda c: c == 0, 120)
         down = time.monotonic() - started
-        return procs_up, up, down
+        return procs_up, up, down, cpu
     finally:
         sup.send_signal(signal.SIGTERM)
         sup.wait(30)
@@ -201,6 +216,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def bytecode_note() -> str:
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return "the usual __pycache__"
+    return f"{bytecode_cache_dir(dict(os.environ))} (PYTHONDONTWRITEBYTECODE is set)"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=50)
@@ -216,11 +237,15 @@ async def main() -> None:
             async with Bus.connect(server.url, settings, name="bench") as bus:
                 await bus.provision()
                 n = args.instances
-                procs_up, up, down = await bench_scale(bus, settings, n)
+                procs_up, up, down, cpu = await bench_scale(bus, settings, n)
                 bare = await bench_bare(bus, server.url, n)
                 print(f"scale 0->{n}: {n} processes in {procs_up:.1f}s, all present in {up:.1f}s")
                 print(f"  ceiling: {n} bare nats-py processes connected+put in {bare:.1f}s")
                 print(f"  ratio: {up / bare:.1f}x   (target < 15 s)")
+                print(
+                    f"  CPU per instance when all were present: median {statistics.median(cpu):.2f}"
+                    f" s, max {cpu[-1]:.2f} s; bytecode cache: {bytecode_note()}"
+                )
                 print(f"scale {n}->0: all presence and processes gone in {down:.1f}s")
                 shoal_ms, raw_ms = await bench_refused(bus, args.kills)
                 print(

@@ -8,12 +8,13 @@ Works against OpenAI, vLLM, Ollama (``/v1``) and LiteLLM: they all accept
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from shoal.agents.errors import ModelError
 from shoal.agents.models import ChatRequest, Completion
+
+if TYPE_CHECKING:  # imported on first use: instances without an HTTP model never load httpx
+    import httpx
 
 __all__ = ["OpenAICompatibleClient"]
 
@@ -33,6 +34,8 @@ class OpenAICompatibleClient:
         return model == self.model
 
     def _client(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._http is None:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self._http = httpx.AsyncClient(
@@ -43,6 +46,8 @@ class OpenAICompatibleClient:
         return self._http
 
     async def complete(self, request: ChatRequest) -> Completion:
+        import httpx
+
         body: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
