@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_instances_keep_the_usual_pycache_when_writing_is_allowed(
 def test_agent_run_refuses_invalid_settings_with_one_line_and_exit_2(
     argv: list[str], tmp_path: Path
 ) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SHOAL_PRESENCE_TTL_S": "soon", "SHOAL_DATA_DIR": str(tmp_path)}
+    env = dict(os.environ, SHOAL_PRESENCE_TTL_S="soon", SHOAL_DATA_DIR=str(tmp_path))
     done = subprocess.run(
         [sys.executable, *argv, "demo", "summarizer"],
         env=env,
