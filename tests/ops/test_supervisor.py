@@ -316,7 +316,10 @@ async def test_supervisor_keeps_reconciling_after_the_nats_server_restarts(
         prefix=prefix,
         data_dir=tmp_path / "own",
         principal="tester",
-        lease_ttl_s=LEASE_TTL,
+        # Instances ride out an outage shorter than the lease; one that outlasts it must be
+        # fenced (stopped) instead. A SIGKILL and restart under load can take several
+        # seconds, so this test's lease is well above it.
+        lease_ttl_s=12.0,
         presence_ttl_s=3.0,
     )
     sups = Supervisors(own, tmp_path / "own-logs")
