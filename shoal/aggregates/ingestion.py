@@ -19,9 +19,11 @@ twice is the same switch.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,6 +56,26 @@ CORE_CONSUMER = "core"
 
 STALL_AFTER_IDLE = 3
 """Idle receive rounds with messages still pending before the core re-attaches."""
+
+BATCH_GC_THRESHOLD = 50_000
+"""Young-generation threshold of the cyclic GC while a batch is folded and written."""
+
+
+@contextmanager
+def _batch_gc() -> Iterator[None]:
+    """Let the cyclic GC's young generation grow while one batch is folded and written.
+
+    A batch allocates a dozen short-lived objects per event (the parsed CloudEvent, aggregate
+    events, their dicts, stored rows), all freed by reference counting. At the default
+    threshold (700) the collector runs every few dozen events and rescans the batch and the
+    cached sessions each time: measured ~20-30% of the fold. Restored after the batch.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], BATCH_GC_THRESHOLD), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 class ConsumerStalled(Exception):
@@ -197,6 +219,17 @@ class Ingestion:
         A message the fold raises on is remembered and the batch folded again without it
         (it is dead-lettered with the error): one bad message cannot stall the core.
         """
+        with _batch_gc():
+            result = await self._commit(fetched)
+        # AckPolicy.ALL: acknowledging the highest sequence acknowledges the whole batch.
+        await fetched.last.ack()
+        self.stats.messages += len(fetched.messages)
+        self.stats.add(result)
+        self.stats.position = self.processor.position
+        return result
+
+    async def _commit(self, fetched: Fetched) -> FoldResult:
+        """Fold the batch, carry out its side effects and write it with its tracking."""
         try:
             while True:
                 try:
@@ -213,11 +246,6 @@ class Ingestion:
         except BaseException:
             await asyncio.to_thread(self.processor.reset)
             raise
-        # AckPolicy.ALL: acknowledging the highest sequence acknowledges the whole batch.
-        await fetched.last.ack()
-        self.stats.messages += len(fetched.messages)
-        self.stats.add(result)
-        self.stats.position = self.processor.position
         return result
 
     async def _side_effects(self, result: FoldResult) -> None:
