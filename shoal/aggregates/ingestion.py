@@ -22,8 +22,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,25 +56,8 @@ CORE_CONSUMER = "core"
 STALL_AFTER_IDLE = 3
 """Idle receive rounds with messages still pending before the core re-attaches."""
 
-BATCH_GC_THRESHOLD = 50_000
-"""Young-generation threshold of the cyclic GC while a batch is folded and written."""
-
-
-@contextmanager
-def _batch_gc() -> Iterator[None]:
-    """Let the cyclic GC's young generation grow while one batch is folded and written.
-
-    A batch allocates a dozen short-lived objects per event (the parsed CloudEvent, aggregate
-    events, their dicts, stored rows), all freed by reference counting. At the default
-    threshold (700) the collector runs every few dozen events and rescans the batch and the
-    cached sessions each time: measured ~20-30% of the fold. Restored after the batch.
-    """
-    old = gc.get_threshold()
-    gc.set_threshold(max(old[0], BATCH_GC_THRESHOLD), *old[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
+CONSUMING_GC_THRESHOLD = 50_000
+"""Young-generation threshold of the cyclic GC while the core consumes (see ``attach``)."""
 
 
 class ConsumerStalled(Exception):
@@ -142,6 +124,7 @@ class Ingestion:
         self._buffer: list[Msg] = []
         self._full = asyncio.Event()
         self._last_watch = 0.0
+        self._gc_threshold: tuple[int, int, int] | None = None
 
     # -- the consumer ---------------------------------------------------------------------------
     async def attach(self) -> None:
@@ -151,8 +134,19 @@ class Ingestion:
         ``max_tracking_id + 1`` on every start, whatever an earlier run left acknowledged. It
         is a push consumer with flow control (measured 3-5x faster here than pull ``fetch``);
         ``max_ack_pending`` bounds what JetStream sends ahead of the acknowledged batch.
+
+        Until :meth:`detach`, the cyclic GC's young generation may grow to
+        :data:`CONSUMING_GC_THRESHOLD` objects: every message received and folded allocates
+        a dozen short-lived objects (``Msg``, parsed CloudEvent, aggregate events, their
+        dicts, stored rows), all freed by reference counting; at the default 700 the
+        collector ran every few dozen events and rescanned the cached sessions each time.
+        Measured +20-40 % events/s (docs/core.md).
         """
         await self.detach()
+        self._gc_threshold = gc.get_threshold()
+        gc.set_threshold(
+            max(self._gc_threshold[0], CONSUMING_GC_THRESHOLD), *self._gc_threshold[1:]
+        )
         js, position = self.bus.js, self.processor.position
         try:
             await js.delete_consumer(self.stream, self.consumer)
@@ -219,8 +213,7 @@ class Ingestion:
         A message the fold raises on is remembered and the batch folded again without it
         (it is dead-lettered with the error): one bad message cannot stall the core.
         """
-        with _batch_gc():
-            result = await self._commit(fetched)
+        result = await self._commit(fetched)
         # AckPolicy.ALL: acknowledging the highest sequence acknowledges the whole batch.
         await fetched.last.ack()
         self.stats.messages += len(fetched.messages)
@@ -360,6 +353,9 @@ class Ingestion:
 
     async def detach(self) -> None:
         """Stop receiving (un-acknowledged messages are read again by the next run)."""
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
+            self._gc_threshold = None
         if self._sub is not None:
             psub, self._sub = self._sub, None
             try:
