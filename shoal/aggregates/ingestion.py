@@ -44,6 +44,7 @@ from shoal.aggregates.processor import (
 )
 from shoal.aggregates.watchdog import flag_stuck
 from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
+from shoal.gcpolicy import YOUNG_GC_THRESHOLD, raise_gc_threshold
 from shoal.schemas import BudgetExceeded, CloudEvent, SessionFlagged, utcnow
 
 __all__ = ["CORE_CONSUMER", "CoreStats", "Ingestion", "run_core"]
@@ -56,7 +57,7 @@ CORE_CONSUMER = "core"
 STALL_AFTER_IDLE = 3
 """Idle receive rounds with messages still pending before the core re-attaches."""
 
-CONSUMING_GC_THRESHOLD = 50_000
+CONSUMING_GC_THRESHOLD = YOUNG_GC_THRESHOLD
 """Young-generation threshold of the cyclic GC while the core consumes (see ``attach``)."""
 
 
@@ -143,10 +144,7 @@ class Ingestion:
         Measured +20-40 % events/s (docs/core.md).
         """
         await self.detach()
-        self._gc_threshold = gc.get_threshold()
-        gc.set_threshold(
-            max(self._gc_threshold[0], CONSUMING_GC_THRESHOLD), *self._gc_threshold[1:]
-        )
+        self._gc_threshold = raise_gc_threshold(CONSUMING_GC_THRESHOLD)
         js, position = self.bus.js, self.processor.position
         try:
             await js.delete_consumer(self.stream, self.consumer)

@@ -11,22 +11,20 @@ Everything here is synchronous (SQLite, DuckDB); the async service runs it in a 
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import Notification, Tracking
 
+from shoal.gcpolicy import fewer_collections
 from shoal.projections.projection import DEFAULT_BATCH, CostProjection
 
 __all__ = ["CatchUp", "Progress", "ProjectionFollower"]
 
-_YOUNG_GC_THRESHOLD = 50_000
 
 log = logging.getLogger("shoal.projections")
 
@@ -70,7 +68,7 @@ class ProjectionFollower:
     ) -> CatchUp:
         """Process every notification recorded so far (or until ``stop`` is set, checked
         between pages); return what was done."""
-        with _fewer_collections():
+        with fewer_collections():
             return self._catch_up(progress, stop)
 
     def _catch_up(self, progress: Progress | None, stop: threading.Event | None) -> CatchUp:
@@ -120,20 +118,3 @@ class ProjectionFollower:
             if done.stopped_at_seq is not None:
                 return
             stop.wait(poll_s)
-
-
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Run the cyclic garbage collector less often while catching up.
-
-    A catch-up allocates a dozen objects per event (decoded events, dicts, row tuples), all
-    freed by reference counting; at the default threshold (700 allocations) the collector
-    would run every few dozen events and rescan the batch's rows each time (~20% of the
-    build). Raised for the catch-up only, and restored after.
-    """
-    old = gc.get_threshold()
-    gc.set_threshold(max(old[0], _YOUNG_GC_THRESHOLD), *old[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
