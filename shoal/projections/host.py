@@ -199,10 +199,14 @@ def answer_locally(settings: ShoalSettings, ask: Callable[[DuckDBDatastore], T])
         )
     host = ProjectionHost(settings)
     try:
-        host.open()
-        host.sync()
+        try:
+            host.open()
+            host.sync()
+        except (PersistenceError, Refused) as e:
+            raise ServiceUnavailable(
+                f"no query service answers, and the projection here cannot be used: {e}"
+            ) from e
+        # The question's own refusal (a write in `shoal sql`…) is the answer: not wrapped.
         return ask(host.datastore)
-    except (PersistenceError, Refused) as e:
-        raise ServiceUnavailable(f"no query service answers, and here: {e}") from e
     finally:
         host.close()
