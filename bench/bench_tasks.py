@@ -21,6 +21,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,9 @@ def noop_agent(started: dict[str, float] | None = None) -> Agent:
     return agent
 
 
-def task_event(n: int) -> CloudEvent:
+def task_event(n: int, capability: str = CAPABILITY) -> CloudEvent:
     return CloudEvent.new(
-        TaskAssigned(capability=CAPABILITY, input={"n": n}),
+        TaskAssigned(capability=capability, input={"n": n}),
         iid=new_id(),
         principal="bench",
         source="shoal://cli/bench",
@@ -106,12 +107,26 @@ async def connect(url: str, prefix: str) -> tuple[Any, Bus]:
     return stack, bus
 
 
-async def shoal_throughput(url: str, n: int, instances: int) -> tuple[float, float]:
-    stack, bus = await connect(url, "b" + new_id()[-8:].lower())
-    async with stack:
+RuntimeFactory = Callable[[Bus], AgentRuntime]
+"""Builds one instance's runtime on its own connection."""
+
+
+async def fleet_round(
+    url: str,
+    settings: ShoalSettings,
+    n: int,
+    instances: int,
+    runtime: RuntimeFactory,
+    capability: str = CAPABILITY,
+) -> tuple[float, float]:
+    """Wall and CPU seconds for ``instances`` runtimes to complete ``n`` pre-loaded tasks.
+
+    Shared with bench_tracing.py. ``settings`` should carry a fresh prefix (own streams).
+    """
+    async with Bus.connect(url, settings, name="bench") as bus:
         await bus.provision()
-        subject = bus.subjects.tasks(FLEET, CAPABILITY)
-        await bus.publish_many((subject, task_event(i)) for i in range(n))
+        subject = bus.subjects.tasks(FLEET, capability)
+        await bus.publish_many((subject, task_event(i, capability)) for i in range(n))
         done = 0
         finished = asyncio.Event()
 
@@ -129,16 +144,27 @@ async def shoal_throughput(url: str, n: int, instances: int) -> tuple[float, flo
         await kill.put(kill_key("fleet", FLEET), hold.model_dump_json().encode())
         async with AsyncExitStack() as runtimes:
             for _ in range(instances):
-                b = await runtimes.enter_async_context(Bus.connect(url, bus.settings))
-                await runtimes.enter_async_context(
-                    AgentRuntime(b, noop_agent(), concurrency=16, drain_timeout_s=2).running()
-                )
+                b = await runtimes.enter_async_context(Bus.connect(url, settings))
+                await runtimes.enter_async_context(runtime(b).running())
             t0, c0 = time.perf_counter(), time.process_time()
             await kill.delete(kill_key("fleet", FLEET))
             await asyncio.wait_for(finished.wait(), 120)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         await sub.unsubscribe()
-        return n / elapsed, n / cpu
+        return elapsed, cpu
+
+
+async def shoal_throughput(url: str, n: int, instances: int) -> tuple[float, float]:
+    prefix = "b" + new_id()[-8:].lower()
+    settings = ShoalSettings(nats_url=url, prefix=prefix, data_dir=Path(tempfile.mkdtemp()))
+    elapsed, cpu = await fleet_round(
+        url,
+        settings,
+        n,
+        instances,
+        lambda b: AgentRuntime(b, noop_agent(), concurrency=16, drain_timeout_s=2),
+    )
+    return n / elapsed, n / cpu
 
 
 async def dispatch_latency(url: str, instances: int, n: int) -> list[float]:

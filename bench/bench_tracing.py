@@ -21,12 +21,11 @@ import argparse
 import asyncio
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from bench.bench_tasks import fleet_round
 from shoal.agents import (
     Agent,
     AgentRuntime,
@@ -37,11 +36,11 @@ from shoal.agents import (
     ToolGrant,
     tool,
 )
-from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
+from shoal.bus import Bus, ShoalSettings
 from shoal.bus.genai import GenAI
 from shoal.bus.spanfile import read_spans
 from shoal.bus.telemetry import Telemetry, setup_telemetry, spans_path
-from shoal.schemas import CloudEvent, TaskAssigned, new_id, utcnow
+from shoal.schemas import new_id
 from tests.natsproc import NatsProcess
 
 FLEET, CAPABILITY = "bench", "step"
@@ -83,56 +82,24 @@ def step_agent() -> Agent:
     return agent
 
 
-def task_event(n: int) -> CloudEvent:
-    return CloudEvent.new(
-        TaskAssigned(capability=CAPABILITY, input={"n": n}),
-        iid=new_id(),
-        principal="bench",
-        source="shoal://cli/bench",
-    )
-
-
 async def throughput(
     url: str, settings: ShoalSettings, n: int, instances: int, g: GenAI, make: AgentFactory
 ) -> tuple[float, float]:
-    """Tasks/s for one round on a fresh prefix (its own streams)."""
+    """Tasks/s and CPU seconds per task for one round on a fresh prefix (its own streams)."""
     settings = settings.model_copy(update={"prefix": "b" + new_id()[-8:].lower()})
-    async with Bus.connect(url, settings, name="bench") as bus:
-        await bus.provision()
-        subject = bus.subjects.tasks(FLEET, CAPABILITY)
-        await bus.publish_many((subject, task_event(i)) for i in range(n))
-        done = 0
-        finished = asyncio.Event()
 
-        async def on_done(_: Any) -> None:
-            nonlocal done
-            done += 1
-            if done >= n:
-                finished.set()
+    def runtime(bus: Bus) -> AgentRuntime:
+        return AgentRuntime(
+            bus,
+            make(),
+            concurrency=16,
+            drain_timeout_s=2,
+            model_clients=[OfflineModelClient()],
+            genai=g,
+        )
 
-        sub = await bus.nc.subscribe(bus.subjects.events_of_type("task.completed"), cb=on_done)
-        kill = await bus.kv(bus.topology.kill.name)
-        hold = KillSwitch(scope="fleet", name=FLEET, by="bench", at=utcnow())
-        await kill.put(kill_key("fleet", FLEET), hold.model_dump_json().encode())
-        async with AsyncExitStack() as runtimes:
-            for _ in range(instances):
-                b = await runtimes.enter_async_context(Bus.connect(url, settings))
-                runtime = AgentRuntime(
-                    b,
-                    make(),
-                    concurrency=16,
-                    drain_timeout_s=2,
-                    model_clients=[OfflineModelClient()],
-                    genai=g,
-                )
-                await runtimes.enter_async_context(runtime.running())
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            await kill.delete(kill_key("fleet", FLEET))
-            await asyncio.wait_for(finished.wait(), 120)
-            elapsed = time.perf_counter() - t0
-            cpu = (time.process_time() - cpu0) / n
-        await sub.unsubscribe()
-        return n / elapsed, cpu
+    elapsed, cpu = await fleet_round(url, settings, n, instances, runtime, CAPABILITY)
+    return n / elapsed, cpu / n
 
 
 WORKLOADS: dict[str, AgentFactory] = {"step (tool + model)": step_agent, "noop": noop_agent}
