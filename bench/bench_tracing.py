@@ -1,15 +1,20 @@
 """Benchmark: tasks/s through one fleet with tracing off and on, in the same run.
 
-Each task is a realistic small agent step: the handler makes one model call (offline model,
-no simulated latency) and one tool call, so a traced task is four spans' worth of work —
-``invoke_agent``, ``chat``, ``execute_tool`` — plus the GenAI metrics, and its four events
-(``task.started``, ``tool.called``, ``model.called``, ``task.completed``) carry
-``traceparent``. Tracing *on* is the default configuration: the SDK's batch span processor
-writing the local JSON-lines span file; *off* is ``OTEL_SDK_DISABLED=true``.
+Each task is a realistic small agent step: the handler makes one tool call and one model call
+(offline model), so a traced task is three spans — ``invoke_agent``, ``execute_tool``,
+``chat`` — plus the GenAI metrics, and its four events (``task.started``, ``tool.called``,
+``model.called``, ``task.completed``) carry ``traceparent``. Tracing *on* is the default
+configuration: the SDK's batch span processor writing the local JSON-lines span file; *off*
+is ``OTEL_SDK_DISABLED=true``; *sampled* is *on* with ``OTEL_TRACES_SAMPLER`` keeping one
+trace in ten (the operator's knob; reported beside the target, not as it); *spans only* is
+the floor of the SDK: its spans and trace context, no metrics, nothing exported.
+
+Workloads: the step with a model that answers at once and a ``noop`` handler (one span):
+CPU-bound, the target's measure; and the step against a model taking 20 ms.
 
 Per round: N tasks pre-loaded on the work queue, K in-process instances (concurrency 16)
 held by a fleet kill switch until all have started, then timed from lifting the switch to
-the N-th ``task.completed``. Rounds alternate off/on so drift hits both; medians reported.
+the N-th ``task.completed``. Rounds alternate the modes so drift hits all; medians.
 
 Run: ``uv run python bench/bench_tracing.py [--tasks N] [--rounds R]``. Starts its own
 nats-server. Target: on >= 85% of off.
@@ -19,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.sdk.trace import TracerProvider
 
 from bench.bench_tasks import fleet_round
 from shoal.agents import (
@@ -39,7 +48,7 @@ from shoal.agents import (
 from shoal.bus import Bus, ShoalSettings
 from shoal.bus.genai import GenAI
 from shoal.bus.spanfile import read_spans
-from shoal.bus.telemetry import Telemetry, setup_telemetry, spans_path
+from shoal.bus.telemetry import INSTRUMENTATION_SCOPE, Telemetry, setup_telemetry, spans_path
 from shoal.schemas import new_id
 from tests.natsproc import NatsProcess
 
@@ -83,10 +92,11 @@ def step_agent() -> Agent:
 
 
 async def throughput(
-    url: str, settings: ShoalSettings, n: int, instances: int, g: GenAI, make: AgentFactory
+    url: str, settings: ShoalSettings, n: int, instances: int, g: GenAI, workload: Workload
 ) -> tuple[float, float]:
     """Tasks/s and CPU seconds per task for one round on a fresh prefix (its own streams)."""
     settings = settings.model_copy(update={"prefix": "b" + new_id()[-8:].lower()})
+    make, latency_s = workload
 
     def runtime(bus: Bus) -> AgentRuntime:
         return AgentRuntime(
@@ -94,7 +104,7 @@ async def throughput(
             make(),
             concurrency=16,
             drain_timeout_s=2,
-            model_clients=[OfflineModelClient()],
+            model_clients=[OfflineModelClient(latency_s=latency_s)],
             genai=g,
         )
 
@@ -102,7 +112,48 @@ async def throughput(
     return n / elapsed, cpu / n
 
 
-WORKLOADS: dict[str, AgentFactory] = {"step (tool + model)": step_agent, "noop": noop_agent}
+Workload = tuple[AgentFactory, float]
+"""An agent and its model's simulated latency (seconds)."""
+
+WORKLOADS: dict[str, tuple[Workload, int]] = {
+    # name: ((agent, model latency), spans a task)
+    "step (tool + model)": ((step_agent, 0.0), 3),
+    "noop": ((noop_agent, 0.0), 1),
+    "step, model 20 ms": ((step_agent, 0.02), 3),
+}
+"""The first two are the target's measure (CPU-bound: the model answers at once); the third
+shows the same step against a model that takes 20 ms, as a fast hosted model would."""
+
+SAMPLE_RATIO = 0.1
+
+
+def sampled_telemetry(settings: ShoalSettings) -> Telemetry:
+    """Tracing on with head sampling, configured as an operator would: through the SDK's own
+    ``OTEL_TRACES_SAMPLER`` variables (a new task's trace is kept with probability 0.1)."""
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+    env["OTEL_TRACES_SAMPLER_ARG"] = str(SAMPLE_RATIO)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return setup_telemetry(settings, "shoal-bench", install_global=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def spans_only() -> Telemetry:
+    """The floor of tracing with the SDK: spans and trace context only, no metrics, and no
+    span processor, so no span is queued, serialized or written."""
+    provider = TracerProvider()
+    return Telemetry(
+        "shoal-bench",
+        provider.get_tracer(INSTRUMENTATION_SCOPE),
+        metrics.NoOpMeter(INSTRUMENTATION_SCOPE),
+        tracer_provider=provider,
+    )
 
 
 async def main(n: int, rounds: int, instances: int) -> None:
@@ -118,40 +169,53 @@ async def main(n: int, rounds: int, instances: int) -> None:
                 otel_traces_endpoint=None,
                 otel_metrics_endpoint=None,
             )
-            with setup_telemetry(base, "shoal-bench", install_global=False) as on_tel:
-                modes = {"off": GenAI(Telemetry.disabled("shoal-bench")), "on": GenAI(on_tel)}
-                await throughput(server.url, base, 500, instances, modes["on"], step_agent)
-                for workload, make in WORKLOADS.items():
-                    runs = results[workload] = {"off": [], "on": []}
+            sampled_settings = base.model_copy(update={"data_dir": Path(tmp) / "sampled"})
+            with (
+                setup_telemetry(base, "shoal-bench", install_global=False) as on_tel,
+                sampled_telemetry(sampled_settings) as sampled_tel,
+            ):
+                modes = {
+                    "off": GenAI(Telemetry.disabled("shoal-bench")),
+                    "on": GenAI(on_tel),
+                    "sampled": GenAI(sampled_tel),
+                    "spans": GenAI(spans_only()),
+                }
+                await throughput(server.url, base, 500, instances, modes["on"], (step_agent, 0))
+                for name, (workload, _) in WORKLOADS.items():
+                    runs = results[name] = {mode: [] for mode in modes}
                     for _ in range(rounds):
                         for mode, g in modes.items():
                             runs[mode].append(
-                                await throughput(server.url, base, n, instances, g, make)
+                                await throughput(server.url, base, n, instances, g, workload)
                             )
                         print(
-                            f"  {workload}: off {runs['off'][-1][0]:6.0f} tasks/s, "
-                            f"on {runs['on'][-1][0]:6.0f} tasks/s"
+                            f"  {name}: "
+                            + ", ".join(f"{m} {runs[m][-1][0]:6.0f} tasks/s" for m in modes)
                         )
             spans = sum(1 for _ in read_spans(spans_path(base)))
+            sampled = sum(1 for _ in read_spans(spans_path(sampled_settings)))
         finally:
             server.stop()
     print(
         f"\n{n} tasks a round, {instances} instances x 16 in one process, {rounds} rounds; medians"
     )
     header = ("workload", "off tasks/s", "on tasks/s", "on/off", "CPU/task off", "on")
-    print("{:22} {:>12} {:>11} {:>7} {:>13} {:>7}".format(*header))
-    for workload, runs in results.items():
-        off = statistics.median(r for r, _ in runs["off"])
-        on = statistics.median(r for r, _ in runs["on"])
-        cpu_off = statistics.median(c for _, c in runs["off"]) * 1e6
-        cpu_on = statistics.median(c for _, c in runs["on"]) * 1e6
+    header += ("sampled 10%", "/off", "spans only", "/off")
+    print("{:22} {:>12} {:>11} {:>7} {:>13} {:>7} {:>12} {:>5} {:>11} {:>5}".format(*header))
+    for name, runs in results.items():
+        rate = {m: statistics.median(r for r, _ in runs[m]) for m in runs}
+        cpu = {m: statistics.median(c for _, c in runs[m]) * 1e6 for m in runs}
         print(
-            f"{workload:22} {off:12.0f} {on:11.0f} {on / off:7.0%} "
-            f"{cpu_off:10.0f} us {cpu_on:4.0f} us"
+            f"{name:22} {rate['off']:12.0f} {rate['on']:11.0f} {rate['on'] / rate['off']:7.0%} "
+            f"{cpu['off']:10.0f} us {cpu['on']:4.0f} us "
+            f"{rate['sampled']:12.0f} {rate['sampled'] / rate['off']:5.0%} "
+            f"{rate['spans']:11.0f} {rate['spans'] / rate['off']:5.0%}"
         )
-    print("target: on >= 85% of off (tracing on = batch span processor + local span file)")
-    expected = 500 * 3 + rounds * n * 4  # 3 spans a step task, 1 a noop task
-    print(f"spans written: {spans} (expected {expected})")
+    print("target: on >= 85% of off for the CPU-bound rows (tracing on = batch span processor")
+    print("+ local span file); 'sampled' keeps 10% of traces (OTEL_TRACES_SAMPLER); 'spans only'")
+    print("is the SDK's spans and trace context with nothing exported and no metrics (the floor)")
+    expected = 500 * 3 + rounds * n * sum(per_task for _, per_task in WORKLOADS.values())
+    print(f"spans written: {spans} (expected {expected}); sampled run: {sampled} spans")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """A local OTLP receiver for tests: OTLP/HTTP (protobuf) and OTLP/gRPC, spans and metrics.
 
-No OpenTelemetry Collector or Jaeger can be installed from the package registries this
-project uses (Debian has none; PyPI ships none as a plain package), so tests stand one up
-here: it decodes the real ``ExportTraceServiceRequest``/``ExportMetricsServiceRequest``
-protobufs with ``opentelemetry.proto`` and keeps what arrived.
+It decodes the real ``ExportTraceServiceRequest``/``ExportMetricsServiceRequest`` protobufs
+(gzip-compressed or not) with ``opentelemetry.proto`` and keeps what arrived: tests export to
+it directly, and it is the onward sink of the real collector in :mod:`tests.collector`.
 """
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -89,6 +89,8 @@ class OtlpHttpReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":  # collectors compress
+                    body = gzip.decompress(body)
                 received.paths.append(self.path)
                 if self.path == "/v1/traces":
                     received.add_traces(

@@ -281,7 +281,11 @@ class TaskRunner:
         return rt.genai.invoke_agent(
             rt.identity.agent,
             span_attributes(rt.policy, session) if traced else {},
-            parent=work_context(msg.headers, event.traceparent, event.gid) if traced else None,
+            parent=(
+                work_context(msg.headers, event.traceparent, event.gid, rt.genai.goal_sampled)
+                if traced
+                else None
+            ),
             capability=capability,
             attempt=attempt,
         )

@@ -68,7 +68,7 @@ class Tally:
     """A count kept in Python and reported by an observable instrument when collected.
 
     An add is a dict update (~0.2 µs) where a synchronous SDK counter costs ~5 µs: task
-    counters move on every task. Reported cumulatively, as observable counters are.
+    counters and cost move on every task. Reported cumulatively, as observable counters are.
     """
 
     def __init__(self) -> None:
@@ -99,14 +99,15 @@ class ShoalMetrics:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.tasks_started, self.tasks_completed, self.tasks_failed = Tally(), Tally(), Tally()
-        self.active_instances = Tally()
-        for name, tally, description in (
-            ("shoal.tasks.started", self.tasks_started, "Task attempts a handler started."),
-            ("shoal.tasks.completed", self.tasks_completed, "Tasks that completed."),
-            ("shoal.tasks.failed", self.tasks_failed, "Task attempts that failed."),
+        self.active_instances, self.cost = Tally(), Tally()
+        for name, tally, unit, description in (
+            ("shoal.tasks.started", self.tasks_started, "{task}", "Task attempts started."),
+            ("shoal.tasks.completed", self.tasks_completed, "{task}", "Tasks that completed."),
+            ("shoal.tasks.failed", self.tasks_failed, "{task}", "Task attempts that failed."),
+            ("shoal.cost", self.cost, "USD", "Model spend reported by agents, in USD."),
         ):
             meter.create_observable_counter(
-                name, callbacks=[tally.observe], unit="{task}", description=description
+                name, callbacks=[tally.observe], unit=unit, description=description
             )
         meter.create_observable_up_down_counter(
             "shoal.instances.active",
@@ -119,9 +120,6 @@ class ShoalMetrics:
         )
         self.deadlettered = meter.create_counter(
             "shoal.messages.deadlettered", unit="{message}", description="Messages dead-lettered."
-        )
-        self.cost = meter.create_counter(
-            "shoal.cost", unit="USD", description="Model spend reported by agents, in USD."
         )
 
 
@@ -277,10 +275,11 @@ class ChatCall(Call):
         usage.record(output_tokens, {**self.metric_attrs, "gen_ai.token.type": "output"})
         if cost_usd is not None:
             span.set_attribute("shoal.cost_usd", float(cost_usd))
-            by: Attributes = {"gen_ai.request.model": self.metric_attrs["gen_ai.request.model"]}
+            requested = self.metric_attrs["gen_ai.request.model"]
             fleet = self.metric_attrs.get("shoal.fleet")
+            by: AttrKey = (("gen_ai.request.model", requested),)
             if fleet is not None:
-                by["shoal.fleet"] = fleet
+                by += (("shoal.fleet", fleet),)
             self.genai.metrics.cost.add(float(cost_usd), by)
 
 
@@ -311,6 +310,7 @@ class GenAI:
         self.tracer = telemetry.tracer
         self.enabled = telemetry.enabled
         self.record_content = telemetry.record_content
+        self.goal_sampled = telemetry.goal_sampled
         self.metrics = ShoalMetrics(telemetry.meter)
 
     @classmethod

@@ -34,14 +34,17 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
 
 from shoal.bus.settings import ShoalSettings
 from shoal.bus.spanfile import JsonLinesMetricExporter, JsonLinesSpanExporter
+from shoal.bus.tracecontext import goal_trace_id
 from shoal.schemas import new_id
 
 __all__ = [
     "INSTRUMENTATION_SCOPE",
     "Telemetry",
+    "goal_sampled",
     "metrics_path",
     "setup_telemetry",
     "spans_path",
@@ -89,6 +92,12 @@ class Telemetry:
         """A telemetry that records nothing (the API's no-op tracer and meter)."""
         return cls(service_name, trace.NoOpTracer(), metrics.NoOpMeter(INSTRUMENTATION_SCOPE))
 
+    def goal_sampled(self, gid: str) -> bool:
+        """Whether goal ``gid`` is traced, by this process's sampler (see :func:`goal_sampled`)."""
+        if self.tracer_provider is None:
+            return True  # nothing is recorded here; the flag is for the processes that trace
+        return goal_sampled(gid, self.tracer_provider.sampler)
+
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
         """Export everything finished so far; True if every exporter confirmed in time."""
         ok = True
@@ -115,6 +124,22 @@ class Telemetry:
         tb: TracebackType | None,
     ) -> None:
         self.shutdown()
+
+
+def goal_sampled(gid: str, sampler: Sampler | None = None) -> bool:
+    """Whether goal ``gid`` is traced: ``sampler``'s decision for the goal's trace id as a root
+    span; by default the sampler the standard ``OTEL_TRACES_SAMPLER`` variables configure.
+
+    Made where a goal's trace context is first written (:func:`shoal.ops.goals.build_goal`, or
+    an agent given untraced goal work) and carried in the context's sampled flag, which the
+    parent-based samplers of every other process follow. With the default sampler every goal
+    is traced; with ``parentbased_traceidratio`` the decision depends on the trace id alone,
+    so processes sharing the setting agree on each goal even without its context.
+    """
+    if sampler is None:
+        sampler = TracerProvider(shutdown_on_exit=False).sampler  # reads OTEL_TRACES_SAMPLER*
+    decision = sampler.should_sample(None, goal_trace_id(gid), "goal").decision
+    return decision is Decision.RECORD_AND_SAMPLE
 
 
 def setup_telemetry(

@@ -12,11 +12,13 @@ span is active.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from contextlib import suppress
+from weakref import WeakKeyDictionary
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from ulid import ULID
 
@@ -67,13 +69,27 @@ def extract_context(
     return context
 
 
+_PROPAGATOR = TraceContextTextMapPropagator()
+_TRACEPARENTS: WeakKeyDictionary[Span, str] = WeakKeyDictionary()
+"""Each live span's ``traceparent``, written by the propagator once per span: every event a
+span publishes carries it (four events, three spans a typical task)."""
+
+
 def current_traceparent(context: Context | None = None) -> str | None:
     """The W3C ``traceparent`` of the current span (or ``context``'s), or ``None``."""
-    if not trace.get_current_span(context).get_span_context().is_valid:
+    span = trace.get_current_span(context)
+    try:
+        return _TRACEPARENTS[span]
+    except (KeyError, TypeError):  # not yet written, or a span type without weak references
+        pass
+    if not span.get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier, context=context)
-    return carrier.get(TRACEPARENT)
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    traceparent = carrier[TRACEPARENT]
+    with suppress(TypeError):
+        _TRACEPARENTS[span] = traceparent  # a span's context never changes
+    return traceparent
 
 
 def with_traceparent(event: CloudEvent) -> CloudEvent:
@@ -100,32 +116,38 @@ def goal_trace_id(gid: str) -> int:
         return int.from_bytes(hashlib.sha256(b"shoal.goal\0" + gid.encode()).digest()[:16])
 
 
-def goal_context(gid: str) -> Context:
+def goal_context(gid: str, *, sampled: bool = True) -> Context:
     """A remote parent standing for goal ``gid`` itself, for work that arrives untraced.
 
     A goal submitted without trace context (``shoal goal submit`` with tracing off, a plain
     NATS client) would otherwise start a new trace on every delivery; parented here, every
     attempt and every task of the goal lands in one trace, whose id follows from the GID.
     The parent span is never exported: backends show the goal's spans under a missing root.
+    ``sampled`` is the goal's sampling decision (see ``shoal.bus.telemetry.goal_sampled``):
+    the SDK's parent-based samplers follow it, so a goal is recorded whole or not at all.
     """
     span_id = int.from_bytes(hashlib.sha256(b"shoal.goal.span\0" + gid.encode()).digest()[:8])
     span_context = SpanContext(
         trace_id=goal_trace_id(gid),
         span_id=span_id or 1,
         is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
     )
     return trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
 def work_context(
-    headers: Mapping[str, str] | None, traceparent: str | None, gid: str | None
+    headers: Mapping[str, str] | None,
+    traceparent: str | None,
+    gid: str | None,
+    goal_sampled: Callable[[str], bool] | None = None,
 ) -> Context | None:
     """The parent of the work a message carries: its trace context, else its goal's.
 
-    ``None`` (a new trace) only for untraced work outside any goal.
+    ``goal_sampled`` decides a goal's sampling when the message carries no trace context
+    (default: sampled). ``None`` (a new trace) only for untraced work outside any goal.
     """
     context = extract_context(headers, traceparent)
     if context is None and gid:
-        context = goal_context(gid)
+        context = goal_context(gid, sampled=goal_sampled(gid) if goal_sampled else True)
     return context

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shoal.bus import Bus
+from shoal.bus.telemetry import goal_sampled
 from shoal.bus.tracecontext import current_traceparent, goal_context
 from shoal.errors import InvalidEvent
 from shoal.schemas import CloudEvent, GoalSubmitted, describe_validation_error, new_id
@@ -50,8 +51,9 @@ def build_goal(
             iid=new_id(),
             gid=gid,
             # The goal's trace: its id follows from the GID, so every process that works on
-            # the goal joins one trace whether or not the submitter traces.
-            traceparent=current_traceparent(goal_context(gid)),
+            # the goal joins one trace whether or not the submitter traces; whether it is
+            # recorded is decided here, once, by the configured sampler.
+            traceparent=current_traceparent(goal_context(gid, sampled=goal_sampled(gid))),
             fleet=fleet,
             principal=principal,
             source=f"shoal://cli/{principal}",

@@ -21,7 +21,7 @@ from shoal.agents.tools import ToolEnv
 from shoal.bus import Bus, ShoalSettings
 from shoal.bus.genai import GenAI
 from shoal.bus.spanfile import SpanRecord, read_spans
-from shoal.bus.telemetry import setup_telemetry, spans_path
+from shoal.bus.telemetry import metrics_path, setup_telemetry, spans_path
 from shoal.bus.tracecontext import current_traceparent, goal_context, goal_trace_id
 from shoal.ops.cli import app
 from shoal.ops.demo import run_demo
@@ -159,17 +159,23 @@ async def test_demo_spans_reach_an_otlp_http_receiver(bus: Bus, tmp_path: Path) 
     assert not spans_path(tel_settings).exists()
 
 
-def start_worker(settings: ShoalSettings) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
+def traced_env(settings: ShoalSettings, **otel: str) -> dict[str, str]:
+    """The environment of a shoal command on ``settings``' server and data dir, tracing to the
+    local span file unless ``otel`` (``OTEL_*`` variables) says otherwise."""
+    return {
         "NATS_URL": settings.nats_url or "",
         "SHOAL_PREFIX": settings.prefix,
         "SHOAL_DATA_DIR": str(settings.data_dir),
-        "SHOAL_TASK_RETRY_DELAY_S": "0.05",
+        "SHOAL_PRINCIPAL": "tester",
         "OTEL_SDK_DISABLED": "false",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "",
         "OTEL_SERVICE_NAME": "",
+        **otel,
     }
+
+
+def start_worker(settings: ShoalSettings) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **traced_env(settings), "SHOAL_TASK_RETRY_DELAY_S": "0.05"}
     return subprocess.Popen(
         [sys.executable, "-m", "shoal", "agent", "run", "demo", "summarizer", "--instance", "w1"],
         cwd=ROOT,
@@ -234,16 +240,7 @@ async def test_a_worker_in_another_process_continues_the_goal_trace(
 
 
 def test_shoal_demo_leaves_its_goal_trace_in_the_span_file(settings: ShoalSettings) -> None:
-    env = {
-        "NATS_URL": settings.nats_url or "",
-        "SHOAL_PREFIX": settings.prefix,
-        "SHOAL_DATA_DIR": str(settings.data_dir),
-        "SHOAL_PRINCIPAL": "tester",
-        "OTEL_SDK_DISABLED": "false",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
-        "OTEL_SERVICE_NAME": "",
-    }
-    result = CliRunner().invoke(app, ["demo", "--json"], env=env)
+    result = CliRunner().invoke(app, ["demo", "--json"], env=traced_env(settings))
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["trace_id"] == f"{goal_trace_id(doc['gid']):032x}"
@@ -251,3 +248,20 @@ def test_shoal_demo_leaves_its_goal_trace_in_the_span_file(settings: ShoalSettin
     assert {s.resource["service.name"] for s in spans} == {"shoal-demo"}
     events = [parse_event(e["event"]) for e in doc["events"]]
     assert_trace_mirrors_events(spans, events)
+
+
+def test_a_goal_the_sampler_drops_keeps_its_trace_id_and_its_metrics(
+    settings: ShoalSettings,
+) -> None:
+    env = traced_env(settings, OTEL_TRACES_SAMPLER="always_off")
+    result = CliRunner().invoke(app, ["demo", "--json"], env=env)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    events = [parse_event(e["event"]) for e in doc["events"]]
+    # every event still names the goal's trace, marked not sampled; no span is recorded
+    assert {tuple((e.traceparent or "").split("-")[1::2]) for e in events} == {
+        (f"{goal_trace_id(doc['gid']):032x}", "00")
+    }
+    assert list(read_spans(spans_path(settings))) == []
+    metrics = [json.loads(line)["name"] for line in metrics_path(settings).open()]
+    assert {"gen_ai.client.token.usage", "shoal.tasks.completed", "shoal.cost"} <= set(metrics)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ulid import ULID
 
 from shoal.bus import Bus
-from shoal.bus.telemetry import Telemetry, setup_telemetry
+from shoal.bus.telemetry import Telemetry, goal_sampled, setup_telemetry
 from shoal.bus.tracecontext import (
     current_traceparent,
     extract_context,
@@ -22,6 +24,7 @@ from shoal.bus.tracecontext import (
     with_traceparent,
     work_context,
 )
+from shoal.ops.goals import build_goal
 from shoal.schemas import CloudEvent, TaskStarted, parse_event
 from tests.bus.test_telemetry import otel_settings
 
@@ -84,6 +87,23 @@ async def test_publish_many_stamps_each_event_with_the_current_span(
     assert [s.event.traceparent for s in stored if s.event] == [tp, tp]
 
 
+def test_each_span_has_its_own_traceparent_however_often_it_is_asked(
+    telemetry: Telemetry,
+) -> None:
+    def expected(span: trace.Span) -> str:
+        c = span.get_span_context()
+        return f"00-{c.trace_id:032x}-{c.span_id:016x}-{c.trace_flags:02x}"
+
+    assert current_traceparent() is None
+    with telemetry.tracer.start_as_current_span("outer") as outer:
+        first = current_traceparent()
+        with telemetry.tracer.start_as_current_span("inner") as inner:
+            assert [current_traceparent(), current_traceparent()] == [expected(inner)] * 2
+        assert [first, current_traceparent()] == [expected(outer)] * 2
+    assert expected(inner) != expected(outer)
+    assert current_traceparent() is None
+
+
 def test_an_event_that_already_has_a_traceparent_keeps_it(telemetry: Telemetry) -> None:
     given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     event = ev().model_copy(update={"traceparent": given})
@@ -131,3 +151,50 @@ def test_work_continues_its_message_trace_else_its_goal_trace() -> None:
     from_goal = work_context({}, None, gid)
     assert trace.get_current_span(from_goal).get_span_context().trace_id == goal_trace_id(gid)
     assert work_context({}, None, None) is None
+
+
+def test_a_goal_is_traced_whole_or_not_at_all_by_its_sampling_decision(
+    telemetry: Telemetry,
+) -> None:
+    gid = "01KAKV5J2M8ZQ3Y7TX4W6N9B1C"
+    flags = {}
+    for sampled in (True, False):
+        parent = work_context({}, None, gid, goal_sampled=lambda _, s=sampled: s)
+        # the SDK's default parent-based sampler follows the goal's flag, in any process
+        with telemetry.tracer.start_as_current_span("attempt", context=parent) as span:
+            assert span.is_recording() is sampled
+            flags[sampled] = current_traceparent()[-2:]  # type: ignore[index]
+    assert flags == {True: "01", False: "00"}
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "expected"),
+    [
+        (None, None, {True}),
+        ("always_off", None, {False}),
+        ("parentbased_traceidratio", "0.5", None),
+    ],
+)
+def test_the_configured_sampler_decides_each_goal_by_its_trace_id(
+    monkeypatch: pytest.MonkeyPatch, sampler: str | None, arg: str | None, expected: set[bool]
+) -> None:
+    for name, value in (("OTEL_TRACES_SAMPLER", sampler), ("OTEL_TRACES_SAMPLER_ARG", arg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    # ULIDs made in one millisecond count up from one random value, so they share a decision:
+    # random ones here, and goals built a few milliseconds apart below.
+    gids = [str(ULID.from_bytes(os.urandom(16))) for _ in range(64)]
+    decisions = [goal_sampled(gid) for gid in gids]
+    assert decisions == [goal_sampled(gid) for gid in gids]  # the same in every process
+    built = []
+    for _ in range(64):
+        built.append(build_goal("docs", "g", principal="p").traceparent)
+        time.sleep(0.002)
+    if expected is not None:
+        assert set(decisions) == expected
+        assert {tp[-2:] for tp in built if tp} == {"01" if True in expected else "00"}
+    else:  # half the trace-id space: both outcomes among 64 random goals (1 - 2^-63)
+        assert set(decisions) == {True, False}
+        assert {tp[-2:] for tp in built if tp} == {"00", "01"}
