@@ -63,7 +63,7 @@ def parse_kill_key(key: str) -> tuple[KillScope, str | None]:
     scope, _, name = key.partition(".")
     if scope not in KILL_SCOPES or not name:
         raise ValueError(f"{key!r} is not a kill key")
-    return scope, name  # type: ignore[return-value]
+    return scope, name
 
 
 def presence_key(fleet: str, agent: str, instance: str) -> str:

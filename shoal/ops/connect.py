@@ -18,15 +18,15 @@ def resolve_url(settings: ShoalSettings, *, start: bool = True) -> str:
         return settings.nats_url
     server = EmbeddedServer(settings)
     if start:
-        record, _ = server.ensure()
-        return record.url
-    record = server.running()
-    if record is None:
+        started, _ = server.ensure()
+        return started.url
+    running = server.running()
+    if running is None:
         raise NatsUnreachable(
             f"the embedded NATS server is not running (data dir {settings.data_dir}); "
             "run 'shoal up' or set NATS_URL"
         )
-    return record.url
+    return running.url
 
 
 @asynccontextmanager
