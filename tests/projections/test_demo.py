@@ -53,3 +53,11 @@ def test_cost_by_model_after_the_demo_equals_the_cores_costs_to_the_cent(
     # The demo's own closing table (cost by agent and model, from its query service) agrees.
     assert demo["cost"]["by"] == ["agent", "model"]
     assert Decimal(demo["cost"]["total_usd"]) == sum(expected.values())
+    # A second demo in the same data dir sums its own run only: the two add up to the dir's.
+    again = json.loads(_shoal(settings, "demo", "--json"))
+    everything = json.loads(_shoal(settings, "cost", "--by", "model", "--json"))
+    first, second = (Decimal(d["cost"]["total_usd"]) for d in (demo, again))
+    assert first + second == Decimal(everything["total_usd"]) and second > 0
+    per_success = again["cost_per_success"]
+    assert [(r["fleet"], r["units"]) for r in per_success["rows"]] == [("demo", 1)]
+    assert Decimal(per_success["total"]["spend_usd"]) == second

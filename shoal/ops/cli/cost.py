@@ -134,15 +134,17 @@ def _locally(c: Cli, ask: Callable[[DuckDBDatastore], T]) -> T:
 
 
 async def fetch_demo_summary(
-    nc: NATS, settings: ShoalSettings
+    nc: NATS, settings: ShoalSettings, since: datetime | None = None
 ) -> tuple[CostAnswer, SuccessCostAnswer]:
     """Cost by agent and model, and cost per successful outcome, from the query service.
 
-    The demo calls this at the end (fresh: the service catches up with the core first).
+    The demo calls this at the end (fresh: the service catches up with the core first), with
+    ``since`` its own start, so a data dir's earlier runs are not added in.
     """
     client = QueryClient(nc, settings)
-    cost = await client.query("cost", {"by": ["agent", "model"]}, fresh=True)
-    success = await client.query("cost-per-success", {}, fresh=False)
+    window = {"since": since.isoformat()} if since is not None else {}
+    cost = await client.query("cost", {"by": ["agent", "model"], **window}, fresh=True)
+    success = await client.query("cost-per-success", window, fresh=False)
     assert isinstance(cost, CostAnswer) and isinstance(success, SuccessCostAnswer)
     return cost, success
 

@@ -15,7 +15,7 @@ from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
 from shoal.ops.events import event_summary, stored_to_json
-from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed
+from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed, utcnow
 
 if TYPE_CHECKING:
     # The demo pulls in every part of shoal (DuckDB, pyarrow, eventsourcing, the agents):
@@ -60,11 +60,13 @@ async def _demo(c: Cli, genai: GenAI) -> DemoRun:
         open_bus(c.settings, name="shoal-demo") as bus,
         local_platform(bus) as platform,
     ):
+        started = utcnow()
         result = await _run_goal(c, bus, genai)
         # The summary is the query service's answer over NATS, once the core has ingested
-        # every event of the run (the service then catches up with the core by itself).
+        # every event of the run (the service then catches up with the core by itself);
+        # this run's only, though the data dir may hold earlier ones.
         await platform.caught_up()
-        cost, per_success = await fetch_demo_summary(bus.nc, c.settings)
+        cost, per_success = await fetch_demo_summary(bus.nc, c.settings, since=started)
         return DemoRun(result, cost, per_success)
 
 
