@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from opentelemetry import metrics
 from opentelemetry.sdk.trace import TracerProvider
@@ -130,18 +131,12 @@ SAMPLE_RATIO = 0.1
 def sampled_telemetry(settings: ShoalSettings) -> Telemetry:
     """Tracing on with head sampling, configured as an operator would: through the SDK's own
     ``OTEL_TRACES_SAMPLER`` variables (a new task's trace is kept with probability 0.1)."""
-    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
-    env["OTEL_TRACES_SAMPLER_ARG"] = str(SAMPLE_RATIO)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    env = {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(SAMPLE_RATIO),
+    }
+    with patch.dict(os.environ, env):  # the SDK reads them as the provider is built
         return setup_telemetry(settings, "shoal-bench", install_global=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def spans_only() -> Telemetry:

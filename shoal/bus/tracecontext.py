@@ -85,7 +85,7 @@ def current_traceparent(context: Context | None = None) -> str | None:
     if not span.get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    _PROPAGATOR.inject(carrier, context=context)  # the same span: context's, or current
     traceparent = carrier[TRACEPARENT]
     with suppress(TypeError):
         _TRACEPARENTS[span] = traceparent  # a span's context never changes
