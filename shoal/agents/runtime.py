@@ -37,6 +37,7 @@ from shoal.bus import Bus, KillSwitch, Presence, ShoalSettings, kill_key, presen
 from shoal.bus.genai import GenAI
 from shoal.errors import ConfigConflict
 from shoal.schemas import AgentStarted, AgentStopped, new_id, utcnow
+from shoal.schemas.pricing import PriceTable
 
 __all__ = ["AgentRuntime", "default_model_clients", "ensure_consumer"]
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 def default_model_clients(settings: ShoalSettings) -> list[ModelClient]:
     """The offline models, plus the OpenAI-compatible endpoint when settings name one."""
-    clients: list[ModelClient] = [OfflineModelClient()]
+    clients: list[ModelClient] = [OfflineModelClient(prices=PriceTable.load(settings.price_table))]
     if settings.model_base_url and settings.model_name:
         clients.insert(
             0,

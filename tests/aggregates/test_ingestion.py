@@ -20,15 +20,18 @@ from shoal.aggregates import (
 from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
 from shoal.bus.client import REASON_HEADER
 from shoal.schemas import (
+    AgentCrashLooping,
     AgentKilled,
+    AgentStopped,
     BudgetExceeded,
     ModelCalled,
     OutcomeReported,
     SessionFlagged,
+    SessionKilled,
     TaskAssigned,
     TaskStarted,
 )
-from tests.aggregates.eventmix import Mix, publish_all
+from tests.aggregates.eventmix import Agent, Mix, publish_all
 from tests.natsproc import NatsProcess
 
 
@@ -106,11 +109,49 @@ async def test_events_of_unknown_and_killed_instances_are_rejected_not_applied(
 
     app = await ingest(settings)
 
-    stranger, ok = app.session("s-stranger"), app.session("s-ok")
-    assert (stranger.rejected, stranger.model_calls, stranger.cost_usd) == (1, 0, Decimal(0))
+    ok = app.session("s-ok")
     assert (ok.rejected, ok.model_calls) == (1, 1)
+    # The stranger's call belongs to no session: refused and dead-lettered, no session opened.
+    assert "s-stranger" not in app.session_iids()
+    assert await dead_letter_reasons(bus) == [
+        "refused: unknown instance 'work-3' (no agent.started seen)"
+    ]
     instance = app.instance(mix.worker.instance)
     assert instance is not None and instance.status == "killed"
+
+
+async def dead_letter_reasons(bus: Bus) -> list[str]:
+    """The reason of every dead letter of the event log, in order."""
+    dead = await bus.read(bus.subjects.deadletter("events"), stream=bus.topology.deadletter.name)
+    reasons = []
+    for d in dead:
+        msg = await bus.js.get_msg(bus.topology.deadletter.name, d.seq)
+        assert msg.headers is not None
+        reasons.append(msg.headers[REASON_HEADER])
+    return reasons
+
+
+async def test_only_interactions_open_sessions(bus: Bus, settings: ShoalSettings) -> None:
+    mix = Mix(seed=13)
+    mix.start_agents()
+    stopped_stranger = Agent(mix.fleet, "summarizer", "ghost-1")
+    mix.emit(AgentStopped(reason="bye"), iid="boot-ghost", gid=None, by=stopped_stranger)
+    crashloop = AgentCrashLooping(supervisor="sup1", slot=0, exits=5, exit_code=1)
+    mix.emit(crashloop, iid="inst-crashing", gid=None, fleet=mix.fleet, instance="inst-crashing")
+    mix.emit(SessionKilled(by="op", reason="typo"), iid="not-an-iid", gid=None)
+    mix.model_call("s-real", None, mix.worker)
+    mix.emit(SessionKilled(by="op", reason="real"), iid="s-real", gid=None)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    # Two boot sessions? No: agent.started opens none either. Only s-real is a session.
+    assert app.session_iids() == ["s-real"]
+    assert app.session("s-real").status == "killed"
+    assert await dead_letter_reasons(bus) == [
+        "refused: unknown instance 'ghost-1' (no agent.started seen)",
+        "shoal.session.killed names session 'not-an-iid', which the core has never seen",
+    ]
 
 
 async def test_an_invalid_message_is_dead_lettered_and_the_next_one_applied(
