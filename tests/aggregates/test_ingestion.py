@@ -17,6 +17,7 @@ from shoal.aggregates import (
     open_core,
     run_core,
 )
+from shoal.aggregates.ingestion import Ingestion, processor_for
 from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
 from shoal.bus.client import REASON_HEADER
 from shoal.schemas import (
@@ -448,3 +449,35 @@ def _position(settings: ShoalSettings, stream: str) -> int:
         return app.max_tracking_id(stream)
     finally:
         app.close()
+
+
+async def test_a_steady_flow_is_folded_in_small_batches_not_held_until_one_fills(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    # Under a steady rate with no pause, a batch used to close only at 1,000 messages, so a
+    # budget crossing waited seconds for its fold. Now a batch closes BATCH_WINDOW_S after
+    # its first message, whatever the rate.
+    mix = Mix(seed=14).until(300)
+    await publish_all(bus, mix.events)
+    stream = bus.topology.events.name
+    await bus.js.add_consumer(stream, api.ConsumerConfig(durable_name="grab"))
+    psub = await bus.js.pull_subscribe_bind(durable="grab", stream=stream)
+    msgs = await psub.fetch(len(mix.events), timeout=5)
+    assert len(msgs) == len(mix.events)
+    app = open_core(settings)
+    ingestion = Ingestion(bus, app, processor_for(app, settings, bus), batch=1000)
+
+    async def feed_steadily() -> None:
+        for msg in msgs:  # one message every 5 ms: never quiet for QUIET_S
+            await ingestion._receive(msg)
+            await asyncio.sleep(0.005)
+
+    feeder = asyncio.create_task(feed_steadily())
+    first = await ingestion.fetch(timeout=10)
+    still_feeding = not feeder.done()
+    await feeder
+
+    assert first is not None and still_feeding
+    assert [m.seq for m in first.messages] == list(range(1, len(first.messages) + 1))
+    assert len(first.messages) < 100  # ~20 ms of a 200/s flow, far below the 300 fed
+    app.close()
