@@ -84,6 +84,11 @@ class ShoalSettings(BaseSettings):
     price_table: Path | None = Field(
         default=None, description="Price table YAML (per model USD/1M tokens); unset: builtin."
     )
+    approval_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a high-risk call waits for a human before it fails as timed out.",
+    )
     core_batch: int = Field(default=1000, ge=1, le=10000, description="Events per core write.")
     stuck_after_s: float = Field(
         default=300.0, gt=0, description="A running session silent this long is flagged stuck."

@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "EVENT_TYPES",
-    "PolicyApplied",
-    "RiskTier",
     "AgentCrashLooping",
     "AgentKilled",
     "AgentStarted",
@@ -35,7 +33,9 @@ __all__ = [
     "ModelCalled",
     "OutcomeReported",
     "PlannedTask",
+    "PolicyApplied",
     "PolicyDecided",
+    "RiskTier",
     "SessionFlagged",
     "SessionKilled",
     "TaskAssigned",
