@@ -179,7 +179,10 @@ def _approval(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
         state, by, action, target = "requested", ev.source, d.action, d.target
     else:
         assert isinstance(d, ApprovalGranted | ApprovalDenied)
-        state = "granted" if isinstance(d, ApprovalGranted) else "denied"
+        if isinstance(d, ApprovalGranted):
+            state = "granted"
+        else:
+            state = "expired" if d.expired else "denied"
         by, action, target = d.by, "", ""
     s.trigger_event(
         Session.ApprovalChanged,
