@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from shoal.aggregates.application import ShoalCore, open_core
 from shoal.aggregates.budgets import BudgetCrossing
+from shoal.aggregates.interactions import InteractionsService
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import (
     CORE_SOURCE,
@@ -478,6 +479,11 @@ async def run_core(
                 consumer=consumer,
                 stuck_after_s=settings.stuck_after_s,
             )
-            return await ingestion.run(stop, until_idle=until_idle, ready=ready)
+            interactions = InteractionsService(bus)
+            await interactions.start()
+            try:
+                return await ingestion.run(stop, until_idle=until_idle, ready=ready)
+            finally:
+                await interactions.stop()
         finally:
             app.close()

@@ -53,6 +53,7 @@ from shoal.schemas import (
     OutcomeReported,
     SessionFlagged,
     SessionKilled,
+    SessionMessage,
     ToolCalled,
     parse_event,
 )
@@ -69,7 +70,13 @@ __all__ = [
 ]
 
 REFERRING_TYPES = frozenset(
-    {SessionKilled.type, SessionFlagged.type, BudgetExceeded.type, OutcomeReported.type}
+    {
+        SessionKilled.type,
+        SessionFlagged.type,
+        SessionMessage.type,
+        BudgetExceeded.type,
+        OutcomeReported.type,
+    }
 )
 """Types that say something about an existing session and never open one."""
 

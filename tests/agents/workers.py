@@ -30,3 +30,15 @@ def counter_agent() -> Agent:
         return CountOut(n=task.n, instance=ctx.identity.instance)
 
     return agent
+
+
+def asker_agent() -> Agent:
+    """Asks a person which region to use, then answers with the reply."""
+    agent = Agent("asker", fleet="talk", version="1", manifest=CapabilityManifest())
+
+    @agent.handler("choose")
+    async def choose(ctx: TaskContext, task: dict[str, str]) -> dict[str, str]:
+        region = await ctx.ask(f"Which region for {task['what']}?", timeout=60)
+        return {"region": region, "instance": ctx.identity.instance}
+
+    return agent

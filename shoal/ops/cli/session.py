@@ -91,11 +91,15 @@ def ls(
     stuck: Annotated[
         bool, typer.Option("--stuck", help="Only stuck sessions (flagged, or silent too long).")
     ] = False,
+    awaiting: Annotated[
+        bool, typer.Option("--awaiting", help="Only sessions waiting for a person's reply.")
+    ] = False,
     limit: Annotated[int, typer.Option("--limit", help="Show the N most recent.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
     """List sessions the core has recorded, most recent last."""
     c = cli(ctx, as_json)
+    status = "awaiting_input" if awaiting else status
 
     async def _ls() -> list[Session]:
         return await asyncio.to_thread(
@@ -237,6 +241,9 @@ def _plain(value: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from shoal.ops.cli import converse
+
+    converse.register(session_app)
     app.add_typer(session_app, name="session")
 
 
