@@ -118,6 +118,7 @@ async def open_connection(
 
     nc = ShoalClient()
     established, refused = False, 0
+    closing: set[asyncio.Task[None]] = set()  # a reference, so the close is not collected
 
     async def on_error(e: Exception) -> None:
         # Connection errors after the first connect are surfaced by the operations that
@@ -130,7 +131,10 @@ async def open_connection(
             return
         refused += 1
         if refused >= AUTH_REFUSALS_FATAL:
-            asyncio.create_task(nc.close())  # not from inside nats-py's reconnect task
+            # Not from inside nats-py's reconnect task, which the close cancels.
+            task = asyncio.create_task(nc.close())
+            closing.add(task)
+            task.add_done_callback(closing.discard)
 
     async def on_reconnected() -> None:
         nonlocal refused
