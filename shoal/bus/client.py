@@ -202,12 +202,12 @@ class Bus:
             timeout=self.settings.request_timeout,
         )
 
-    async def deadletter_body(self, msg: Msg) -> bytes:
+    async def deadletter_body(self, msg: Msg | api.RawStreamMsg) -> bytes:
         """The original bytes of a dead-letter record (inline, or from the object store)."""
         headers = msg.headers or {}
         name = headers.get(OBJECT_HEADER)
         if name is None:
-            return msg.data
+            return msg.data or b""
         store = await self.js.object_store(headers.get(OBJECT_STORE_HEADER) or "")
         result = await store.get(name)
         return result.data or b""
