@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from shoal.bus import Bus, ShoalSettings
 from shoal.errors import ConnectionLost, MessageTooLarge
 from shoal.schemas import CloudEvent, ToolCalled, new_id
-from tests.natsproc import NatsProcess
+from tests.natsproc import NatsProcess, auth_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -100,12 +100,6 @@ async def test_a_connection_the_server_closed_ends_its_owner_with_connection_los
     assert str(lost.value) == (
         "the NATS connection was closed and will not reconnect (nats: maximum payload violation)"
     )
-
-
-def auth_config(path: Path, *users: str) -> Path:
-    entries = ", ".join(f"{{user: {u}, password: {u}-pw}}" for u in users)
-    path.write_text(f"authorization {{ users = [ {entries} ] }}\n")
-    return path
 
 
 async def test_revoked_credentials_end_the_owner_with_connection_lost(

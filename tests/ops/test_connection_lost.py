@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shoal.bus import Bus, ShoalSettings
-from tests.natsproc import NatsProcess
+from tests.natsproc import NatsProcess, auth_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,12 +33,6 @@ COMMANDS = {
     "query": (["projections", "serve"], "query service on"),
     "agent": (["agent", "run", "demo", "summarizer"], None),  # ready: its agent.started
 }
-
-
-def auth_config(path: Path, *users: str) -> Path:
-    entries = ", ".join(f"{{user: {u}, password: {u}-pw}}" for u in users)
-    path.write_text(f"authorization {{ users = [ {entries} ] }}\n")
-    return path
 
 
 async def test_core_agent_supervisor_and_query_service_exit_2_when_their_connection_is_gone(
