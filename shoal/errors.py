@@ -9,9 +9,11 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigConflict",
+    "ConnectionLost",
     "InvalidEvent",
     "InvalidName",
     "InvalidSpec",
+    "MessageTooLarge",
     "NatsBinaryMissing",
     "NatsUnreachable",
     "NotFound",
@@ -54,6 +56,21 @@ class StoreNotWritable(ShoalError):
 
 class NatsUnreachable(ShoalError):
     """No NATS server answers at the configured URL."""
+
+
+class ConnectionLost(ShoalError):
+    """nats-py closed the connection for good (it will not reconnect): the process must end.
+
+    Raised where the connection's owner waits, so a long-running process exits non-zero and
+    its supervisor (systemd, compose, ``shoal supervisor``) starts it afresh.
+    """
+
+
+class MessageTooLarge(ShoalError):
+    """A message (headers and body) exceeds the server's ``max_payload``; it was not sent.
+
+    Refused before it reaches the server, which would otherwise close the connection.
+    """
 
 
 class ConfigConflict(ShoalError):
