@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from shoal.aggregates.application import ShoalCore, open_core
 from shoal.aggregates.budgets import BudgetCrossing
+from shoal.aggregates.fleet_caps import FleetCaps
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import (
     CORE_SOURCE,
@@ -400,6 +401,12 @@ async def run_core(
                 consumer=consumer,
                 stuck_after_s=settings.stuck_after_s,
             )
-            return await ingestion.run(stop, until_idle=until_idle, ready=ready)
+            # Fleet specs' budget_usd, read before the first fold and followed after.
+            caps = FleetCaps(await bus.kv(bus.topology.fleets.name), processor.fleet_caps)
+            await caps.start(settings.request_timeout)
+            try:
+                return await ingestion.run(stop, until_idle=until_idle, ready=ready)
+            finally:
+                await caps.stop()
         finally:
             app.close()
