@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyWrongLastSequenceError
@@ -159,13 +159,13 @@ class SlotLeases:
 
     async def claim(
         self, desired: dict[tuple[str, str], Want], now: float, preempted: Callable[[], bool]
-    ) -> list[HeldSlot]:
-        """Claim free slots up to :meth:`limit`; stop early when desired state changes."""
+    ) -> AsyncIterator[HeldSlot]:
+        """Claim free slots up to :meth:`limit`, yielding each as it is claimed (so its
+        instance starts before the next claim); stop when desired state changes."""
         limit = self.limit(desired, now)
-        claimed: list[HeldSlot] = []
         for fleet, agent, index in self._candidates(desired):
             if len(self.held) >= limit or preempted():
-                break
+                return
             key = lease_key(fleet, agent, index)
             if key in self.held or self.mirrors.leases.fresh(key, self.ttl, now):
                 continue
@@ -176,15 +176,14 @@ class SlotLeases:
                 continue  # held by another supervisor (or its lease has not expired yet)
             except Exception as e:
                 log.warning("cannot claim %s: %s", key, e or type(e).__name__)
-                break
+                return
             slot.dirty = False
             self.held[key] = slot
             self._adopt(slot, key)
-            claimed.append(slot)
             log.info("%s: claimed", key)
-        return claimed
+            yield slot
 
-    def _candidates(self, desired: dict[tuple[str, str], Want]) -> list[tuple[str, str, int]]:
+    def _candidates(self, desired: dict[tuple[str, str], Want]) -> Iterator[tuple[str, str, int]]:
         # Index-major across agents: every agent's slot 0 before any agent's slot 1.
         agents = sorted(
             (fleet, agent, w.replicas)
@@ -192,12 +191,10 @@ class SlotLeases:
             if not self.mirrors.killed(fleet, None)
         )
         deepest = max((n for _, _, n in agents), default=0)
-        return [
-            (fleet, agent, index)
-            for index in range(deepest)
-            for fleet, agent, n in agents
-            if index < n
-        ]
+        for index in range(deepest):
+            for fleet, agent, n in agents:
+                if index < n:
+                    yield fleet, agent, index
 
     def _adopt(self, slot: HeldSlot, key: str) -> None:
         # Taking over a slot whose instance was kill-switched keeps it blocked.

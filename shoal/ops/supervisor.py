@@ -175,12 +175,9 @@ class Supervisor:
             await self.slots.step(slot, desired.get((slot.fleet, slot.agent)), now)
         await self.slots.confirm_hung(now)
         self.launcher.escalate([*self.leases.held.values(), *self.leases.orphans], now)
-        if not preempted():
-            for slot in await self.leases.claim(desired, now, preempted):
-                if preempted():
-                    break  # the rest stay claimed; the next pass decides on the new state
-                await self.slots.step(slot, desired.get((slot.fleet, slot.agent)), now)
-                await asyncio.sleep(0)  # let a newer desired state arrive between starts
+        async for slot in self.leases.claim(desired, now, preempted):
+            await self.slots.step(slot, desired.get((slot.fleet, slot.agent)), now)
+            await asyncio.sleep(0)  # let a newer desired state arrive between starts
         await self.leases.renew(now, only_dirty=True)
         await self.leases.announce(now)
 
