@@ -40,8 +40,8 @@ def supervisor(
         typer.Option(
             "--capacity",
             min=0,
-            envvar="SHOAL_SUPERVISOR_CAPACITY",
-            help="Instances this supervisor admits (default: from CPUs and memory).",
+            help="Instances this supervisor admits (default: SHOAL_SUPERVISOR_CAPACITY, "
+            "else computed from CPUs and memory).",
         ),
     ] = None,
 ) -> None:
