@@ -69,7 +69,12 @@ class SlotReconciler:
             self._check_health(slot, want, now)
             if slot.run != wanted_run and self._may_replace(slot, want, wanted_run):
                 stop_instance(slot, "upgrade", now, self.options.drain_grace_s)
-                slot.set("draining", f"replacing {slot.version} with {agent.version}")
+                change = (
+                    f"{slot.version} with {agent.version}"
+                    if slot.version != agent.version
+                    else f"{slot.version}: its spec changed (concurrency or manifest)"
+                )
+                slot.set("draining", f"replacing {change}")
             return
         if slot.state == "crashloop":
             if slot.crashed_on == wanted_run:

@@ -227,7 +227,9 @@ def test_scale_is_held_to_the_same_replica_limit_as_apply() -> None:
     assert (fleet.version, fleet.desired().replicas("orchestrator")) == (1, 1)  # nothing recorded
     fleet.scale({"worker": MAX_REPLICAS}, "bob")
     assert fleet.desired().replicas("worker") == 1000
-    with pytest.raises(InvalidSpec, match="agents.1.replicas: Input should be less than or equal"):
+    with pytest.raises(
+        InvalidSpec, match=r"agents\.1\.replicas: Input should be less than or equal"
+    ):
         parse_fleet_spec(SPEC.replace("replicas: 2", "replicas: 1001"))
 
 
@@ -235,7 +237,7 @@ def test_a_desired_document_beyond_the_limits_is_not_a_valid_document() -> None:
     doc = Fleet("docs", spec().model_dump(mode="json"), "alice", "").desired()
     raw = doc.model_dump(mode="json")
     raw["agents"]["worker"]["replicas"] = 100_000  # written by hand, past every command
-    with pytest.raises(ValueError, match="agents.worker.replicas"):
+    with pytest.raises(ValueError, match=r"agents\.worker\.replicas"):
         FleetDesired.model_validate(raw)
 
 

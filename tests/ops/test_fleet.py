@@ -234,6 +234,6 @@ def test_fleet_scale_beyond_the_limit_is_refused_in_one_line_and_audited(
 
     async def refusals() -> list[str]:
         async with Bus.connect(settings.nats_url or "", settings, name="t") as bus:
-            return [d["reason"] for _, t, d in await audit(bus) if t.endswith("refused")]
+            return [str(d["reason"]) for _, t, d in await audit(bus) if t.endswith("refused")]
 
     assert asyncio.run(refusals()) == ["cannot scale worker to 100000: replicas must be 0 to 1000"]
