@@ -1,5 +1,6 @@
-"""Admission: a supervisor runs no more instances than its capacity, says why the rest wait,
-and gives way to a newer desired state in the middle of a large scale-up."""
+"""What a supervisor makes of a fleet spec, against real processes: the spec's manifest is the
+one its instances' gateways enforce; it runs no more instances than its capacity and says
+why the rest wait; a newer desired state preempts a large scale-up in progress."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from shoal.ops.supervisor import Supervisor, SupervisorOptions
 from shoal.schemas.fleet import parse_fleet_spec
 from tests.natsproc import NatsProcess
 from tests.ops.fleetprocs import Supervisors, agent_procs, eventually, procs_now
+from tests.ops.test_kill import PROBE, probe
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -30,6 +32,7 @@ WORKER = "shoal.agents.demo:summarizer_agent"
 
 @pytest.fixture
 def settings(nats_server: NatsProcess, prefix: str, tmp_path: Path) -> ShoalSettings:
+    # Short leases and heartbeats, so take-over and liveness happen within a test's time.
     return ShoalSettings(
         nats_url=nats_server.url,
         prefix=prefix,
@@ -52,6 +55,50 @@ async def app(settings: ShoalSettings) -> AsyncIterator[FleetApplication]:
     application = open_fleet_app(settings)
     yield application
     application.close()
+
+
+def probe_with_tools(tools: str) -> str:
+    return f"""
+fleet: alpha
+agents:
+  - name: probe
+    target: {PROBE}
+    manifest: {{tools: {tools}}}
+"""
+
+
+async def test_a_tool_the_spec_manifest_removes_is_refused_in_a_supervised_instance(
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, settings: ShoalSettings, prefix: str
+) -> None:
+    (settings.data_dir / "workspace").mkdir(parents=True)
+    (settings.data_dir / "workspace" / "a.md").write_text("# a\n")
+    # The probe agent's code grants read_file and list_files; the spec keeps list_files only.
+    await apply_fleet(bus, app, parse_fleet_spec(probe_with_tools("{list_files: {}}")), by="tester")
+    supervisors.start("sup-a")
+    [first] = await eventually(lambda: procs_now(prefix), lambda ps: len(ps) == 1, 45, "1")
+
+    assert await probe(bus, "alpha", "read_file") == (first.instance, "refused:manifest.tool")
+    assert await probe(bus, "alpha", "list_files") == (first.instance, "ok")
+    denied = [
+        s.event
+        for s in await bus.read(bus.subjects.events_filter(short_type="policy.decided"))
+        if s.event is not None and s.event.data.model_dump()["decision"] == "deny"
+    ]
+    assert [(e.instance, e.data.model_dump()["rule"]) for e in denied] == [
+        (first.instance, "manifest.tool")
+    ]
+
+    # Granting it again is a new manifest: the running instance is replaced, and the new one
+    # may read.
+    tools = "{read_file: {}, list_files: {}}"
+    await apply_fleet(bus, app, parse_fleet_spec(probe_with_tools(tools)), by="tester")
+    [second] = await eventually(
+        lambda: procs_now(prefix),
+        lambda ps: len(ps) == 1 and ps[0].instance != first.instance,
+        45,
+        "replaced",
+    )
+    assert await probe(bus, "alpha", "read_file") == (second.instance, "ok")
 
 
 def two_agents(a: int, b: int) -> str:
