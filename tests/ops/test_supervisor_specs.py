@@ -13,16 +13,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from shoal.aggregates.fleet import FleetApplication
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.capacity import INSTANCES_PER_CPU, cpu_count, host_capacity
+from shoal.ops.cli import app as cli_app
 from shoal.ops.fleets import AgentView, apply_fleet, describe_fleet, fleet_command, open_fleet_app
 from shoal.ops.instances import Launch
 from shoal.ops.supervisor import Supervisor, SupervisorOptions
 from shoal.schemas.fleet import parse_fleet_spec
 from tests.natsproc import NatsProcess
-from tests.ops.fleetprocs import Supervisors, agent_procs, eventually, procs_now
+from tests.ops.fleetprocs import Supervisors, agent_procs, eventually, process_env, procs_now
 from tests.ops.test_kill import PROBE, probe
 
 pytestmark = pytest.mark.timeout(150)
@@ -115,7 +117,7 @@ def held(view: AgentView) -> list[int]:
 
 
 async def test_a_supervisor_admits_only_its_capacity_and_describe_says_why_the_rest_wait(
-    bus: Bus, app: FleetApplication, supervisors: Supervisors, prefix: str
+    bus: Bus, app: FleetApplication, supervisors: Supervisors, settings: ShoalSettings, prefix: str
 ) -> None:
     await apply_fleet(bus, app, parse_fleet_spec(two_agents(4, 4)), by="tester")
     supervisors.start("sup-a", "--capacity", "3")
@@ -134,6 +136,12 @@ async def test_a_supervisor_admits_only_its_capacity_and_describe_says_why_the_r
     assert (a.pending_reason, b.pending_reason) == (reason, reason)
     await asyncio.sleep(2.0)  # several passes later: still three, never more
     assert len(agent_procs(prefix)) == 3
+    text = await asyncio.to_thread(
+        CliRunner().invoke, cli_app, ["fleet", "describe", "demo"], env=process_env(settings)
+    )
+    printed = " ".join(text.output.split())  # as `fleet describe` prints it, unwrapped
+    assert f"2 slot(s) pending (2-3): {reason}" in printed
+    assert f"3 slot(s) pending (1-3): {reason}" in printed
 
     await fleet_command(bus, app, "demo", "scale", by="tester", replicas={"a": 1, "b": 1})
     await eventually(lambda: procs_now(prefix), lambda ps: len(ps) == 2, 30, "2 instances")
