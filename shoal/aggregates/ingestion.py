@@ -402,7 +402,8 @@ async def run_core(
                 stuck_after_s=settings.stuck_after_s,
             )
             # Fleet specs' budget_usd, read before the first fold and followed after.
-            caps = FleetCaps(await bus.kv(bus.topology.fleets.name), processor.fleet_caps)
+            fleets = await bus.kv(bus.topology.fleets.name)
+            caps = FleetCaps(fleets, processor.fleet_caps, processor.prices.fleet_budgets)
             await caps.start(settings.request_timeout)
             try:
                 return await ingestion.run(stop, until_idle=until_idle, ready=ready)

@@ -155,8 +155,8 @@ class CoreProcessor:
         # Messages the fold raised on, by sequence, with the reason: folded again, the batch
         # dead-letters them instead of failing forever on the same message.
         self.poisoned: dict[int, str] = {}
-        # Fleet spend caps from fleet specs (kept current by FleetCaps); win over the table's.
-        self.fleet_caps: dict[str, Decimal] = {}
+        # Fleet spend caps: the price table's, overridden by fleet specs' (kept by FleetCaps).
+        self.fleet_caps: dict[str, Decimal] = dict(prices.fleet_budgets)
         self.reset()
 
     # -- working set ---------------------------------------------------------------------------
@@ -473,7 +473,7 @@ class CoreProcessor:
                 g.record_budget_exceeded(seq, g.budget_usd, spent, timestamp=ev.time)
                 self._collect(g)
                 crossing("goal", gid, g.budget_usd, spent)
-        cap = self.fleet_caps.get(fleet, self.prices.fleet_budgets.get(fleet)) if fleet else None
+        cap = self.fleet_caps.get(fleet) if fleet else None
         if fleet and cap is not None and self.totals.fleets[fleet] > cap:
             spend = self._fleet_spend.get(fleet) or self.app.fleet_spend(fleet)
             if spend is None:
