@@ -58,6 +58,11 @@ class ShoalSettings(BaseSettings):
     dedup_window_s: float = Field(default=120.0, gt=0)
     presence_ttl_s: float = Field(default=10.0, gt=0)
     lease_ttl_s: float = Field(default=10.0, gt=0)
+    supervisor_capacity: int | None = Field(
+        default=None,
+        ge=0,
+        description="Instances one supervisor admits (default: computed from CPUs and memory).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     persistence_module: str = Field(
         default="eventsourcing.sqlite",

@@ -225,6 +225,10 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
         return
     state = "running" if view.running else "[yellow]stopped[/]"
     c.out.print(f"fleet [bold]{view.fleet}[/]: {state} (generation {view.generation})")
+    if view.description:
+        c.out.print(escape(view.description))
+    if view.budget_usd is not None:
+        c.out.print(f"budget ${view.budget_usd} (enforced by the core: fleet kill switch)")
     for a in view.agents:
         versions = ", ".join(f"{v} x{n}" for v, n in sorted(a.versions.items())) or "-"
         colour = "green" if a.actual == a.desired else "yellow"
@@ -255,6 +259,22 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
                 f"  [red]slot {s.slot} {s.state}[/] on {s.host} ({s.supervisor}), "
                 f"{s.restarts} restart(s): {escape(s.message)}"
             )
+        if a.pending:
+            c.out.print(
+                f"  [yellow]{len(a.pending)} slot(s) pending[/] ({_spans(a.pending)}): "
+                f"{escape(a.pending_reason)}"
+            )
+
+
+def _spans(slots: list[int]) -> str:
+    """``[3, 4, 5, 9]`` → ``"3-5, 9"``."""
+    spans: list[list[int]] = []
+    for n in slots:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 @fleet_app.command("history")
