@@ -12,17 +12,30 @@ from typing import Annotated
 
 import typer
 
-from shoal.ops.cli._common import make_cli
+from shoal.ops.cli._common import DEFAULT_TIMEOUT, make_cli
+from shoal.ops.cli._group import ShoalGroup
 
-__all__ = ["app", "main"]
+__all__ = ["PANELS", "app", "main"]
+
+PANELS = ("run", "observe", "govern", "fleet", "data")
+"""The ``--help`` panels, in order: each command module names its panel when it registers."""
 
 app = typer.Typer(
     name="shoal",
+    cls=ShoalGroup,
     help="shoal: a control plane for fleets of AI agents on NATS JetStream.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"shoal {version('shoal')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -41,11 +54,30 @@ def _root(
     prefix: Annotated[
         str | None, typer.Option("--prefix", envvar="SHOAL_PREFIX", help="Subject prefix.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", "-o json", help="JSON output (any position).")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (any position).")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            envvar="SHOAL_TIMEOUT",
+            help="Seconds a command may wait for the server in all.",
+        ),
+    ] = DEFAULT_TIMEOUT,
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     ctx.obj = make_cli(
-        nats_url=nats_url, data_dir=data_dir, prefix=prefix, as_json=as_json, debug=debug
+        nats_url=nats_url,
+        data_dir=data_dir,
+        prefix=prefix,
+        as_json=as_json,
+        debug=debug,
+        timeout=timeout,
     )
 
 

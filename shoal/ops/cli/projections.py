@@ -128,7 +128,7 @@ def rebuild_cmd(
             try:
                 os.replace(target, live)
             except OSError as e:
-                raise fail(c, f"cannot replace {live}: {e}") from None
+                raise fail(c, f"cannot replace {live}: {e}", 1, "not_writable") from None
             swapped_by = "rebuild"
     path = live if as_of is None else target
     rate = result.events / result.seconds if result.seconds else 0.0
