@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 import nats.errors
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, ServiceUnavailableError
 
 from shoal.bus import (
     KILL_SCOPES,
@@ -43,7 +43,17 @@ from shoal.schemas import AgentKilled, CloudEvent, ControlAccepted, SessionKille
 
 __all__ = ["KillResult", "kill", "kill_with_retry", "list_kills", "parse_scope", "unkill"]
 
-_RETRYABLE = (TimeoutError, nats.errors.Error, NatsUnreachable, ConnectionError)
+_RETRYABLE = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    ServiceUnavailableError,
+    NatsUnreachable,
+    ConnectionError,
+)
+"""What a slow, paused or restarting server looks like; anything else is not retried."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ async def kill_with_retry(
         budget = remaining if attempts >= 3 else max(min(remaining, timeout / 3), 0.5)
         try:
             async with asyncio.timeout(budget):
-                async with open_bus(settings, provision=False, name="shoal-kill") as bus:
+                async with open_bus(settings, name="shoal-kill") as bus:
                     if not force:
                         await check_kill_target(bus, scope, name)
                     result = await kill(bus, scope, name, by=by, reason=reason)

@@ -27,6 +27,9 @@ from shoal.schemas import is_token
 
 __all__ = ["check_kill_target", "fleet_exists", "known_models", "known_tools"]
 
+_NO_MESSAGE = 10037
+"""JetStream's error code for "no message found" (as opposed to "stream not found")."""
+
 BUILTIN_TOOLS = ("read_file", "list_files")
 """The SDK's own sandboxed file tools (``shoal.agents.fstools``)."""
 
@@ -89,8 +92,10 @@ async def _presences(bus: Bus) -> list[Presence]:
 async def _has_events(bus: Bus, filter_subject: str) -> bool:
     try:
         msg = await bus.js.get_msg(bus.topology.events.name, subject=filter_subject)
-    except NotFoundError:
-        return False
+    except NotFoundError as e:
+        if e.err_code == _NO_MESSAGE:
+            return False
+        raise
     return msg is not None
 
 

@@ -55,6 +55,7 @@ BAD: dict[str, list[str]] = {
 """Bad values by option name (the same name means the same thing in every command)."""
 
 NAMES = {"--instance", "--session", "--goal", "--fleet", "--tool", "--model", "--principal"}
+NAMES |= {"--origin"}
 """Name options: a value that is not one subject token is refused (kill, unkill, filters)."""
 
 FREE = {"--reason", "--detail", "--signal", "--target", "--id", "--supervisor", "--version"}

@@ -92,9 +92,9 @@ def _register() -> None:
 
     for module in (cost, projections):
         module.register(app)
-    from shoal.ops.cli import core, outcome, session
+    from shoal.ops.cli import core, deadletters, outcome, session
 
-    for module in (core, session, outcome):
+    for module in (core, session, outcome, deadletters):
         module.register(app)
 
 

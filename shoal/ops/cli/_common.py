@@ -158,17 +158,25 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def require_store(settings: ShoalSettings) -> None:
-    """Refuse to read a core store that does not exist (and so never create ``./.shoal``)."""
-    from shoal.errors import NotFound
+def require_store(settings: ShoalSettings, dbname: str = "core") -> None:
+    """Refuse to read a store that does not exist (so never create ``./.shoal``), or one in
+    a read-only data dir (SQLite writes its journal beside the file, even to read)."""
+    import os
+
+    from shoal.errors import NotFound, StoreNotWritable
 
     if settings.persistence_module != "eventsourcing.sqlite":
         return
-    path = settings.data_dir / "core.sqlite"
+    path = settings.data_dir / f"{dbname}.sqlite"
     if not path.exists():
         raise NotFound(
-            f"no core store at {path}: nothing recorded here yet "
+            f"no {dbname} store at {path}: nothing recorded here yet "
             "(run 'shoal up' or 'shoal demo', or give --data-dir)"
+        )
+    if not os.access(settings.data_dir, os.W_OK):
+        raise StoreNotWritable(
+            f"the data dir {settings.data_dir} is read-only: its SQLite store writes a "
+            "journal beside the file even to read; make it writable or copy it elsewhere"
         )
 
 

@@ -120,6 +120,7 @@ BY_NAME: dict[str, Check] = {
             "--tool",
             "--model",
             "--principal",
+            "--origin",
         )
     },
 }

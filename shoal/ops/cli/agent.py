@@ -58,6 +58,7 @@ def run_cmd(
             slot=slot,
             supervisor=supervisor,
         ),
+        bounded=False,
     )
     if c.json:
         emit_json({"stopped": reason})

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.bus import ShoalSettings
-from shoal.errors import NatsUnreachable, NotFound, ServiceUnavailable
+from shoal.errors import InvalidOption, NatsUnreachable, NotFound, Refused, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli._time import parse_moment
 from shoal.ops.connect import open_bus
@@ -370,7 +370,10 @@ def sql(
 
             return await asyncio.to_thread(_locally, c, lambda ds: run_sql(ds, params))
 
-    answer = run(c, _ask())
+    try:
+        answer = run(c, _ask())
+    except Refused as e:  # a write statement: the user's SQL to change, a usage error
+        raise InvalidOption(str(e)) from None
     if c.json:
         emit_json(answer.model_dump(mode="json"))
         return

@@ -42,7 +42,7 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     c = cli(ctx, as_json)
     with setup_telemetry(c.settings, "shoal-demo") as telemetry:
-        done = run(c, _demo(c, GenAI(telemetry)))
+        done = run(c, _demo(c, GenAI(telemetry)), bounded=False)
     if c.json:
         emit_json(_as_json(done))
     else:

@@ -10,10 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from shoal.bus import Bus
+from shoal.errors import InvalidOption, InvalidSpec, Refused
 from shoal.ops import fleets as ops
-from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, require_store, run
 from shoal.ops.connect import open_bus
-from shoal.errors import InvalidSpec
 from shoal.schemas.fleet import FleetDesired, FleetSpec
 
 if TYPE_CHECKING:  # eventsourcing loads lazily: every ``shoal agent run`` imports this module
@@ -28,7 +28,9 @@ ReasonOption = Annotated[
 FleetArg = Annotated[str, typer.Argument(help="Fleet name.")]
 
 
-def _with_app(c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]]) -> T:
+def _with_app(
+    c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]], *, bounded: bool = True
+) -> T:
     async def _run() -> T:
         app = ops.open_fleet_app(c.settings)
         try:
@@ -37,7 +39,7 @@ def _with_app(c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]]) -> 
         finally:
             app.close()
 
-    return run(c, _run())
+    return run(c, _run(), bounded=bounded)
 
 
 def _print_desired(c: Cli, verb: str, desired: FleetDesired) -> None:
@@ -117,16 +119,14 @@ def scale(
 ) -> None:
     """Set the number of instances of one or more agents."""
     c = cli(ctx, as_json)
+    try:
+        counts = ops.parse_replicas(replicas)
+    except Refused as e:  # a malformed AGENT=N is the user's input to change
+        raise InvalidOption(str(e)) from None
 
     async def body(bus: Bus, app: FleetApplication) -> FleetDesired:
         return await ops.fleet_command(
-            bus,
-            app,
-            name,
-            "scale",
-            by=c.settings.principal,
-            reason=reason,
-            replicas=ops.parse_replicas(replicas),
+            bus, app, name, "scale", by=c.settings.principal, reason=reason, replicas=counts
         )
 
     _print_desired(c, "scaled", _with_app(c, body))
@@ -169,7 +169,7 @@ def upgrade(
             return desired, None
         return desired, await ops.wait_rollout(bus, name, agent, version, timeout=timeout)
 
-    desired, result = _with_app(c, body)
+    desired, result = _with_app(c, body, bounded=not wait)
     if c.json:
         emit_json(
             {
@@ -207,7 +207,7 @@ def ls(ctx: typer.Context, as_json: JsonOption = False) -> None:
     c = cli(ctx, as_json)
 
     async def body() -> list[ops.FleetView]:
-        async with open_bus(c.settings, name="shoal-fleet") as bus:
+        async with open_bus(c.settings, start=False, name="shoal-fleet") as bus:
             return await ops.list_fleets(bus)
 
     views = run(c, body())
@@ -228,7 +228,7 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
     c = cli(ctx, as_json)
 
     async def body() -> ops.FleetView:
-        async with open_bus(c.settings, name="shoal-fleet") as bus:
+        async with open_bus(c.settings, start=False, name="shoal-fleet") as bus:
             return await ops.describe_fleet(bus, name)
 
     view = run(c, body())
@@ -273,6 +273,7 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
 def history(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) -> None:
     """Every command given to the fleet: when, who, what, why."""
     c = cli(ctx, as_json)
+    require_store(c.settings, "fleets")
 
     async def body() -> list[Any]:
         app = ops.open_fleet_app(c.settings)

@@ -118,7 +118,7 @@ def kill(
 
 def _list(c: Cli) -> None:
     async def body() -> list[tuple[str, KillSwitch]]:
-        async with open_bus(c.settings, name="shoal-kill") as bus:
+        async with open_bus(c.settings, start=False, name="shoal-kill") as bus:
             return await ops.list_kills(bus)
 
     switches = run(c, body())

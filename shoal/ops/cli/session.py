@@ -164,7 +164,7 @@ def replay(
     async def _replay() -> Replay:
         cut = parse_at(at)
         prices = PriceTable.load(c.settings.price_table)
-        async with open_bus(c.settings) as bus:
+        async with open_bus(c.settings, start=False) as bus:
             stored = await read_replay(bus, iid)
         return build_replay(stored, iid, prices, cut)
 
