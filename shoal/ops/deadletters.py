@@ -81,7 +81,7 @@ async def list_deadletters(
     bus: Bus, origin: str | None = None, limit: int = 100
 ) -> tuple[list[DeadLetter], int]:
     """The most recent ``limit`` dead letters (of one origin, or all) and how many there are."""
-    filter_subject = bus.subjects.deadletter(origin) if origin else bus.subjects.all_deadletters()
+    filter_subject = bus.subjects.deadletter(origin) if origin else bus.subjects.all_deadletters
     stream = bus.topology.deadletter.name
     info = await bus.js.stream_info(stream, subjects_filter=filter_subject)
     total = sum((info.state.subjects or {}).values())
@@ -112,7 +112,7 @@ async def count_by_origin(bus: Bus) -> dict[str, int]:
     """Dead letters per origin (``events``, ``tasks``…), from the stream's subject counts."""
     try:
         info = await bus.js.stream_info(
-            bus.topology.deadletter.name, subjects_filter=bus.subjects.all_deadletters()
+            bus.topology.deadletter.name, subjects_filter=bus.subjects.all_deadletters
         )
     except NotFoundError:
         return {}

@@ -138,6 +138,7 @@ async def test_session_ls_filters_by_status_and_show_prints_one(
 
 
 async def test_unknown_iid_or_gid_is_one_clear_line_and_exit_1(settings: ShoalSettings) -> None:
+    open_core(settings).close()  # a store exists; these names are not in it
     replay = await invoke(settings, "session", "replay", "nope")
     show = await invoke(settings, "session", "show", "nope")
     goal = await invoke(settings, "goal", "show", "nope")
