@@ -198,7 +198,7 @@ class ShoalGroup(TyperGroup):
         for param in self.params:
             _tidy_param(param)
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,

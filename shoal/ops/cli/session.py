@@ -270,7 +270,8 @@ def select_goals(
     require_store(settings)
     app = open_core(settings)
     try:
-        gids = [e.gid for _, e in app.notifications([get_topic(Goal.Opened)])]  # type: ignore[attr-defined]
+        opened = app.notifications([get_topic(Goal.Opened)])
+        gids = [e.gid for _, e in opened]  # type: ignore[attr-defined]
         found: list[dict[str, Any]] = []
         for gid in reversed(gids):
             if len(found) >= limit:
