@@ -38,6 +38,7 @@ BAD: dict[str, list[str]] = {
     "--inputs": ["{oops", "[1]"],
     "--timeout": BAD_SECONDS,
     "--drain-grace": BAD_SECONDS,
+    "--wait-timeout": BAD_SECONDS,
     "--tick": ["x", "-1", "0"],
     "--backoff": BAD_SECONDS,
     "--resync": ["x", "-1", "0"],

@@ -98,6 +98,7 @@ BY_NAME: dict[str, Check] = {
     "--slot": _at_least(0),
     "--timeout": SECONDS,
     "--drain-grace": SECONDS,
+    "--wait-timeout": SECONDS,
     "--backoff": SECONDS,
     "--tick": _at_least(0, strict=True),
     "--resync": _at_least(0, strict=True),

@@ -75,13 +75,16 @@ def ls(
     status: Annotated[
         str | None, typer.Option("--status", help="open, running, completed or failed.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Show the N most recent.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", help="Show the N most recent.")] = 50,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only the GIDs, one a line (for scripts).")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Goals the core has recorded, most recent last: fleet, status, cost, text."""
     from shoal.ops.cli.session import list_goals
 
-    list_goals(cli(ctx, as_json), fleet=fleet, status=status, limit=limit)
+    list_goals(cli(ctx, as_json), fleet=fleet, status=status, limit=limit, quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

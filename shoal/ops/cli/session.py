@@ -34,6 +34,10 @@ __all__ = [
     "show_goal",
 ]
 
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only the ids, one a line (for scripts).")
+]
+
 session_app = typer.Typer(help="Find, inspect and replay sessions (IIDs).", no_args_is_help=True)
 
 
@@ -95,6 +99,7 @@ def ls(
         bool, typer.Option("--stuck", help="Only stuck sessions (flagged, or silent too long).")
     ] = False,
     limit: Annotated[int, typer.Option("--limit", help="Show the N most recent.")] = 50,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """List sessions the core has recorded, most recent last."""
@@ -106,6 +111,10 @@ def ls(
         )
 
     sessions = run(c, _ls())
+    if quiet:
+        for s in sessions:
+            c.out.print(s.iid)
+        return
     if c.json:
         emit_json([s.summary() for s in sessions])
         return
@@ -285,7 +294,9 @@ def select_goals(
         app.close()
 
 
-def list_goals(c: Cli, *, fleet: str | None, status: str | None, limit: int) -> None:
+def list_goals(
+    c: Cli, *, fleet: str | None, status: str | None, limit: int, quiet: bool = False
+) -> None:
     """``shoal goal ls``."""
 
     async def _load() -> list[dict[str, Any]]:
@@ -294,6 +305,10 @@ def list_goals(c: Cli, *, fleet: str | None, status: str | None, limit: int) -> 
         )
 
     goals = run(c, _load())
+    if quiet:
+        for g in goals:
+            c.out.print(g["gid"])
+        return
     if c.json:
         emit_json(goals)
         return
