@@ -26,6 +26,7 @@ from shoal.bus import ShoalSettings
 from shoal.errors import InvalidOption, NatsUnreachable, NotFound, Refused, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli._time import parse_moment
+from shoal.ops.cli.layout import fit
 from shoal.ops.connect import open_bus
 from shoal.projections.client import QueryClient
 from shoal.projections.queries import (
@@ -176,6 +177,10 @@ def _table(title: str, rows: Sequence[BaseModel], columns: Sequence[str] | None 
     return table
 
 
+def _headers(table: Table) -> list[str]:
+    return [str(col.header) for col in table.columns]
+
+
 def _render_cost(out: Console, answer: CostAnswer) -> None:
     table = Table(title=f"cost by {', '.join(answer.by)} (USD, server-side)", title_justify="left")
     for dim in answer.by:
@@ -195,14 +200,17 @@ def _render_cost(out: Console, answer: CostAnswer) -> None:
     table.add_section()
     label = "total" if answer.groups == len(answer.rows) else f"total ({answer.groups} groups)"
     table.add_row(label, *blanks, str(answer.calls), "", "", _cell(answer.total_usd))
-    out.print(table)
+    out.print(
+        fit(table, out, drop=("input_tokens", "output_tokens"), keep=(*answer.by, "cost_usd"))
+    )
 
 
 def _render_success(out: Console, answer: SuccessCostAnswer) -> None:
     rows = [*answer.rows, answer.total.model_copy(update={"fleet": "all"})]
     columns = ("fleet", "units", "successes", "failures", "pending", "spend_usd")
     table = _table("cost per successful outcome (USD)", rows, (*columns, "cost_per_success_usd"))
-    out.print(table)
+    drop = ("pending", "units", "failures", "spend_usd")
+    out.print(fit(table, out, drop=drop, keep=("fleet", "cost_per_success_usd")))
 
 
 def _render(c: Cli, name: str, answer: BaseModel) -> None:
@@ -214,7 +222,10 @@ def _render(c: Cli, name: str, answer: BaseModel) -> None:
         _render_success(c.out, answer)
     else:
         rows = getattr(answer, "rows", [])
-        c.out.print(_table(f"{name}: {NAMED_QUERIES[name].description}", rows))
+        table = _table(f"{name}: {NAMED_QUERIES[name].description}", rows)
+        keep = [n for n in ("iid", "gid", "fleet", "status", "cost_usd") if n in _headers(table)]
+        drop = [n for n in reversed(_headers(table)) if n not in keep]
+        c.out.print(fit(table, c.out, drop=drop, keep=keep))
         total = getattr(answer, "total", None)
         if isinstance(total, BaseModel):
             c.out.print(_table("total", [total]))
@@ -339,7 +350,9 @@ def ledger(
         return
     columns = ("seq", "ts", "iid", "agent", "tool", "version", "arguments", "sensitivity")
     rows = getattr(answer, "rows", [])
-    c.out.print(_table("tool-call ledger", rows, (*columns, "result_class", "decision", "rule")))
+    table = _table("tool-call ledger", rows, (*columns, "result_class", "decision", "rule"))
+    drop = ("version", "sensitivity", "seq", "rule", "ts", "agent", "arguments")
+    c.out.print(fit(table, c.out, drop=drop, keep=("iid", "tool", "decision")))
 
 
 def sql(

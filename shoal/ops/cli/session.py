@@ -22,6 +22,7 @@ from shoal.aggregates import PriceTable, Session, open_core
 from shoal.aggregates.replay import Replay, ReplayNode, build_replay, parse_at, read_replay
 from shoal.bus import ShoalSettings
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, require_store, run
+from shoal.ops.cli.layout import fit
 from shoal.ops.connect import open_bus
 from shoal.schemas import utcnow
 
@@ -132,7 +133,8 @@ def ls(
             f"{s.model_calls}m/{s.tool_calls}t",
             ",".join(s.flags),
         )
-    c.out.print(table)
+    keep = ("IID", "status", "cost $")
+    c.out.print(fit(table, c.out, drop=("flags", "calls", "capability", "fleet"), keep=keep))
 
 
 @session_app.command("show")
@@ -320,9 +322,9 @@ def list_goals(
             Text(g["status"], style=_status_style(g["status"])),
             str(len(g["iids"])),
             _usd(Decimal(g["total_cost_usd"])),
-            Text(g["text"], overflow="ellipsis", no_wrap=True),
+            g["text"],
         )
-    c.out.print(table)
+    c.out.print(fit(table, c.out, drop=("sessions", "fleet"), keep=("GID", "status", "cost $")))
     if not goals:
         c.out.print("(no goals)")
 
@@ -380,7 +382,8 @@ def show_goal(c: Cli, gid: str) -> None:
             f"{s['model_calls']}m/{s['tool_calls']}t",
             _usd(Decimal(s["cost_usd"])),
         )
-    c.out.print(table)
+    drop = ("parent", "retries", "calls", "capability")
+    c.out.print(fit(table, c.out, drop=drop, keep=("IID", "status", "cost $")))
     budget = f" (budget ${goal['budget_usd']})" if goal["budget_usd"] else ""
     c.out.print(
         f"{len(goal['sessions'])} sessions, total ${_usd(Decimal(goal['total_cost_usd']))}{budget}"
