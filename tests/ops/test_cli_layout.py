@@ -64,9 +64,7 @@ def test_the_demo_at_80_and_200_columns_keeps_every_key_fact(settings: ShoalSett
         assert summary[1].endswith("summarised 5 documents (165 words)")
         assert summary[2] == f"  goal    {gid.group(1)}"
         assert re.fullmatch(r"  cost    \$0\.\d{6} for 6 model call\(s\), server-side", summary[3])
-        assert re.fullmatch(
-            r"  denied  fetch_url in \w{26}: deny, rule manifest\.tool", summary[4]
-        )
+        assert re.fullmatch(r"  denied  fetch_url in \w{26}: deny, rule manifest\.tool", summary[4])
         assert re.match(r"  retried \w{26} attempt 1: model endpoint ", summary[5])
         assert summary[6] == f"  look    shoal goal show {gid.group(1)}"
         # The timeline's decisive facts are never cut.

@@ -95,9 +95,7 @@ def _progress_line(view: ops.FleetView) -> str:
 
 def _converged(view: ops.FleetView) -> bool:
     want = (lambda a: a.desired) if view.running else (lambda a: 0)
-    return all(
-        a.actual == want(a) and a.versions.get(a.version, 0) == want(a) for a in view.agents
-    )
+    return all(a.actual == want(a) and a.versions.get(a.version, 0) == want(a) for a in view.agents)
 
 
 async def wait_converged(
