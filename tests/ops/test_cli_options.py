@@ -30,6 +30,7 @@ BAD: dict[str, list[str]] = {
     "--until": BAD_TIME,
     "--limit": BAD_COUNT,
     "--batch": BAD_COUNT,
+    "--max-lag": ["x", "-1"],
     "--concurrency": BAD_COUNT,
     "--crashloop-after": BAD_COUNT,
     "--slot": ["x", "-1"],
@@ -101,7 +102,9 @@ def _commands() -> Iterator[tuple[str, Any]]:
         else:
             yield " ".join(path), cmd
 
-    yield from walk(typer.main.get_command(app), [])
+    root = typer.main.get_command(app)
+    root.load_all()  # type: ignore[attr-defined]
+    yield from walk(root, [])
 
 
 def _cases() -> Iterator[Any]:

@@ -1,8 +1,10 @@
 """The ``shoal`` command line: a root app with global options and one module per noun.
 
 Commands are thin: they parse options, call a plain function of the library, and render
-the answer as rich tables (or JSON with ``--json``). Each noun lives in its own module and
-registers itself on :data:`app` in :func:`_register`.
+the answer as rich tables (or JSON with ``--json``). Each noun lives in its own module with
+a ``register(app)``; the root group (:mod:`shoal.ops.cli._group`) imports a module only
+when one of its commands runs, so ``shoal --help`` starts fast. A new module adds its
+command names to :data:`shoal.ops.cli._group.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from shoal.ops.cli._group import ShoalGroup
 __all__ = ["PANELS", "app", "main"]
 
 PANELS = ("run", "observe", "govern", "fleet", "data")
-"""The ``--help`` panels, in order: each command module names its panel when it registers."""
+"""The ``--help`` panels, in order (each command's panel is in ``_group.COMMANDS``)."""
 
 app = typer.Typer(
     name="shoal",
@@ -79,26 +81,6 @@ def _root(
         debug=debug,
         timeout=timeout,
     )
-
-
-def _register() -> None:
-    # Imported here, not at module top, so each command module can import ``app`` freely.
-    import shoal.ops.cli.trace as trace
-    from shoal.ops.cli import agent, demo, events, fleet, goal, kill, platform, schemas, supervisor
-
-    for module in (platform, goal, events, schemas, demo, fleet, kill, supervisor, agent, trace):
-        module.register(app)
-    from shoal.ops.cli import cost, projections
-
-    for module in (cost, projections):
-        module.register(app)
-    from shoal.ops.cli import core, deadletters, outcome, session
-
-    for module in (core, session, outcome, deadletters):
-        module.register(app)
-
-
-_register()
 
 
 def main() -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from shoal.errors import InvalidOption, ShoalError, TimedOut
 from shoal.ops.cli._group import describe_exception, print_error
 
-if TYPE_CHECKING:  # pydantic-settings and nats load when a command runs, not for --help
+if TYPE_CHECKING:  # pydantic-settings, nats, rich load when a command runs, not for --help
+    from rich.console import Console
+
     from shoal.bus import ShoalSettings
 
 __all__ = [
@@ -63,6 +64,7 @@ def make_cli(
 ) -> Cli:
     """Build the settings from the environment plus whichever global options were given."""
     from pydantic import ValidationError
+    from rich.console import Console
 
     from shoal.bus import ShoalSettings
     from shoal.schemas import describe_validation_error

@@ -21,35 +21,101 @@ from typer.exceptions import Abort, Exit
 
 from shoal.errors import RUNTIME_EXIT, USAGE_EXIT, ShoalError
 
-__all__ = ["PANEL_OF", "ShoalGroup", "describe_exception", "normalize_args", "print_error"]
+__all__ = [
+    "COMMANDS",
+    "PANEL_OF",
+    "ShoalGroup",
+    "describe_exception",
+    "normalize_args",
+    "print_error",
+]
 
-PANEL_OF = {
-    "up": "run",
-    "down": "run",
-    "demo": "run",
-    "core": "run",
-    "supervisor": "run",
-    "agent": "run",
-    "status": "observe",
-    "events": "observe",
-    "session": "observe",
-    "trace": "observe",
-    "goal": "observe",
-    "deadletters": "observe",
-    "kill": "govern",
-    "unkill": "govern",
-    "outcome": "govern",
-    "auth": "govern",
-    "fleet": "fleet",
-    "cost": "data",
-    "outcomes": "data",
-    "query": "data",
-    "sql": "data",
-    "tools": "data",
-    "projections": "data",
-    "export": "data",
-    "schemas": "data",
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    # name: (module under shoal.ops.cli, help panel, short help shown by ``shoal --help``)
+    "up": (
+        "platform",
+        "run",
+        "Start (or reuse) NATS, provision streams and buckets, start the local services.",
+    ),
+    "down": (
+        "platform",
+        "run",
+        "Stop the local services and the embedded NATS server (its store stays).",
+    ),
+    "demo": (
+        "demo",
+        "run",
+        "Run the demo fleet on a goal: live progress, the result, the timeline and its cost.",
+    ),
+    "core": (
+        "core",
+        "run",
+        "Run the core: ingest the event log into sessions and goals, exactly once.",
+    ),
+    "supervisor": (
+        "supervisor",
+        "run",
+        "Start, stop, replace and drain agent instances until they match desired state.",
+    ),
+    "agent": ("agent", "run", "Run agent instances."),
+    "status": (
+        "platform",
+        "observe",
+        "Health at a glance: services, lags, dead letters, sessions in trouble, versions.",
+    ),
+    "goal": ("goal", "observe", "Submit and inspect goals."),
+    "session": ("session", "observe", "Find, inspect and replay sessions (IIDs)."),
+    "events": ("events", "observe", "Read the event log."),
+    "trace": (
+        "trace",
+        "observe",
+        "Print the spans of a session (its model and tool calls, delegated sessions) as a tree.",
+    ),
+    "deadletters": (
+        "deadletters",
+        "observe",
+        "Messages no consumer could process: list, inspect, replay.",
+    ),
+    "kill": (
+        "kill",
+        "govern",
+        "Stop exactly one instance, session, goal, fleet, tool, model, principal — or all.",
+    ),
+    "unkill": (
+        "kill",
+        "govern",
+        "Lift a kill switch (a killed instance's slot or fleet is started again).",
+    ),
+    "outcome": ("outcome", "govern", "Report outcomes of sessions."),
+    "fleet": ("fleet", "fleet", "Declare, scale, upgrade and inspect fleets."),
+    "cost": ("cost", "data", "Server-side cost of model calls, grouped (default: by model)."),
+    "outcomes": ("cost", "data", "Outcomes per fleet, and what each successful outcome cost."),
+    "query": (
+        "cost",
+        "data",
+        "Any named query (sessions, workflows, retries, failed-spend, interventions…).",
+    ),
+    "sql": (
+        "cost",
+        "data",
+        "Run one read-only SQL statement against the projection (writes are refused).",
+    ),
+    "tools": ("cost", "data", "Tool calls: the ledger."),
+    "projections": (
+        "projections",
+        "data",
+        "The DuckDB projections: serve queries, rebuild by replay.",
+    ),
+    "export": ("projections", "data", "Export the projection's tables."),
+    "schemas": ("schemas", "data", "The wire contract as JSON Schema."),
 }
+"""Every top-level command, loaded only when it runs (``shoal --help`` imports none of them).
+
+Each module has a ``register(app)`` that adds its commands; a new module adds its names
+here. ``tests/ops/test_cli_startup.py`` checks each short help against the command's own.
+"""
+
+PANEL_OF = {name: panel for name, (_, panel, _) in COMMANDS.items()}
 """The ``--help`` panel of each top-level command (run, observe, govern, fleet, data)."""
 
 _LABELS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH"}
@@ -178,20 +244,59 @@ def _tidy(command: Any, path: str, panel: str | None = None) -> None:
 class ShoalGroup(TyperGroup):
     """The root group: argv normalised, every failure one line (see the module doc)."""
 
-    _tidied = False
+    _listing = False
 
-    def tidy(self) -> None:
-        """Panels and help labels, once per process (see :func:`_tidy`)."""
-        if self._tidied:
+    def list_commands(self, ctx: Any) -> list[str]:
+        """Every command, loaded or not, in panel order."""
+        return [*COMMANDS, *(n for n in self.commands if n not in COMMANDS)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command, importing its module the first time (a stub while listing help)."""
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            if self._listing:
+                return self._stub(cmd_name)
+            self.load(COMMANDS[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            self._tidy_root()
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+    def load(self, module_name: str) -> None:
+        """Import ``shoal.ops.cli.<module>`` and add the commands it registers."""
+        import importlib
+
+        import typer
+
+        scratch = typer.Typer()
+        scratch.callback()(lambda: None)  # always a group, whatever the module registers
+        importlib.import_module(f"shoal.ops.cli.{module_name}").register(scratch)
+        group = typer.main.get_command(scratch)
+        for name, command in getattr(group, "commands", {}).items():
+            _tidy(command, name, PANEL_OF.get(name))
+            self.commands[name] = command
+
+    def load_all(self) -> None:
+        """Every command (for tests and tools that walk the whole tree)."""
+        for module in dict.fromkeys(m for m, _, _ in COMMANDS.values()):
+            self.load(module)
+
+    def _stub(self, name: str) -> Any:
+        from typer.core import TyperCommand
+
+        _, panel, short = COMMANDS[name]
+        return TyperCommand(name=name, help=short, short_help=short, rich_help_panel=panel)
+
+    _root_tidied = False
+
+    def _tidy_root(self) -> None:
+        if self._root_tidied:
             return
-        self._tidied = True
-        panels = ("run", "observe", "govern", "fleet", "data")
-        order = sorted(
-            self.commands, key=lambda n: panels.index(PANEL_OF[n]) if n in PANEL_OF else 99
-        )
-        self.commands = {name: self.commands[name] for name in order}
-        for name, sub in self.commands.items():
-            _tidy(sub, name, PANEL_OF.get(name))
+        self._root_tidied = True
         super_help = self.get_help_option
         self.get_help_option = lambda ctx: _tidy_param(super_help(ctx))  # type: ignore[method-assign]
         self.help = _plain(self.help)
@@ -207,7 +312,7 @@ class ShoalGroup(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
-        self.tidy()
+        self._tidy_root()
         raw = list(sys.argv[1:] if args is None else args)
         as_json = "--json" in raw
         try:

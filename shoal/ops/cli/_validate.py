@@ -96,6 +96,7 @@ BY_NAME: dict[str, Check] = {
     "--crashloop-after": COUNT,
     "--as-of": COUNT,
     "--slot": _at_least(0),
+    "--max-lag": _at_least(0),
     "--timeout": SECONDS,
     "--drain-grace": SECONDS,
     "--wait-timeout": SECONDS,
