@@ -65,14 +65,15 @@ def build_goal(
         raise InvalidEvent(f"invalid goal: {describe_validation_error(e)}") from e
 
 
-async def submit_goal(bus: Bus, event: CloudEvent, *, wait_for_fleet: bool = False) -> int:
+async def submit_goal(bus: Bus, event: CloudEvent, *, require_fleet: bool = False) -> int:
     """Record the goal on the event log and put it on the fleet's goal subject; return seq.
 
-    A goal for a fleet nobody declared would wait forever unseen: it is refused, unless
-    ``wait_for_fleet`` (the goal stays on the fleet's goal subject until one takes it).
+    With ``require_fleet`` (the CLI, unless ``--wait-for-fleet``), a goal for a fleet that
+    is neither declared nor running is refused: it would wait forever unseen. Without it the
+    goal stays on the fleet's goal subject until a fleet takes it (a fleet starting up).
     """
     assert event.fleet is not None
-    if not wait_for_fleet and not await fleet_exists(bus, event.fleet):
+    if require_fleet and not await fleet_exists(bus, event.fleet):
         raise UnknownTarget(
             f"no fleet {event.fleet!r} is declared or running, so nothing would take the "
             "goal: apply a fleet spec first, or pass --wait-for-fleet to queue it"

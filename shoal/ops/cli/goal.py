@@ -45,7 +45,7 @@ def submit(
             budget_usd=budget,
         )
         async with open_bus(c.settings) as bus:
-            seq = await submit_goal(bus, event, wait_for_fleet=wait_for_fleet)
+            seq = await submit_goal(bus, event, require_fleet=not wait_for_fleet)
         assert event.gid is not None
         return event.gid, event.iid, seq
 
