@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from typing import Any
 
 from nats.js import api
 from typer.testing import CliRunner, Result
@@ -95,3 +97,33 @@ async def test_deadletters_ls_show_and_replay_to_the_original_subject(
         1,
         f"error: no dead letter #999 on {settings.stream_prefix}_DEADLETTER",
     )
+
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def _times(value: Any, key: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _times(v, k)]
+    if isinstance(value, list):
+        return [t for v in value for t in _times(v, key)]
+    timelike = key in ("at", "time", "ts") or key.endswith(("_at", "_active"))
+    return [value] if timelike and isinstance(value, str) else []
+
+
+async def test_times_in_json_are_iso_8601_with_t_and_an_offset(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    await bus.js.add_consumer(
+        bus.topology.events.name,
+        api.ConsumerConfig(durable_name="core", ack_policy=api.AckPolicy.EXPLICIT),
+    )
+    await bus.deadletter("tasks", b"x", "bad", f"{settings.prefix}.tasks.f.c")
+    kill = await invoke(settings, "kill", "--all", "--json")
+    assert kill.exit_code == 0, kill.stderr
+    found: list[str] = []
+    for args in (["kill", "--list"], ["deadletters", "ls"], ["status"]):
+        result = await invoke(settings, *args, "--json")
+        found += _times(json.loads(result.stdout))
+    assert len(found) >= 2  # the switch, the dead letter (the core has delivered nothing)
+    assert [t for t in found if not ISO.fullmatch(t)] == []
