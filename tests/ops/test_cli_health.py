@@ -26,14 +26,19 @@ async def invoke(settings: ShoalSettings, *args: str) -> Result:
     return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
 
 
-async def test_status_reports_core_lag_and_dead_letters_and_exits_1_when_unhealthy(
-    bus: Bus, settings: ShoalSettings
-) -> None:
-    # The core's durable consumer exists but has acknowledged nothing: 5 events behind.
+async def idle_core_consumer(bus: Bus) -> None:
+    """The core's durable consumer, as a core that stopped would leave it."""
     await bus.js.add_consumer(
         bus.topology.events.name,
         api.ConsumerConfig(durable_name="core", ack_policy=api.AckPolicy.EXPLICIT),
     )
+
+
+async def test_status_reports_core_lag_and_dead_letters_and_exits_1_when_unhealthy(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    # The core's durable consumer exists but has acknowledged nothing: 5 events behind.
+    await idle_core_consumer(bus)
     await bus.publish_many(
         [CloudEvent.new(TaskStarted(capability="c"), iid=f"S{n}", source="s") for n in range(5)]
     )
@@ -114,10 +119,7 @@ def _times(value: Any, key: str = "") -> list[str]:
 async def test_times_in_json_are_iso_8601_with_t_and_an_offset(
     bus: Bus, settings: ShoalSettings
 ) -> None:
-    await bus.js.add_consumer(
-        bus.topology.events.name,
-        api.ConsumerConfig(durable_name="core", ack_policy=api.AckPolicy.EXPLICIT),
-    )
+    await idle_core_consumer(bus)
     await bus.deadletter("tasks", b"x", "bad", f"{settings.prefix}.tasks.f.c")
     kill = await invoke(settings, "kill", "--all", "--json")
     assert kill.exit_code == 0, kill.stderr
