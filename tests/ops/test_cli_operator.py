@@ -285,3 +285,26 @@ def _env(settings: ShoalSettings) -> dict[str, str]:
         "SHOAL_DATA_DIR": str(settings.data_dir),
         "SHOAL_PRINCIPAL": "tester",
     }
+
+
+async def test_a_queued_goal_shows_waiting_for_a_fleet(settings: ShoalSettings, bus: Bus) -> None:
+    import asyncio
+
+    from tests.ops.test_core_cli import ingest
+
+    env = _env(settings)
+    queued = await asyncio.to_thread(
+        runner.invoke,
+        app,
+        ["goal", "submit", "later", "do it", "--wait-for-fleet"],
+        env=env,
+    )
+    assert queued.exit_code == 0, queued.stderr
+    gid = queued.stdout.strip()
+    await ingest(settings)
+    shown = await asyncio.to_thread(runner.invoke, app, ["--json", "goal", "show", gid], env=env)
+    assert shown.exit_code == 0, shown.stderr
+    goal = json.loads(shown.stdout)
+    assert (goal["fleet"], goal["status"]) == ("later", "waiting for a fleet")
+    listed = await asyncio.to_thread(runner.invoke, app, ["goal", "ls", "-q"], env=env)
+    assert listed.stdout.split() == [gid]
