@@ -308,3 +308,11 @@ async def test_a_queued_goal_shows_waiting_for_a_fleet(settings: ShoalSettings, 
     assert (goal["fleet"], goal["status"]) == ("later", "waiting for a fleet")
     listed = await asyncio.to_thread(runner.invoke, app, ["goal", "ls", "-q"], env=env)
     assert listed.stdout.split() == [gid]
+
+
+def test_shell_completion_completes_commands_and_subcommands() -> None:
+    env = {"_SHOAL_COMPLETE": "complete_bash", "COMP_CWORD": "2"}
+    result = runner.invoke(app, [], env={**env, "COMP_WORDS": "shoal fleet sc"}, prog_name="shoal")
+    assert result.stdout.split() == ["scale"]
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="shoal")
+    assert script.exit_code == 0 and "_SHOAL_COMPLETE=complete_bash" in script.stdout
