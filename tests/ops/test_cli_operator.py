@@ -316,3 +316,22 @@ def test_shell_completion_completes_commands_and_subcommands() -> None:
     assert result.stdout.split() == ["scale"]
     script = runner.invoke(app, ["--show-completion", "bash"], prog_name="shoal")
     assert script.exit_code == 0 and "_SHOAL_COMPLETE=complete_bash" in script.stdout
+
+
+async def test_a_query_that_times_out_under_load_is_one_line_exit_1(
+    settings: ShoalSettings, bus: Bus
+) -> None:
+    import asyncio
+
+    async def never_answer(_: object) -> None:
+        return None
+
+    # A query service that takes requests and never answers: an overloaded one.
+    await bus.nc.subscribe(f"{settings.prefix}.api.query.cost", cb=never_answer)
+    env = {**_env(settings), "SHOAL_REQUEST_TIMEOUT": "0.5"}
+    result = await asyncio.to_thread(runner.invoke, app, ["--timeout", "5", "cost"], env=env)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [
+        "error: the query service did not answer within 0.5s (it may still be catching up "
+        "with the core: see 'shoal projections status')"
+    ]
