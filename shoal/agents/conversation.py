@@ -32,6 +32,8 @@ __all__ = ["Conversation", "InputTimeout", "question_id"]
 class InputTimeout(ShoalError):
     """Nobody replied to the session's question in time."""
 
+    code = "input_timeout"
+
 
 def question_id(iid: str, n: int, question: str) -> str:
     """The id of the ``n``-th question a handler asks in session ``iid``."""

@@ -64,6 +64,7 @@ def run_cmd(
             supervisor=supervisor,
             manifest=manifest,
         ),
+        bounded=False,
     )
     if c.json:
         emit_json({"stopped": reason})

@@ -62,7 +62,7 @@ def supervisor(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run(c, _supervise(c, options, supervisor_id))
+    run(c, _supervise(c, options, supervisor_id), bounded=False)
 
 
 async def _supervise(c: Cli, options: SupervisorOptions, supervisor_id: str | None) -> None:
