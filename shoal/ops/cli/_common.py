@@ -169,15 +169,15 @@ def require_store(settings: ShoalSettings, dbname: str = "core") -> None:
 
     if settings.persistence_module != "eventsourcing.sqlite":
         return
-    path = settings.data_dir / f"{dbname}.sqlite"
+    path = settings.store_dir / f"{dbname}.sqlite"
     if not path.exists():
         raise NotFound(
             f"no {dbname} store at {path}: nothing recorded here yet "
             "(run 'shoal up' or 'shoal demo', or give --data-dir)"
         )
-    if not os.access(settings.data_dir, os.W_OK):
+    if not os.access(settings.store_dir, os.W_OK):
         raise StoreNotWritable(
-            f"the data dir {settings.data_dir} is read-only: its SQLite store writes a "
+            f"the data dir {settings.store_dir} is read-only: its SQLite store writes a "
             "journal beside the file even to read; make it writable or copy it elsewhere"
         )
 
