@@ -44,7 +44,7 @@ def test_tool_list_shorthand_grants_internal_tools(tmp_path: Path) -> None:
     path.write_text("models: [offline-small]\ntools: [read_file, list_files]\n")
     m = CapabilityManifest.load(path)
     assert m.tools == {"read_file": ToolGrant(), "list_files": ToolGrant()}
-    assert m.delegates is None and m.allows_delegation("anything")
+    assert m.delegates == () and not m.allows_delegation("anything")  # deny by default
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,8 @@ def test_tool_list_shorthand_grants_internal_tools(tmp_path: Path) -> None:
             "invalid manifest: budget_usd: Input should be greater than or equal to 0",
         ),
         ("modles: [a]", "invalid manifest: modles: Extra inputs are not permitted"),
+        # "any capability" is not expressible: delegation is deny by default
+        ("delegates: null", "invalid manifest: delegates: Input should be a valid tuple"),
         ("- a\n- b", "manifest must be a YAML mapping"),
     ],
 )
