@@ -25,7 +25,7 @@ class ToolEnv:
     """What a tool may rely on: the settings, and the directory file tools are confined to.
 
     ``digest_key`` keys the argument digests the tool gateway records
-    (:mod:`shoal.agents.digest`); built directly, an env has a key of its own process.
+    (:mod:`shoal.agents.digest`); built directly, an env has a random key of its own.
     """
 
     settings: ShoalSettings
