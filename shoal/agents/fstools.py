@@ -111,8 +111,10 @@ def _open_walk(root_fd: int, parts: list[str], flags: int) -> int:
             try:
                 parent, fd = fd, os.open(name, _DIR_FLAGS, dir_fd=fd)
             except NotADirectoryError:
-                # O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR: tell it from a file.
-                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                # O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR: tell it from a plain file
+                # (a directory here was a symlink a moment ago: swapped during the open).
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
                     raise OSError(errno.ELOOP, "a symbolic link", name) from None
                 raise
             if parent != root_fd:

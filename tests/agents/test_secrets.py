@@ -7,7 +7,6 @@ redacted arguments still let the core tell a new query from a repeated one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,12 @@ import pytest
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, TaskContext, ToolEnv, ToolGrant
 from shoal.agents import tool as declare_tool
-from shoal.aggregates import ShoalCore, open_core, run_core
-from shoal.bus import Bus, ShoalSettings
+from shoal.bus import Bus
 from shoal.bus.genai import GenAI
 from shoal.bus.telemetry import setup_telemetry, spans_path
 from shoal.schemas import TaskFailed, ToolCalled
 from tests.agents.conftest import of_type, submit_task, wait_events
+from tests.aggregates.test_ingestion import ingest
 from tests.bus.test_telemetry import otel_settings
 from tests.projections.conftest import build
 
@@ -69,15 +68,6 @@ def files_with(root: Path, needle: str) -> tuple[list[Path], list[Path]]:
     """Every file under ``root``, and those whose bytes contain ``needle``."""
     files = [p for p in root.rglob("*") if p.is_file()]
     return files, [p for p in files if needle.encode() in p.read_bytes()]
-
-
-async def ingest(settings: ShoalSettings) -> ShoalCore:
-    """The core run over the whole log until idle, then its store opened for reading."""
-    assert settings.nats_url
-    await asyncio.wait_for(
-        run_core(settings, settings.nats_url, asyncio.Event(), until_idle=True), 60
-    )
-    return open_core(settings)
 
 
 async def test_a_secret_tools_error_text_reaches_no_event_row_span_or_log(
