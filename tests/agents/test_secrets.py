@@ -17,6 +17,7 @@ from shoal.agents import Agent, AgentRuntime, CapabilityManifest, TaskContext, T
 from shoal.agents import tool as declare_tool
 from shoal.bus import Bus
 from shoal.bus.genai import GenAI
+from shoal.bus.spanfile import read_spans
 from shoal.bus.telemetry import setup_telemetry, spans_path
 from shoal.schemas import TaskFailed, ToolCalled
 from tests.agents.conftest import of_type, submit_task, wait_events
@@ -121,8 +122,18 @@ async def test_a_secret_tools_error_text_reaches_no_event_row_span_or_log(
     assert leaking == []
     # ...the spans (status, exception events and their stack traces) and the log lines
     spans = spans_path(tel_settings).read_text()
-    assert spans.count('"execute_tool vault"') == 3 and "[redacted]" in spans
     assert SECRET not in spans
+    tool_spans = [s for s in read_spans(spans_path(tel_settings)) if s.name == "execute_tool vault"]
+    expected = "tool vault failed: PermissionError: [redacted]"
+    assert [
+        (
+            s.status,
+            s.raw["status"]["description"],
+            s.attributes["error.type"],
+            [(e["name"], e["attributes"]["exception.message"]) for e in s.raw["events"]],
+        )
+        for s in tool_spans
+    ] == [("ERROR", f"ToolFailed: {expected}", "ToolFailed", [("exception", expected)])] * 3
     assert "PermissionError" in caplog.text and SECRET not in caplog.text
 
 
