@@ -159,7 +159,7 @@ def _fd_path(fd: int) -> str | None:
         return None  # no /proc: the no-symlink open is the whole guarantee
 
 
-def _check_regular(fd: int, root_fd: int, relative: str) -> None:
+def _check_regular(fd: int, root_fd: int, relative: str) -> os.stat_result:
     """Refuse what is not a plain file of the workspace (raises; closes nothing)."""
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
@@ -173,6 +173,7 @@ def _check_regular(fd: int, root_fd: int, relative: str) -> None:
     root, path = _fd_path(root_fd), _fd_path(fd)
     if root is not None and path is not None and not path.startswith(root.rstrip("/") + "/"):
         raise SandboxViolation(f"path {relative!r} is outside the workspace")
+    return st
 
 
 def _root_fd(env: ToolEnv) -> int:
@@ -184,9 +185,14 @@ def read_beneath(root_fd: int, relative: str, *, walk: bool = False) -> bytes:
     """At most :data:`MAX_READ_BYTES` of a regular file beneath ``root_fd``."""
     fd = open_beneath(root_fd, relative, walk=walk)
     try:
-        _check_regular(fd, root_fd, relative)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(MAX_READ_BYTES)
+        size = _check_regular(fd, root_fd, relative).st_size
+        # Sized by the file (+1 to see growth), not by the cap: a 1 MB buffer per small
+        # read cost more than the open and the checks together.
+        chunks, left = [], MAX_READ_BYTES
+        while left > 0 and (chunk := os.read(fd, min(left, max(size + 1, 65536)))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 

@@ -12,6 +12,7 @@ import pytest
 
 from shoal.agents import ToolEnv
 from shoal.agents.fstools import (
+    MAX_READ_BYTES,
     SandboxViolation,
     list_files,
     open_beneath,
@@ -213,3 +214,10 @@ async def test_list_files_in_a_race_lists_no_outside_name(tmp_path: Path) -> Non
 async def test_list_files_of_a_missing_workspace_is_empty(tmp_path: Path) -> None:
     env = ToolEnv(ShoalSettings(data_dir=tmp_path), tmp_path / "none")
     assert await list_files.fn(env) == []
+
+
+@pytest.mark.parametrize("walk", STRATEGIES)
+def test_a_read_stops_at_the_cap(env: ToolEnv, root_fd: int, walk: bool) -> None:
+    (env.workspace / "big.md").write_bytes(b"x" * (MAX_READ_BYTES + 10))
+    assert len(read_beneath(root_fd, "big.md", walk=walk)) == MAX_READ_BYTES
+    assert read_beneath(root_fd, "a.md", walk=walk) == b"alpha"
