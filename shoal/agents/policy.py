@@ -84,6 +84,11 @@ class Policy:
         if not self._allowed(action, target):
             rule = f"manifest.{kind}"
             why = f"{kind} {target!r} is not in the capability manifest of {self.identity.agent}"
+            if action == "delegate":  # deny by default: only the manifest's `delegates`
+                why = (
+                    f"capability {target!r} not allowed: {self.identity.agent} may delegate "
+                    f"only to {list(self.manifest.delegates)} (its manifest's delegates)"
+                )
             await self._refuse(session, action, target, PolicyDenied(why, rule=rule, target=target))
         verdict = self._verdict(session, action, target, arguments, sensitivity, side_effects)
         if verdict is not None and verdict.outcome == "deny":
