@@ -49,6 +49,8 @@ class Policy:
     approvals: Approvals | None = None
     """Where high-tier calls park (``None``: they are refused as needing approval)."""
     approval_timeout_s: float | None = 3600.0
+    digest_key: bytes | None = None
+    """Keys the published hash of an approval's exact request (the tool-digest key)."""
 
     async def check(
         self,
@@ -218,7 +220,7 @@ class Policy:
         verdict: Verdict | None,
         tier: Literal["medium", "high"],
     ) -> ApprovalState:
-        digest = request_hash(action, target, arguments)
+        digest = request_hash(action, target, arguments, self.digest_key)
         return ApprovalState(
             id=approval_id(session.iid, digest),
             iid=session.iid,
