@@ -32,6 +32,7 @@ class Health:
     core_state: str = "unknown"
     core_last_active: datetime | None = None
     core_lag: int | None = None
+    supervisor_last_renewed: datetime | None = None
     query_state: str = "unknown"
     projection_lag_core: int | None = None
     projection_lag_bus: int | None = None
@@ -70,6 +71,11 @@ class Health:
                 "last_active": self.core_last_active.isoformat() if self.core_last_active else None,
                 "lag": self.core_lag,
             },
+            "supervisor": {
+                "last_renewed": self.supervisor_last_renewed.isoformat()
+                if self.supervisor_last_renewed
+                else None
+            },
             "query": {
                 "state": self.query_state,
                 "projection_lag_core": self.projection_lag_core,
@@ -104,8 +110,21 @@ async def check_health(bus: Bus) -> Health:
     except NotFoundError:
         health.core_state = "absent"
     health.deadletters = await count_by_origin(bus)
+    health.supervisor_last_renewed = await _last_lease_renewal(bus)
     await _ask_query_service(bus, health)
     return health
+
+
+async def _last_lease_renewal(bus: Bus) -> datetime | None:
+    """A supervisor's heartbeat: the latest renewal of any slot lease it holds."""
+    from shoal.bus import Lease
+    from shoal.ops.fleets import kv_snapshot
+
+    entries = await kv_snapshot(
+        await bus.kv(bus.topology.leases.name), timeout=bus.settings.request_timeout
+    )
+    renewed = [Lease.model_validate_json(e.value or b"{}").renewed_at for e in entries.values()]
+    return max(renewed, default=None)
 
 
 async def _ask_query_service(bus: Bus, health: Health) -> None:

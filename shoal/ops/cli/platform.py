@@ -116,6 +116,8 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
             state += f", {h.core_state}"
             beat = _ago(h.core_last_active)
             lag = _lag(h.core_lag)
+        elif name == "supervisor":
+            beat = _ago(h.supervisor_last_renewed)
         elif name == "query":
             state += f", {h.query_state}"
             if h.projection_lag_bus is not None:
