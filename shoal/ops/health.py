@@ -123,7 +123,12 @@ async def _last_lease_renewal(bus: Bus) -> datetime | None:
     entries = await kv_snapshot(
         await bus.kv(bus.topology.leases.name), timeout=bus.settings.request_timeout
     )
-    renewed = [Lease.model_validate_json(e.value or b"{}").renewed_at for e in entries.values()]
+    renewed = []
+    for entry in entries.values():
+        try:  # the bucket also holds other records (a supervisor's own): leases only
+            renewed.append(Lease.model_validate_json(entry.value or b"{}").renewed_at)
+        except ValueError:
+            continue
     return max(renewed, default=None)
 
 
