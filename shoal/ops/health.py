@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 
 from shoal.bus import Bus
 
-__all__ = ["Health", "check_health"]
+__all__ = ["Health", "check_health", "server_version"]
 
 
 @dataclass
@@ -87,6 +87,11 @@ class Health:
         }
 
 
+def server_version(bus: Bus) -> str:
+    """The connected server's version, ``2.11.4`` (nats-py's str is ``<nats server v…>``)."""
+    return str(bus.nc.connected_server_version).removeprefix("<nats server v").removesuffix(">")
+
+
 async def check_health(bus: Bus) -> Health:
     """Ask the stream, the core's consumer and the query service; never raise for a part
     that is down (that part's state says so)."""
@@ -98,7 +103,7 @@ async def check_health(bus: Bus) -> Health:
     health = Health()
     health.versions = {
         "shoal": version("shoal"),
-        "nats-server": str(bus.nc.connected_server_version),
+        "nats-server": server_version(bus),
         "nats-py": version("nats-py"),
         "python": py_platform.python_version(),
     }
