@@ -6,7 +6,10 @@
   with the offline model. A document that links to the web makes it try ``fetch_url``, a
   tool its manifest does not grant: the gateway denies it (``policy.decided``) and the
   summary says so. A document marked ``simulate: fail-once`` fails its first attempt (as a
-  flaky endpoint would) and succeeds on redelivery.
+  flaky endpoint would) and succeeds on redelivery. A document with a ``share: <address>``
+  line has its summary sent there with ``send_email``, a call the summarizer's manifest puts
+  behind a human's approval: it parks until ``shoal demo --approve`` grants it, or times
+  out (recorded as such) and the summary says it was not shared.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from pydantic import BaseModel
 
 from shoal.agents.agent import Agent
 from shoal.agents.context import TaskContext
-from shoal.agents.errors import PolicyDenied
+from shoal.agents.errors import ApprovalDenied, PolicyDenied
 from shoal.agents.fstools import list_files, read_file
 from shoal.agents.orchestrator import ModelPlanner, Outcome, orchestrator
+from shoal.agents.tools import ToolEnv, tool
 from shoal.schemas import GoalCompleted, GoalFailed, GoalSubmitted, TaskCompleted, TaskFailed
 from shoal.schemas.manifest import CapabilityManifest, ToolGrant
 
@@ -43,6 +47,17 @@ class SummarizeOut(BaseModel):
     summary: str
     words: int
     links_followed: bool = False
+    shared: str | None = None
+    """Where the summary was sent, or why it was not (a ``share:`` line asked for it)."""
+
+
+@tool("send_email", side_effects=("email",))
+async def send_email(env: ToolEnv, to: str, body: str) -> str:
+    """Send an email (the demo's outbox: a file under the data dir)."""
+    outbox = env.settings.data_dir / "outbox.txt"
+    with outbox.open("a", encoding="utf-8") as out:
+        out.write(f"To: {to}\n{body}\n\n")
+    return f"sent to {to}"
 
 
 SUMMARIZER_PROMPT = "Summarise the document in one sentence."
@@ -52,10 +67,16 @@ def summarizer_agent(fleet: str = DEMO_FLEET) -> Agent:
     """The worker: reads through ``read_file``, summarises with ``offline-small``."""
     manifest = CapabilityManifest(
         models=("offline-small",),
-        tools={"read_file": ToolGrant(sensitivity="internal")},
+        tools={
+            "read_file": ToolGrant(sensitivity="internal"),
+            "send_email": ToolGrant(sensitivity="confidential", side_effects=("email",)),
+        },
         budget_usd=None,
+        requires_approval=("tool.send_email",),
     )
-    agent = Agent("summarizer", fleet=fleet, version="1.0", manifest=manifest, tools=[read_file])
+    agent = Agent(
+        "summarizer", fleet=fleet, version="1.0", manifest=manifest, tools=[read_file, send_email]
+    )
 
     @agent.handler("summarize")
     async def summarize(ctx: TaskContext, task: SummarizeIn) -> SummarizeOut:
@@ -71,11 +92,19 @@ def summarizer_agent(fleet: str = DEMO_FLEET) -> Agent:
             except PolicyDenied:
                 pass  # not granted: summarise without the linked page
         answer = await ctx.model.complete(text, system=SUMMARIZER_PROMPT, max_tokens=120)
+        shared = None
+        share = next((line for line in text.splitlines() if line.startswith("share: ")), None)
+        if share is not None:
+            try:  # parks until a human approves exactly this email
+                shared = await ctx.tools.call("send_email", to=share[7:], body=answer.text)
+            except ApprovalDenied as e:
+                shared = f"not shared: {e}"
         return SummarizeOut(
             path=task.path,
             summary=answer.text,
             words=len(text.split()),
             links_followed=links_followed,
+            shared=shared,
         )
 
     return agent
@@ -137,7 +166,7 @@ DEMO_DOCUMENTS: dict[str, str] = {
     "exactly, and a projection can be rebuilt from scratch at any time.\n",
     "kill-switches.md": "# Kill switches\nOperators must stop one agent, one session or a "
     "whole fleet in seconds. Every gateway watches the kill bucket, so the check before a "
-    "model or tool call is a local lookup.\n",
+    "model or tool call is a local lookup.\nshare: oncall@example.com\n",
     "budgets.md": "# Budgets\nEvery session carries a budget in dollars. The core prices each "
     "model call from its own table, and the gateway refuses calls once the budget is spent. "
     "Background reading: https://example.com/finops-for-llms\n",

@@ -225,6 +225,7 @@ class Policy:
             id=approval_id(session.iid, digest),
             iid=session.iid,
             gid=session.gid,
+            parentiid=session.parentiid,
             fleet=self.identity.fleet,
             agent=self.identity.agent,
             instance=self.identity.instance,

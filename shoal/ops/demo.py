@@ -10,6 +10,7 @@ same runtime in its own process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from shoal.bus import Bus, ShoalSettings, Stored
 from shoal.bus.genai import GenAI
 from shoal.errors import InvalidEvent, Refused
 from shoal.ops.goals import build_goal, submit_goal
+from shoal.policy import Approvals, ApprovalState, NotPending
 from shoal.schemas import CloudEvent, GoalCompleted, GoalFailed, GoalPlanned, parse_event
 
 __all__ = [
@@ -45,6 +47,8 @@ ServiceFactory = Callable[[Bus], AbstractAsyncContextManager[Any]]
 # How many instances of each demo agent the demo runs, and how long the model "thinks".
 DEMO_INSTANCES = {"orchestrator": 1, "summarizer": 2}
 DEMO_MODEL_LATENCY_S = 0.15
+DEMO_APPROVAL_TIMEOUT_S = 3.0
+"""How long the demo's one approval waits for a human before it times out (and says so)."""
 
 
 @dataclass
@@ -131,8 +135,15 @@ async def run_demo(
     timeout_s: float = 45.0,
     fleet: str = DEMO_FLEET,
     genai: GenAI | None = None,
+    approve: bool = False,
+    approval_timeout_s: float = DEMO_APPROVAL_TIMEOUT_S,
 ) -> DemoResult:
-    """Write the workspace, start the fleet and ``services``, run the goal, read its log."""
+    """Write the workspace, start the fleet and ``services``, run the goal, read its log.
+
+    The goal asks for one approval (an email a document's ``share:`` line requests). With
+    ``approve`` the demo grants it as the operator it runs as; otherwise nobody does, and
+    it times out after ``approval_timeout_s``.
+    """
     workspace = ToolEnv.for_settings(bus.settings).workspace
     write_workspace(workspace)
     goal = build_goal(
@@ -153,9 +164,17 @@ async def run_demo(
             finished.set()
 
     started = time.monotonic()
+    fleet_bus = Bus(
+        bus.nc, bus.settings.model_copy(update={"approval_timeout_s": approval_timeout_s})
+    )
     async with AsyncExitStack() as stack:
-        for factory in [*fleet_services(fleet, genai=genai), *services]:
+        for factory in fleet_services(fleet, genai=genai):
+            await stack.enter_async_context(factory(fleet_bus))
+        for factory in services:
             await stack.enter_async_context(factory(bus))
+        if approve:
+            approver = asyncio.create_task(_approve(bus, goal.gid), name="demo-approver")
+            stack.push_async_callback(_cancelled, approver)
         sub = await bus.nc.subscribe(bus.subjects.goal_events(goal.gid), cb=on_event)
         stack.push_async_callback(sub.unsubscribe)
         await bus.nc.flush(timeout=math.ceil(bus.settings.request_timeout))
@@ -171,6 +190,31 @@ async def run_demo(
     assert progress.outcome is not None
     events = await bus.goal_events(goal.gid)
     return DemoResult(goal.gid, goal.iid, progress.outcome, events, progress, elapsed, workspace)
+
+
+async def _approve(bus: Bus, gid: str) -> None:
+    """Grant every approval of the goal as it appears (``shoal demo --approve``)."""
+    approvals = await Approvals.open(bus)
+    watcher = await approvals.kv.watchall()
+    try:
+        async for entry in watcher:
+            if entry is None or entry.value is None:
+                continue
+            state = ApprovalState.model_validate_json(entry.value)
+            if state.gid == gid and state.state == "pending" and state.tier == "high":
+                reason = "approved with shoal demo --approve"
+                with contextlib.suppress(NotPending):
+                    await approvals.decide(
+                        state.id, grant=True, by=bus.settings.principal, reason=reason
+                    )
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def session_tree(events: Sequence[Stored], root_iid: str) -> dict[str | None, list[str]]:

@@ -86,6 +86,7 @@ class ApprovalState(BaseModel):
     state: State = "pending"
     iid: str
     gid: str | None = None
+    parentiid: str | None = None
     fleet: str | None = None
     agent: str | None = None
     instance: str | None = None
@@ -268,6 +269,7 @@ class Approvals:
             data,
             iid=state.iid,
             gid=state.gid,
+            parentiid=state.parentiid,
             source=source,
             fleet=state.fleet,
             agent=state.agent if mine else None,

@@ -59,14 +59,18 @@ def test_the_demo_at_80_and_200_columns_keeps_every_key_fact(settings: ShoalSett
         gid = re.match(r"goal (\w{26}) goal.completed", lines[0])
         assert gid is not None
         summary = lines[lines.index("summary") :]
-        assert summary[0] == "summary" and len(summary) == 9
-        assert summary[1].startswith("  result  completed in ")
-        assert summary[1].endswith("summarised 5 documents (165 words)")
-        assert summary[2] == f"  goal    {gid.group(1)}"
-        assert re.fullmatch(r"  cost    \$0\.\d{6} for 6 model call\(s\), server-side", summary[3])
-        assert re.fullmatch(r"  denied  fetch_url in \w{26}: deny, rule manifest\.tool", summary[4])
-        assert re.match(r"  retried \w{26} attempt 1: model endpoint ", summary[5])
-        assert summary[6] == f"  look    shoal goal show {gid.group(1)}"
+        assert summary[0] == "summary" and len(summary) == 11
+        assert summary[1].startswith("  result   completed in ")
+        assert summary[1].endswith("summarised 5 documents (167 words)")
+        assert summary[2] == f"  goal     {gid.group(1)}"
+        assert re.fullmatch(r"  cost     \$0\.\d{6} for 6 model call\(s\), server-side", summary[3])
+        assert re.fullmatch(
+            r"  denied   fetch_url in \w{26}: deny, rule manifest\.tool", summary[4]
+        )
+        assert re.match(r"  retried  \w{26} attempt 1: model endpoint ", summary[5])
+        assert re.fullmatch(r"  approval send_email in \w{26}: timed out after \d\.\ds", summary[6])
+        assert summary[7] == f"  look     shoal goal show {gid.group(1)}"
+        assert summary[10] == "           shoal demo --approve   (grants the approval)"
         # The timeline's decisive facts are never cut.
         assert any("policy.decided deny tool.call fetch_url" in x for x in lines)
         assert any("task.failed final=False attempt=1" in x for x in lines)

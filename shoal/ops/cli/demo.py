@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -16,7 +16,16 @@ from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli.layout import middle
 from shoal.ops.connect import open_bus
 from shoal.ops.events import event_summary, stored_to_json
-from shoal.schemas import CloudEvent, GoalCompleted, PolicyDecided, TaskFailed, utcnow
+from shoal.schemas import (
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    CloudEvent,
+    GoalCompleted,
+    PolicyDecided,
+    TaskFailed,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     # The demo pulls in every part of shoal (DuckDB, pyarrow, eventsourcing, the agents):
@@ -35,7 +44,16 @@ class DemoRun:
     per_success: SuccessCostAnswer
 
 
-def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def demo(
+    ctx: typer.Context,
+    approve: Annotated[
+        bool,
+        typer.Option(
+            "--approve", help="Grant the goal's one approval (else it times out, recorded)."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
     """Run the demo fleet on a goal: live progress, the result, the timeline and its cost."""
     from shoal.bus.genai import GenAI
     from shoal.bus.telemetry import setup_telemetry
@@ -43,7 +61,7 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     c = cli(ctx, as_json)
     with setup_telemetry(c.settings, "shoal-demo") as telemetry:
-        done = run(c, _demo(c, GenAI(telemetry)), bounded=False)
+        done = run(c, _demo(c, GenAI(telemetry), approve), bounded=False)
     if c.json:
         emit_json(_as_json(done))
     else:
@@ -54,7 +72,7 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
-async def _demo(c: Cli, genai: GenAI) -> DemoRun:
+async def _demo(c: Cli, genai: GenAI, approve: bool) -> DemoRun:
     from shoal.ops.cli.cost import fetch_demo_summary
     from shoal.ops.inprocess import local_platform
 
@@ -63,7 +81,7 @@ async def _demo(c: Cli, genai: GenAI) -> DemoRun:
         local_platform(bus) as platform,
     ):
         started = utcnow()
-        result = await _run_goal(c, bus, genai)
+        result = await _run_goal(c, bus, genai, approve)
         # The summary is the query service's answer over NATS, once the core has ingested
         # every event of the run (the service then catches up with the core by itself);
         # this run's only, though the data dir may hold earlier ones.
@@ -72,11 +90,11 @@ async def _demo(c: Cli, genai: GenAI) -> DemoRun:
         return DemoRun(result, cost, per_success)
 
 
-async def _run_goal(c: Cli, bus: Bus, genai: GenAI) -> DemoResult:
+async def _run_goal(c: Cli, bus: Bus, genai: GenAI, approve: bool) -> DemoResult:
     from shoal.ops.demo import GoalProgress, demo_services, run_demo
 
     if c.json:
-        return await run_demo(bus, genai=genai, services=demo_services(c.settings))
+        return await run_demo(bus, genai=genai, services=demo_services(c.settings), approve=approve)
     with Progress(
         TextColumn("[bold]goal[/] {task.description}"),
         BarColumn(),
@@ -93,7 +111,11 @@ async def _run_goal(c: Cli, bus: Bus, genai: GenAI) -> DemoResult:
             bar.update(task, total=p.total, completed=p.done, description=label)
 
         return await run_demo(
-            bus, genai=genai, services=demo_services(c.settings), on_progress=on_progress
+            bus,
+            genai=genai,
+            services=demo_services(c.settings),
+            on_progress=on_progress,
+            approve=approve,
         )
 
 
@@ -128,8 +150,39 @@ def _denials(result: DemoResult) -> list[CloudEvent]:
         for s in result.events
         if s.event is not None
         and isinstance(s.event.data, PolicyDecided)
-        and s.event.data.decision != "allow"
+        and s.event.data.decision == "deny"
     ]
+
+
+def _approvals(result: DemoResult) -> list[tuple[CloudEvent, CloudEvent | None]]:
+    """Each approval requested, with the event that decided it (``None``: still pending)."""
+    requested = [
+        s.event
+        for s in result.events
+        if s.event is not None and isinstance(s.event.data, ApprovalRequested)
+    ]
+    decided = {
+        s.event.data.request_id: s.event
+        for s in result.events
+        if s.event is not None and isinstance(s.event.data, ApprovalGranted | ApprovalDenied)
+    }
+    return [(r, decided.get(r.data.request_id)) for r in requested]  # type: ignore[attr-defined]
+
+
+def _approval_line(requested: CloudEvent, decided: CloudEvent | None) -> str:
+    d = requested.data
+    assert isinstance(d, ApprovalRequested)
+    what = f"{d.target} in {requested.iid}: "
+    if decided is None:
+        return what + f"pending ({d.request_id})"
+    e = decided.data
+    wait = (decided.time - requested.time).total_seconds()
+    if isinstance(e, ApprovalGranted):
+        return what + f"granted by {e.by} after {wait:.2f}s"
+    assert isinstance(e, ApprovalDenied)
+    if e.expired:
+        return what + f"timed out after {wait:.1f}s"
+    return what + f"denied by {e.by} after {wait:.2f}s"
 
 
 def _retries(result: DemoResult) -> list[CloudEvent]:
@@ -144,7 +197,7 @@ def _summary(c: Cli, done: DemoRun) -> None:
     """The last lines: what a person reads at a glance, and where to look deeper."""
     result = done.result
     data = result.outcome.data
-    width = max(c.out.width - 10, 20)
+    width = max(c.out.width - 11, 20)
     ok = isinstance(data, GoalCompleted)
     what = data.summary if isinstance(data, GoalCompleted) else str(data.model_dump())
     rows: list[tuple[str, str | tuple[str, str]]] = [
@@ -160,11 +213,19 @@ def _summary(c: Cli, done: DemoRun) -> None:
         f = e.data
         assert isinstance(f, TaskFailed)
         rows.append(("retried", (f"{e.iid} attempt {f.attempt}: ", f.error)))
+    timed_out = False
+    for requested, decided in _approvals(result):
+        line = _approval_line(requested, decided)
+        head, _, rest = line.partition(": ")
+        rows.append(("approval", (head + ": ", rest)))
+        timed_out = timed_out or rest.startswith("timed out")
     rows += [
         ("look", f"shoal goal show {result.gid}"),
         ("", f"shoal session replay {result.root_iid}"),
         ("", f"shoal trace {result.gid}"),
     ]
+    if timed_out:
+        rows.append(("", "shoal demo --approve   (grants the approval)"))
     c.out.print("[bold]summary[/]")
     for label, value in rows:
         # Ids and commands are whole (they are copied); prose is shortened in the middle.
@@ -173,7 +234,7 @@ def _summary(c: Cli, done: DemoRun) -> None:
             text = whole + middle(prose, max(width - len(whole), 12))
         else:
             text = value if label in ("goal", "look", "") else middle(value, width)
-        c.out.print(f"  {label:<8}{escape(text)}")
+        c.out.print(f"  {label:<9}{escape(text)}")
 
 
 def _timeline(result: DemoResult, width: int = 100) -> Tree:
@@ -235,6 +296,7 @@ def _as_json(done: DemoRun) -> dict[str, Any]:
         "events": [stored_to_json(s) for s in result.events],
         "cost": done.cost.model_dump(mode="json"),
         "cost_per_success": done.per_success.model_dump(mode="json"),
+        "approvals": [_approval_line(r, d) for r, d in _approvals(result)],
     }
 
 
