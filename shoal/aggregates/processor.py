@@ -50,7 +50,8 @@ from shoal.schemas import (
 __all__ = ["CoreProcessor", "DeadLetter", "Flag", "FoldResult", "PoisonMessage", "RawMessage"]
 
 CORE_SOURCE = "shoal://core"
-_TRUSTED_PREFIXES = (CORE_SOURCE, "shoal://cli/")
+# The gateway records calls it saw itself (shoal.gateway.record.GATEWAY_SOURCE).
+_TRUSTED_PREFIXES = (CORE_SOURCE, "shoal://cli/", "shoal://gateway/")
 _GOAL_TYPES = frozenset(
     {
         GoalSubmitted.type,

@@ -76,6 +76,19 @@ class ShoalSettings(BaseSettings):
     workspace_dir: Path | None = Field(
         default=None, description="Root of the sandboxed file tools (default <data_dir>/workspace)."
     )
+    # -- the gateways (shoal gateway) ---------------------------------------------------------
+    gateway_config: Path | None = Field(
+        default=None, description="Gateway providers/aliases/routing YAML (docs/gateways.md)."
+    )
+    gateway_host: str = Field(default="127.0.0.1", description="Address the gateway binds.")
+    gateway_port: int = Field(default=4080, ge=0, le=65535, description="Model gateway port.")
+    gateway_mcp_port: int = Field(default=4081, ge=0, le=65535, description="MCP gateway port.")
+    gateway_url: str | None = Field(
+        default=None, description="Model gateway base URL (…/v1) agents are given."
+    )
+    gateway_cache_ttl_s: float = Field(
+        default=300.0, gt=0, description="Longest a cached gateway response is kept."
+    )
     # -- the event-sourced core (ingestion, prices, watchdog) -----------------------------
     price_table: Path | None = Field(
         default=None, description="Price table YAML (per model USD/1M tokens); unset: builtin."

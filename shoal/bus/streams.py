@@ -119,6 +119,9 @@ class Topology:
     kill: BucketSpec
     presence: BucketSpec
     leases: BucketSpec
+    keys: BucketSpec
+    budgets: BucketSpec
+    responses: BucketSpec
 
     @classmethod
     def for_settings(cls, settings: ShoalSettings) -> Topology:
@@ -152,6 +155,16 @@ class Topology:
                 replicas=r,
                 description="Supervisor slot leases",
             ),
+            keys=BucketSpec(f"{p}_keys", history=5, replicas=r, description="Gateway keys"),
+            budgets=BucketSpec(
+                f"{p}_budgets", replicas=r, description="Gateway reservations and rate windows"
+            ),
+            responses=BucketSpec(
+                f"{p}_responses",
+                ttl_s=settings.gateway_cache_ttl_s,
+                replicas=r,
+                description="Gateway response cache",
+            ),
         )
 
     @property
@@ -160,7 +173,15 @@ class Topology:
 
     @property
     def buckets(self) -> tuple[BucketSpec, ...]:
-        return (self.fleets, self.kill, self.presence, self.leases)
+        return (
+            self.fleets,
+            self.kill,
+            self.presence,
+            self.leases,
+            self.keys,
+            self.budgets,
+            self.responses,
+        )
 
 
 async def provision(js: JetStreamContext, topology: Topology) -> list[str]:
