@@ -9,7 +9,7 @@ from nats.js.errors import NotFoundError
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.server import EmbeddedServer
-from shoal.ops.services import LOCAL_SERVICES
+from shoal.ops.services import LOCAL_SERVICES, gateway_urls
 
 __all__ = ["PlatformStatus", "StreamStatus", "UpResult", "down", "status", "up"]
 
@@ -31,6 +31,7 @@ class PlatformStatus:
     storage_bytes: int
     streams: list[StreamStatus] = field(default_factory=list)
     services: dict[str, int | None] = field(default_factory=dict)
+    gateway: dict[str, str | None] | None = None
 
     @property
     def deadletters(self) -> int:
@@ -97,4 +98,5 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
             storage_bytes=account.storage,
             streams=streams,
             services={service.name: service.pid(settings) for service in LOCAL_SERVICES},
+            gateway=gateway_urls(settings),
         )

@@ -78,6 +78,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
                 "deadletters": st.deadletters,
                 "streams": [s.__dict__ for s in st.streams],
                 "services": st.services,
+                "gateway": st.gateway,
             }
         )
         return
@@ -90,6 +91,8 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     c.out.print(table)
     for name, pid in st.services.items():
         c.out.print(f"{name}: " + (f"running (pid {pid})" if pid else "[dim]not running[/]"))
+    if st.gateway:
+        c.out.print(f"gateway: {st.gateway['url']} (MCP: {st.gateway['mcp_url'] or '-'})")
     if st.deadletters:
         c.out.print(f"[yellow]{st.deadletters} dead-lettered message(s)[/]")
 
