@@ -138,7 +138,7 @@ async def test_the_budget_refuses_the_call_whose_reservation_would_exceed_it(
 async def test_the_rate_limit_refuses_the_call_past_the_keys_rpm(
     bus: Bus, gateway: RunningGateway, make_key: MakeKey
 ) -> None:
-    key, secret = await make_key(rpm=2)
+    _, secret = await make_key(rpm=2)
     body = {"model": "fast", "messages": PROMPT, "max_tokens": 5}
     auth = {"Authorization": f"Bearer {secret}", "X-Shoal-Cache": "bypass"}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:

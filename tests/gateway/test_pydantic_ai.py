@@ -13,6 +13,7 @@ from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
+from pydantic_ai.settings import ModelSettings
 
 from shoal.aggregates import run_core
 from shoal.aggregates.pricing import PriceTable
@@ -23,14 +24,15 @@ from shoal.gateway.offline import OfflineUpstream
 from shoal.schemas import ModelCalled
 from tests.gateway.conftest import MakeKey
 
-SETTINGS = {"max_tokens": 20}
+SETTINGS: ModelSettings = {"max_tokens": 20}
 
 
 def _agent(monkeypatch: pytest.MonkeyPatch, url: str, secret: str) -> Agent[None, str]:
     # What a supervised instance gets in its environment; the framework reads it itself.
     monkeypatch.setenv("OPENAI_BASE_URL", url)
     monkeypatch.setenv("OPENAI_API_KEY", secret)
-    return Agent(OpenAIChatModel("fast", provider=OpenAIProvider()), model_settings=SETTINGS)
+    model = OpenAIChatModel("fast", provider=OpenAIProvider())
+    return Agent(model, output_type=str, model_settings=SETTINGS)
 
 
 def _shoal(settings: ShoalSettings, *args: str) -> str:
