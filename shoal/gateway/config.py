@@ -12,6 +12,11 @@
       openai/gpt-4o: {capabilities: [chat, tools, json, vision]}
     cache: {enabled: true, ttl_s: 300}
     principal_budgets: {alice: "5.00"}
+    mcp_servers:
+      files: {command: [python, -m, my_mcp_server]}   # stdio
+      search: {url: http://127.0.0.1:9000/mcp}        # Streamable HTTP
+    argument_rules:                                   # tool -> argument -> full-match regex
+      write_file: {path: "workspace/.*"}
 
 A target is ``<provider>/<model>``; its price is the core's price table entry for ``<model>``
 (:mod:`shoal.aggregates.pricing`), so the gateway reserves and charges what the core will
@@ -88,6 +93,7 @@ class GatewayConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     principal_budgets: dict[str, Decimal] = Field(default_factory=dict)
     mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
+    argument_rules: dict[str, dict[str, str]] = Field(default_factory=dict)
     reservation_ttl_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
