@@ -86,6 +86,9 @@ class ShoalSettings(BaseSettings):
     gateway_url: str | None = Field(
         default=None, description="Model gateway base URL (…/v1) agents are given."
     )
+    gateway_key: str | None = Field(
+        default=None, description="This instance's gateway key (its model calls then go there)."
+    )
     gateway_cache_ttl_s: float = Field(
         default=300.0, gt=0, description="Longest a cached gateway response is kept."
     )

@@ -29,7 +29,7 @@ from shoal.errors import Refused
 from shoal.schemas import new_id, utcnow
 from shoal.schemas.manifest import CapabilityManifest
 
-__all__ = ["KeyMirror", "KeyStore", "VirtualKey", "hash_secret", "key_id_of"]
+__all__ = ["KeyMirror", "KeyStore", "VirtualKey", "gateway_env", "hash_secret", "key_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +212,30 @@ class KeyMirror:
                     self.keys.pop(entry.key, None)
             if entry.delta == 0:
                 loaded.set()
+
+
+async def gateway_env(
+    bus: Bus,
+    gateway_url: str,
+    *,
+    fleet: str,
+    agent: str,
+    instance: str,
+    manifest: CapabilityManifest,
+    by: str,
+) -> dict[str, str]:
+    """A fresh key bound to one instance, as the environment its process starts with.
+
+    ``SHOAL_GATEWAY_*`` switch the SDK's ``ctx.model`` to the gateway; ``OPENAI_*`` point any
+    OpenAI-compatible framework inside the instance at it too. (The environment of a
+    process is readable by its own user only; the secret is written nowhere else.)
+    """
+    _, secret = await KeyStore(bus).create(
+        fleet=fleet, agent=agent, instance=instance, manifest=manifest, by=by
+    )
+    return {
+        "SHOAL_GATEWAY_URL": gateway_url,
+        "SHOAL_GATEWAY_KEY": secret,
+        "OPENAI_BASE_URL": gateway_url,
+        "OPENAI_API_KEY": secret,
+    }

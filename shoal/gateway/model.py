@@ -319,7 +319,12 @@ class ModelGateway:
                     ckey, CachedAnswer(reply, cost, answer.target.model, answer.target.provider)
                 )
             )
-        return web.Response(body=payload, content_type="application/json")
+        headers = {
+            "x-shoal-call-id": call_id,
+            "x-shoal-cost-usd": str(cost),
+            "x-shoal-provider": answer.target.provider,
+        }
+        return web.Response(body=payload, content_type="application/json", headers=headers)
 
     def _answer_cached(
         self,
@@ -350,7 +355,8 @@ class ModelGateway:
             )
 
         self.later(after())
-        return web.json_response(cached.body)
+        headers = {"x-shoal-call-id": call_id, "x-shoal-cost-usd": "0", "x-shoal-provider": "cache"}
+        return web.json_response(cached.body, headers=headers)
 
     async def _relay(
         self,
