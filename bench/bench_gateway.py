@@ -38,6 +38,7 @@ from shoal.gateway import KeyStore
 from shoal.schemas.manifest import CapabilityManifest
 from tests.natsproc import NatsProcess
 
+LITELLM_KEY = "sk-bench-master-key-not-a-secret"  # its proxy refuses to start without one
 BODY = {
     "model": "fast",
     "messages": [{"role": "user", "content": "Say hello to the benchmark, briefly."}],
@@ -53,11 +54,16 @@ def free_port() -> int:
 
 
 async def wait_http(
-    url: str, timeout: float = 180.0, headers: dict[str, str] | None = None
+    url: str,
+    timeout: float = 180.0,
+    headers: dict[str, str] | None = None,
+    proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise TimeoutError(f"the process serving {url} exited ({proc.returncode})")
             try:
                 async with http.get(url, headers=headers) as r:
                     if r.status < 500:
@@ -181,7 +187,7 @@ async def main(args: argparse.Namespace) -> None:
         if not args.no_litellm:
             litellm = await start_litellm(tmp, upstream, args.litellm_workers, procs)
             if litellm is not None:
-                paths["litellm proxy"] = (litellm, "sk-bench", "fast")
+                paths["litellm proxy"] = (litellm, LITELLM_KEY, "fast")
         if args.only:
             wanted = {n.strip() for n in args.only.split(",")} | {"direct", "shoal gateway"}
             paths = {n: v for n, v in paths.items() if n in wanted}
@@ -225,15 +231,17 @@ async def start_litellm(
                     }
                 ],
                 "litellm_settings": {"telemetry": False, "drop_params": True},
+                "general_settings": {"master_key": LITELLM_KEY},
             }
         )
     )
     port = free_port()
     argv = ["uv", "run", "--no-project", "--with", "litellm[proxy]", "litellm"]
     argv += ["--config", str(config), "--port", str(port), "--num_workers", str(workers)]
-    procs.append(spawn(argv, tmp / "litellm.log", {"LITELLM_LOG": "ERROR"}))
+    proc = spawn(argv, tmp / "litellm.log", {"LITELLM_LOG": "ERROR"})
+    procs.append(proc)
     try:
-        await wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=600)
+        await wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=600, proc=proc)
     except TimeoutError:
         print("litellm proxy: not measured (it did not start; see its log)")
         print((tmp / "litellm.log").read_text()[-2000:])

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from shoal.errors import InvalidSpec
 from shoal.schemas.envelope import describe_validation_error
@@ -95,6 +95,9 @@ class GatewayConfig(BaseModel):
     mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
     argument_rules: dict[str, dict[str, str]] = Field(default_factory=dict)
     reservation_ttl_s: float = Field(default=600.0, gt=0)
+    _routes: dict[tuple[str, str | None, frozenset[str]], list[Target]] = PrivateAttr(
+        default_factory=dict
+    )
 
     @model_validator(mode="after")
     def _targets_name_providers(self) -> GatewayConfig:
@@ -141,6 +144,16 @@ class GatewayConfig(BaseModel):
 
     def route(self, requested: str, task_class: str | None, needs: set[str]) -> list[Target]:
         """The targets a request for ``requested`` tries, in order (empty: none serves it)."""
+        key = (requested, task_class, frozenset(needs))
+        routes = self._routes
+        found = routes.get(key)
+        if found is None:
+            if len(routes) > 10_000:  # names come from callers: keep the memo bounded
+                routes.clear()
+            found = routes[key] = self._route(requested, task_class, needs)
+        return found
+
+    def _route(self, requested: str, task_class: str | None, needs: set[str]) -> list[Target]:
         alias = self.models.get(requested)
         names: tuple[str, ...]
         if alias is not None and alias.targets:
