@@ -1,4 +1,4 @@
-"""``shoal keys create|ls|revoke``: the secret shown once, never listed; a revoked key is refused."""
+"""``shoal keys create|ls|revoke``: the secret shown once, never listed; revoked is refused."""
 
 from __future__ import annotations
 
