@@ -162,7 +162,7 @@ async def main(args: argparse.Namespace) -> None:
         shoal = [sys.executable, *profile, "-m", "shoal", "--nats-url", server.url]
         shoal += ["--prefix", "bench"]
         shoal += ["--data-dir", str(settings.data_dir)]
-        gw_env = {"OTEL_SDK_DISABLED": "false", "SHOAL_LOG_LEVEL": "warning"}
+        gw_env = {"OTEL_SDK_DISABLED": "true" if args.no_otel else "false"}
         procs.append(
             spawn(
                 [
@@ -283,6 +283,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--no-otel", action="store_true", help="The gateway without tracing.")
     parser.add_argument("--litellm-workers", type=int, default=1)
     parser.add_argument("--profile", help="Write a cProfile of the gateway process here.")
     parser.add_argument("--only", help="Measure only these paths (comma-separated names).")
