@@ -10,11 +10,12 @@ longer what enforces: a handler that catches ``Killed`` and calls again meets th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shoal.agents.errors import BudgetExhausted, Killed, ModelError, PolicyDenied
+from shoal.agents.http_model import chat_body, parse_completion
 from shoal.agents.models import ChatRequest, Completion
 
 if TYPE_CHECKING:
@@ -61,39 +62,18 @@ class GatewayModelClient:
                 headers={"Authorization": f"Bearer {self.api_key}"},
                 timeout=httpx.Timeout(self.timeout_s),
             )
-        body: dict[str, Any] = {
-            "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        }
-        if request.json_mode:
-            body["response_format"] = {"type": "json_object"}
         try:
-            r = await self._http.post("chat/completions", json=body, headers=dict(request.caller))
+            r = await self._http.post(
+                "chat/completions", json=chat_body(request), headers=dict(request.caller)
+            )
         except httpx.HTTPError as e:
             raise ModelError(f"gateway {self.base_url}: {type(e).__name__}: {e}") from e
         if r.status_code != 200:
             raise _refusal(r, request.model)
-        try:
-            payload = r.json()
-            choice = payload["choices"][0]
-            usage = payload.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
-            cost = r.headers.get("x-shoal-cost-usd")
-            return Completion(
-                text=choice["message"].get("content") or "",
-                model=payload.get("model") or request.model,
-                provider=r.headers.get("x-shoal-provider", self.provider),
-                input_tokens=int(usage.get("prompt_tokens", 0)),
-                output_tokens=int(usage.get("completion_tokens", 0)),
-                cached_tokens=int(details.get("cached_tokens") or 0),
-                finish_reason=choice.get("finish_reason") or "stop",
-                cost_usd=Decimal(cost) if cost else None,
-                recorded=True,
-            )
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise ModelError(f"gateway {self.base_url}: malformed reply: {e!r}") from e
+        provider = r.headers.get("x-shoal-provider", self.provider)
+        completion = parse_completion(r, request, provider, f"gateway {self.base_url}")
+        cost = r.headers.get("x-shoal-cost-usd")
+        return replace(completion, cost_usd=Decimal(cost) if cost else None, recorded=True)
 
     async def aclose(self) -> None:
         if self._http is not None:

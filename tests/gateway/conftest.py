@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from shoal.bus import Bus
 from shoal.gateway import GatewayConfig, KeyStore, RunningGateway, VirtualKey, run_gateway
 from shoal.gateway.offline import OfflineUpstream, serve_offline_upstream
+from shoal.schemas import ModelCalled
 from shoal.schemas.manifest import CapabilityManifest
 
 MakeKey = Callable[..., Awaitable[tuple[VirtualKey, str]]]
@@ -73,3 +75,17 @@ def make_key(bus: Bus) -> MakeKey:
         )
 
     return make
+
+
+async def model_calls(bus: Bus, iid: str, n: int) -> list[ModelCalled]:
+    """The ``model.called`` of a session, once there are at least ``n`` (fail after ~5 s)."""
+    for _ in range(100):
+        found = [
+            s.event.data
+            for s in await bus.session_events(iid)
+            if s.event is not None and isinstance(s.event.data, ModelCalled)
+        ]
+        if len(found) >= n:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {n} model.called in {iid}")

@@ -14,8 +14,7 @@ from shoal.aggregates import run_core
 from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import RunningGateway, run_gateway
 from shoal.gateway.offline import OfflineUpstream
-from shoal.schemas import ModelCalled
-from tests.gateway.conftest import MakeKey, config_for
+from tests.gateway.conftest import MakeKey, config_for, model_calls
 from tests.gateway.test_pydantic_ai import _shoal
 
 PROMPT = [{"role": "user", "content": "hello there"}]
@@ -38,19 +37,6 @@ async def routed(bus: Bus, upstream: tuple[str, OfflineUpstream]) -> AsyncIterat
     )
     async with run_gateway(bus, config) as running:
         yield running
-
-
-async def _called(bus: Bus, iid: str, n: int) -> list[ModelCalled]:
-    for _ in range(100):
-        found = [
-            s.event.data
-            for s in await bus.session_events(iid)
-            if s.event is not None and isinstance(s.event.data, ModelCalled)
-        ]
-        if len(found) >= n:
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"fewer than {n} model.called in {iid}")
 
 
 async def _post(
@@ -83,7 +69,7 @@ async def test_fallback_routing_by_task_class_and_by_capability(
         "gpt-4o",
         "gpt-4o",
     ]
-    calls = await _called(bus, key.id, 4)
+    calls = await model_calls(bus, key.id, 4)
     assert [c.model for c in calls] == ["gpt-4o-mini", "offline-small", "gpt-4o", "gpt-4o"]
 
 
@@ -109,7 +95,7 @@ async def test_the_cache_answers_an_identical_request_per_fleet_and_shoal_cost_s
     assert first.json()["choices"] == second.json()["choices"]
     assert [r.status_code for r in (first, second, bypass, elsewhere)] == [200] * 4
     assert upstream[1].requests == {"offline-small": 3}  # the second never reached it
-    calls = await _called(bus, key.id, 3)
+    calls = await model_calls(bus, key.id, 3)
     assert [(c.provider, c.input_tokens) for c in calls] == [
         ("fake", 10),
         ("cache", 0),
@@ -117,7 +103,7 @@ async def test_the_cache_answers_an_identical_request_per_fleet_and_shoal_cost_s
     ]
     saved = calls[0].reported_cost_usd
     assert saved == Decimal("0.00000235") and calls[1].reported_cost_usd == saved
-    await _called(bus, other.id, 1)
+    await model_calls(bus, other.id, 1)
 
     await asyncio.wait_for(
         run_core(settings, settings.nats_url or "", asyncio.Event(), until_idle=True), 60

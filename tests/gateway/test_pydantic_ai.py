@@ -21,8 +21,7 @@ from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import RunningGateway
 from shoal.gateway.model import prompt_bound
 from shoal.gateway.offline import OfflineUpstream
-from shoal.schemas import ModelCalled
-from tests.gateway.conftest import MakeKey
+from tests.gateway.conftest import MakeKey, model_calls
 
 SETTINGS: ModelSettings = {"max_tokens": 20}
 
@@ -43,19 +42,6 @@ def _shoal(settings: ShoalSettings, *args: str) -> str:
     return done.stdout.decode()
 
 
-async def _recorded(bus: Bus, iid: str, n: int) -> list[ModelCalled]:
-    for _ in range(100):
-        found = [
-            s.event.data
-            for s in await bus.session_events(iid)
-            if s.event is not None and isinstance(s.event.data, ModelCalled)
-        ]
-        if len(found) >= n:
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"fewer than {n} model.called in {iid}")
-
-
 async def test_its_calls_and_stream_appear_in_shoal_cost_with_the_gateways_figures(
     bus: Bus,
     settings: ShoalSettings,
@@ -70,7 +56,7 @@ async def test_its_calls_and_stream_appear_in_shoal_cost_with_the_gateways_figur
     async with agent.run_stream("stream this please") as streamed:
         text = await streamed.get_output()
     assert text == "ok: stream this please"
-    calls = await _recorded(bus, key.id, 2)
+    calls = await model_calls(bus, key.id, 2)
     assert [c.finish_reason for c in calls] == ["stop", "stop"]
     assert all(c.error is None and c.output_tokens > 0 for c in calls)
     prices = PriceTable.load(None)
@@ -125,7 +111,7 @@ async def test_its_budget_refuses_the_call_that_would_exceed_it(
     # response cache answers none of them) make the same-sized request every time.
     warm, warm_secret = await make_key(fleet="pyd", agent="helper")
     await _agent(monkeypatch, gateway.url, warm_secret).run("hello 0")
-    (one,) = await _recorded(bus, warm.id, 1)
+    (one,) = await model_calls(bus, warm.id, 1)
     prices = PriceTable.load(None)
     reserve = prices.cost("offline-small", prompt_bound(upstream[1].bodies[0]), 20)
     cost = prices.cost(one.model, one.input_tokens, one.output_tokens, one.cached_tokens)
