@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 __all__ = ["Hold", "Ledger", "LedgerRefusal"]
+
+log = logging.getLogger(__name__)
 
 _ZERO = Decimal(0)
 _ATTEMPTS = 20
@@ -110,11 +113,17 @@ class Ledger:
     conflicting ones. Across replicas a conflict re-reads and re-applies the batch.
     """
 
-    def __init__(self, kv: KeyValue, hold_ttl_s: float = 600.0) -> None:
+    def __init__(
+        self, kv: KeyValue, hold_ttl_s: float = 600.0, settle_delay_s: float = 0.025
+    ) -> None:
         self.kv = kv
         self.hold_ttl_s = hold_ttl_s
+        self.settle_delay_s = settle_delay_s
         self._known: dict[str, tuple[_Doc, int]] = {}
         self._queues: dict[str, list[_Pending]] = {}
+        self._writing: set[str] = set()
+        self._lazy: set[asyncio.Future[LedgerRefusal | None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()
         self.writes = 0  # KV writes made (bench, tests)
 
     async def reserve(
@@ -132,16 +141,39 @@ class Ledger:
             await self.settle(call_id, granted, None)
         return refused
 
-    async def settle(self, call_id: str, holds: list[Hold], cost: Decimal | None) -> None:
-        """Drop the call's holds and add its real ``cost`` (None: released, nothing spent)."""
+    async def settle(
+        self, call_id: str, holds: list[Hold], cost: Decimal | None, *, lazy: bool = False
+    ) -> None:
+        """Drop the call's holds and add its real ``cost`` (None: released, nothing spent).
+
+        ``lazy`` queues the change for up to ``settle_delay_s``, so it rides in the next
+        reservation's write on the same scope (one KV write per call instead of two). Until
+        it is written the call's hold, never less than its cost, stays counted; a replica
+        that dies meanwhile loses the settlement and the hold expires after ``hold_ttl_s``.
+        """
 
         def op(doc: _Doc, now: float) -> None:
             doc.held.pop(call_id, None)
             if cost:
                 doc.spent += cost
 
-        if holds:
-            await asyncio.gather(*(self._apply(h.key, op) for h in holds))
+        if not lazy:
+            if holds:
+                await asyncio.gather(*(self._apply(h.key, op) for h in holds))
+            return
+        loop = asyncio.get_running_loop()
+        for h in holds:
+            done = self._enqueue(h.key, op)
+            self._lazy.add(done)
+            done.add_done_callback(self._lazy_done)
+            loop.call_later(self.settle_delay_s, self._start, h.key)
+
+    async def flush(self) -> None:
+        """Write every queued settlement now (shutdown, tests)."""
+        while self._lazy or self._writers:
+            for key in list(self._queues):
+                self._start(key)
+            await asyncio.gather(*self._lazy, *self._writers, return_exceptions=True)
 
     async def spent(self, key: str) -> tuple[Decimal, Decimal]:
         """(settled, held) on one scope, read fresh (for tests and ``keys ls``)."""
@@ -159,15 +191,28 @@ class Ledger:
 
         return op
 
-    async def _apply(self, key: str, op: _Op) -> LedgerRefusal | None:
+    def _enqueue(self, key: str, op: _Op) -> asyncio.Future[LedgerRefusal | None]:
         done: asyncio.Future[LedgerRefusal | None] = asyncio.get_running_loop().create_future()
-        queue = self._queues.get(key)
-        if queue is not None:  # a writer for this scope is running: it will take this too
-            queue.append(_Pending(op, done))
-            return await done
-        queue = self._queues[key] = [_Pending(op, done)]
+        self._queues.setdefault(key, []).append(_Pending(op, done))
+        return done
+
+    async def _apply(self, key: str, op: _Op) -> LedgerRefusal | None:
+        done = self._enqueue(key, op)
+        self._start(key)
+        return await done
+
+    def _start(self, key: str) -> None:
+        """Start the scope's writer unless it runs (it takes everything queued meanwhile)."""
+        if key in self._writing or not self._queues.get(key):
+            return
+        self._writing.add(key)
+        task = asyncio.get_running_loop().create_task(self._write_queued(key))
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
+
+    async def _write_queued(self, key: str) -> None:
         try:
-            while queue:
+            while queue := self._queues.get(key):
                 batch = queue[:]
                 del queue[:]
                 try:
@@ -177,8 +222,14 @@ class Ledger:
                         if not p.done.done():
                             p.done.set_exception(e)
         finally:
-            del self._queues[key]
-        return await done
+            self._writing.discard(key)
+            if not self._queues.get(key):
+                self._queues.pop(key, None)
+
+    def _lazy_done(self, done: asyncio.Future[LedgerRefusal | None]) -> None:
+        self._lazy.discard(done)
+        if not done.cancelled() and done.exception() is not None:
+            log.error("a settlement could not be written: %s", done.exception())
 
     async def _commit(self, key: str, batch: list[_Pending]) -> None:
         cached = self._known.get(key)

@@ -116,9 +116,10 @@ class ModelGateway:
         app.router.add_get("/healthz", self.health)
 
     async def drain(self) -> None:
-        """Wait for the records still being written (shutdown)."""
+        """Wait for the records and settlements still being written (shutdown)."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self.ledger.flush()
 
     def later(self, work: Awaitable[None]) -> None:
         """Run ``work`` after the response, tracked so shutdown waits for it."""
@@ -351,7 +352,8 @@ class ModelGateway:
 
         async def after() -> None:
             await asyncio.gather(
-                self.ledger.settle(call_id, holds, None), self.recorder.emit(data, caller)
+                self.ledger.settle(call_id, holds, None, lazy=True),
+                self.recorder.emit(data, caller),
             )
 
         self.later(after())
@@ -445,7 +447,7 @@ class ModelGateway:
             error=str(error)[:500] if error is not None else None,
         )
         await asyncio.gather(
-            self.ledger.settle(call_id, holds, cost), self.recorder.emit(data, caller)
+            self.ledger.settle(call_id, holds, cost, lazy=True), self.recorder.emit(data, caller)
         )
 
 
