@@ -9,10 +9,8 @@ and timeouts). After the answer is sent, the reservation is settled to the real 
 ``model.called`` recorded from the upstream's own usage, in a background task of the
 gateway (the client does not wait for those two writes).
 
-The largest possible cost is ``prompt bound + max_tokens`` at the dearest target's price,
-where the prompt bound is the UTF-8 size of the messages plus 4 tokens a message (a BPE token
-is at least one byte): an upper bound, so a granted reservation cannot be overrun. A request
-without ``max_tokens`` gets the gateway's ``default_max_tokens``, forwarded to the upstream.
+The largest possible cost is ``prompt bound + max_tokens`` at the dearest target's price
+(:func:`shoal.gateway.request.prompt_bound`).
 """
 
 from __future__ import annotations
@@ -37,43 +35,13 @@ from shoal.gateway.errors import GatewayError
 from shoal.gateway.keys import KeyMirror, VirtualKey
 from shoal.gateway.ledger import Hold, Ledger
 from shoal.gateway.record import Recorder
+from shoal.gateway.request import DEFAULT_MAX_TOKENS, needs, parse_body, prompt_bound
 from shoal.gateway.upstream import Answer, Upstreams
 from shoal.schemas import ModelCalled, new_id
 
-__all__ = ["DEFAULT_MAX_TOKENS", "ModelGateway", "prompt_bound"]
+__all__ = ["ModelGateway"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_TOKENS = 4096
-
-
-def prompt_bound(body: dict[str, Any]) -> int:
-    """An upper bound of the request's prompt tokens (see the module docstring)."""
-    messages = body.get("messages") or []
-    size = 3
-    for m in messages:
-        content = m.get("content") if isinstance(m, dict) else m
-        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
-        size += len(text.encode()) + 4
-    if body.get("tools"):
-        size += len(json.dumps(body["tools"], ensure_ascii=False).encode())
-    return size
-
-
-def _needs(body: dict[str, Any]) -> set[str]:
-    needs = {"chat"}
-    if body.get("tools"):
-        needs.add("tools")
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
-        needs.add("json")
-    for m in body.get("messages") or []:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(p, dict) and p.get("type") == "image_url" for p in content
-        ):
-            needs.add("vision")
-    return needs
 
 
 def _error(e: GatewayError) -> web.Response:
@@ -156,7 +124,7 @@ class ModelGateway:
         try:
             key = await self._key(request)
             caller = Caller.of(key, request.headers)
-            body = await self._body(request)
+            body = parse_body(await request.read())
         except GatewayError as e:
             return _error(e)
         requested: str = body["model"]
@@ -196,23 +164,6 @@ class ModelGateway:
             raise GatewayError.bad_key()
         return key
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            raise GatewayError.bad_request("the request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise GatewayError.bad_request("the request body must be a JSON object")
-        if not isinstance(body.get("model"), str) or not body["model"]:
-            raise GatewayError.bad_request("'model' is required", "model")
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise GatewayError.bad_request("'messages' must be a non-empty list", "messages")
-        for name in ("max_tokens", "max_completion_tokens"):
-            value = body.get(name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise GatewayError.bad_request(f"'{name}' must be a positive integer", name)
-        return body
-
     async def _admit(
         self, caller: Caller, body: dict[str, Any], requested: str, call_id: str
     ) -> tuple[list[Target], list[Hold]]:
@@ -230,7 +181,7 @@ class ModelGateway:
                 f"{caller.key.agent}",
                 "model",
             )
-        routed = self.config.route(requested, caller.task_class, _needs(body))
+        routed = self.config.route(requested, caller.task_class, needs(body))
         targets = [t for t in routed if self.kills.match([f"model.{t.model}"]) is None]
         if not targets:
             if routed:

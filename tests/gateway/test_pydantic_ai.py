@@ -19,8 +19,8 @@ from shoal.aggregates import run_core
 from shoal.aggregates.pricing import PriceTable
 from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import RunningGateway
-from shoal.gateway.model import prompt_bound
 from shoal.gateway.offline import OfflineUpstream
+from shoal.gateway.request import prompt_bound
 from tests.gateway.conftest import MakeKey, model_calls
 
 SETTINGS: ModelSettings = {"max_tokens": 20}

@@ -10,8 +10,8 @@ import httpx
 from shoal.aggregates.pricing import PriceTable
 from shoal.bus import Bus
 from shoal.gateway import GatewayConfig, run_gateway
-from shoal.gateway.model import prompt_bound
 from shoal.gateway.offline import OfflineUpstream
+from shoal.gateway.request import prompt_bound
 from tests.gateway.conftest import MakeKey
 
 PROMPT = [{"role": "user", "content": "hello there"}]
