@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 
 from shoal.agents.killswitch import Scope
 from shoal.aggregates.pricing import PriceTable
+from shoal.bus.genai import Attributes, session_attributes
 from shoal.gateway.config import GatewayConfig
 from shoal.gateway.errors import GatewayError
 from shoal.gateway.keys import VirtualKey
@@ -73,6 +74,19 @@ class Caller:
             instance=self.instance,
             fleet=self.key.fleet,
             iid=self.iid,
+            gid=self.gid,
+            parentiid=self.parentiid,
+            principal=self.principal,
+        )
+
+    def span_attributes(self) -> Attributes:
+        """The session attributes of this call's OTel span."""
+        key = self.key
+        return session_attributes(
+            iid=self.iid,
+            fleet=key.fleet,
+            agent=key.agent,
+            instance=self.instance,
             gid=self.gid,
             parentiid=self.parentiid,
             principal=self.principal,

@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from shoal.agents.gateways import redact
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.bus import Bus, kill_key
+from shoal.bus.genai import GenAI, ToolCall
 from shoal.gateway.caller import Caller
 from shoal.gateway.config import GatewayConfig, McpServer
 from shoal.gateway.errors import GatewayError
@@ -72,12 +73,14 @@ class McpGateway:
         kills: KillWatcher,
         keys: KeyMirror,
         recorder: Recorder,
+        genai: GenAI | None = None,
     ) -> None:
         self.bus = bus
         self.config = config
         self.kills = kills
         self.keys = keys
         self.recorder = recorder
+        self.genai = genai or GenAI.disabled()
         self.tools: dict[str, _Upstream] = {}
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -164,13 +167,27 @@ class McpGateway:
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
     ) -> CallToolResult:
         caller = await self._caller(ctx)
+        call_id = f"gw-{new_id()}"  # the same id on the span and on tool.called
+        attrs = caller.span_attributes() if self.genai.enabled else {}
+        with self.genai.execute_tool(params.name, attrs, call_id=call_id) as span:
+            return await self._traced_call(span, call_id, caller, params)
+
+    async def _traced_call(
+        self, span: ToolCall, call_id: str, caller: Caller, params: CallToolRequestParams
+    ) -> CallToolResult:
         name, arguments = params.name, dict(params.arguments or {})
         upstream = self.tools.get(name)
-        await self._check(caller, name, arguments, upstream)
+        try:
+            await self._check(caller, name, arguments, upstream)
+        except MCPError:
+            span.decided("deny")
+            raise
+        span.decided("allow")
         assert upstream is not None  # _check refused an unknown tool
         grant = caller.key.manifest.grant(name)
         assert grant is not None
         redacted = redact(arguments, grant)
+        span.arguments(redacted)
         started = time.perf_counter()
         result_class: Literal["ok", "error", "timeout"] = "ok"
         error: str | None = None
@@ -185,7 +202,7 @@ class McpGateway:
                 result_class = "error"
             await self.recorder.emit(
                 ToolCalled(
-                    call_id=f"gw-{new_id()}",
+                    call_id=call_id,
                     tool=name,
                     version=upstream.version,
                     arguments=redacted,

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.aggregates.pricing import PriceTable
-from shoal.bus.genai import ChatCall, GenAI, session_attributes
+from shoal.bus.genai import ChatCall, GenAI
 from shoal.gateway.cache import CachedAnswer, ResponseCache, cache_key
 from shoal.gateway.caller import Caller
 from shoal.gateway.config import GatewayConfig, Target
@@ -128,19 +128,7 @@ class ModelGateway:
         except GatewayError as e:
             return _error(e)
         requested: str = body["model"]
-        attrs = (
-            session_attributes(
-                iid=caller.iid,
-                fleet=key.fleet,
-                agent=key.agent,
-                instance=caller.instance,
-                gid=caller.gid,
-                parentiid=caller.parentiid,
-                principal=caller.principal,
-            )
-            if self.genai.enabled
-            else {}
-        )
+        attrs = caller.span_attributes() if self.genai.enabled else {}
         with self.genai.chat(requested, attrs) as span:
             call_id = f"gw-{new_id()}"
             try:

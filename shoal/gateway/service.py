@@ -90,7 +90,9 @@ async def run_gateway(
         if mcp_port is not None:
             from shoal.gateway.mcp import McpGateway
 
-            mcp = McpGateway(bus, config, kills=kills, keys=keys, recorder=recorder)
+            mcp = McpGateway(
+                bus, config, kills=kills, keys=keys, recorder=recorder, genai=gateway.genai
+            )
             mcp_url = await mcp.start(host, mcp_port)
         yield RunningGateway(f"http://{host}:{bound}/v1", mcp_url, gateway, replica)
     finally:
