@@ -49,6 +49,7 @@ async def test_a_call_makes_one_chat_span_with_usage_and_its_record_carries_the_
     )
     assert (attrs["shoal.fleet"], attrs["gen_ai.conversation.id"]) == ("research", key.id)
     assert attrs["shoal.policy.decision"] == "allow"
+    assert data is not None
     names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration"} <= names
     await model_calls(bus, key.id, 1)
