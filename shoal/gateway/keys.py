@@ -159,30 +159,36 @@ class KeyStore:
 
 
 class KeyMirror:
-    """The keys bucket in memory, kept current by a KV watch (the gateway's side)."""
+    """The keys bucket in memory, kept current by a KV watch (the gateway's side).
 
-    def __init__(self, bus: Bus) -> None:
+    As :class:`~shoal.agents.killswitch.KillWatcher` does, a guard notices every reconnect
+    and loads the bucket again through a fresh watch (nats-py would recover the old one only
+    after its missed heartbeats, ~17 s: too late for a revocation), swapping it in whole.
+    """
+
+    def __init__(self, bus: Bus, check_interval_s: float = 0.25) -> None:
         self.bus = bus
         self.keys: dict[str, VirtualKey] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self.check_interval_s = check_interval_s
+        self.reloads = 0
         self._store = KeyStore(bus)
+        self._generation = 0
+        self._reconnects = 0
+        self._task: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
 
     async def start(self, timeout: float = 5.0) -> None:
-        kv = await self.bus.kv(self.bus.topology.keys.name)
-        self._watcher = await kv.watchall()
-        loaded = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(self._watcher, loaded), name="key-mirror")
-        await asyncio.wait_for(loaded.wait(), timeout)
+        await self._watch(timeout)
+        self._guard = asyncio.create_task(self._guard_loop(timeout), name="key-guard")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
+        for task in (self._guard, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await _stop(self._watcher)
 
     async def authenticate(self, secret: str) -> VirtualKey | None:
         """The key this secret opens, or None (unknown, wrong secret)."""
@@ -196,22 +202,74 @@ class KeyMirror:
                 self.keys.setdefault(key_id, key)
         return key if key is not None and key.matches(secret) else None
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher, loaded: asyncio.Event) -> None:
-        async for entry in watcher:
-            if entry is None:
-                loaded.set()
+    async def _watch(self, timeout: float) -> None:
+        self._reconnects = self.bus.nc.stats["reconnects"]
+        kv = await self.bus.kv(self.bus.topology.keys.name)
+        watcher = await kv.watchall()
+        self._generation += 1
+        fresh: dict[str, VirtualKey] = {}
+        loaded = asyncio.Event()
+        task = asyncio.create_task(
+            self._follow(watcher, self._generation, fresh, loaded), name="key-mirror"
+        )
+        try:
+            await asyncio.wait_for(loaded.wait(), timeout)
+        except BaseException:
+            task.cancel()
+            await _stop(watcher)
+            raise
+        old_task, old_watcher = self._task, self._watcher
+        self._task, self._watcher = task, watcher
+        if old_task is not None:
+            old_task.cancel()
+        await _stop(old_watcher)
+
+    async def _guard_loop(self, timeout: float) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            nc = self.bus.nc
+            if nc.stats["reconnects"] == self._reconnects or not nc.is_connected:
                 continue
-            if entry.operation in (KV_DEL, KV_PURGE):
-                self.keys.pop(entry.key, None)
-            else:
-                try:
-                    self.keys[entry.key] = VirtualKey.model_validate_json(entry.value or b"{}")
-                except ValueError as e:
-                    # Fail closed: an unreadable record opens nothing.
-                    log.warning("gateway key %s has an invalid record: %s", entry.key, e)
-                    self.keys.pop(entry.key, None)
-            if entry.delta == 0:
+            try:
+                await self._watch(timeout)
+                self.reloads += 1
+            except Exception as e:  # the server may still be starting: next turn
+                log.warning("gateway keys not reloaded after a reconnect yet: %s", e)
+
+    async def _follow(
+        self,
+        watcher: KeyValue.KeyWatcher,
+        generation: int,
+        fresh: dict[str, VirtualKey],
+        loaded: asyncio.Event,
+    ) -> None:
+        target = fresh  # the initial values go to a new dict, swapped in once complete
+        async for entry in watcher:
+            if generation != self._generation:
+                return  # a newer watch took over
+            if entry is not None:
+                _apply(target, entry)
+            if not loaded.is_set() and (entry is None or entry.delta == 0):
+                self.keys = target = fresh
                 loaded.set()
+
+
+def _apply(keys: dict[str, VirtualKey], entry: KeyValue.Entry) -> None:
+    if entry.operation in (KV_DEL, KV_PURGE):
+        keys.pop(entry.key, None)
+        return
+    try:
+        keys[entry.key] = VirtualKey.model_validate_json(entry.value or b"{}")
+    except ValueError as e:
+        # Fail closed: an unreadable record opens nothing.
+        log.warning("gateway key %s has an invalid record: %s", entry.key, e)
+        keys.pop(entry.key, None)
+
+
+async def _stop(watcher: KeyValue.KeyWatcher | None) -> None:
+    if watcher is not None:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 async def gateway_env(

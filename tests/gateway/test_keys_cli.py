@@ -6,12 +6,17 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
-from shoal.bus import ShoalSettings
-from shoal.gateway import RunningGateway
+from shoal.bus import Bus, ShoalSettings
+from shoal.gateway import KeyStore, RunningGateway
+from shoal.gateway.keys import KeyMirror
+from tests.agents.conftest import eventually
 from tests.gateway.test_pydantic_ai import _shoal
+from tests.natsproc import NatsProcess
 
 PROMPT = [{"role": "user", "content": "hi"}]
 
@@ -72,3 +77,28 @@ def test_a_bad_budget_is_refused_naming_the_option(settings: ShoalSettings) -> N
     assert done.returncode == 2
     assert done.stderr.decode().strip() == "error: --budget: 'lots' is not an amount in USD"
     assert done.stdout == b""
+
+
+async def test_a_key_revoked_after_a_server_restart_is_refused_within_seconds(
+    nats_process: Callable[..., NatsProcess], tmp_path: Path
+) -> None:
+    server = nats_process()
+    settings = ShoalSettings(nats_url=server.url, prefix="kr", data_dir=tmp_path / "d")
+    async with Bus.connect(server.url, settings) as bus:
+        await bus.provision()
+        store = KeyStore(bus)
+        key, secret = await store.create(fleet="f", agent="a", by="op")
+        mirror = KeyMirror(bus)
+        await mirror.start()
+        assert await mirror.authenticate(secret) == key
+        server.restart()
+        for _ in range(100):
+            try:
+                await store.revoke(key.id, by="op")
+                break
+            except Exception:  # the restarted server is still recovering its streams
+                await asyncio.sleep(0.1)
+        took = await eventually(lambda: mirror.keys[key.id].revoked_at is not None, timeout=10)
+        assert took < 5  # nats-py alone recovers the watch only after ~17 s
+        assert mirror.reloads >= 1
+        await mirror.stop()
