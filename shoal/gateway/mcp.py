@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from shoal.agents.gateways import redact
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.bus import Bus, kill_key
 from shoal.bus.genai import GenAI, ToolCall
+from shoal.errors import PortInUse
 from shoal.gateway.caller import Caller
 from shoal.gateway.config import GatewayConfig, McpServer
 from shoal.gateway.errors import GatewayError
@@ -109,15 +111,22 @@ class McpGateway:
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
         )
+        # Bound here, not by uvicorn: it would sys.exit() the whole process on a taken port.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            await self.stop()
+            raise PortInUse(f"the MCP gateway cannot listen on {host}:{port}: {e.strerror}") from e
         self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(), name="mcp-gateway")
+        self._task = asyncio.create_task(self._server.serve([sock]), name="mcp-gateway")
         while not self._server.started:
             if self._task.done():
-                await self._task  # raises why it could not start
-                raise RuntimeError("the MCP gateway stopped before it started")
+                await self._task  # raises why it stopped
             await asyncio.sleep(0.01)
-        bound = self._server.servers[0].sockets[0].getsockname()[1]
-        return f"http://{host}:{bound}/mcp"
+        return f"http://{host}:{sock.getsockname()[1]}/mcp"
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:

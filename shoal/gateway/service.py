@@ -18,6 +18,7 @@ from shoal.agents.killswitch import KillWatcher
 from shoal.aggregates.pricing import PriceTable
 from shoal.bus import Bus
 from shoal.bus.genai import GenAI
+from shoal.errors import PortInUse
 from shoal.gateway.cache import ResponseCache
 from shoal.gateway.config import GatewayConfig
 from shoal.gateway.keys import KeyMirror
@@ -84,7 +85,12 @@ async def run_gateway(
     site = web.TCPSite(runner, host, port, reuse_address=True)
     mcp = None
     try:
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            raise PortInUse(
+                f"the model gateway cannot listen on {host}:{port}: {e.strerror}"
+            ) from e
         bound = runner.addresses[0][1]
         mcp_url = None
         if mcp_port is not None:
