@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from shoal.agents.digest import arguments_digest
 from shoal.agents.errors import ApprovalRequired, ModelError, PolicyDenied, ToolFailed
+from shoal.agents.gateway_model import caller_headers
 from shoal.agents.models import ChatMessage, ChatRequest, Completion, ModelClient
 from shoal.agents.policy import Action, Policy
 from shoal.agents.session import Emitter, Session
@@ -92,7 +93,10 @@ class ModelGateway:
             messages = [ChatMessage("user", messages)]
         if system is not None:
             messages = [ChatMessage("system", system), *messages]
-        request = ChatRequest(model, tuple(messages), max_tokens, json_mode=json_mode)
+        caller = caller_headers(self.session)  # read by a gateway client, ignored by others
+        request = ChatRequest(
+            model, tuple(messages), max_tokens, json_mode=json_mode, caller=caller
+        )
         client = next((c for c in self.clients if c.serves(model)), None)
         if client is None:
             raise ModelError(f"no model client serves {model!r} (set SHOAL_MODEL_BASE_URL?)")
@@ -100,6 +104,8 @@ class ModelGateway:
         started = time.perf_counter()
         try:
             completion = await client.complete(request)
+        except PolicyDenied:
+            raise  # the gateway refused it, and recorded that itself
         except Exception as e:
             await self.emitter.emit(
                 ModelCalled(
@@ -124,6 +130,8 @@ class ModelGateway:
             finish_reason=completion.finish_reason,
             cost_usd=completion.cost_usd,
         )
+        if completion.recorded:  # the gateway recorded it, from the upstream's own usage
+            return completion
         await self.emitter.emit(
             ModelCalled(
                 call_id=new_id(),

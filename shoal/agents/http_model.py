@@ -16,7 +16,42 @@ from shoal.agents.models import ChatRequest, Completion
 if TYPE_CHECKING:  # imported on first use: instances without an HTTP model never load httpx
     import httpx
 
-__all__ = ["OpenAICompatibleClient"]
+__all__ = ["OpenAICompatibleClient", "chat_body", "parse_completion"]
+
+
+def chat_body(request: ChatRequest) -> dict[str, Any]:
+    """The chat-completions request body for ``request``."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+    if request.json_mode:
+        body["response_format"] = {"type": "json_object"}
+    return body
+
+
+def parse_completion(
+    response: httpx.Response, request: ChatRequest, provider: str, where: str
+) -> Completion:
+    """A chat-completions reply as a :class:`Completion`; :class:`ModelError` if malformed."""
+    try:
+        payload = response.json()
+        choice = payload["choices"][0]
+        usage = payload.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            model=payload.get("model") or request.model,
+            provider=provider,
+            input_tokens=int(usage.get("prompt_tokens", 0)),
+            output_tokens=int(usage.get("completion_tokens", 0)),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+            finish_reason=choice.get("finish_reason") or "stop",
+        )
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ModelError(f"{where}: malformed reply: {e!r}") from e
 
 
 @dataclass
@@ -48,16 +83,8 @@ class OpenAICompatibleClient:
     async def complete(self, request: ChatRequest) -> Completion:
         import httpx
 
-        body: dict[str, Any] = {
-            "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        }
-        if request.json_mode:
-            body["response_format"] = {"type": "json_object"}
         try:
-            response = await self._client().post("chat/completions", json=body)
+            response = await self._client().post("chat/completions", json=chat_body(request))
         except httpx.TimeoutException as e:
             raise ModelError(f"{self.base_url}: no answer within {self.timeout_s:g}s") from e
         except httpx.HTTPError as e:
@@ -67,22 +94,7 @@ class OpenAICompatibleClient:
         return self._parse(response, request)
 
     def _parse(self, response: httpx.Response, request: ChatRequest) -> Completion:
-        try:
-            payload = response.json()
-            choice = payload["choices"][0]
-            usage = payload.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
-            return Completion(
-                text=choice["message"].get("content") or "",
-                model=payload.get("model") or request.model,
-                provider=self.provider,
-                input_tokens=int(usage.get("prompt_tokens", 0)),
-                output_tokens=int(usage.get("completion_tokens", 0)),
-                cached_tokens=int(details.get("cached_tokens") or 0),
-                finish_reason=choice.get("finish_reason") or "stop",
-            )
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise ModelError(f"{self.base_url}: malformed reply: {e!r}") from e
+        return parse_completion(response, request, self.provider, self.base_url)
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -51,6 +51,8 @@ class ChatRequest:
     max_tokens: int = 512
     temperature: float = 0.0
     json_mode: bool = False
+    caller: tuple[tuple[str, str], ...] = ()
+    """Session headers for a gateway client (``X-Shoal-Iid``…); other clients ignore them."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Completion:
     cached_tokens: int = 0
     finish_reason: str = "stop"
     cost_usd: Decimal | None = None
+    recorded: bool = False
+    """True when the gateway recorded ``model.called`` itself (the SDK then does not)."""
 
 
 class ModelClient(Protocol):

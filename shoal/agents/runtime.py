@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 def default_model_clients(settings: ShoalSettings) -> list[ModelClient]:
     """The offline models, plus the OpenAI-compatible endpoint when settings name one."""
+    if settings.gateway_url and settings.gateway_key:  # one enforcement point: the gateway
+        from shoal.agents.gateway_model import GatewayModelClient
+
+        return [GatewayModelClient(settings.gateway_url, settings.gateway_key)]
     clients: list[ModelClient] = [OfflineModelClient(prices=PriceTable.load(settings.price_table))]
     if settings.model_base_url and settings.model_name:
         clients.insert(

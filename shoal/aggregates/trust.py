@@ -20,7 +20,9 @@ __all__ = ["CORE_SOURCE", "check_subject", "distrust"]
 
 CORE_SOURCE = "shoal://core"
 SUPERVISOR_SOURCE = "shoal://supervisor/"
-_SERVICE_PREFIXES = (CORE_SOURCE, "shoal://cli/", SUPERVISOR_SOURCE)
+GATEWAY_SOURCE = "shoal://gateway/"
+"""The gateways record the calls they saw themselves (shoal.gateway.record)."""
+_SERVICE_PREFIXES = (CORE_SOURCE, "shoal://cli/", SUPERVISOR_SOURCE, GATEWAY_SOURCE)
 
 
 def check_subject(subjects: Subjects, subject: str, ev: CloudEvent) -> None:

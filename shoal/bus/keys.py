@@ -2,13 +2,19 @@
 
 - **kill** bucket (written by operators and the core, watched by every gateway): one key per
   scope, ``<scope>.<name>`` (``instance.<id>``, ``session.<iid>``, ``goal.<gid>``,
-  ``fleet.<name>``, ``tool.<name>``, ``model.<name>``, ``principal.<name>``) or ``all``;
+  ``fleet.<name>``, ``tool.<name>``, ``model.<name>``, ``principal.<name>``, ``mcp.<server>``
+  for an MCP server behind the gateway) or ``all``;
   the value is a :class:`KillSwitch`. Deleting the key lifts the switch.
 - **presence** bucket (written by each instance every ``presence_ttl_s / 3``): key
   ``<fleet>.<agent>.<instance>``, value :class:`Presence`; the bucket's TTL removes the key of
   an instance that stopped heartbeating.
 - **fleets** bucket (written by the core from the Fleet aggregate, watched by supervisors):
   key ``<fleet>``, value a JSON desired-state document (see ``shoal.schemas`` fleet specs).
+- **keys** bucket (``shoal keys``, read by gateways): key ``<key id>``, value a gateway key
+  record (the secret's hash, never the secret; see :mod:`shoal.gateway.keys`).
+- **budgets** bucket (gateways): key ``<scope>.<name>``, value a reservation ledger, changed
+  only with compare-and-set (see :mod:`shoal.gateway.ledger`).
+- **responses** bucket (gateways): key ``<fleet>.<request hash>``, a cached response (TTL).
 - **leases** bucket (supervisors): key ``<fleet>.<agent>.<slot>``, value :class:`Lease`,
   claimed with create/update compare-and-set and kept alive inside the bucket's TTL.
 """
@@ -34,7 +40,9 @@ __all__ = [
     "presence_key",
 ]
 
-KillScope = Literal["instance", "session", "goal", "fleet", "tool", "model", "principal", "all"]
+KillScope = Literal[
+    "instance", "session", "goal", "fleet", "tool", "model", "principal", "mcp", "all"
+]
 KILL_SCOPES: tuple[KillScope, ...] = (
     "instance",
     "session",
@@ -43,6 +51,7 @@ KILL_SCOPES: tuple[KillScope, ...] = (
     "tool",
     "model",
     "principal",
+    "mcp",
     "all",
 )
 

@@ -90,6 +90,22 @@ class ShoalSettings(BaseSettings):
         description="Key of the tool-argument digests the core compares for looping (default: "
         "<data_dir>/keys/tool-digest.key, created 0600); the same on every host of a deployment.",
     )
+    # -- the gateways (shoal gateway) ---------------------------------------------------------
+    gateway_config: Path | None = Field(
+        default=None, description="Gateway providers/aliases/routing YAML (docs/gateways.md)."
+    )
+    gateway_host: str = Field(default="127.0.0.1", description="Address the gateway binds.")
+    gateway_port: int = Field(default=4080, ge=0, le=65535, description="Model gateway port.")
+    gateway_mcp_port: int = Field(default=4081, ge=0, le=65535, description="MCP gateway port.")
+    gateway_url: str | None = Field(
+        default=None, description="Model gateway base URL (…/v1) agents are given."
+    )
+    gateway_key: str | None = Field(
+        default=None, description="This instance's gateway key (its model calls then go there)."
+    )
+    gateway_cache_ttl_s: float = Field(
+        default=300.0, gt=0, description="Longest a cached gateway response is kept."
+    )
     # -- the event-sourced core (ingestion, prices, watchdog) -----------------------------
     price_table: Path | None = Field(
         default=None, description="Price table YAML (per model USD/1M tokens); unset: builtin."

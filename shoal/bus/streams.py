@@ -150,6 +150,9 @@ class Topology:
     policies: BucketSpec
     approvals: BucketSpec
     deadletter_objects: ObjectStoreSpec
+    keys: BucketSpec
+    budgets: BucketSpec
+    responses: BucketSpec
 
     @classmethod
     def for_settings(cls, settings: ShoalSettings) -> Topology:
@@ -192,6 +195,16 @@ class Topology:
             deadletter_objects=ObjectStoreSpec(
                 f"{p}_deadletter", replicas=r, description="Bodies of large dead letters"
             ),
+            keys=BucketSpec(f"{p}_keys", history=5, replicas=r, description="Gateway keys"),
+            budgets=BucketSpec(
+                f"{p}_budgets", replicas=r, description="Gateway reservations and rate windows"
+            ),
+            responses=BucketSpec(
+                f"{p}_responses",
+                ttl_s=settings.gateway_cache_ttl_s,
+                replicas=r,
+                description="Gateway response cache",
+            ),
         )
 
     @property
@@ -207,6 +220,9 @@ class Topology:
             self.leases,
             self.policies,
             self.approvals,
+            self.keys,
+            self.budgets,
+            self.responses,
         )
 
 

@@ -99,6 +99,12 @@ def instance_env(settings: ShoalSettings, url: str) -> dict[str, str]:
             "SHOAL_LEASE_TTL_S": str(settings.lease_ttl_s),
         }
     )
+    from shoal.ops.services import gateway_urls  # services imports this module
+
+    gateway = gateway_urls(settings)
+    if gateway is not None and gateway["url"]:  # the key is per instance: gateway_env()
+        env.setdefault("SHOAL_GATEWAY_URL", gateway["url"])
+        env.setdefault("OPENAI_BASE_URL", gateway["url"])
     if env.pop("PYTHONDONTWRITEBYTECODE", ""):
         # Without cached bytecode every instance compiles shoal and its dependencies from
         # source: about half its CPU before the first heartbeat, times every replica. The

@@ -10,7 +10,7 @@ from shoal.bus import Bus, ShoalSettings
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.health import Health, check_health, server_version
 from shoal.ops.server import EmbeddedServer
-from shoal.ops.services import LOCAL_SERVICES
+from shoal.ops.services import LOCAL_SERVICES, gateway_urls
 
 __all__ = ["PlatformStatus", "StreamStatus", "UpResult", "down", "status", "up"]
 
@@ -33,6 +33,7 @@ class PlatformStatus:
     streams: list[StreamStatus] = field(default_factory=list)
     services: dict[str, int | None] = field(default_factory=dict)
     health: Health = field(default_factory=Health)
+    gateway: dict[str, str | None] | None = None
 
     @property
     def deadletters(self) -> int:
@@ -101,4 +102,5 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
             storage_bytes=account.storage,
             streams=streams,
             services={service.name: service.pid(settings) for service in LOCAL_SERVICES},
+            gateway=gateway_urls(settings),
         )

@@ -1,8 +1,9 @@
 """The platform's long-running local processes, run detached by ``shoal up``.
 
-Three services: the core (``shoal core``: ingestion, budgets, watchdog), the query service
-(``shoal projections serve``: owns the DuckDB projection and answers over NATS), and a
-supervisor (``shoal supervisor``: runs the instances of applied fleets). Each runs in its own
+Four services: the core (``shoal core``: ingestion, budgets, watchdog), the query service
+(``shoal projections serve``: owns the DuckDB projection and answers over NATS), the gateway
+(``shoal gateway``: model and MCP gateways) and a supervisor (``shoal supervisor``: runs the
+instances of applied fleets). Each runs in its own
 session, so it outlives the ``shoal up`` that started it, logs to
 ``<data_dir>/services/<name>.log`` and is found again through ``<name>.json`` (pid, its
 kernel start time, URL). A recorded pid counts only while the process with that pid has that
@@ -26,7 +27,16 @@ from shoal.bus import ShoalSettings
 from shoal.ops.instances import instance_env
 from shoal.ops.server import pid_alive
 
-__all__ = ["CORE", "LOCAL_SERVICES", "QUERY", "SUPERVISOR", "LocalService"]
+__all__ = [
+    "CORE",
+    "GATEWAY",
+    "LOCAL_SERVICES",
+    "QUERY",
+    "SUPERVISOR",
+    "LocalService",
+    "gateway_urls",
+    "write_gateway_urls",
+]
 
 
 @dataclass(frozen=True)
@@ -106,5 +116,30 @@ def _start_time(pid: int) -> int | None:
 CORE = LocalService("core", ("core",))
 QUERY = LocalService("query", ("projections", "serve"))
 SUPERVISOR = LocalService("supervisor", ("supervisor",))
-LOCAL_SERVICES = (CORE, QUERY, SUPERVISOR)
+GATEWAY = LocalService("gateway", ("gateway",))
+LOCAL_SERVICES = (CORE, QUERY, GATEWAY, SUPERVISOR)
 """In start order; ``shoal down`` stops them in reverse."""
+
+
+def _urls_path(settings: ShoalSettings) -> Path:
+    return GATEWAY.home(settings) / "gateway-urls.json"
+
+
+def write_gateway_urls(settings: ShoalSettings, url: str, mcp_url: str | None) -> None:
+    """Where a running gateway listens (read by ``shoal status`` and the supervisor)."""
+    path = _urls_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"url": url, "mcp_url": mcp_url}))
+
+
+def gateway_urls(settings: ShoalSettings) -> dict[str, str | None] | None:
+    """The local gateway's URLs while it runs (``SHOAL_GATEWAY_URL`` wins), else None."""
+    if settings.gateway_url:
+        return {"url": settings.gateway_url, "mcp_url": None}
+    if GATEWAY.pid(settings) is None:
+        return None
+    try:
+        doc = json.loads(_urls_path(settings).read_text())
+        return {"url": str(doc["url"]), "mcp_url": doc.get("mcp_url")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -13,6 +13,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerialize
 
 __all__ = [
     "COST_DIMENSIONS",
+    "CacheAnswer",
+    "CacheRow",
     "CostAnswer",
     "CostParams",
     "CostRow",
@@ -268,3 +270,18 @@ class OutcomeRow(_Model):
 
 class OutcomesAnswer(_Model):
     rows: list[OutcomeRow]
+
+
+class CacheRow(_Model):
+    """The gateway's response cache for one fleet (``fleet`` None: every fleet)."""
+
+    fleet: str | None
+    calls: int
+    hits: int
+    hit_rate: Decimal | None
+    saved_usd: Money
+
+
+class CacheAnswer(_Model):
+    rows: list[CacheRow]
+    total: CacheRow

@@ -27,6 +27,8 @@ from pydantic import BaseModel
 
 from shoal.projections.answers import (
     COST_DIMENSIONS,
+    CacheAnswer,
+    CacheRow,
     CostAnswer,
     CostParams,
     CostRow,
@@ -408,6 +410,39 @@ def outcomes(ds: DuckDBDatastore, p: TimeRange) -> OutcomesAnswer:
     return OutcomesAnswer(rows=[OutcomeRow(**r) for r in rows])
 
 
+def _cache_row(fleet: str | None, r: dict[str, Any]) -> CacheRow:
+    return CacheRow(
+        fleet=fleet,
+        calls=r["calls"],
+        hits=r["hits"],
+        hit_rate=_ratio(r["hits"], r["calls"]),
+        saved_usd=r["saved_usd"],
+    )
+
+
+def cache_savings(ds: DuckDBDatastore, p: TimeRange) -> CacheAnswer:
+    """The gateway's response cache: share of its calls answered from the cache, money saved.
+
+    Gateway records have call ids ``gw-…``; a hit is recorded with provider ``cache``, no
+    tokens (the core charges nothing) and the price of the reused answer as its reported cost.
+    """
+    where, params = p.where("ts")
+    rows = ds.rows(
+        f"""
+        SELECT fleet, count(*) AS calls, count(*) FILTER (provider = 'cache') AS hits,
+               COALESCE(sum(reported_cost_usd) FILTER (provider = 'cache'), 0) AS saved_usd
+        FROM model_calls WHERE call_id LIKE 'gw-%' AND {where}
+        GROUP BY GROUPING SETS ((fleet), ())
+        ORDER BY GROUPING(fleet), fleet
+        """,
+        params,
+    )
+    total = rows[-1] if rows else {"calls": 0, "hits": 0, "saved_usd": _ZERO}
+    return CacheAnswer(
+        rows=[_cache_row(r["fleet"], r) for r in rows[:-1]], total=_cache_row(None, total)
+    )
+
+
 # -- the registry ------------------------------------------------------------------------------
 
 P = TypeVar("P", bound=BaseModel)
@@ -449,6 +484,7 @@ NAMED_QUERIES: dict[str, NamedQuery[Any, Any]] = {
             "human-intervention rate",
         ),
         NamedQuery("outcomes", TimeRange, OutcomesAnswer, outcomes, "outcomes and spend"),
+        NamedQuery("cache", TimeRange, CacheAnswer, cache_savings, "gateway cache hits, saved"),
     )
 }
 """Every named query, by endpoint name."""

@@ -39,6 +39,9 @@ async def test_first_provisioning_reports_everything_it_created(settings: ShoalS
         f"{p}_leases",
         f"{p}_policies",
         f"{p}_approvals",
+        f"{p}_keys",
+        f"{p}_budgets",
+        f"{p}_responses",
         f"{p}_deadletter",
     ]
 

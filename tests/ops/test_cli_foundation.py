@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +43,12 @@ def external(settings: ShoalSettings) -> dict[str, str]:
 
 @pytest.fixture
 def embedded(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {"SHOAL_DATA_DIR": str(tmp_path / "data"), "NATS_URL": ""}
+    env = {
+        "SHOAL_DATA_DIR": str(tmp_path / "data"),
+        "NATS_URL": "",
+        "SHOAL_GATEWAY_PORT": "0",  # free ports: tests run side by side
+        "SHOAL_GATEWAY_MCP_PORT": "0",
+    }
     yield env
     EmbeddedServer(ShoalSettings(data_dir=tmp_path / "data")).stop()
 
@@ -52,7 +58,7 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert code == 0
     first = json.loads(out)
     assert first["started"] is True and "SHOAL_EVENTS" in first["created"]
-    assert first["started_services"] == ["core", "query", "supervisor"]
+    assert first["started_services"] == ["core", "query", "gateway", "supervisor"]
     assert all(pid_alive(pid) for pid in first["services"].values())
     code, out, _ = shoal(embedded, "up", "--json")
     again = json.loads(out)
@@ -62,10 +68,23 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert record is not None and record.url == first["url"]
     code, out, _ = shoal(embedded, "status", "--json")
     assert json.loads(out)["services"] == first["services"]
+    for _ in range(300):  # the gateway writes where it listens once it has bound
+        gateway = json.loads(shoal(embedded, "status", "--json")[1])["gateway"]
+        if gateway is not None:
+            break
+        time.sleep(0.1)
+    assert gateway is not None and gateway["url"].startswith("http://127.0.0.1:")
+    assert gateway["url"].endswith("/v1") and gateway["mcp_url"].endswith("/mcp")
     code, out, _ = shoal(embedded, "down")
     assert (code, out.splitlines()) == (
         0,
-        ["supervisor stopped", "query stopped", "core stopped", "embedded NATS stopped"],
+        [
+            "supervisor stopped",
+            "gateway stopped",
+            "query stopped",
+            "core stopped",
+            "embedded NATS stopped",
+        ],
     )
     assert not pid_alive(record.pid)
     assert not any(pid_alive(pid) for pid in first["services"].values())

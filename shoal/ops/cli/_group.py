@@ -58,6 +58,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Start, stop, replace and drain agent instances until they match desired state.",
     ),
     "agent": ("agent", "run", "Run agent instances."),
+    "gateway": (
+        "gateway",
+        "run",
+        "Run the model gateway (OpenAI API at /v1) and the MCP gateway until SIGTERM.",
+    ),
     "status": (
         "platform",
         "observe",
@@ -88,6 +93,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "outcome": ("outcome", "govern", "Report outcomes of sessions."),
     "policy": ("policy", "govern", "Apply, test and show policies."),
+    "keys": ("gateway", "govern", "Gateway keys: create, list, revoke."),
     "approvals": ("approvals", "govern", "Pending approvals: list, show, grant, deny."),
     "fleet": ("fleet", "fleet", "Declare, scale, upgrade and inspect fleets."),
     "cost": ("cost", "data", "Server-side cost of model calls, grouped (default: by model)."),

@@ -247,11 +247,17 @@ def cost(
     since: SinceOption = None,
     until: UntilOption = None,
     limit: Annotated[int, typer.Option("--limit", help="Most expensive groups shown.")] = 100,
+    cache: Annotated[
+        bool, typer.Option("--cache", help="The gateway's cache hit rate and money saved.")
+    ] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Server-side cost of model calls, grouped (default: by model)."""
     c = cli(ctx, as_json)
+    if cache:
+        _render(c, "cache", run(c, ask_named(c, "cache", _range(since, until), db=db)))
+        return
     dims = [d.strip() for item in (by or ["model"]) for d in item.split(",") if d.strip()]
     params = {"by": dims, "limit": limit, **_range(since, until)}
     answer = run(c, ask_named(c, "cost", params, db=db))

@@ -25,6 +25,7 @@ FleetOpt = Annotated[str | None, _opt("fleet", "fleet (its instances stop)")]
 ToolOpt = Annotated[str | None, _opt("tool", "tool, in every instance of every fleet")]
 ModelOpt = Annotated[str | None, _opt("model", "model, in every instance of every fleet")]
 PrincipalOpt = Annotated[str | None, _opt("principal", "principal: all work on their behalf")]
+McpOpt = Annotated[str | None, _opt("mcp", "MCP server behind the gateway: all its tools")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Everything: every call, every instance.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in the audit).")]
 ForceOpt = Annotated[
@@ -42,6 +43,7 @@ def _scope(
     model: str | None,
     principal: str | None,
     all_: bool,
+    mcp: str | None = None,
 ) -> tuple[KillScope, str | None]:
     async def parse() -> tuple[KillScope, str | None]:
         options = {
@@ -52,6 +54,7 @@ def _scope(
             "tool": tool,
             "model": model,
             "principal": principal,
+            "mcp": mcp,
         }
         return ops.parse_scope(options, all_)
 
@@ -67,6 +70,7 @@ def kill(
     tool: ToolOpt = None,
     model: ModelOpt = None,
     principal: PrincipalOpt = None,
+    mcp: McpOpt = None,
     all_: AllOpt = False,
     reason: ReasonOpt = "",
     force: ForceOpt = False,
@@ -83,7 +87,7 @@ def kill(
     if list_:
         _list(c)
         return
-    scope, name = _scope(c, instance, session, goal, fleet, tool, model, principal, all_)
+    scope, name = _scope(c, instance, session, goal, fleet, tool, model, principal, all_, mcp)
     body = ops.kill_with_retry(
         c.settings,
         scope,
@@ -140,13 +144,14 @@ def unkill(
     tool: ToolOpt = None,
     model: ModelOpt = None,
     principal: PrincipalOpt = None,
+    mcp: McpOpt = None,
     all_: AllOpt = False,
     reason: ReasonOpt = "",
     as_json: JsonOption = False,
 ) -> None:
     """Lift a kill switch (a killed instance's slot or fleet is started again)."""
     c = cli(ctx, as_json)
-    scope, name = _scope(c, instance, session, goal, fleet, tool, model, principal, all_)
+    scope, name = _scope(c, instance, session, goal, fleet, tool, model, principal, all_, mcp)
 
     async def body() -> KillSwitch:
         async with open_bus(c.settings, name="shoal-kill") as bus:

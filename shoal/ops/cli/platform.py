@@ -94,6 +94,7 @@ def status(
                 "streams": [s.__dict__ for s in st.streams],
                 "services": st.services,
                 **h.to_json(),
+                "gateway": st.gateway,
             }
         )
     else:
@@ -139,6 +140,8 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
         table.add_row(s.name, f"{s.messages:,}", f"{s.bytes:,}", str(s.consumers))
     c.out.print(table)
     c.out.print(f"JetStream: {st.storage_bytes:,} bytes on disk, {st.memory_bytes:,} in memory")
+    if st.gateway:
+        c.out.print(f"gateway: {st.gateway['url']} (MCP: {st.gateway['mcp_url'] or '-'})")
     c.out.print("versions: " + ", ".join(f"{k} {v}" for k, v in h.versions.items()))
 
 

@@ -1,0 +1,93 @@
+"""The SDK's ``ctx.model`` through the gateway: one enforcement point, one record per call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shoal.agents import Agent, AgentRuntime, CapabilityManifest, Killed, TaskContext
+from shoal.agents.gateway_model import caller_headers
+from shoal.agents.models import ChatMessage, ChatRequest
+from shoal.agents.runtime import default_model_clients
+from shoal.bus import Bus, ShoalSettings
+from shoal.gateway import GatewayConfig, run_gateway
+from shoal.gateway.offline import OfflineUpstream
+from shoal.ops import kill as ops_kill
+from shoal.schemas import ModelCalled, PolicyDecided
+from tests.agents.conftest import eventually, of_type, submit_task, wait_events
+from tests.gateway.conftest import MakeKey
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_ctx_model_goes_through_the_gateway_which_records_it_and_refuses_bypasses(
+    bus: Bus,
+    settings: ShoalSettings,
+    make_key: MakeKey,
+    upstream: tuple[str, OfflineUpstream],
+) -> None:
+    config = GatewayConfig.from_dict(
+        {
+            "providers": {"fake": {"base_url": upstream[0]}},
+            "models": {"offline-small": {"targets": ["fake/offline-small"]}},
+        }
+    )
+    manifest = CapabilityManifest(models=("offline-small",))
+    _, secret = await make_key(fleet="sdk", agent="worker", instance="sdk-1", manifest=manifest)
+    outcomes: list[str] = []
+    agent = Agent("worker", fleet="sdk", manifest=manifest)
+
+    @agent.handler("chat")
+    async def chat(ctx: TaskContext, task: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = await ctx.model.complete(task["text"])
+            outcomes.append(answer.text)
+        except Killed:
+            # A handler that ignores the SDK's refusal and calls the client itself.
+            client = ctx.model.clients[0]
+            caller = caller_headers(ctx.model.session)
+            request = ChatRequest(
+                "offline-small", (ChatMessage("user", task["text"]),), caller=caller
+            )
+            try:
+                await client.complete(request)
+                outcomes.append("bypassed")
+            except Killed as e:
+                outcomes.append(f"refused by the gateway: {e.key}")
+        return {}
+
+    async with run_gateway(bus, config) as gw:
+        through = settings.model_copy(update={"gateway_url": gw.url, "gateway_key": secret})
+        clients = default_model_clients(through)
+        assert [c.provider for c in clients] == ["shoal-gateway"]
+        runtime = AgentRuntime(bus, agent, instance="sdk-1", model_clients=clients)
+        async with runtime.running():
+            first = await submit_task(bus, "sdk", "chat", {"text": "hello"})
+            events = await wait_events(
+                bus, bus.subjects.session_events(first.iid), lambda e: of_type(e, "task.completed")
+            )
+            await gw.model.drain()
+            events = await bus.session_events(first.iid)
+            called = of_type(events, "model.called")
+            assert len(called) == 1  # the gateway's record; the SDK recorded none of its own
+            assert called[0].source == f"shoal://gateway/{gw.replica}"
+            assert isinstance(called[0].data, ModelCalled)
+            # "hello": 2 tokens + 4 per message + 3; "ok: hello": 3
+            assert (called[0].data.input_tokens, called[0].data.output_tokens) == (9, 3)
+            assert called[0].instance == "sdk-1"
+
+            await ops_kill.kill(bus, "model", "offline-small", by="tester")
+            key = "model.offline-small"
+            await eventually(lambda: key in gw.model.kills.active and key in runtime.kills.active)
+            second = await submit_task(bus, "sdk", "chat", {"text": "again"})
+            await wait_events(
+                bus, bus.subjects.session_events(second.iid), lambda e: of_type(e, "task.completed")
+            )
+    assert outcomes == ["ok: hello", "refused by the gateway: model.offline-small"]
+    assert upstream[1].requests == {"offline-small": 1}
+    events = await bus.session_events(second.iid)
+    refusals = [e.data for e in of_type(events, "policy.decided")]
+    assert all(isinstance(d, PolicyDecided) for d in refusals)
+    # The SDK's refusal (from the instance), then the gateway's (of the bypass).
+    assert [e.source.split("/")[2] for e in of_type(events, "policy.decided")] == ["sdk", "gateway"]
