@@ -62,6 +62,11 @@ class GatewayError(Exception):
         )
 
     @classmethod
+    def policy_denied(cls, message: str, rule: str) -> GatewayError:
+        """A policy rule (or a human's approval decision) refused the call."""
+        return cls(403, message, "permission_error", "policy_denied", rule=rule, retry=False)
+
+    @classmethod
     def rate_limited(cls, message: str) -> GatewayError:
         return cls(429, message, "requests", "rate_limit_exceeded", rule="rate.key")
 

@@ -34,6 +34,7 @@ from shoal.gateway.config import GatewayConfig, Target
 from shoal.gateway.errors import GatewayError
 from shoal.gateway.keys import KeyMirror, VirtualKey
 from shoal.gateway.ledger import Hold, Ledger
+from shoal.gateway.policy import GatewayPolicy
 from shoal.gateway.record import Recorder
 from shoal.gateway.request import DEFAULT_MAX_TOKENS, needs, parse_body, prompt_bound
 from shoal.gateway.upstream import Answer, Upstreams
@@ -64,6 +65,7 @@ class ModelGateway:
         recorder: Recorder,
         genai: GenAI,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        policy: GatewayPolicy | None = None,
     ) -> None:
         self.config = config
         self.prices = prices
@@ -75,6 +77,7 @@ class ModelGateway:
         self.recorder = recorder
         self.genai = genai
         self.default_max_tokens = default_max_tokens
+        self.policy = policy
         self._pending: set[asyncio.Task[None]] = set()
         self.failures = 0  # background records that failed (logged too)
 
@@ -169,6 +172,8 @@ class ModelGateway:
                 f"{caller.key.agent}",
                 "model",
             )
+        if self.policy is not None:
+            await self.policy.check(caller, "model.call", requested, {})
         routed = self.config.route(requested, caller.task_class, needs(body))
         targets = [t for t in routed if self.kills.match([f"model.{t.model}"]) is None]
         if not targets:

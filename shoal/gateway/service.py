@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from shoal.agents.digest import load_digest_key
 from shoal.agents.killswitch import KillWatcher
 from shoal.aggregates.pricing import PriceTable
 from shoal.bus import Bus
@@ -24,8 +25,10 @@ from shoal.gateway.config import GatewayConfig
 from shoal.gateway.keys import KeyMirror
 from shoal.gateway.ledger import Ledger
 from shoal.gateway.model import ModelGateway
+from shoal.gateway.policy import GatewayPolicy
 from shoal.gateway.record import Recorder
 from shoal.gateway.upstream import Upstreams
+from shoal.policy import Approvals, PolicyBook
 from shoal.schemas import new_id
 
 __all__ = ["RunningGateway", "run_gateway"]
@@ -67,6 +70,14 @@ async def run_gateway(
     ledger = Ledger(await bus.kv(bus.topology.budgets.name), config.reservation_ttl_s)
     cache = ResponseCache(await bus.kv(bus.topology.responses.name), config.cache.ttl_s)
     recorder = Recorder(bus, replica)
+    book = await PolicyBook.open(bus, bus.settings.request_timeout)
+    policy = GatewayPolicy(
+        book,
+        await Approvals.open(bus),
+        recorder,
+        approval_timeout_s=bus.settings.approval_timeout_s,
+        digest_key=load_digest_key(bus.settings),
+    )
     gateway = ModelGateway(
         config=config,
         prices=prices,
@@ -77,6 +88,7 @@ async def run_gateway(
         upstreams=upstreams,
         recorder=recorder,
         genai=genai or GenAI.disabled(),
+        policy=policy,
     )
     app = web.Application(client_max_size=32 * 1024 * 1024)
     gateway.routes(app)
@@ -109,3 +121,4 @@ async def run_gateway(
         await upstreams.stop()
         await keys.stop()
         await kills.stop()
+        await book.close()

@@ -1,0 +1,129 @@
+"""Policy in the gateways: the same Cedar rules and risk tiers as the SDK (shoal.policy).
+
+Evaluated after the kill switches and the key's manifest, before routing and the budget
+reservation. ``deny`` answers 403 (``policy_denied``) and is recorded as ``policy.decided``
+naming the rule and the policy version. ``high`` parks the request on an approval keyed by
+the exact request (session + action + target + arguments), exactly as the SDK does: a grant
+lets it through, a deny or a timeout answers 403. ``low`` and ``medium`` are allowed and
+recorded; ``medium`` also queues a review item.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from shoal.gateway.caller import Caller
+from shoal.gateway.errors import GatewayError
+from shoal.gateway.record import Recorder
+from shoal.policy import Approvals, ApprovalState, CallFacts, PolicyBook, Verdict
+from shoal.policy.approvals import approval_id, request_hash
+from shoal.schemas import PolicyDecided, utcnow
+
+__all__ = ["GatewayPolicy"]
+
+
+class GatewayPolicy:
+    """The applied policies and the approvals bucket, as one gateway replica sees them."""
+
+    def __init__(
+        self,
+        book: PolicyBook,
+        approvals: Approvals,
+        recorder: Recorder,
+        *,
+        approval_timeout_s: float,
+        digest_key: bytes | None = None,
+    ) -> None:
+        self.book = book
+        self.approvals = approvals
+        self.recorder = recorder
+        self.approval_timeout_s = approval_timeout_s
+        self.digest_key = digest_key
+
+    async def check(
+        self, caller: Caller, action: str, target: str, arguments: dict[str, Any]
+    ) -> None:
+        """Return if the call may go on; raise :class:`GatewayError` if not (recorded)."""
+        key = caller.key
+        verdict = self.book.decide(
+            CallFacts(
+                action=action,
+                target=target,
+                arguments=arguments,
+                principal=caller.principal,
+                fleet=key.fleet,
+                agent=key.agent,
+                instance=caller.instance,
+            )
+        )
+        if verdict is None or verdict.outcome == "allow":
+            return
+        if verdict.outcome == "deny":
+            await self._decided(caller, action, target, verdict, "deny")
+            raise GatewayError.policy_denied(verdict.reason, verdict.rule)
+        if verdict.outcome in ("low", "medium"):
+            await self._decided(caller, action, target, verdict, "allow")
+            if verdict.outcome == "medium":
+                state = self._state(caller, action, target, arguments, verdict, timeout=None)
+                await self.approvals.request(state, source=self.recorder.source)
+            return
+        state = self._state(caller, action, target, arguments, verdict, self.approval_timeout_s)
+        await self._decided(caller, action, target, verdict, "needs_approval")
+        state = await self.approvals.request(state, source=self.recorder.source)
+        final = await self.approvals.wait(state.id, source=self.recorder.source)
+        if final.state == "granted" and final.request_hash == state.request_hash:
+            return
+        why = (
+            f"approval {final.id} for {action} {target!r} timed out"
+            if final.state == "expired"
+            else f"approval {final.id} for {action} {target!r} was denied by {final.decided_by}"
+        )
+        raise GatewayError.policy_denied(why, verdict.rule)
+
+    async def _decided(
+        self, caller: Caller, action: str, target: str, verdict: Verdict, decision: str
+    ) -> None:
+        data = PolicyDecided.model_validate(
+            {
+                "action": action,
+                "target": target,
+                "decision": decision,
+                "rule": verdict.rule,
+                "reason": verdict.reason,
+                "tier": verdict.tier,
+                "policy_version": verdict.version,
+            }
+        )
+        await self.recorder.emit(data, caller)
+
+    def _state(
+        self,
+        caller: Caller,
+        action: str,
+        target: str,
+        arguments: dict[str, Any],
+        verdict: Verdict,
+        timeout: float | None,
+    ) -> ApprovalState:
+        digest = request_hash(action, target, arguments, self.digest_key)
+        now = utcnow()
+        return ApprovalState(
+            id=approval_id(caller.iid, digest),
+            iid=caller.iid,
+            gid=caller.gid,
+            parentiid=caller.parentiid,
+            fleet=caller.key.fleet,
+            agent=caller.key.agent,
+            instance=caller.instance,
+            principal=caller.principal,
+            action=action,
+            target=target,
+            tier="high" if verdict.outcome == "high" else "medium",
+            rule=verdict.rule,
+            policy_version=verdict.version,
+            arguments={},  # model prompts are not shown to approvers by the gateway
+            request_hash=digest,
+            requested_at=now,
+            deadline=now + timedelta(seconds=timeout) if timeout is not None else None,
+        )
