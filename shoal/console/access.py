@@ -54,6 +54,8 @@ class Principal:
 
     name: str
     role: Role
+    credential: str = ""
+    """An id of the credential signed in with (the token's hash), to check it still holds."""
 
     def may(self, role: Role) -> bool:
         """True when this principal's role is ``role`` or above (admin ⊇ operator ⊇ viewer)."""
@@ -69,6 +71,10 @@ class Authenticator(Protocol):
     """Turns the credential typed on the sign-in page into a principal, or refuses it."""
 
     async def authenticate(self, credential: str) -> Principal | None: ...
+
+    async def still_valid(self, who: Principal) -> bool:
+        """False once the credential ``who`` signed in with is revoked."""
+        ...
 
 
 class TokenRecord(BaseModel):
@@ -90,10 +96,11 @@ class SignIn(BaseModel):
     role: Role
     csrf: str
     at: datetime
+    credential: str = ""
 
     @property
     def who(self) -> Principal:
-        return Principal(self.principal, self.role)
+        return Principal(self.principal, self.role, self.credential)
 
 
 def _digest(secret: str) -> str:
@@ -145,12 +152,28 @@ class KVTokenStore:
 
     async def authenticate(self, credential: str) -> Principal | None:
         kv = await _bucket(self.bus, self.spec)
+        key = _digest(credential.strip())
         try:
-            entry = await kv.get(_digest(credential.strip()))
+            entry = await kv.get(key)
         except KeyNotFoundError:
             return None
         record = TokenRecord.model_validate_json(entry.value or b"{}")
-        return Principal(record.principal, record.role)
+        return Principal(record.principal, record.role, key)
+
+    async def still_valid(self, who: Principal) -> bool:
+        if not who.credential:
+            return False
+        kv = await _bucket(self.bus, self.spec)
+        try:
+            entry = await kv.get(who.credential)
+        except KeyNotFoundError:
+            return False
+        return bool(entry.value)
+
+    @classmethod
+    def for_bus(cls, bus: Bus) -> KVTokenStore:
+        """The token store of the bus's prefix."""
+        return cls(bus, console_buckets(bus, 1.0)[0])
 
     async def revoke_principal(self, principal: str) -> int:
         """Delete every token of ``principal``; how many there were (:class:`NotFound` if 0)."""
@@ -187,15 +210,17 @@ class KVTokenStore:
 class SignInStore:
     """Browser sign-ins in a KV bucket with a TTL, keyed by the cookie's hash."""
 
-    def __init__(self, bus: Bus, spec: BucketSpec) -> None:
+    def __init__(self, bus: Bus, spec: BucketSpec, authenticator: Authenticator) -> None:
         self.bus = bus
         self.spec = spec
+        self.authenticator = authenticator
 
     async def open(self, who: Principal) -> tuple[str, SignIn]:
         """A new sign-in: the cookie value (only the browser keeps it) and the record."""
         cookie = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(24)
         record = SignIn(
-            principal=who.name, role=who.role, csrf=secrets.token_urlsafe(24), at=utcnow()
+            principal=who.name, role=who.role, csrf=csrf, at=utcnow(), credential=who.credential
         )
         kv = await _bucket(self.bus, self.spec)
         await kv.put(_digest(cookie), record.model_dump_json().encode())
@@ -211,7 +236,12 @@ class SignInStore:
             return None
         if not entry.value:
             return None
-        return SignIn.model_validate_json(entry.value)
+        sign_in = SignIn.model_validate_json(entry.value)
+        # A revoked token ends its sign-ins at once, on every replica.
+        if not await self.authenticator.still_valid(sign_in.who):
+            await kv.purge(entry.key)
+            return None
+        return sign_in
 
     async def close(self, cookie: str) -> None:
         kv = await _bucket(self.bus, self.spec)

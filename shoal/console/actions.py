@@ -165,7 +165,7 @@ def _kill_fields(form: FormData) -> tuple[KillScope | None, str | None, str]:
     reason = str(form.get("reason") or "").strip()
     if scope not in KILL_SCOPES:
         return None, name, reason
-    return scope, (None if scope == "all" else name), reason  # type: ignore[return-value]
+    return scope, (None if scope == "all" else name), reason
 
 
 async def fleet_action(request: Request) -> Response:

@@ -11,6 +11,7 @@ sniffing.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ from shoal.console.data import ConsoleData
 from shoal.console.pages import PAGES
 from shoal.console.settings import ConsoleSettings
 from shoal.console.web import HERE, Console, NeedSignIn, login_redirect, make_templates, render
+from shoal.errors import PortInUse
 
 __all__ = ["create_app", "open_console", "serve_console"]
 
@@ -83,11 +85,12 @@ async def open_console(
     """What every request shares; creates the console's buckets if missing (idempotent)."""
     tokens, sign_ins = console_buckets(bus, settings.session_ttl_s)
     await provision(bus.js, _BucketsOnly(tokens, sign_ins))  # type: ignore[arg-type]
+    authenticator = authenticator or KVTokenStore(bus, tokens)
     return Console(
         bus=bus,
         settings=settings,
-        authenticator=authenticator or KVTokenStore(bus, tokens),
-        sign_ins=SignInStore(bus, sign_ins),
+        authenticator=authenticator,
+        sign_ins=SignInStore(bus, sign_ins, authenticator),
         data=ConsoleData(bus),
         prices=PriceTable.load(bus.settings.price_table),
         templates=make_templates(),
@@ -150,7 +153,15 @@ async def serve_console(
     settings = console.settings
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE or settings.port == 0:
+            raise PortInUse(f"console cannot listen on {settings.host}:{settings.port}: {e}") from e
+        # Another console (or anything) holds the default port: take a free one; the URL
+        # record (shoal status) tells where.
+        log.warning("port %s is in use; the console takes a free port", settings.port)
+        sock.bind((settings.host, 0))
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         create_app(console),

@@ -1,8 +1,9 @@
 """The platform's long-running local processes, run detached by ``shoal up``.
 
-Three services: the core (``shoal core``: ingestion, budgets, watchdog), the query service
-(``shoal projections serve``: owns the DuckDB projection and answers over NATS), and a
-supervisor (``shoal supervisor``: runs the instances of applied fleets). Each runs in its own
+Four services: the core (``shoal core``: ingestion, budgets, watchdog), the query service
+(``shoal projections serve``: owns the DuckDB projection and answers over NATS), a
+supervisor (``shoal supervisor``: runs the instances of applied fleets), and the web console
+(``shoal console``, reading over NATS only). Each runs in its own
 session, so it outlives the ``shoal up`` that started it, logs to
 ``<data_dir>/services/<name>.log`` and is found again through ``<name>.json`` (pid, its
 kernel start time, URL). A recorded pid counts only while the process with that pid has that
@@ -26,7 +27,7 @@ from shoal.bus import ShoalSettings
 from shoal.ops.instances import instance_env
 from shoal.ops.server import pid_alive
 
-__all__ = ["CORE", "LOCAL_SERVICES", "QUERY", "SUPERVISOR", "LocalService"]
+__all__ = ["CONSOLE", "CORE", "LOCAL_SERVICES", "QUERY", "SUPERVISOR", "LocalService"]
 
 
 @dataclass(frozen=True)
@@ -106,5 +107,6 @@ def _start_time(pid: int) -> int | None:
 CORE = LocalService("core", ("core",))
 QUERY = LocalService("query", ("projections", "serve"))
 SUPERVISOR = LocalService("supervisor", ("supervisor",))
-LOCAL_SERVICES = (CORE, QUERY, SUPERVISOR)
+CONSOLE = LocalService("console", ("console",))
+LOCAL_SERVICES = (CORE, QUERY, SUPERVISOR, CONSOLE)
 """In start order; ``shoal down`` stops them in reverse."""

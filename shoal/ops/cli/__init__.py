@@ -64,6 +64,9 @@ def _register() -> None:
 
     for module in (core, session, outcome):
         module.register(app)
+    from shoal.ops.cli import console
+
+    console.register(app)
 
 
 _register()
