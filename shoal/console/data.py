@@ -223,7 +223,9 @@ class ConsoleData:
             except NotFoundError:
                 return Health("core", False, "no core consumer: run 'shoal up' or 'shoal core'")
             pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-            up = bool(info.num_waiting)
+            # The core follows the log with a push consumer (bound while it runs); a pull
+            # consumer shows waiting requests instead.
+            up = bool(info.push_bound) or bool(info.num_waiting)
             detail = f"{pending:,} event(s) not yet folded" if up else "no core is pulling events"
             return Health("core", up, detail, pending)
 
@@ -307,7 +309,13 @@ class ConsoleData:
         series = {f: [0.0] * len(times) for f in fleets}
         for r in rows:
             series[r["fleet"]][index[str(r["t"])]] = float(r["usd"])
-        return {"unit": unit, "times": times, "series": series}
+        return {
+            "unit": unit,
+            "times": times,
+            "series": series,
+            "start": start.isoformat(),
+            "end": utcnow().isoformat(),
+        }
 
     async def ledger(self, params: dict[str, Any]) -> Any:
         return await self.query.query("ledger", params)

@@ -115,6 +115,10 @@ async def test_demo_goal_timeline_fills_in_live(
             await b.shot(name)
         await b.get("/cost?range=24h")
         assert await b.text("#total-spend") != "$0.00"
+        await b.run(lambda d: d.set_window_size(390, 844))  # a phone
+        for name, path in (("overview-narrow", "/"), ("session-narrow", f"/sessions/{goal.iid}")):
+            await b.get(path)
+            await b.shot(name)
 
 
 @pytest.fixture
@@ -247,6 +251,8 @@ async def test_viewer_sees_no_action_and_a_forged_post_is_refused(
     await model.complete("a call, so the session has a page")
     token = await platform.token("vera", "viewer")
     async with Browser.start(profile, platform.url) as b:
+        await b.get("/login")
+        await b.shot("login")
         await b.sign_in(token)
         assert await b.text(".role") == "viewer"
         buttons = {}

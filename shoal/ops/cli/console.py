@@ -40,6 +40,16 @@ def console_url(settings: ShoalSettings) -> str | None:
         return None
 
 
+def console_hint(settings: ShoalSettings, gid: str | None = None) -> str:
+    """Where to watch: the running console's URL (the goal's page), or how to start one."""
+    url = console_url(settings)
+    if url is None:
+        from shoal.console.settings import DEFAULT_PORT
+
+        return f"console: 'shoal up' serves it at http://127.0.0.1:{DEFAULT_PORT}"
+    return f"console: {url}/goals/{gid}" if gid else f"console: {url}"
+
+
 def _console_settings(host: str | None, port: int | None) -> ConsoleSettings:
     from shoal.console import ConsoleSettings
 

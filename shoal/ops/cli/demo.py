@@ -13,6 +13,7 @@ from rich.tree import Tree
 from shoal.bus import Bus, Stored
 from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli.console import console_hint
 from shoal.ops.connect import open_bus
 from shoal.ops.events import event_summary, stored_to_json
 from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed, utcnow
@@ -48,6 +49,7 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
     else:
         _print(c, done.result)
         render_demo_summary(c.out, done.cost, done.per_success)
+        c.out.print(console_hint(c.settings, done.result.gid))
     if not isinstance(done.result.outcome.data, GoalCompleted):
         raise typer.Exit(1)
 

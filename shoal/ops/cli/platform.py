@@ -9,6 +9,7 @@ from rich.table import Table
 
 from shoal.ops import platform
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli.console import console_hint
 
 
 def up(
@@ -90,6 +91,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     c.out.print(table)
     for name, pid in st.services.items():
         c.out.print(f"{name}: " + (f"running (pid {pid})" if pid else "[dim]not running[/]"))
+    c.out.print(console_hint(c.settings))
     if st.deadletters:
         c.out.print(f"[yellow]{st.deadletters} dead-lettered message(s)[/]")
 
