@@ -14,6 +14,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,7 +61,8 @@ _HEADERS = [
 
 
 class SecurityHeaders:
-    """Adds :data:`_HEADERS` to every HTTP response."""
+    """Adds :data:`_HEADERS` to every HTTP response, and ``Server-Timing: app;dur=<ms>``
+    (the time until the response started: what ``bench/bench_console.py`` measures)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -70,10 +72,16 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        started = time.perf_counter()
+
         async def with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], *_HEADERS]
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.2f}".encode()
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *_HEADERS,
+                    (b"server-timing", took),
+                ]
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -99,7 +99,6 @@ class Overview:
     deadletters: int
     health: list[Health]
     fleets: list[control.FleetView]
-    outcomes: Any
     errors: list[str] = field(default_factory=list)
 
 
@@ -143,9 +142,14 @@ class ConsoleData:
             presence,
             deadletters,
             health,
-            outcomes,
         ) = await asyncio.gather(
-            soft(self.query.query("sessions", {"state": "active", "limit": 1000}), None),
+            soft(
+                self.sql(
+                    "SELECT COALESCE(fleet, '-') AS fleet, count(*) AS n FROM sessions "
+                    "WHERE status IN ('open', 'running') GROUP BY ALL ORDER BY fleet"
+                ),
+                [],
+            ),
             soft(self._sessions("stuck", now, stuck_after_s), None),
             soft(self._sessions("looping", now, stuck_after_s), None),
             soft(self.query.query("cost", {"by": ["fleet"], "since": today.isoformat()}), None),
@@ -162,17 +166,14 @@ class ConsoleData:
             self._presence(),
             self._deadletters(),
             self.health(),
-            soft(self.query.query("cost-per-success", {}), None),
         )
-        active_by_fleet: dict[str, int] = {}
-        for row in active.rows if active is not None else []:
-            active_by_fleet[row.fleet or "-"] = active_by_fleet.get(row.fleet or "-", 0) + 1
+        active_by_fleet = {str(r["fleet"]): int(r["n"]) for r in active}
         instances_by_fleet: dict[str, int] = {}
         for p in presence:
             instances_by_fleet[p.fleet] = instances_by_fleet.get(p.fleet, 0) + 1
         return Overview(
             now=now,
-            active_by_fleet=dict(sorted(active_by_fleet.items())),
+            active_by_fleet=active_by_fleet,
             instances_by_fleet=dict(sorted(instances_by_fleet.items())),
             spend_today=cost.total_usd if cost is not None else Decimal(0),
             calls_today=cost.calls if cost is not None else 0,
@@ -184,7 +185,6 @@ class ConsoleData:
             deadletters=deadletters,
             health=health,
             fleets=fleets,
-            outcomes=outcomes,
             errors=errors,
         )
 

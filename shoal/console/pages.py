@@ -3,6 +3,7 @@ the places where approvals and the gateway's figures slot in."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -85,9 +86,9 @@ async def sessions(request: Request) -> Response:
         q=token_or_empty(q.get("q")),
     )
     try:
-        rows = await c.data.sessions(f)
-        goals = await c.data.goals(f.q)
-        facets = await c.data.facets()
+        rows, goals, facets = await asyncio.gather(
+            c.data.sessions(f), c.data.goals(f.q), c.data.facets()
+        )
         error = ""
     except ShoalError as e:
         rows, goals, facets, error = [], [], {"fleets": [], "agents": [], "statuses": []}, str(e)
