@@ -184,14 +184,16 @@ async def bench(tmp: Path, events: int, repeat: int, live: int) -> None:
             console = subprocess.Popen(  # noqa: ASYNC220 (started once, before timing)
                 [sys.executable, "-m", "shoal", "console", "--port", "0"],
                 env=env,
-                stdout=open("/tmp/bench-console.log", "wb"),  # noqa: SIM115
+                stdout=(tmp / "console.log").open("wb"),  # noqa: ASYNC230 (set-up, untimed)
                 stderr=subprocess.STDOUT,
             )
             record = settings.data_dir.resolve() / "services" / "console-url.json"
             deadline = time.monotonic() + 60
             while not record.exists():
                 if console.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the console did not start")
+                    raise SystemExit(
+                        f"the console did not start: {(tmp / 'console.log').read_text()}"
+                    )
                 await asyncio.sleep(0.1)
             url = json.loads(record.read_text())["url"]
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
