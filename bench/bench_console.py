@@ -184,7 +184,7 @@ async def bench(tmp: Path, events: int, repeat: int, live: int) -> None:
             console = subprocess.Popen(  # noqa: ASYNC220 (started once, before timing)
                 [sys.executable, "-m", "shoal", "console", "--port", "0"],
                 env=env,
-                stdout=(tmp / "console.log").open("wb"),  # noqa: ASYNC230 (set-up, untimed)
+                stdout=(tmp / "console.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
             record = settings.data_dir.resolve() / "services" / "console-url.json"
