@@ -112,7 +112,9 @@ class Browser:
     async def all(self, css: str, attribute: str) -> list[str]:
         return list(
             await self.run(
-                lambda d: [e.get_attribute(attribute) for e in d.find_elements(By.CSS_SELECTOR, css)]
+                lambda d: [
+                    e.get_attribute(attribute) for e in d.find_elements(By.CSS_SELECTOR, css)
+                ]
             )
         )
 

@@ -46,7 +46,9 @@ async def platform(settings: ShoalSettings, bus: Bus) -> AsyncIterator[Platform]
     listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     async with serving(settings, bus.nc):
         console = await open_console(bus, ConsoleSettings(port=0))
-        server = asyncio.create_task(serve_console(console, stop, on_listening=listening.set_result))
+        server = asyncio.create_task(
+            serve_console(console, stop, on_listening=listening.set_result)
+        )
         url = await asyncio.wait_for(listening, 30)
         try:
             yield Platform(bus, url)

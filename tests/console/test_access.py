@@ -95,7 +95,10 @@ async def test_a_kill_is_confirmed_before_it_is_set(platform: Platform) -> None:
         form = {"scope": "fleet", "name": "demo", "reason": "incident 7", "csrf": csrf}
         confirm = await http.post("/kills", data=form)
     assert confirm.status_code == 200
-    assert "Kill fleet demo?" in confirm.text and "Recorded as alice, reason: incident 7." in confirm.text
+    assert (
+        "Kill fleet demo?" in confirm.text
+        and "Recorded as alice, reason: incident 7." in confirm.text
+    )
     kv = await platform.bus.kv(platform.bus.topology.kill.name)
     with pytest.raises(Exception, match="no keys found"):
         await kv.keys()

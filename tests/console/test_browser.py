@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from shoal.agents.policy import Policy
 from shoal.agents.session import Emitter, Identity, Session
 from shoal.agents.tools import ToolEnv
 from shoal.aggregates.fleet import FleetApplication
-from shoal.bus import Bus, ShoalSettings
+from shoal.bus import ShoalSettings, Stored
 from shoal.ops.demo import fleet_services
 from shoal.ops.fleets import apply_fleet, open_fleet_app
 from shoal.ops.goals import build_goal, submit_goal
@@ -38,13 +39,14 @@ from tests.ops.fleetprocs import Supervisors, agent_procs, eventually, procs_now
 
 pytestmark = pytest.mark.timeout(180)
 
+ENTRIES = (By.CSS_SELECTOR, "li.entry")
+WORKERS = (By.CSS_SELECTOR, 'section[data-agent="worker"] tr[data-instance]')
 
-def control_events(events: list[object]) -> list[ControlAccepted]:
-    return [
-        s.event.data  # type: ignore[attr-defined]
-        for s in events
-        if s.event is not None and isinstance(s.event.data, ControlAccepted)  # type: ignore[attr-defined]
-    ]
+
+def control_events(stored: list[Stored]) -> list[ControlAccepted]:
+    """The accepted operator commands among stored control-stream messages."""
+    events = [s.event for s in stored if s.event is not None]
+    return [e.data for e in events if isinstance(e.data, ControlAccepted)]
 
 
 async def test_demo_goal_timeline_fills_in_live(
@@ -73,7 +75,10 @@ async def test_demo_goal_timeline_fills_in_live(
         seqs = sorted(str(s.seq) for s in events)
         shown = await b.until(
             lambda d: (
-                sorted(e.get_attribute("data-seq") for e in d.find_elements(By.CSS_SELECTOR, "li.entry"))
+                sorted(
+                    e.get_attribute("data-seq")
+                    for e in d.find_elements(By.CSS_SELECTOR, "li.entry")
+                )
                 == seqs
             ),
             20,
@@ -169,7 +174,9 @@ async def test_session_killed_from_the_page_refuses_its_next_model_call(
         return ""
 
     assert await eventually(refused, bool, 10, "the call refused") == f"session.{session.iid}"
-    audit = control_events(await bus.read(bus.subjects.all_control, stream=bus.topology.control.name))
+    audit = control_events(
+        await bus.read(bus.subjects.all_control, stream=bus.topology.control.name)
+    )
     assert [(a.command, a.target, a.by, a.reason) for a in audit] == [
         ("kill.session", session.iid, "alice", "incident 42")
     ]
@@ -226,14 +233,15 @@ async def test_fleet_scaled_from_the_page_converges_to_the_new_instance_count(
         await b.click("#confirm")
         flash = await b.text(".flash.ok")
 
-        def converged(d: object) -> bool:
-            d.refresh()  # type: ignore[attr-defined]
-            count = d.find_element(By.ID, "count-worker")  # type: ignore[attr-defined]
-            rows = d.find_elements(By.CSS_SELECTOR, 'section[data-agent="worker"] tr[data-instance]')  # type: ignore[attr-defined]
-            return count.text == "3/3" and len(rows) == 3
+        def converged(d: Any) -> bool:
+            d.refresh()
+            count = d.find_element(By.ID, "count-worker")
+            return count.text == "3/3" and len(d.find_elements(*WORKERS)) == 3
 
         await b.until(converged, 90, "3/3 instances on the page")
-        instances = sorted(await b.all('section[data-agent="worker"] tr[data-instance]', "data-instance"))
+        instances = sorted(
+            await b.all('section[data-agent="worker"] tr[data-instance]', "data-instance")
+        )
         await b.shot("fleet")
         await b.get("/fleets")
         await b.shot("fleets")
@@ -269,7 +277,8 @@ async def test_viewer_sees_no_action_and_a_forged_post_is_refused(
         as_viewer = await http.post("/kills", data={**form, "csrf": csrf})
         without_csrf = await http.post("/kills", data=form)
         scale = await http.post(
-            "/fleets/demo/scale", data={"agent": "w", "replicas": "9", "confirmed": "yes", "csrf": csrf}
+            "/fleets/demo/scale",
+            data={"agent": "w", "replicas": "9", "confirmed": "yes", "csrf": csrf},
         )
     assert (as_viewer.status_code, without_csrf.status_code, scale.status_code) == (403, 403, 403)
     assert "vera is a viewer" in as_viewer.text

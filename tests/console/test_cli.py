@@ -70,6 +70,7 @@ def test_token_create_prints_a_token_that_signs_in_and_ls_never_shows_it(
     bad = runner.invoke(
         app, ["console", "token", "create", "--role", "root", "--principal", "x"], env=env
     )
+
     async def authenticate() -> Principal | None:
         async with Bus.connect(settings.nats_url or "", settings) as bus:
             return await KVTokenStore.for_bus(bus).authenticate(token)
