@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,17 +19,13 @@ from shoal.bus import Bus, ShoalSettings
 from shoal.console import KVTokenStore, Principal
 from shoal.ops.cli import app
 from shoal.ops.cli.console import url_record
+from tests.ops.fleetprocs import process_env
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def env_of(settings: ShoalSettings) -> dict[str, str]:
-    return {
-        "NATS_URL": settings.nats_url or "",
-        "SHOAL_PREFIX": settings.prefix,
-        "SHOAL_DATA_DIR": str(settings.data_dir),
-        "SHOAL_PRINCIPAL": "tester",
-    }
+    return process_env(settings)
 
 
 @pytest.fixture
@@ -38,7 +33,7 @@ def served(settings: ShoalSettings) -> Iterator[tuple[subprocess.Popen[bytes], s
     """``python -m shoal console --port 0`` for the test's prefix, and its URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "shoal", "console", "--port", "0"],
-        env={**os.environ, **env_of(settings)},
+        env=env_of(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
