@@ -127,6 +127,14 @@ class Breakdown:
         self.total_usd += usd
 
 
+_AWAITING = (
+    "SELECT request_id, any_value(iid) AS iid, any_value(action) AS action, "
+    "any_value(target) AS target, min(ts) AS ts FROM approvals GROUP BY request_id "
+    "HAVING count(*) FILTER (state <> 'requested') = 0 ORDER BY ts DESC"
+)
+"""Approval requests with no decision yet, newest first."""
+
+
 def rows_as_dicts(answer: SqlAnswer) -> list[dict[str, Any]]:
     return [dict(zip(answer.columns, row, strict=True)) for row in answer.rows]
 
@@ -155,44 +163,24 @@ class ConsoleData:
                 errors.append(str(e))
                 return default
 
-        (
-            active,
-            stuck,
-            looping,
-            cost,
-            per_success,
-            denials,
-            awaiting,
-            fleets,
-            presence,
-            deadletters,
-            health,
-        ) = await asyncio.gather(
-            soft(
-                self.sql(
-                    "SELECT COALESCE(fleet, '-') AS fleet, count(*) AS n FROM sessions "
-                    "WHERE status IN ('open', 'running') GROUP BY ALL ORDER BY fleet"
-                ),
-                [],
-            ),
-            soft(self._sessions("stuck", now, stuck_after_s), None),
-            soft(self._sessions("looping", now, stuck_after_s), None),
-            soft(self.query.query("cost", {"by": ["fleet"], "since": today.isoformat()}), None),
-            soft(self.query.query("cost-per-success", {"since": today.isoformat()}), None),
-            soft(
-                self.sql(
-                    "SELECT count(*) AS n FROM policy_decisions "
-                    f"WHERE decision <> 'allow' AND ts >= {sql_literal(today.isoformat())}"
-                ),
-                [{"n": 0}],
-            ),
-            soft(self.awaiting_approval(), []),
-            soft(control.list_fleets(self.bus), []),
-            self._presence(),
-            self._deadletters(),
-            self.health(),
+        (counts, stuck, looping, per_success, fleets, presence, deadletters, health) = (
+            await asyncio.gather(
+                soft(self._overview_counts(today), None),
+                soft(self._sessions("stuck", now, stuck_after_s), None),
+                soft(self._sessions("looping", now, stuck_after_s), None),
+                soft(self.query.query("cost-per-success", {"since": today.isoformat()}), None),
+                soft(control.list_fleets(self.bus), []),
+                self._presence(),
+                self._deadletters(),
+                self.health(),
+            )
         )
-        active_by_fleet = {str(r["fleet"]): int(r["n"]) for r in active}
+        counts = counts or {"active": [], "spend": 0, "calls": 0, "denials": 0, "awaiting": []}
+        active_by_fleet = {str(r["fleet"]): int(r["n"]) for r in counts["active"] or []}
+        awaiting = [
+            [r["request_id"], r["iid"], r["action"], r["target"], r["ts"]]
+            for r in counts["awaiting"] or []
+        ]
         instances_by_fleet: dict[str, int] = {}
         for p in presence:
             instances_by_fleet[p.fleet] = instances_by_fleet.get(p.fleet, 0) + 1
@@ -200,10 +188,10 @@ class ConsoleData:
             now=now,
             active_by_fleet=active_by_fleet,
             instances_by_fleet=dict(sorted(instances_by_fleet.items())),
-            spend_today=cost.total_usd if cost is not None else Decimal(0),
-            calls_today=cost.calls if cost is not None else 0,
+            spend_today=Decimal(str(counts["spend"] or 0)),
+            calls_today=int(counts["calls"] or 0),
             per_success=per_success,
-            denials_today=int(denials[0]["n"]) if denials else 0,
+            denials_today=int(counts["denials"] or 0),
             stuck=stuck.rows if stuck is not None else [],
             looping=looping.rows if looping is not None else [],
             awaiting=awaiting,
@@ -217,14 +205,29 @@ class ConsoleData:
         params = {"state": state, "now": now.isoformat(), "stuck_after_s": stuck_after_s}
         return await self.query.query("sessions", {**params, "limit": 20})
 
+    async def _overview_counts(self, today: datetime) -> dict[str, Any]:
+        """The overview's plain counts in one statement: one request, not five in a queue.
+
+        Active sessions by fleet, today's spend and model calls (the sums the named ``cost``
+        query gives for the range), today's denials, and approvals still waiting.
+        """
+        since = sql_literal(today.isoformat())
+        rows = await self.sql(
+            "SELECT (SELECT list({'fleet': fleet, 'n': n} ORDER BY fleet) FROM ("
+            "SELECT COALESCE(fleet, '-') AS fleet, count(*) AS n FROM sessions "
+            "WHERE status IN ('open', 'running') GROUP BY ALL)) AS active, "
+            f"(SELECT sum(cost_usd) FROM model_calls WHERE ts >= {since}) AS spend, "
+            f"(SELECT count(*) FROM model_calls WHERE ts >= {since}) AS calls, "
+            "(SELECT count(*) FROM policy_decisions "
+            f"WHERE decision <> 'allow' AND ts >= {since}) AS denials, "
+            f"(SELECT list(a) FROM ({_AWAITING} LIMIT 20) a) AS awaiting",
+            1,
+        )
+        return rows[0]
+
     async def awaiting_approval(self, limit: int = 50) -> list[list[Any]]:
         """Approval requests with no decision yet: [request_id, iid, action, target, ts]."""
-        rows = await self.sql(
-            "SELECT request_id, any_value(iid) AS iid, any_value(action) AS action, "
-            "any_value(target) AS target, min(ts) AS ts FROM approvals GROUP BY request_id "
-            "HAVING count(*) FILTER (state <> 'requested') = 0 ORDER BY ts DESC",
-            limit,
-        )
+        rows = await self.sql(_AWAITING, limit)
         return [[r["request_id"], r["iid"], r["action"], r["target"], r["ts"]] for r in rows]
 
     async def _presence(self) -> list[Presence]:
