@@ -116,6 +116,8 @@ async def kill_set(request: Request) -> Response:
     back = str(form.get("back") or "/kills")
     if scope is None:
         return _back(_safe_next(back), error=f"unknown kill scope {form.get('scope')!r}")
+    if scope != "all" and not name:
+        return _back(_safe_next(back), error=f"name the {scope} to kill (or choose the scope all)")
     target = "everything" if scope == "all" else f"{scope} {name}"
     if form.get("confirmed") != "yes":
         lines = [

@@ -163,17 +163,24 @@ class ConsoleData:
                 errors.append(str(e))
                 return default
 
-        (counts, stuck, looping, per_success, fleets, presence, deadletters, health) = (
-            await asyncio.gather(
-                soft(self._overview_counts(today), None),
-                soft(self._sessions("stuck", now, stuck_after_s), None),
-                soft(self._sessions("looping", now, stuck_after_s), None),
-                soft(self.query.query("cost-per-success", {"since": today.isoformat()}), None),
-                soft(control.list_fleets(self.bus), []),
-                self._presence(),
-                self._deadletters(),
-                self.health(),
-            )
+        (
+            counts,
+            stuck,
+            looping,
+            per_success,
+            fleets,
+            presence,
+            deadletters,
+            health,
+        ) = await asyncio.gather(
+            soft(self._overview_counts(today), None),
+            soft(self._sessions("stuck", now, stuck_after_s), None),
+            soft(self._sessions("looping", now, stuck_after_s), None),
+            soft(self.query.query("cost-per-success", {"since": today.isoformat()}), None),
+            soft(control.list_fleets(self.bus), []),
+            self._presence(),
+            self._deadletters(),
+            self.health(),
         )
         counts = counts or {"active": [], "spend": 0, "calls": 0, "denials": 0, "awaiting": []}
         active_by_fleet = {str(r["fleet"]): int(r["n"]) for r in counts["active"] or []}

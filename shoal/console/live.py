@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from shoal.bus import Bus, Stored, to_stored
 from shoal.console.format import usd_text
 
 __all__ = ["entry_json", "follow_session"]
+
+log = logging.getLogger("shoal.console")
 
 
 def entry_json(item: Stored, prices: PriceTable) -> dict[str, Any] | None:
@@ -103,5 +106,5 @@ async def follow_session(
         for sub in subs:
             try:
                 await asyncio.wait_for(sub.unsubscribe(), 2.0)
-            except Exception:  # the connection may be gone; the server drops the consumer
-                pass
+            except Exception as e:  # the connection may be gone; the server drops the consumer
+                log.debug("could not unsubscribe a live timeline consumer: %s", e)

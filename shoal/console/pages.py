@@ -141,6 +141,10 @@ async def session(request: Request) -> Response:
     await require(request)
     c = console_of(request)
     iid = request.path_params["iid"]
+    if not is_token(iid):
+        return empty(
+            request, "sessions", f"{iid!r} is not a session id (IID)", "shoal session ls", 404
+        )
     try:
         at = parse_at(request.query_params.get("at") or None)
     except InvalidEvent as e:

@@ -126,3 +126,18 @@ async def test_sign_out_needs_the_csrf_token_and_ends_the_sign_in(platform: Plat
     assert forged.status_code == 403
     assert (out.status_code, out.headers["location"]) == (303, "/login")
     assert after.status_code == 303
+
+
+async def test_a_kill_without_a_name_is_refused_naming_the_field(platform: Platform) -> None:
+    token = await platform.token("alice", "operator")
+    async with httpx.AsyncClient(base_url=platform.url) as http:
+        await sign_in(http, token)
+        csrf = csrf_of((await http.get("/kills")).text)
+        form = {"scope": "session", "name": " ", "reason": "r", "csrf": csrf, "confirmed": "yes"}
+        answer = await http.post("/kills", data=form)
+        page = await http.get(answer.headers["location"])
+    assert answer.status_code == 303
+    assert "name the session to kill (or choose the scope all)" in page.text, answer.headers["location"]
+    kv = await platform.bus.kv(platform.bus.topology.kill.name)
+    with pytest.raises(Exception, match="no keys found"):
+        await kv.keys()

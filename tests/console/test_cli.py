@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from shoal.bus import Bus, ShoalSettings
 from shoal.console import KVTokenStore, Principal
 from shoal.ops.cli import app
-from shoal.ops.cli.console import url_record
+from shoal.ops.cli.console import console_hint, url_record
 from tests.ops.fleetprocs import process_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,3 +96,14 @@ def test_status_and_demo_print_the_served_console_url(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     assert not url_record(settings).exists()
+
+
+def test_a_console_killed_outright_is_not_reported_as_running(settings: ShoalSettings) -> None:
+    record = url_record(settings)
+    record.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record.write_text(json.dumps({"url": "http://127.0.0.1:1", "pid": dead.pid}))
+    assert console_hint(settings, "G1") == "console: 'shoal up' serves it at http://127.0.0.1:8470"
+    record.write_text(json.dumps({"url": "http://127.0.0.1:1", "pid": os.getpid()}))
+    assert console_hint(settings, "G1") == "console: http://127.0.0.1:1/goals/G1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,6 +16,7 @@ from rich.table import Table
 from shoal.bus import ShoalSettings
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, run
 from shoal.ops.connect import open_bus
+from shoal.ops.server import pid_alive
 
 if TYPE_CHECKING:  # starlette, jinja2 and uvicorn load only where the console runs
     from shoal.console import ConsoleSettings, Role
@@ -35,9 +37,11 @@ def url_record(settings: ShoalSettings) -> Path:
 def console_url(settings: ShoalSettings) -> str | None:
     """The URL the local console last reported, or None (``shoal status``, ``shoal demo``)."""
     try:
-        return str(json.loads(url_record(settings).read_text())["url"])
+        record = json.loads(url_record(settings).read_text())
+        url, pid = str(record["url"]), int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return url if pid_alive(pid) else None  # a console killed outright leaves its record
 
 
 def console_hint(settings: ShoalSettings, gid: str | None = None) -> str:
@@ -90,7 +94,7 @@ async def _serve(c: Cli, settings: ConsoleSettings) -> None:
 
     def listening(url: str) -> None:
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"url": url}))
+        record.write_text(json.dumps({"url": url, "pid": os.getpid()}))
         c.out.print(f"console at [bold]{url}[/] (sign in with a token: shoal console token create)")
 
     async with open_bus(c.settings, start=False, name="shoal-console") as bus:
