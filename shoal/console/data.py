@@ -99,6 +99,7 @@ class Overview:
     deadletters: int
     health: list[Health]
     fleets: list[control.FleetView]
+    deadletter_stream: str = ""
     errors: list[str] = field(default_factory=list)
 
 
@@ -205,6 +206,7 @@ class ConsoleData:
             deadletters=deadletters,
             health=health,
             fleets=fleets,
+            deadletter_stream=self.bus.topology.deadletter.name,
             errors=errors,
         )
 

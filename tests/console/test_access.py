@@ -3,13 +3,14 @@ CSRF on every state change, a revoked token ending its sign-ins on the next requ
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 
 import httpx
 import pytest
 
-from shoal.console import KVTokenStore
+from shoal.console import ConsoleSettings, KVTokenStore, open_console, serve_console
 from tests.console.conftest import Platform
 
 pytestmark = pytest.mark.timeout(60)
@@ -141,3 +142,29 @@ async def test_a_kill_without_a_name_is_refused_naming_the_field(platform: Platf
     kv = await platform.bus.kv(platform.bus.topology.kill.name)
     with pytest.raises(Exception, match="no keys found"):
         await kv.keys()
+
+
+async def test_a_sign_in_made_on_one_replica_works_on_another(platform: Platform) -> None:
+    stop = asyncio.Event()
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    other = await open_console(platform.bus, ConsoleSettings(port=0))
+    server = asyncio.create_task(serve_console(other, stop, on_listening=listening.set_result))
+    try:
+        second = await asyncio.wait_for(listening, 30)
+        token = await platform.token("alice", "operator")
+        async with httpx.AsyncClient(base_url=platform.url) as http:
+            await sign_in(http, token)
+            cookie = http.cookies["shoal_console"]
+            csrf = csrf_of((await http.get("/kills")).text)
+        async with httpx.AsyncClient(base_url=second, cookies={"shoal_console": cookie}) as http:
+            page = await http.get("/kills")
+            form = {"scope": "tool", "name": "fetch_url", "reason": "r", "confirmed": "yes"}
+            acted = await http.post("/kills", data={**form, "csrf": csrf})
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+    assert second != platform.url
+    assert page.status_code == 200 and 'data-role="operator"' in page.text
+    assert acted.status_code == 303
+    kv = await platform.bus.kv(platform.bus.topology.kill.name)
+    assert await kv.keys() == ["tool.fetch_url"]
