@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,23 +69,33 @@ def open_chromium(profile: Path, width: int = 1280, height: int = 900) -> Any:
 
 
 class Browser:
-    """The driver's blocking calls, each run in a thread so the test's loop keeps serving."""
+    """The driver's blocking calls, each run in a thread so the test's loop keeps serving.
 
-    def __init__(self, driver: Any, base: str) -> None:
+    The thread is the browser's own: the loop's default executor is shared by every test of
+    the session and by the code under test, and must not be where a browser waits.
+    """
+
+    def __init__(self, driver: Any, base: str, pool: ThreadPoolExecutor) -> None:
         self.driver = driver
         self.base = base
+        self.pool = pool
 
     @classmethod
     @asynccontextmanager
     async def start(cls, profile: Path, base: str, width: int = 1280) -> AsyncIterator[Browser]:
-        driver = await asyncio.to_thread(open_chromium, profile, width)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
+        loop = asyncio.get_running_loop()
         try:
-            yield cls(driver, base)
+            driver = await loop.run_in_executor(pool, open_chromium, profile, width)
+            try:
+                yield cls(driver, base, pool)
+            finally:
+                await loop.run_in_executor(pool, driver.quit)
         finally:
-            await asyncio.to_thread(driver.quit)
+            pool.shutdown(wait=False)
 
     async def run(self, fn: Callable[[Any], T]) -> T:
-        return await asyncio.to_thread(fn, self.driver)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, self.driver)
 
     async def get(self, path: str) -> None:
         await self.run(lambda d: d.get(self.base + path))
@@ -119,7 +130,7 @@ class Browser:
         )
 
     async def until(self, probe: Callable[[Any], T | None], timeout: float, what: str) -> T:
-        return await asyncio.to_thread(until, lambda: probe(self.driver), timeout, what)
+        return await self.run(lambda d: until(lambda: probe(d), timeout, what))
 
     async def shot(self, name: str) -> None:
         await self.run(lambda d: screenshot(d, name))
