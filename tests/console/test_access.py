@@ -10,7 +10,8 @@ import re
 import httpx
 import pytest
 
-from shoal.console import ConsoleSettings, KVTokenStore, open_console, serve_console
+from shoal.console import ConsoleSettings, KVTokenStore, control, open_console, serve_console
+from shoal.schemas import ControlAccepted
 from tests.console.conftest import Platform
 
 pytestmark = pytest.mark.timeout(60)
@@ -168,3 +169,29 @@ async def test_a_sign_in_made_on_one_replica_works_on_another(platform: Platform
     assert acted.status_code == 303
     kv = await platform.bus.kv(platform.bus.topology.kill.name)
     assert await kv.keys() == ["tool.fetch_url"]
+
+
+async def test_a_lift_from_the_page_deletes_the_key_and_is_audited_as_the_principal(
+    platform: Platform,
+) -> None:
+    bus = platform.bus
+    await control.kill(bus, "model", "gpt-4o", by="oncall", reason="runaway spend")
+    token = await platform.token("alice", "operator")
+    async with httpx.AsyncClient(base_url=platform.url) as http:
+        await sign_in(http, token)
+        page = await http.get("/kills")
+        form = {"scope": "model", "name": "gpt-4o", "reason": "fixed", "csrf": csrf_of(page.text)}
+        confirm = await http.post("/kills/lift", data=form)
+        lifted = await http.post("/kills/lift", data={**form, "confirmed": "yes"})
+    assert 'data-key="model.gpt-4o"' in page.text and "runaway spend" in page.text
+    assert "Lift the kill on model gpt-4o?" in confirm.text
+    assert lifted.headers["location"] == "/kills?done=kill+switch+on+model+gpt-4o+lifted"
+    kv = await bus.kv(bus.topology.kill.name)
+    with pytest.raises(Exception, match="no keys found"):
+        await kv.keys()
+    stored = await bus.read(bus.subjects.all_control, stream=bus.topology.control.name)
+    audit = [s.event.data for s in stored if s.event and isinstance(s.event.data, ControlAccepted)]
+    assert [(a.command, a.by, a.reason) for a in audit] == [
+        ("kill.model", "oncall", "runaway spend"),
+        ("unkill.model", "alice", "fixed"),
+    ]
