@@ -161,6 +161,9 @@ async def serve_console(
     settings = console.settings
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it. Without it each answer on a kept-alive connection
+    # waited ~40 ms for the client's delayed ACK (Nagle), measured with curl: 44 ms → 0.3 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((settings.host, settings.port))
     except OSError as e:
