@@ -104,6 +104,13 @@ class Overview:
 
 
 @dataclass(frozen=True)
+class Ranked:
+    """The first rows of a ranking (what the page lists)."""
+
+    rows: list[Any]
+
+
+@dataclass(frozen=True)
 class BreakdownRow:
     key: list[str | None]
     calls: int
@@ -315,17 +322,22 @@ class ConsoleData:
             self.breakdown(since),
             self.query.query("cost-per-success", rng),
             self.query.query("failed-spend", rng),
-            self.query.query("workflows", {"order": "spend", **rng}),
-            self.query.query("workflows", {"order": "successes", **rng}),
+            # Every workflow once (a fleet x capability: few), ranked both ways here, rather
+            # than two requests queued on the one endpoint.
+            self.query.query("workflows", {"order": "spend", "limit": 1000, **rng}),
             self.spend_over_time(since),
+        )
+        workflows = answers[3].rows
+        by_value = sorted(
+            workflows, key=lambda r: (-r.successes, -r.spend_usd, r.fleet or "", r.capability)
         )
         return {
             "by": answers[0],
             "per_success": answers[1],
             "failed": answers[2],
-            "top_spend": answers[3],
-            "top_value": answers[4],
-            "series": answers[5],
+            "top_spend": Ranked(workflows[:10]),
+            "top_value": Ranked(by_value[:10]),
+            "series": answers[4],
         }
 
     async def breakdown(self, since: datetime | None) -> dict[str, Breakdown]:
