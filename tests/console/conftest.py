@@ -18,6 +18,9 @@ from shoal.console import ConsoleSettings, KVTokenStore, open_console, serve_con
 from shoal.console.access import Role
 from shoal.projections.service import serving
 
+# The fleet tests' own fixtures: real supervisor processes, the Fleet application.
+from tests.ops.test_supervisor import app, supervisors  # noqa: F401
+
 
 @dataclass
 class Platform:

@@ -8,7 +8,7 @@ a scale that converges, and a viewer who sees but cannot act.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +28,7 @@ from shoal.agents.tools import ToolEnv
 from shoal.aggregates.fleet import FleetApplication
 from shoal.bus import ShoalSettings, Stored
 from shoal.ops.demo import fleet_services
-from shoal.ops.fleets import apply_fleet, open_fleet_app
+from shoal.ops.fleets import apply_fleet
 from shoal.ops.goals import build_goal, submit_goal
 from shoal.projections.client import QueryClient
 from shoal.schemas import ControlAccepted, new_id
@@ -193,29 +193,15 @@ agents:
 """
 
 
-@pytest.fixture
-def supervisors(settings: ShoalSettings, tmp_path: Path) -> Iterator[Supervisors]:
-    sups = Supervisors(settings, tmp_path / "logs")
-    yield sups
-    sups.stop_all()
-
-
-@pytest.fixture
-async def fleet_app(settings: ShoalSettings) -> AsyncIterator[FleetApplication]:
-    app = open_fleet_app(settings)
-    yield app
-    app.close()
-
-
 async def test_fleet_scaled_from_the_page_converges_to_the_new_instance_count(
     platform: Platform,
     settings: ShoalSettings,
     supervisors: Supervisors,
-    fleet_app: FleetApplication,
+    app: FleetApplication,
     profile: Path,
 ) -> None:
     bus = platform.bus
-    await apply_fleet(bus, fleet_app, parse_fleet_spec(SPEC), by="tester")
+    await apply_fleet(bus, app, parse_fleet_spec(SPEC), by="tester")
     supervisors.start("sup-a")
     await eventually(lambda: procs_now(settings.prefix), lambda ps: len(ps) == 1, 60, "1 proc")
     token = await platform.token("bob", "operator")
@@ -247,7 +233,7 @@ async def test_fleet_scaled_from_the_page_converges_to_the_new_instance_count(
         await b.shot("fleets")
     assert flash == "scale worker of fleet demo to 3 instance(s): accepted"
     assert instances == sorted(p.instance for p in agent_procs(settings.prefix))
-    history = await asyncio.to_thread(fleet_app.history, "demo")
+    history = await asyncio.to_thread(app.history, "demo")
     assert [(h.command, h.by) for h in history] == [("apply", "tester"), ("scale", "bob")]
 
 
