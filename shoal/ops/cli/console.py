@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from shoal.bus import ShoalSettings
+from shoal.errors import NatsUnreachable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, run
 from shoal.ops.connect import open_bus
 from shoal.ops.server import pid_alive
@@ -98,19 +99,20 @@ async def _serve(c: Cli, settings: ConsoleSettings) -> None:
         c.out.print(f"console at [bold]{url}[/] (sign in with a token: shoal console token create)")
 
     async with open_bus(c.settings, start=False, name="shoal-console") as bus:
-        watch = asyncio.create_task(_exit_when_closed(bus.nc, stop))
+        watch = asyncio.create_task(_stop_when_closed(bus.nc, stop))
         try:
             await serve_console(await open_console(bus, settings), stop, on_listening=listening)
         finally:
             watch.cancel()
             with contextlib.suppress(OSError):
                 record.unlink()
-    if not bus.nc.is_connected and not bus.nc.is_closed:
-        raise typer.Exit(1)
+        if watch.done() and not watch.cancelled():
+            raise NatsUnreachable("the console's NATS connection closed; it stopped serving")
 
 
-async def _exit_when_closed(nc: object, stop: asyncio.Event) -> None:
-    # A console whose NATS connection is gone for good must not idle alive.
+async def _stop_when_closed(nc: object, stop: asyncio.Event) -> None:
+    # A console whose NATS connection is gone for good must not idle alive: it stops and
+    # exits non-zero (a supervisor or systemd then restarts it).
     while not getattr(nc, "is_closed", False):  # noqa: ASYNC110 (nats-py: no closed event)
         await asyncio.sleep(1.0)
     stop.set()
@@ -186,7 +188,7 @@ def token_revoke(
     principal: Annotated[str, typer.Option("--principal", help="Whose tokens to delete.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Delete every token of a principal (their open sign-ins expire with the session TTL)."""
+    """Delete every token of a principal; their open sign-ins end at their next request."""
     c = cli(ctx, as_json)
     from shoal.console.access import KVTokenStore
 
