@@ -2,8 +2,9 @@
 
 Four services: the core (``shoal core``: ingestion, budgets, watchdog), the query service
 (``shoal projections serve``: owns the DuckDB projection and answers over NATS), the gateway
-(``shoal gateway``: model and MCP gateways) and a supervisor (``shoal supervisor``: runs the
-instances of applied fleets). Each runs in its own
+(``shoal gateway``: model and MCP gateways), a supervisor (``shoal supervisor``: runs the
+instances of applied fleets), and the web console (``shoal console``, reading over NATS
+only). Each runs in its own
 session, so it outlives the ``shoal up`` that started it, logs to
 ``<data_dir>/services/<name>.log`` and is found again through ``<name>.json`` (pid, its
 kernel start time, URL). A recorded pid counts only while the process with that pid has that
@@ -28,6 +29,7 @@ from shoal.ops.instances import instance_env
 from shoal.ops.server import pid_alive
 
 __all__ = [
+    "CONSOLE",
     "CORE",
     "GATEWAY",
     "LOCAL_SERVICES",
@@ -117,7 +119,8 @@ CORE = LocalService("core", ("core",))
 QUERY = LocalService("query", ("projections", "serve"))
 SUPERVISOR = LocalService("supervisor", ("supervisor",))
 GATEWAY = LocalService("gateway", ("gateway",))
-LOCAL_SERVICES = (CORE, QUERY, GATEWAY, SUPERVISOR)
+CONSOLE = LocalService("console", ("console",))
+LOCAL_SERVICES = (CORE, QUERY, GATEWAY, SUPERVISOR, CONSOLE)
 """In start order; ``shoal down`` stops them in reverse."""
 
 

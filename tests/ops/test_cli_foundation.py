@@ -58,7 +58,7 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert code == 0
     first = json.loads(out)
     assert first["started"] is True and "SHOAL_EVENTS" in first["created"]
-    assert first["started_services"] == ["core", "query", "gateway", "supervisor"]
+    assert first["started_services"] == ["core", "query", "gateway", "supervisor", "console"]
     assert all(pid_alive(pid) for pid in first["services"].values())
     code, out, _ = shoal(embedded, "up", "--json")
     again = json.loads(out)
@@ -79,6 +79,7 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert (code, out.splitlines()) == (
         0,
         [
+            "console stopped",
             "supervisor stopped",
             "gateway stopped",
             "query stopped",

@@ -58,6 +58,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Start, stop, replace and drain agent instances until they match desired state.",
     ),
     "agent": ("agent", "run", "Run agent instances."),
+    "console": (
+        "console",
+        "observe",
+        "The operations console: a web page over NATS (and its sign-in tokens).",
+    ),
     "gateway": (
         "gateway",
         "run",

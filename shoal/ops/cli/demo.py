@@ -14,6 +14,7 @@ from shoal.bus import Bus, Stored
 from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli.layout import middle
+from shoal.ops.cli.console import console_hint
 from shoal.ops.connect import open_bus
 from shoal.ops.events import event_summary, stored_to_json
 from shoal.schemas import (
@@ -68,6 +69,7 @@ def demo(
         _print(c, done.result)
         render_demo_summary(c.out, done.cost, done.per_success)
         _summary(c, done)
+        c.out.print(console_hint(c.settings, done.result.gid))
     if not isinstance(done.result.outcome.data, GoalCompleted):
         raise typer.Exit(1)
 

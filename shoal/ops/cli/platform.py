@@ -10,6 +10,7 @@ from rich.table import Table
 
 from shoal.ops import platform
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli.console import console_hint
 
 
 def up(
@@ -142,6 +143,7 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
     c.out.print(f"JetStream: {st.storage_bytes:,} bytes on disk, {st.memory_bytes:,} in memory")
     if st.gateway:
         c.out.print(f"gateway: {st.gateway['url']} (MCP: {st.gateway['mcp_url'] or '-'})")
+    c.out.print(console_hint(c.settings))
     c.out.print("versions: " + ", ".join(f"{k} {v}" for k, v in h.versions.items()))
 
 

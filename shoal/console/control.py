@@ -1,0 +1,82 @@
+"""The console's actions and fleet reads: the very library functions the CLI calls.
+
+A kill from the console is :func:`shoal.ops.kill.kill`, a scale is
+:func:`shoal.ops.fleets.fleet_command`, with ``by`` the signed-in principal: the kill
+bucket, the Fleet aggregate's history and the ``<prefix>.control.<scope>.<verb>`` audit
+record it exactly as they record ``shoal kill`` or ``shoal fleet scale``. This is the only
+module of the console that reaches into ``shoal.ops``; DESIGN orders ``console`` and ``ops``
+side by side, so these functions are the shared control API (see ``docs/console.md``).
+
+The Fleet application is opened per command, in a thread, on the configured persistence
+(SQLite in the data dir on one host; PostgreSQL when the console runs elsewhere), as the
+CLI does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shoal.bus import Bus, KillScope, KillSwitch
+from shoal.ops import fleets as _fleets
+from shoal.ops import kill as _kill
+from shoal.ops.fleets import FleetView, kv_snapshot
+from shoal.schemas.fleet import FleetDesired
+
+__all__ = [
+    "FleetView",
+    "describe_fleet",
+    "fleet_command",
+    "fleet_history",
+    "kill",
+    "kv_snapshot",
+    "list_fleets",
+    "list_kills",
+    "unkill",
+]
+
+FLEET_VERBS = ("scale", "upgrade", "rollback", "stop", "start")
+
+
+async def kill(
+    bus: Bus, scope: KillScope, name: str | None, *, by: str, reason: str
+) -> _kill.KillResult:
+    return await _kill.kill(bus, scope, name, by=by, reason=reason)
+
+
+async def unkill(
+    bus: Bus, scope: KillScope, name: str | None, *, by: str, reason: str
+) -> KillSwitch:
+    return await _kill.unkill(bus, scope, name, by=by, reason=reason)
+
+
+async def list_kills(bus: Bus) -> list[tuple[str, KillSwitch]]:
+    return await _kill.list_kills(bus)
+
+
+async def list_fleets(bus: Bus) -> list[FleetView]:
+    return await _fleets.list_fleets(bus)
+
+
+async def describe_fleet(bus: Bus, name: str) -> FleetView:
+    return await _fleets.describe_fleet(bus, name)
+
+
+async def fleet_command(
+    bus: Bus, name: str, verb: str, *, by: str, reason: str, **args: Any
+) -> FleetDesired:
+    """One fleet command on the Fleet aggregate, then desired state, then the audit."""
+    app = await asyncio.to_thread(_fleets.open_fleet_app, bus.settings)
+    try:
+        return await _fleets.fleet_command(bus, app, name, verb, by=by, reason=reason, **args)
+    finally:
+        await asyncio.to_thread(app.close)
+
+
+async def fleet_history(bus: Bus, name: str) -> list[Any]:
+    """The fleet's recorded commands (``FleetHistoryEntry``), oldest first."""
+    app = await asyncio.to_thread(_fleets.open_fleet_app, bus.settings)
+    try:
+        return await _fleets.fleet_history(app, name)
+    finally:
+        await asyncio.to_thread(app.close)
