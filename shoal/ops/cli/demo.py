@@ -13,8 +13,8 @@ from rich.tree import Tree
 from shoal.bus import Bus, Stored
 from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
-from shoal.ops.cli.layout import middle
 from shoal.ops.cli.console import console_hint
+from shoal.ops.cli.layout import middle
 from shoal.ops.connect import open_bus
 from shoal.ops.events import event_summary, stored_to_json
 from shoal.schemas import (
