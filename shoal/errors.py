@@ -8,6 +8,7 @@ shoal, so every subpackage (``schemas`` included) may raise these.
 from __future__ import annotations
 
 __all__ = [
+    "AuthorizationFailed",
     "ConfigConflict",
     "InvalidEvent",
     "InvalidName",
@@ -54,6 +55,10 @@ class StoreNotWritable(ShoalError):
 
 class NatsUnreachable(ShoalError):
     """No NATS server answers at the configured URL."""
+
+
+class AuthorizationFailed(ShoalError):
+    """The server refused the credentials, or the principal lacks the role a command needs."""
 
 
 class ConfigConflict(ShoalError):

@@ -22,6 +22,7 @@ from nats.js import api
 from nats.js.errors import ServiceUnavailableError
 from nats.js.kv import KeyValue
 
+from shoal.bus.connectopts import auth_error, connect_options, redact_url
 from shoal.bus.settings import ShoalSettings
 from shoal.bus.streams import Topology, provision
 from shoal.bus.subjects import Subjects
@@ -225,12 +226,15 @@ def to_stored(msg: Msg) -> Stored:
 
 
 async def open_connection(url: str, settings: ShoalSettings, *, name: str) -> NATS:
-    """Connect once, fast: an unreachable server is a clear error, not a reconnect loop."""
+    """Connect once, fast: an unreachable server is a clear error, not a reconnect loop;
+    refused credentials are :class:`AuthorizationFailed`, not "no server reachable"."""
+    seen: list[Exception] = []
 
-    async def _quiet(_: Exception) -> None:
+    async def _quiet(e: Exception) -> None:
         # Connection errors after the first connect are surfaced by the operations that
         # fail; nats-py would otherwise print them to stderr.
-        return None
+        if len(seen) < 20:
+            seen.append(e)
 
     # NATS_URL may list several servers of a cluster, comma-separated.
     servers = [u.strip() for u in url.split(",") if u.strip()]
@@ -245,13 +249,21 @@ async def open_connection(url: str, settings: ShoalSettings, *, name: str) -> NA
             max_reconnect_attempts=2,
             reconnect_time_wait=0.2,
             error_cb=_quiet,
+            **connect_options(settings),
         )
-    except (NoServersError, OSError, TimeoutError) as e:
-        raise NatsUnreachable(f"no NATS server reachable at {url}: {e or type(e).__name__}") from e
-    except nats.errors.Error as e:  # a malformed URL, refused authorization…
-        raise NatsUnreachable(f"cannot connect to {url}: {e}") from e
+    except (NoServersError, OSError, TimeoutError, nats.errors.Error) as e:
+        refused = auth_error(url, [*seen, e])
+        if refused is not None:
+            raise refused from e
+        shown = redact_url(url)
+        if isinstance(e, (NoServersError, OSError, TimeoutError)):
+            raise NatsUnreachable(
+                f"no NATS server reachable at {shown}: {e or type(e).__name__}"
+            ) from e
+        raise NatsUnreachable(f"cannot connect to {shown}: {e}") from e  # a malformed URL…
     # Once connected, ride out outages: a restarted server must not end a long-running
     # process; operations that fail meanwhile raise and are reported where they happen.
+    seen.clear()
     nc.options["max_reconnect_attempts"] = -1
     nc.options["reconnect_time_wait"] = 0.5
     return nc

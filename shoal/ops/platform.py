@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from nats.js.errors import NotFoundError
 
 from shoal.bus import Bus, ShoalSettings
+from shoal.bus.connectopts import redact_url
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.server import EmbeddedServer
 from shoal.ops.services import LOCAL_SERVICES
@@ -64,7 +65,7 @@ async def up(settings: ShoalSettings, *, services: bool = True) -> UpResult:
         pids[service.name], fresh = service.start(settings, url)
         if fresh:
             started_services.append(service.name)
-    return UpResult(url, started, created, pids, started_services)
+    return UpResult(redact_url(url), started, created, pids, started_services)
 
 
 def down(settings: ShoalSettings) -> tuple[list[str], bool]:
@@ -90,7 +91,7 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
                 StreamStatus(spec.name, state.messages, state.bytes, state.consumer_count)
             )
         return PlatformStatus(
-            url=url,
+            url=redact_url(url),
             embedded=settings.embedded,
             server_version=bus.nc.connected_server_version.__str__(),
             memory_bytes=account.memory,

@@ -1,0 +1,156 @@
+"""What each principal may publish and subscribe: the one permission table, as code.
+
+Roles are nested: a ``viewer`` reads (streams, buckets, queries), an ``operator`` also
+commands (kill switches, fleets, goals, outcomes), an ``admin`` may do anything in the
+account (admin endpoints, stream management). Services have their own users. An agent
+*instance* gets exactly its own slice: its fleet's task consumers for its capabilities,
+task subjects for the capabilities its manifest may delegate to, its own presence key, the
+kill bucket read-only, and events only under its own identity suffix. docs/security.md shows
+the same table in prose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from shoal.auth.jwt import Permissions
+from shoal.bus import ShoalSettings, Subjects, Topology
+
+__all__ = [
+    "ADMIN_ENDPOINTS",
+    "ROLES",
+    "InstanceScope",
+    "Role",
+    "instance_permissions",
+    "role_permissions",
+    "service_permissions",
+]
+
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+ADMIN_ENDPOINTS = ("export", "swap", "rebuild")
+"""Query-service endpoints only ``admin`` may call."""
+
+INBOX = "_INBOX.>"
+
+
+@dataclass(frozen=True)
+class InstanceScope:
+    """The identity an instance's credentials are scoped to."""
+
+    fleet: str
+    agent: str
+    instance: str
+    capabilities: tuple[str, ...]
+    delegates: tuple[str, ...] = ()
+    orchestrator: bool = False
+
+
+def _read_only(t: Topology) -> tuple[str, ...]:
+    """JetStream API calls a reader needs: stream/bucket info, reads, ephemeral consumers."""
+    return (
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.MSG.GET.*",
+        "$JS.API.DIRECT.GET.>",
+        "$JS.API.CONSUMER.CREATE.*",
+        "$JS.API.CONSUMER.CREATE.*.*",
+        "$JS.API.CONSUMER.CREATE.*.*.>",
+        "$JS.API.CONSUMER.INFO.*.*",
+        "$JS.API.CONSUMER.MSG.NEXT.*.*",
+        "$JS.API.CONSUMER.DELETE.*.*",
+        "$JS.FC.>",
+    )
+
+
+def _no_work_stealing(t: Topology) -> tuple[str, ...]:
+    """A reader must not consume (and so delete) tasks or goals, nor touch shared consumers."""
+    out: list[str] = []
+    for stream in (t.tasks.name, t.goals.name):
+        out += [
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",
+            f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        ]
+    out.append(f"$JS.API.CONSUMER.DELETE.{t.events.name}.*")
+    return tuple(out)
+
+
+def role_permissions(role: Role, settings: ShoalSettings, principal: str) -> Permissions | None:
+    """An operator's permissions by role (``admin``: None, everything in the account)."""
+    if role == "admin":
+        return None
+    t, s = Topology.for_settings(settings), Subjects(settings.prefix)
+    api = f"{settings.prefix}.api"
+    pub = [*_read_only(t), f"{api}.*.*", "$SRV.>"]
+    deny = [*_no_work_stealing(t), *(s.api("query", e) for e in ADMIN_ENDPOINTS)]
+    if role == "operator":
+        pub += [
+            f"$KV.{t.kill.name}.>",
+            f"$KV.{t.fleets.name}.>",
+            s.all_goals,
+            s.all_control,
+            *_own_events(s, "cli", principal),
+        ]
+    return Permissions(pub_allow=tuple(pub), pub_deny=tuple(deny), sub_allow=(INBOX,))
+
+
+def service_permissions(service: str) -> Permissions | None:
+    """The platform's own services act for every fleet: the whole account (see security.md)."""
+    return None
+
+
+def _own_events(s: Subjects, *identity: str) -> tuple[str, ...]:
+    """Event subjects the publisher may use (attribution itself: see docs/security.md)."""
+    return (s.all_events,)
+
+
+def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permissions:
+    """Exactly what one agent instance needs, and nothing of another instance's."""
+    t, s = Topology.for_settings(settings), Subjects(settings.prefix)
+    js = "$JS.API"
+    pub: list[str] = [f"{js}.INFO", f"{js}.STREAM.INFO.{t.tasks.name}"]
+    consumed = [(t.tasks.name, f"{scope.fleet}_{c}") for c in scope.capabilities]
+    if scope.orchestrator:
+        consumed.append((t.goals.name, scope.fleet))
+        pub.append(f"{js}.STREAM.INFO.{t.goals.name}")
+    for stream, durable in consumed:
+        pub += [
+            f"{js}.CONSUMER.INFO.{stream}.{durable}",
+            f"{js}.CONSUMER.CREATE.{stream}.{durable}",
+            f"{js}.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"{js}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"{js}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+            f"$JS.ACK.{stream}.{durable}.>",
+        ]
+    pub += [s.tasks(scope.fleet, c) for c in scope.delegates]
+    pub += _own_events(s, scope.fleet, scope.agent, scope.instance)
+    pub.append(s.deadletter("tasks"))
+    # The kill bucket read-only (a watch is an ordered consumer), its own presence key.
+    kill_stream = f"KV_{t.kill.name}"
+    pub += [
+        f"{js}.STREAM.INFO.{kill_stream}",
+        f"{js}.CONSUMER.CREATE.{kill_stream}",
+        f"{js}.CONSUMER.CREATE.{kill_stream}.>",
+        f"{js}.CONSUMER.DELETE.{kill_stream}.*",
+        f"{js}.DIRECT.GET.{kill_stream}.>",
+        "$JS.FC.>",
+        f"{js}.STREAM.INFO.KV_{t.presence.name}",
+        f"$KV.{t.presence.name}.{scope.fleet}.{scope.agent}.{scope.instance}",
+    ]
+    if scope.orchestrator or scope.delegates:
+        # Delegators follow their children's task outcomes on the event log.
+        pub += [
+            f"{js}.STREAM.INFO.{t.events.name}",
+            f"{js}.CONSUMER.CREATE.{t.events.name}",
+            f"{js}.CONSUMER.CREATE.{t.events.name}.*",
+            f"{js}.CONSUMER.CREATE.{t.events.name}.*.>",
+            f"{js}.CONSUMER.MSG.NEXT.{t.events.name}.*",
+            f"{js}.CONSUMER.INFO.{t.events.name}.*",
+        ]
+    return Permissions(pub_allow=tuple(pub), sub_allow=(INBOX,))
