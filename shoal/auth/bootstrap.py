@@ -18,13 +18,14 @@ __all__ = ["LOCAL_ADMIN", "SERVICES", "SYSTEM_USER", "bootstrap", "local_creds"]
 
 LOCAL_ADMIN = "admin"
 SYSTEM_USER = "sys"
-SERVICES = ("core", "query", "supervisor")
+SERVICES = ("core", "query", "supervisor", "warden")
 
 
 def bootstrap(settings: ShoalSettings) -> KeyStore:
     """Create the key store and the local users' credentials where missing."""
     store = KeyStore.for_data_dir(settings.data_dir)
     store.ensure()
+
     def issue(name: str) -> Issued:
         if name == LOCAL_ADMIN:
             permissions = role_permissions("admin", settings, settings.principal)

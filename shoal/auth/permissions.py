@@ -43,8 +43,13 @@ class InstanceScope:
     agent: str
     instance: str
     capabilities: tuple[str, ...]
-    delegates: tuple[str, ...] = ()
-    orchestrator: bool = False
+    """What it serves; ``goals`` is the fleet's goal subject (an orchestrator)."""
+    delegates: tuple[str, ...] | None = ()
+    """What its manifest may delegate to; None: any capability of its fleet."""
+
+    @property
+    def user_name(self) -> str:
+        return f"{self.fleet}.{self.agent}.{self.instance}"
 
 
 def _read_only(t: Topology) -> tuple[str, ...]:
@@ -114,13 +119,13 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
     """Exactly what one agent instance needs, and nothing of another instance's."""
     t, s = Topology.for_settings(settings), Subjects(settings.prefix)
     js = "$JS.API"
-    pub: list[str] = [f"{js}.INFO", f"{js}.STREAM.INFO.{t.tasks.name}"]
-    consumed = [(t.tasks.name, f"{scope.fleet}_{c}") for c in scope.capabilities]
-    if scope.orchestrator:
-        consumed.append((t.goals.name, scope.fleet))
-        pub.append(f"{js}.STREAM.INFO.{t.goals.name}")
-    for stream, durable in consumed:
+    # Stream and bucket info (every command checks the topology on connect), no more.
+    pub: list[str] = [f"{js}.INFO", f"{js}.STREAM.INFO.*"]
+    for capability in scope.capabilities:
+        stream = t.goals.name if capability == "goals" else t.tasks.name
+        durable = f"{scope.fleet}_{capability}"  # shoal.agents.consumer.consumer_name
         pub += [
+            f"{js}.STREAM.INFO.{stream}",
             f"{js}.CONSUMER.INFO.{stream}.{durable}",
             f"{js}.CONSUMER.CREATE.{stream}.{durable}",
             f"{js}.CONSUMER.CREATE.{stream}.{durable}.>",
@@ -128,7 +133,10 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
             f"{js}.CONSUMER.MSG.NEXT.{stream}.{durable}",
             f"$JS.ACK.{stream}.{durable}.>",
         ]
-    pub += [s.tasks(scope.fleet, c) for c in scope.delegates]
+    if scope.delegates is None:
+        pub.append(f"{settings.prefix}.tasks.{scope.fleet}.*")
+    else:
+        pub += [s.tasks(scope.fleet, c) for c in scope.delegates]
     pub += _own_events(s, scope.fleet, scope.agent, scope.instance)
     pub.append(s.deadletter("tasks"))
     # The kill bucket read-only (a watch is an ordered consumer), its own presence key.
@@ -138,12 +146,13 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
         f"{js}.CONSUMER.CREATE.{kill_stream}",
         f"{js}.CONSUMER.CREATE.{kill_stream}.>",
         f"{js}.CONSUMER.DELETE.{kill_stream}.*",
+        f"{js}.CONSUMER.INFO.{kill_stream}.*",
         f"{js}.DIRECT.GET.{kill_stream}.>",
         "$JS.FC.>",
         f"{js}.STREAM.INFO.KV_{t.presence.name}",
         f"$KV.{t.presence.name}.{scope.fleet}.{scope.agent}.{scope.instance}",
     ]
-    if scope.orchestrator or scope.delegates:
+    if "goals" in scope.capabilities or scope.delegates is None or scope.delegates:
         # Delegators follow their children's task outcomes on the event log.
         pub += [
             f"{js}.STREAM.INFO.{t.events.name}",
@@ -153,4 +162,4 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
             f"{js}.CONSUMER.MSG.NEXT.{t.events.name}.*",
             f"{js}.CONSUMER.INFO.{t.events.name}.*",
         ]
-    return Permissions(pub_allow=tuple(pub), sub_allow=(INBOX,))
+    return Permissions(pub_allow=tuple(dict.fromkeys(pub)), sub_allow=(INBOX,))

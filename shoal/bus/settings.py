@@ -65,9 +65,7 @@ class ShoalSettings(BaseSettings):
         validation_alias=AliasChoices("NATS_CERT", "tls_cert"),
         description="Client certificate for mutual TLS (with NATS_KEY).",
     )
-    tls_key: Path | None = Field(
-        default=None, validation_alias=AliasChoices("NATS_KEY", "tls_key")
-    )
+    tls_key: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_KEY", "tls_key"))
     data_dir: Path = Field(default=Path(".shoal"), description="Local state: embedded store, DBs.")
     prefix: str = Field(default="shoal", description="First token of every subject.")
     stream_replicas: int = Field(default=1, ge=1, le=5, description="R1 embedded, R3 cluster.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -22,7 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.auth import InstanceScope, KeyStore
+from shoal.auth.issuer import InstanceIssuer
 from shoal.bus import ShoalSettings
+from shoal.errors import ShoalError
 
 __all__ = [
     "Launch",
@@ -30,6 +34,7 @@ __all__ = [
     "bytecode_cache_dir",
     "instance_command",
     "instance_env",
+    "scoped_env",
     "signal_process",
     "spawn",
     "tail_line",
@@ -101,6 +106,40 @@ def instance_env(settings: ShoalSettings, url: str) -> dict[str, str]:
         # lives apart, in the user's cache directory, shared by every start that follows.
         env.setdefault("PYTHONPYCACHEPREFIX", str(bytecode_cache_dir(env)))
     return env
+
+
+def scoped_env(env: dict[str, str], launch: Launch, settings: ShoalSettings) -> dict[str, str]:
+    """``env`` with ``NATS_CREDS`` naming credentials minted for this one instance.
+
+    Only when this supervisor connects with credentials of the key store in its data dir
+    (the local installation) can it sign them; otherwise instances inherit ``env`` as is.
+    The secret travels as a 0600 file's path, never on the command line.
+    """
+    store = KeyStore.for_data_dir(settings.data_dir)
+    creds = settings.effective_creds
+    if creds is None or not store.exists or not creds.resolve().is_relative_to(store.home):
+        return env
+    scope = instance_scope(launch.fleet, launch.agent, launch.target, launch.instance)
+    return {**env, "NATS_CREDS": str(InstanceIssuer(store, settings).issue(scope))}
+
+
+def instance_scope(fleet: str, agent: str, target: str | None, instance: str) -> InstanceScope:
+    """What an instance of ``target`` may do: its capabilities and manifest's delegations."""
+    try:
+        declared = _declared(fleet, agent, target)
+    except ShoalError:
+        return InstanceScope(fleet, agent, instance, ())  # it cannot start either: no rights
+    return InstanceScope(fleet, agent, instance, *declared)
+
+
+@functools.lru_cache(maxsize=256)
+def _declared(
+    fleet: str, agent: str, target: str | None
+) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    from shoal.agents.serve import resolve_agent
+
+    found = resolve_agent(fleet, agent, target)
+    return tuple(found.capabilities), found.manifest.delegates
 
 
 def bytecode_cache_dir(env: dict[str, str]) -> Path:

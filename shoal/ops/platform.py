@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 from nats.js.errors import NotFoundError
 
+from shoal.auth import KeyStore
 from shoal.bus import Bus, ShoalSettings
 from shoal.bus.connectopts import redact_url
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.server import EmbeddedServer
-from shoal.ops.services import LOCAL_SERVICES
+from shoal.ops.services import LOCAL_SERVICES, WARDEN
 
 __all__ = ["PlatformStatus", "StreamStatus", "UpResult", "down", "status", "up"]
 
@@ -61,7 +62,10 @@ async def up(settings: ShoalSettings, *, services: bool = True) -> UpResult:
         created = await bus.provision()
     pids: dict[str, int] = {}
     started_services: list[str] = []
+    keys = KeyStore.for_data_dir(settings.data_dir).exists
     for service in LOCAL_SERVICES if services else ():
+        if service is WARDEN and not keys:
+            continue  # nothing to revoke with: the key store lives elsewhere
         pids[service.name], fresh = service.start(settings, url)
         if fresh:
             started_services.append(service.name)

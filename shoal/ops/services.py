@@ -28,7 +28,7 @@ from shoal.bus.connectopts import redact_url
 from shoal.ops.instances import instance_env
 from shoal.ops.server import pid_alive
 
-__all__ = ["CORE", "LOCAL_SERVICES", "QUERY", "SUPERVISOR", "LocalService"]
+__all__ = ["CORE", "LOCAL_SERVICES", "QUERY", "SUPERVISOR", "WARDEN", "LocalService"]
 
 
 @dataclass(frozen=True)
@@ -115,5 +115,7 @@ def _start_time(pid: int) -> int | None:
 CORE = LocalService("core", ("core",))
 QUERY = LocalService("query", ("projections", "serve"))
 SUPERVISOR = LocalService("supervisor", ("supervisor",))
-LOCAL_SERVICES = (CORE, QUERY, SUPERVISOR)
+WARDEN = LocalService("warden", ("auth", "warden"))
+"""Revokes killed instances' credentials; runs where the key store lives (embedded)."""
+LOCAL_SERVICES = (CORE, QUERY, SUPERVISOR, WARDEN)
 """In start order; ``shoal down`` stops them in reverse."""

@@ -49,6 +49,7 @@ from shoal.ops.instances import (
     Launcher,
     instance_command,
     instance_env,
+    scoped_env,
     signal_process,
     spawn,
     tail_line,
@@ -463,7 +464,8 @@ class Supervisor:
         )
         log_path = self.logs_dir / f"{slot.key}.log"
         try:
-            slot.proc = spawn(self.launcher(launch), self.env, log_path)
+            env = scoped_env(self.env, launch, self.settings)  # its own credentials
+            slot.proc = spawn(self.launcher(launch), env, log_path)
         except OSError as e:
             self._crashed(slot, time.monotonic(), None, f"cannot start: {e}")
             return

@@ -63,6 +63,7 @@ def test_keys_and_credentials_are_readable_by_their_owner_only(
         "creds/query.creds",
         "creds/supervisor.creds",
         "creds/sys.creds",
+        "creds/warden.creds",
         "operator.jwt",
         "operator.seed",
     ]

@@ -52,7 +52,7 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert code == 0
     first = json.loads(out)
     assert first["started"] is True and "SHOAL_EVENTS" in first["created"]
-    assert first["started_services"] == ["core", "query", "supervisor"]
+    assert first["started_services"] == ["core", "query", "supervisor", "warden"]
     assert all(pid_alive(pid) for pid in first["services"].values())
     code, out, _ = shoal(embedded, "up", "--json")
     again = json.loads(out)
@@ -65,7 +65,13 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     code, out, _ = shoal(embedded, "down")
     assert (code, out.splitlines()) == (
         0,
-        ["supervisor stopped", "query stopped", "core stopped", "embedded NATS stopped"],
+        [
+            "warden stopped",
+            "supervisor stopped",
+            "query stopped",
+            "core stopped",
+            "embedded NATS stopped",
+        ],
     )
     assert not pid_alive(record.pid)
     assert not any(pid_alive(pid) for pid in first["services"].values())

@@ -41,11 +41,20 @@ def _root(
     prefix: Annotated[
         str | None, typer.Option("--prefix", envvar="SHOAL_PREFIX", help="Subject prefix.")
     ] = None,
+    creds: Annotated[
+        Path | None,
+        typer.Option("--creds", envvar="NATS_CREDS", help="NATS credentials file to connect with."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     ctx.obj = make_cli(
-        nats_url=nats_url, data_dir=data_dir, prefix=prefix, as_json=as_json, debug=debug
+        nats_url=nats_url,
+        data_dir=data_dir,
+        prefix=prefix,
+        creds=creds,
+        as_json=as_json,
+        debug=debug,
     )
 
 
@@ -60,9 +69,9 @@ def _register() -> None:
 
     for module in (cost, projections):
         module.register(app)
-    from shoal.ops.cli import core, outcome, session
+    from shoal.ops.cli import auth, core, outcome, session
 
-    for module in (core, session, outcome):
+    for module in (core, session, outcome, auth):
         module.register(app)
 
 

@@ -43,6 +43,7 @@ def make_cli(
     data_dir: Path | None,
     prefix: str | None,
     as_json: bool,
+    creds: Path | None = None,
     debug: bool,
 ) -> Cli:
     """Build the settings from the environment plus whichever global options were given."""
@@ -54,6 +55,8 @@ def make_cli(
         overrides["data_dir"] = data_dir
     if prefix:
         overrides["prefix"] = prefix
+    if creds:
+        overrides["creds"] = creds
     try:
         settings = ShoalSettings(**overrides)
     except ValidationError as e:
