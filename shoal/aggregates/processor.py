@@ -276,6 +276,12 @@ class CoreProcessor:
                 f"subject {subject!r} does not match the event "
                 f"(iid {ev.iid!r}, gid {ev.gid!r}, type {ev.type!r})"
             )
+        # Attribution: the broker let only the holder of this identity publish this subject.
+        wrong = self.subjects.misattributed(
+            parts.publisher, ev.source, ev.fleet, ev.agent, ev.instance
+        )
+        if wrong is not None:
+            raise InvalidEvent(f"forged attribution: {wrong}")
 
     def _distrust(self, ev: CloudEvent) -> str | None:
         """Why the core refuses this event, or ``None`` if it is believed."""

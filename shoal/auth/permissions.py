@@ -111,8 +111,8 @@ def service_permissions(service: str) -> Permissions | None:
 
 
 def _own_events(s: Subjects, *identity: str) -> tuple[str, ...]:
-    """Event subjects the publisher may use (attribution itself: see docs/security.md)."""
-    return (s.all_events,)
+    """Event subjects ending in the publisher's own identity tokens, and no others."""
+    return (s.events_as(".".join(identity)),)
 
 
 def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permissions:
@@ -137,7 +137,7 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
         pub.append(f"{settings.prefix}.tasks.{scope.fleet}.*")
     else:
         pub += [s.tasks(scope.fleet, c) for c in scope.delegates]
-    pub += _own_events(s, scope.fleet, scope.agent, scope.instance)
+    pub += _own_events(s, "agent", scope.fleet, scope.agent, scope.instance)
     pub.append(s.deadletter("tasks"))
     # The kill bucket read-only (a watch is an ordered consumer), its own presence key.
     kill_stream = f"KV_{t.kill.name}"
