@@ -106,7 +106,6 @@ async def test_revocations_survive_a_server_restart(tmp_path: Path) -> None:
             task = asyncio.create_task(run_warden(settings, stop, ready))
             await asyncio.wait_for(ready.wait(), 10)
             await kill(bus, "instance", "r1", by="tester")
-            url = resolve_url(settings, start=False)
             for _ in range(100):  # the warden revokes within milliseconds of the kill
                 if KeyStore.for_data_dir(settings.data_dir).revocations():
                     break
