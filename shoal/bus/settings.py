@@ -104,6 +104,10 @@ class ShoalSettings(BaseSettings):
     )
     model_api_key: str | None = Field(default=None, description="Bearer key for model_base_url.")
     model_name: str | None = Field(default=None, description="Model served at model_base_url.")
+    export_root: Path | None = Field(
+        default=None,
+        description="The query service exports Parquet only under this (default: its cwd).",
+    )
     workspace_dir: Path | None = Field(
         default=None, description="Root of the sandboxed file tools (default <data_dir>/workspace)."
     )
