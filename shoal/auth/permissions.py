@@ -92,7 +92,7 @@ def role_permissions(role: Role, settings: ShoalSettings, principal: str) -> Per
         return None
     t, s = Topology.for_settings(settings), Subjects(settings.prefix)
     api = f"{settings.prefix}.api"
-    pub = [*_read_only(t), f"{api}.*.*", "$SRV.>"]
+    pub = [*_read_only(t), f"{api}.*.*", "$SRV.>", s.refusals_as(f"cli.{principal}")]
     deny = [*_no_work_stealing(t), *(s.api("query", e) for e in ADMIN_ENDPOINTS)]
     if role == "operator":
         pub += [

@@ -175,8 +175,14 @@ class Subjects:
         service = check_token(service, "service")
         return f"{self.prefix}.api.{service}.{check_token(endpoint, 'endpoint')}"
 
-    def control(self, scope: str, verb: str) -> str:
-        return f"{self.prefix}.control.{check_token(scope, 'scope')}.{check_token(verb, 'verb')}"
+    def control(self, scope: str, verb: str, publisher: str = "") -> str:
+        """``<p>.control.<scope>.<verb>``; a refusal ends in its caller's identity tokens."""
+        subject = f"{self.prefix}.control.{check_token(scope, 'scope')}.{check_token(verb, 'verb')}"
+        return f"{subject}.{publisher}" if publisher else subject
+
+    def refusals_as(self, publisher: str) -> str:
+        """The control subjects where ``publisher`` may record its own refused commands."""
+        return f"{self.prefix}.control.*.refused.{publisher}"
 
     @property
     def all_control(self) -> str:

@@ -14,6 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from shoal.auth.roles import caller_of
 from shoal.bus import ShoalSettings
 from shoal.errors import ShoalError
 from shoal.schemas import describe_validation_error
@@ -62,6 +63,10 @@ def make_cli(
     except ValidationError as e:
         err.print(f"[red]error:[/] invalid settings: {describe_validation_error(e)}")
         raise typer.Exit(2) from None
+    caller = caller_of(settings)
+    if caller is not None and caller.role != "admin" and caller.principal != settings.principal:
+        # A viewer or operator acts as the principal its credentials name, nobody else.
+        settings = settings.model_copy(update={"principal": caller.principal})
     return Cli(settings, as_json, debug, Console(highlight=False, soft_wrap=True), err)
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from shoal.bus import Bus
 from shoal.ops import fleets as ops
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.schemas.fleet import FleetDesired
 
@@ -28,6 +29,8 @@ FleetArg = Annotated[str, typer.Argument(help="Fleet name.")]
 
 
 def _with_app(c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]]) -> T:
+    require_role(c, "operator", "fleet")  # every fleet command that changes desired state
+
     async def _run() -> T:
         app = ops.open_fleet_app(c.settings)
         try:
