@@ -34,6 +34,23 @@ ADMIN_ENDPOINTS = ("export", "swap", "rebuild")
 
 INBOX = "_INBOX.>"
 
+AGENT_EVENT_TYPES = (
+    "agent.started",
+    "agent.stopped",
+    "task.assigned",
+    "task.started",
+    "task.completed",
+    "task.failed",
+    "model.called",
+    "tool.called",
+    "policy.decided",
+    "approval.requested",
+)
+"""What an instance reports about its own work; never kills, budgets, outcomes or approvals
+granted, which are the operators' and the core's to say."""
+GOAL_EVENT_TYPES = ("goal.planned", "goal.completed", "goal.failed")
+"""Only an orchestrator (an instance consuming its fleet's goals) reports on goals."""
+
 
 @dataclass(frozen=True)
 class InstanceScope:
@@ -137,7 +154,9 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
         pub.append(f"{settings.prefix}.tasks.{scope.fleet}.*")
     else:
         pub += [s.tasks(scope.fleet, c) for c in scope.delegates]
-    pub += _own_events(s, "agent", scope.fleet, scope.agent, scope.instance)
+    me = f"agent.{scope.fleet}.{scope.agent}.{scope.instance}"
+    types = AGENT_EVENT_TYPES + (GOAL_EVENT_TYPES if "goals" in scope.capabilities else ())
+    pub += [f"{settings.prefix}.events.*.*.{t}.{me}" for t in types]
     pub.append(s.deadletter("tasks"))
     # The kill bucket read-only (a watch is an ordered consumer), its own presence key.
     kill_stream = f"KV_{t.kill.name}"
