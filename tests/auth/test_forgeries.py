@@ -37,15 +37,14 @@ from tests.auth.test_principals import Client, denied, raw
 pytestmark = pytest.mark.timeout(90)
 
 
-def as_agent(data: EventData, instance: str, iid: str, **kw: str) -> CloudEvent:
+def as_agent(data: EventData, instance: str, iid: str, source: str = "") -> CloudEvent:
     return CloudEvent.new(
         data,
         iid=iid,
-        source=kw.pop("source", f"shoal://f1/worker/{instance}"),
+        source=source or f"shoal://f1/worker/{instance}",
         fleet="f1",
         agent="worker",
         instance=instance,
-        **kw,
     )
 
 

@@ -42,7 +42,7 @@ class Instance:
             closed_cb=on_closed,
             error_cb=quiet,
             max_reconnect_attempts=3,
-            reconnect_time_wait=0.05,
+            reconnect_time_wait=0.05,  # type: ignore[arg-type]
         )
         return self
 
