@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from shoal.auth import (
     ROLES,
     SYSTEM_USER,
+    InstanceScope,
     KeyStore,
     Role,
     role_permissions,
@@ -103,10 +104,23 @@ def enroll(
     target: str | None,
     instance: str | None,
     out: Path | None,
+    capabilities: tuple[str, ...] = (),
+    delegates: tuple[str, ...] = (),
 ) -> Credential:
-    """Credentials for one instance run by hand: ``shoal agent run FLEET AGENT --instance``."""
+    """Credentials for one instance run by hand: ``shoal agent run FLEET AGENT --instance``.
+
+    Its rights come from the agent's declaration (``target``, or the demo fleet), or, for a
+    worker that is not a shoal agent (any language), from the ``capabilities`` it serves
+    and the ones it may ``delegates`` to.
+    """
     store = _store(settings)
-    scope = instance_scope(fleet, agent, target, check_token(instance or new_id(), "instance"))
+    instance = check_token(instance or new_id(), "instance")
+    if capabilities:
+        for name in (*capabilities, *delegates):
+            check_token(name, "capability")
+        scope = InstanceScope(fleet, agent, instance, capabilities, delegates)
+    else:
+        scope = instance_scope(fleet, agent, target, instance)
     path = InstanceIssuer(store, settings).issue(scope, role="enrolled", path=out)
     record = next(
         i for i in InstanceIssuer(store, settings).issued() if i.instance == scope.instance

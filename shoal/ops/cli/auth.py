@@ -58,12 +58,21 @@ def enroll(
     instance: Annotated[
         str | None, typer.Option("--instance", help="Instance id (default: a new one).")
     ] = None,
+    capability: Annotated[
+        list[str] | None,
+        typer.Option("--capability", help="For a non-shoal worker: a capability it serves."),
+    ] = None,
+    delegate: Annotated[
+        list[str] | None,
+        typer.Option("--delegate", help="For a non-shoal worker: a capability it may delegate."),
+    ] = None,
     out: OutOpt = None,
     as_json: JsonOption = False,
 ) -> None:
     """Credentials for one instance run outside a supervisor (then: shoal agent run … --creds)."""
     c = cli(ctx, as_json)
-    cred = _call(c, ops.enroll, c.settings, fleet, agent, target, instance, out)
+    caps, dels = tuple(capability or ()), tuple(delegate or ())
+    cred = _call(c, ops.enroll, c.settings, fleet, agent, target, instance, out, caps, dels)
     _show(c.json, cred, "enrolled")
     if not c.json:
         inst = cred.name.rsplit(".", 1)[1]
