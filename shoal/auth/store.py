@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -123,10 +124,23 @@ class KeyStore:
             jetstream=name != SYSTEM_ACCOUNT,
             signing_keys=signers,
             revocations=revocations,
+            **self.limits(name),
         )
         token = sign(claims, self.operator)
         _write_secret(self._account_jwt_path(name), token)
         return token
+
+    def limits(self, name: str) -> dict[str, int]:
+        """The account's JetStream limits (bytes, counts; -1 unlimited), as recorded."""
+        path = self.accounts_dir / f"{name}.limits.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def add_account(self, name: str, **limits: int) -> str:
+        """Create (or re-limit) a tenant account; return its signed JWT to push."""
+        with self._locked():
+            _write_secret(self.accounts_dir / f"{name}.limits.json", json.dumps(limits))
+            existing = self._account_jwt_path(name).is_file()
+            return self._write_account(name, self.revocations(name) if existing else {})
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

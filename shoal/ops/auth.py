@@ -21,7 +21,9 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from shoal.auth import (
+    DEFAULT_ACCOUNT,
     ROLES,
+    SYSTEM_ACCOUNT,
     SYSTEM_USER,
     InstanceScope,
     KeyStore,
@@ -172,6 +174,43 @@ async def revoke(settings: ShoalSettings, name: str) -> Credential:
     async with system_connection(settings) as nc:
         await push_account(nc, token, settings.request_timeout)
     return Credential(**{**asdict(cred), "revoked": True})
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1048576`` or ``-1`` (unlimited) as bytes; Refused naming it."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in _UNITS else (t, "")
+    try:
+        value = int(number)
+    except ValueError:
+        raise Refused(f"{text!r} is not a size (e.g. 512M, 2G, -1 for unlimited)") from None
+    return -1 if value < 0 else value * _UNITS[unit]
+
+
+async def add_tenant(
+    settings: ShoalSettings, name: str, *, disk: int, memory: int, streams: int
+) -> Credential:
+    """A tenant: its own NATS account (own subjects, streams and buckets, nothing shared
+    with other tenants) with its own JetStream limits, and an admin's credentials for it."""
+    name = check_token(name, "tenant")
+    if name in (SYSTEM_ACCOUNT, DEFAULT_ACCOUNT):
+        raise Refused(f"{name} is a reserved account name")
+    store = _store(settings)
+    token = store.add_account(
+        name, disk_bytes=disk, mem_bytes=memory, streams=streams, consumers=-1
+    )
+    async with system_connection(settings) as nc:
+        await push_account(nc, token, settings.request_timeout)
+    issued = store.issue(f"{name}-admin", None, account=name, tags=("role:admin", f"tenant:{name}"))
+    home = store.home / "tenants"
+    home.mkdir(mode=0o700, exist_ok=True)
+    path = store.write_creds(issued, home / f"{name}-admin.creds")
+    return Credential(
+        issued.name, "tenant", "admin", issued.public, issued.issued_at, False, str(path)
+    )
 
 
 async def run_warden(

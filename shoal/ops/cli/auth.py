@@ -106,6 +106,22 @@ def revoke(
     _show(c.json, cred, "revoked")
 
 
+@auth_app.command("tenant")
+def tenant(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Tenant name: its own NATS account.")],
+    disk: Annotated[str, typer.Option("--disk", help="JetStream file storage (e.g. 10G).")] = "-1",
+    memory: Annotated[str, typer.Option("--memory", help="JetStream memory (e.g. 1G).")] = "-1",
+    streams: Annotated[int, typer.Option("--streams", help="Most streams (-1: any).")] = -1,
+    as_json: JsonOption = False,
+) -> None:
+    """Create (or re-limit) a tenant: a NATS account with its own JetStream limits."""
+    c = cli(ctx, as_json)
+    size = _call(c, ops.parse_size, disk), _call(c, ops.parse_size, memory)
+    cred = run(c, ops.add_tenant(c.settings, name, disk=size[0], memory=size[1], streams=streams))
+    _show(c.json, cred, "tenant")
+
+
 @auth_app.command("warden")
 def warden(ctx: typer.Context) -> None:
     """Run the revocation warden in the foreground (``shoal up`` starts it)."""
