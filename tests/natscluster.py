@@ -85,7 +85,7 @@ class ClusterNode:
         return str(leader) if leader else None
 
     def start(self, cluster_name: str, routes: list[str], auth: KeyStore | None = None) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "accounts").mkdir(parents=True, exist_ok=True)
         conf = self.home / "nats-server.conf"
         conf.write_text(self.config(cluster_name, routes, auth))
         with (self.home / "nats-server.log").open("ab") as log:

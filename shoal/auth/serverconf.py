@@ -17,8 +17,10 @@ __all__ = ["operator_block"]
 
 
 def operator_block(store: KeyStore, resolver_dir: Path) -> str:
-    """Config lines: the operator, its system account, the full resolver and preloads."""
-    resolver_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Config lines: the operator, its system account, the full resolver and preloads.
+
+    ``resolver_dir`` is a path as the server sees it (the caller creates it if local).
+    """
     preload = "\n".join(
         f"  {store.account_public(name)}: {json.dumps(store.account_jwt(name))}"
         for name in store.account_names()

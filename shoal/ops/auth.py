@@ -22,12 +22,16 @@ from nats.aio.client import Client as NATS
 
 from shoal.auth import (
     DEFAULT_ACCOUNT,
+    LOCAL_ADMIN,
     ROLES,
+    SERVICES,
     SYSTEM_ACCOUNT,
     SYSTEM_USER,
     InstanceScope,
     KeyStore,
     Role,
+    bootstrap,
+    operator_block,
     role_permissions,
 )
 from shoal.auth.issuer import InstanceIssuer
@@ -73,9 +77,7 @@ def _store(settings: ShoalSettings) -> KeyStore:
 
 
 def _record(path: Path, value: dict[str, object]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(value))
+    _record_text(path, json.dumps(value))
 
 
 def add_operator(settings: ShoalSettings, name: str, role: Role, out: Path | None) -> Credential:
@@ -211,6 +213,28 @@ async def add_tenant(
     return Credential(
         issued.name, "tenant", "admin", issued.public, issued.issued_at, False, str(path)
     )
+
+
+def export_cluster(settings: ShoalSettings, out: Path) -> list[Path]:
+    """What a multi-node deployment (docker-compose.yml) mounts: ``auth.conf`` for every
+    nats-server (``include`` it; resolver directory ``/data/accounts``) and the services'
+    and local admin's creds, all 0600 in 0700 directories."""
+    store = bootstrap(settings)
+    (out / "creds").mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    written = [out / "auth.conf"]
+    _record_text(written[0], operator_block(store, Path("/data/accounts")))
+    for name in (*SERVICES, LOCAL_ADMIN, SYSTEM_USER):
+        target = out / "creds" / f"{name}.creds"
+        _record_text(target, store.creds_path(name).read_text())
+        written.append(target)
+    return written
+
+
+def _record_text(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 async def run_warden(

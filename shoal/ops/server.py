@@ -186,6 +186,7 @@ class EmbeddedServer:
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.home, 0o700)
             self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.resolver_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             probe = self.home / ".write-probe"
             probe.write_text("ok")
             probe.unlink()

@@ -122,6 +122,17 @@ def tenant(
     _show(c.json, cred, "tenant")
 
 
+@auth_app.command("export-cluster")
+def export_cluster(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Directory for auth.conf and creds/ (0700).")],
+) -> None:
+    """Write the servers' auth config and the services' creds for docker-compose.yml."""
+    c = cli(ctx)
+    for path in _call(c, ops.export_cluster, c.settings, out):
+        typer.echo(str(path))
+
+
 @auth_app.command("warden")
 def warden(ctx: typer.Context) -> None:
     """Run the revocation warden in the foreground (``shoal up`` starts it)."""
