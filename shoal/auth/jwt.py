@@ -74,6 +74,20 @@ class Permissions:
     responses: int = 0
     """Replies this user may publish to requests it received (services), 0 for none."""
 
+    def for_user(self, public: str) -> Permissions:
+        """These permissions with ``{user}`` replaced by the user's public key."""
+
+        def fill(subjects: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(x.replace("{user}", public) for x in subjects)
+
+        return Permissions(
+            fill(self.pub_allow),
+            fill(self.pub_deny),
+            fill(self.sub_allow),
+            fill(self.sub_deny),
+            self.responses,
+        )
+
     def claims(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pub": {}, "sub": {}}
         for side, allow, deny in (

@@ -33,6 +33,9 @@ ADMIN_ENDPOINTS = ("export", "swap", "rebuild")
 """Query-service endpoints only ``admin`` may call."""
 
 INBOX = "_INBOX.>"
+PRIVATE_INBOX = "_INBOX.{user}.>"
+"""A user's own reply inbox (the key store puts the user's public key for ``{user}``): no
+user reads replies meant for another; clients take the prefix from their creds."""
 
 AGENT_EVENT_TYPES = (
     "agent.started",
@@ -119,7 +122,7 @@ def role_permissions(role: Role, settings: ShoalSettings, principal: str) -> Per
             s.all_control,
             *_own_events(s, "cli", principal),
         ]
-    return Permissions(pub_allow=tuple(pub), pub_deny=tuple(deny), sub_allow=(INBOX,))
+    return Permissions(pub_allow=tuple(pub), pub_deny=tuple(deny), sub_allow=(PRIVATE_INBOX,))
 
 
 def service_permissions(service: str) -> Permissions | None:
@@ -181,4 +184,4 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
             f"{js}.CONSUMER.MSG.NEXT.{t.events.name}.*",
             f"{js}.CONSUMER.INFO.{t.events.name}.*",
         ]
-    return Permissions(pub_allow=tuple(dict.fromkeys(pub)), sub_allow=(INBOX,))
+    return Permissions(pub_allow=tuple(dict.fromkeys(pub)), sub_allow=(PRIVATE_INBOX,))

@@ -190,6 +190,8 @@ class KeyStore:
         """New credentials (a fresh user key) for a user of ``account``; ``permissions``
         None grants everything the account may do."""
         user = new_key("user")
+        if permissions is not None:
+            permissions = permissions.for_user(user.public)
         if account == SYSTEM_ACCOUNT:
             issuer, issuer_account = self._account_key(account), self._account_key(account).public
         else:

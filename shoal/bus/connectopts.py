@@ -9,7 +9,10 @@ shown of such a URL.
 
 from __future__ import annotations
 
+import base64
+import json
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +30,9 @@ def connect_options(settings: ShoalSettings) -> dict[str, Any]:
     creds = settings.effective_creds
     if creds is not None:
         opts["user_credentials"] = str(creds)
+        inbox = private_inbox(creds)
+        if inbox is not None:
+            opts["inbox_prefix"] = inbox
     elif settings.nkey is not None:
         opts["nkeys_seed"] = str(settings.nkey)
     if settings.nats_user:
@@ -41,6 +47,27 @@ def connect_options(settings: ShoalSettings) -> dict[str, Any]:
             ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key or settings.tls_cert))
         opts["tls"] = ctx
     return opts
+
+
+def private_inbox(creds: Path) -> str | None:
+    """The reply-inbox prefix the credentials' subscribe permission allows, if only one.
+
+    Credentials issued by shoal let a user subscribe to ``_INBOX.<its key>.>`` alone (so no
+    user reads another's replies); the connection must then use that inbox prefix.
+    """
+    try:
+        token = next(
+            line.strip() for line in creds.read_text().splitlines() if line.count(".") == 2
+        )
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        allowed = claims["nats"]["sub"]["allow"]
+    except (OSError, StopIteration, ValueError, KeyError, TypeError, IndexError):
+        return None
+    inboxes = [s for s in allowed if isinstance(s, str) and s.startswith("_INBOX.")]
+    if len(inboxes) != 1 or not inboxes[0].endswith(".>") or inboxes[0] == "_INBOX.>":
+        return None
+    return inboxes[0].removesuffix(".>")
 
 
 def auth_error(url: str, errors: list[Exception]) -> AuthorizationFailed | None:

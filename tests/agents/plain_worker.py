@@ -9,6 +9,7 @@ the instance in ``SHOAL_INSTANCE``, the one its credentials were issued for.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -44,9 +45,22 @@ def event(
     return out
 
 
+def own_inbox(creds: str | None) -> str:
+    """The reply inbox these credentials may subscribe to: ``_INBOX.<user public key>``."""
+    if creds is None:
+        return "_INBOX"
+    with open(creds) as f:
+        token = next(line.strip() for line in f if line.count(".") == 2)
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return f"_INBOX.{claims['sub']}"
+
+
 async def main(url: str, prefix: str, fleet: str, capability: str, count: int) -> int:
     creds = os.environ.get("NATS_CREDS") or None
-    nc = await nats.connect(url, connect_timeout=2, user_credentials=creds)
+    nc = await nats.connect(
+        url, connect_timeout=2, user_credentials=creds, inbox_prefix=own_inbox(creds)
+    )
     js = nc.jetstream(timeout=5)
     stream = prefix.upper().replace("-", "_") + "_TASKS"
     subject = f"{prefix}.tasks.{fleet}.{capability}"

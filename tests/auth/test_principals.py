@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from shoal.auth import InstanceScope, KeyStore
 from shoal.auth.issuer import InstanceIssuer
 from shoal.bus import Bus, ShoalSettings
+from shoal.bus.connectopts import private_inbox
 from shoal.ops.connect import open_bus
 from shoal.schemas import CloudEvent, ModelCalled
 
@@ -49,7 +50,11 @@ async def raw(url: str, creds: Path) -> Client:
         client.errors.append(str(e))
 
     await client.nc.connect(
-        url, user_credentials=str(creds), error_cb=on_error, allow_reconnect=False
+        url,
+        user_credentials=str(creds),
+        error_cb=on_error,
+        allow_reconnect=False,
+        inbox_prefix=private_inbox(creds) or "_INBOX",
     )
     return client
 
@@ -168,3 +173,14 @@ async def test_the_core_dead_letters_an_event_whose_envelope_disagrees_with_its_
     assert reason["Shoal-Reason"] == (
         "forged attribution: published as 'agent.f1.worker.i1' but claims source 'shoal://core'"
     )
+
+
+async def test_no_instance_can_read_replies_meant_for_another(worker: Client) -> None:
+    before = len(worker.errors)
+    await worker.nc.subscribe("_INBOX.>")
+    await worker.nc.flush()
+    for _ in range(50):
+        if len(worker.errors) > before:
+            break
+        await asyncio.sleep(0.02)
+    assert worker.errors[before:] == ['nats: permissions violation for subscription to "_inbox.>"']

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from shoal.auth import InstanceScope, KeyStore
 from shoal.auth.issuer import InstanceIssuer
 from shoal.bus import Bus, ShoalSettings
+from shoal.bus.connectopts import private_inbox
 from shoal.ops.auth import run_warden
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.kill import kill
@@ -42,6 +43,7 @@ class Instance:
             closed_cb=on_closed,
             error_cb=quiet,
             max_reconnect_attempts=3,
+            inbox_prefix=private_inbox(self.creds) or "_INBOX",
             reconnect_time_wait=0.05,  # type: ignore[arg-type]
         )
         return self

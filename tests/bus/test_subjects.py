@@ -24,8 +24,7 @@ def test_events_filter_narrows_by_any_combination() -> None:
     assert S.events_filter() == "shoal.events.*.*.>"
     assert S.events_filter(iid="I") == "shoal.events.*.I.>"
     assert (
-        S.events_filter(gid="G", short_type="shoal.tool.called")
-        == "shoal.events.G.*.tool.called.>"
+        S.events_filter(gid="G", short_type="shoal.tool.called") == "shoal.events.G.*.tool.called.>"
     )
 
 
