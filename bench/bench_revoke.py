@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,11 +81,15 @@ async def run(kills: int) -> None:
             SHOAL_PREFIX=settings.prefix,
             NATS_CREDS=str(store.creds_path("warden")),
         )
-        warden = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "auth", "warden"],
+        warden = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shoal",
+            "auth",
+            "warden",
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             async with open_bus(settings) as bus:
@@ -106,7 +109,7 @@ async def run(kills: int) -> None:
                         scope = InstanceScope("bench", "worker", f"d{n}", ("work",), ())
                         path = issuer.issue(scope)
                         public = next(i.public for i in issuer.issued() if i.instance == f"d{n}")
-                        nc, closed = await connected(record.url, path)
+                        _nc, closed = await connected(record.url, path)
                         start = time.perf_counter()
                         token = store.revoke([public])
                         await push_account(sys_nc, token, settings.request_timeout)
@@ -118,7 +121,7 @@ async def run(kills: int) -> None:
             print("target: p99 < 100 ms")
         finally:
             warden.terminate()
-            warden.wait(10)
+            await asyncio.wait_for(warden.wait(), 10)
             server.stop()
 
 
