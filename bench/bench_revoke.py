@@ -97,7 +97,7 @@ async def run(kills: int) -> None:
                 via_kill: list[float] = []
                 for n in range(kills + 3):  # three warm-up rounds, not counted
                     scope = InstanceScope("bench", "worker", f"k{n}", ("work",), ())
-                    nc, closed = await connected(record.url, issuer.issue(scope))
+                    _nc, closed = await connected(record.url, issuer.issue(scope))
                     start = time.perf_counter()
                     await kill(bus, "instance", f"k{n}", by="bench")
                     await asyncio.wait_for(closed.wait(), 10)
