@@ -9,6 +9,7 @@ fleet, or everything by name.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import dataclass
@@ -61,10 +62,11 @@ class InstanceIssuer:
             f.write(json.dumps(record.__dict__))
         return path
 
-    def issued(self) -> list[IssuedInstance]:
-        """Every instance ever issued credentials here."""
+    def issued(self, pattern: str = "*") -> list[IssuedInstance]:
+        """Every instance issued credentials here (whose ``fleet.agent.instance`` matches
+        the glob ``pattern``)."""
         out = []
-        for path in sorted(self.home.glob("*.json")):
+        for path in sorted(self.home.glob(f"{pattern}.json")):
             try:
                 out.append(IssuedInstance(**json.loads(path.read_text())))
             except (OSError, ValueError, TypeError):
@@ -73,10 +75,12 @@ class InstanceIssuer:
 
     def matching(self, scope: str, name: str | None) -> list[IssuedInstance]:
         """The instances a kill of ``scope``/``name`` covers (instance, fleet or all)."""
+        # Names are subject tokens (no '.'); glob.escape keeps '[' or '?' literal.
         if scope == "all":
             return self.issued()
+        exact = glob.escape(name or "")
         if scope == "instance":
-            return [i for i in self.issued() if i.instance == name]
+            return [i for i in self.issued(f"*.*.{exact}") if i.instance == name]
         if scope == "fleet":
-            return [i for i in self.issued() if i.fleet == name]
+            return [i for i in self.issued(f"{exact}.*.*") if i.fleet == name]
         return []

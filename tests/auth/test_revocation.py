@@ -123,3 +123,12 @@ async def test_revocations_survive_a_server_restart(tmp_path: Path) -> None:
         await nc.close()
     finally:
         server.stop()
+
+
+def test_kills_match_instance_and_fleet_names_literally(local: ShoalSettings) -> None:
+    issue(local, "f[1]", "a?b")
+    issue(local, "f1", "ab")
+    issuer = InstanceIssuer(KeyStore.for_data_dir(local.data_dir), local)
+    assert [(i.fleet, i.instance) for i in issuer.matching("instance", "a?b")] == [("f[1]", "a?b")]
+    assert [(i.fleet, i.instance) for i in issuer.matching("fleet", "f[1]")] == [("f[1]", "a?b")]
+    assert [i.instance for i in issuer.matching("fleet", "f1")] == ["ab"]
