@@ -11,13 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shoal.agents import AgentRuntime, CapabilityManifest
-from shoal.agents.orchestrator import ModelPlanner, orchestrator
 from shoal.bus import ShoalSettings
 from shoal.ops.cli import app
 from shoal.ops.connect import open_bus, resolve_url
-from shoal.ops.goals import build_goal, submit_goal
-from tests.agents.conftest import of_type, wait_events
+from tests.agents.conftest import of_type, shout_goal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,22 +58,7 @@ async def test_the_plain_worker_with_enrolled_credentials_completes_a_goal(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        boss = orchestrator(
-            "wire",
-            planner=ModelPlanner("shout", input_key="text"),
-            manifest=CapabilityManifest(models=("offline-small",), delegates=("shout",)),
-            task_timeout_s=30,
-        )
-        goal = build_goal("wire", "Shout", principal="tester", inputs={"items": ["a", "b"]})
-        assert goal.gid is not None
-        async with AgentRuntime(bus, boss).running():
-            await submit_goal(bus, goal)
-            events = await wait_events(
-                bus,
-                bus.subjects.goal_events(goal.gid),
-                lambda e: len(of_type(e, "goal.completed")) + len(of_type(e, "goal.failed")) > 0,
-                timeout=30,
-            )
+        _, events = await shout_goal(bus, ["a", "b"])
         out, err = await asyncio.wait_for(worker.communicate(), 30)
     assert worker.returncode == 0, err.decode()
     assert json.loads(out.decode().splitlines()[-1])["handled"] == 2
