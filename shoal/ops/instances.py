@@ -34,6 +34,8 @@ __all__ = [
     "bytecode_cache_dir",
     "instance_command",
     "instance_env",
+    "mint",
+    "own_settings",
     "scoped_env",
     "signal_process",
     "spawn",
@@ -115,12 +117,29 @@ def scoped_env(env: dict[str, str], launch: Launch, settings: ShoalSettings) -> 
     (the local installation) can it sign them; otherwise instances inherit ``env`` as is.
     The secret travels as a 0600 file's path, never on the command line.
     """
+    path = mint(settings, launch.fleet, launch.agent, launch.target, launch.instance)
+    return env if path is None else {**env, "NATS_CREDS": str(path)}
+
+
+def own_settings(
+    settings: ShoalSettings, fleet: str, agent: str, target: str | None, instance: str
+) -> ShoalSettings:
+    """For ``shoal agent run`` by the local admin: the instance connects as itself."""
+    path = mint(settings, fleet, agent, target, instance) if settings.creds is None else None
+    return settings if path is None else settings.model_copy(update={"creds": path})
+
+
+def mint(
+    settings: ShoalSettings, fleet: str, agent: str, target: str | None, instance: str
+) -> Path | None:
+    """Credentials for one instance, if these settings connect with the local key store's
+    credentials (so this process may sign them); None elsewhere."""
     store = KeyStore.for_data_dir(settings.data_dir)
     creds = settings.effective_creds
     if creds is None or not store.exists or not creds.resolve().is_relative_to(store.home):
-        return env
-    scope = instance_scope(launch.fleet, launch.agent, launch.target, launch.instance)
-    return {**env, "NATS_CREDS": str(InstanceIssuer(store, settings).issue(scope))}
+        return None
+    scope = instance_scope(fleet, agent, target, instance)
+    return InstanceIssuer(store, settings).issue(scope)
 
 
 def instance_scope(fleet: str, agent: str, target: str | None, instance: str) -> InstanceScope:

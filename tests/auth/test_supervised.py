@@ -109,3 +109,38 @@ async def test_each_supervised_instance_runs_as_itself_and_a_fleet_kill_revokes_
         halt.set()
         await asyncio.wait_for(warden, 10)
         stop(sup, local.prefix)
+
+
+def start_cli_agent(local: ShoalSettings, log_path: Path) -> subprocess.Popen[bytes]:
+    code = "from shoal.ops.cli import main; main()"
+    env = {**os.environ, "SHOAL_DATA_DIR": str(local.data_dir), "SHOAL_PREFIX": local.prefix}
+    env.pop("NATS_URL", None)
+    env.pop("NATS_CREDS", None)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, "agent", "run", "demo", "summarizer", "--instance", "A1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def test_agent_run_by_the_local_admin_connects_as_its_instance(
+    admin: Bus, local: ShoalSettings, tmp_path: Path
+) -> None:
+    proc = start_cli_agent(local, tmp_path / "agent.log")
+    try:
+        subject = admin.subjects.events_filter(iid="A1", short_type="agent.started")
+
+        async def started() -> list[str]:
+            return [s.subject for s in await admin.read(subject)]
+
+        try:
+            subjects = await eventually(started, lambda s: len(s) == 1, 60, "agent.started")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{log_tail(tmp_path / 'agent.log')}") from e
+        assert subjects == [f"{local.prefix}.events._.A1.agent.started.agent.demo.summarizer.A1"]
+        store = KeyStore.for_data_dir(local.data_dir)
+        assert (store.home / "instances" / "demo.summarizer.A1.creds").is_file()
+    finally:
+        stop(proc, local.prefix)
