@@ -18,6 +18,10 @@ from shoal.schemas import is_token
 __all__ = ["ShoalSettings"]
 
 
+DEFAULT_PREFIX = "shoal"
+"""The subject prefix of a single-tenant deployment."""
+
+
 def _default_principal() -> str:
     try:
         return getpass.getuser()
@@ -67,7 +71,7 @@ class ShoalSettings(BaseSettings):
     )
     tls_key: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_KEY", "tls_key"))
     data_dir: Path = Field(default=Path(".shoal"), description="Local state: embedded store, DBs.")
-    prefix: str = Field(default="shoal", description="First token of every subject.")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="First token of every subject.")
     stream_replicas: int = Field(default=1, ge=1, le=5, description="R1 embedded, R3 cluster.")
     nats_port: int | None = Field(
         default=None, description="Fixed port for the embedded server; unset picks a free one."
@@ -85,6 +89,11 @@ class ShoalSettings(BaseSettings):
     dedup_window_s: float = Field(default=120.0, gt=0)
     presence_ttl_s: float = Field(default=10.0, gt=0)
     lease_ttl_s: float = Field(default=10.0, gt=0)
+    supervisor_capacity: int | None = Field(
+        default=None,
+        ge=0,
+        description="Instances one supervisor admits (default: computed from CPUs and memory).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     persistence_module: str = Field(
         default="eventsourcing.sqlite",
@@ -114,6 +123,11 @@ class ShoalSettings(BaseSettings):
     # -- the event-sourced core (ingestion, prices, watchdog) -----------------------------
     price_table: Path | None = Field(
         default=None, description="Price table YAML (per model USD/1M tokens); unset: builtin."
+    )
+    approval_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a high-risk call waits for a human before it fails as timed out.",
     )
     core_batch: int = Field(default=1000, ge=1, le=10000, description="Events per core write.")
     stuck_after_s: float = Field(
@@ -147,6 +161,16 @@ class ShoalSettings(BaseSettings):
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "otel_metrics_endpoint"
         ),
         description="OTLP endpoint for metrics only (full URL, used as given).",
+    )
+    otel_traces_exporter: Literal["otlp", "none"] = Field(
+        default="otlp",
+        validation_alias=AliasChoices("OTEL_TRACES_EXPORTER", "otel_traces_exporter"),
+        description="none: no span is exported (nor written to the span file).",
+    )
+    otel_metrics_exporter: Literal["otlp", "none"] = Field(
+        default="otlp",
+        validation_alias=AliasChoices("OTEL_METRICS_EXPORTER", "otel_metrics_exporter"),
+        description="none: no metric is exported (nor written to the metrics file).",
     )
     otel_protocol: Literal["grpc", "http/protobuf"] = Field(
         default="http/protobuf",
@@ -185,6 +209,12 @@ class ShoalSettings(BaseSettings):
     def _empty_otel_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
+    @field_validator("otel_traces_exporter", "otel_metrics_exporter", mode="before")
+    @classmethod
+    def _exporter_name(cls, value: object) -> object:
+        # The spec's values are case-insensitive, comma-separated lists; shoal takes one.
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("otel_sdk_disabled", mode="before")
     @classmethod
     def _otel_disabled_only_if_true(cls, value: object) -> object:
@@ -214,6 +244,18 @@ class ShoalSettings(BaseSettings):
             if local.is_file():
                 return local
         return None
+
+    @property
+    def store_dir(self) -> Path:
+        """Where this tenant's stores live (the core's SQLite file, the DuckDB projection).
+
+        The default prefix keeps them in the data dir itself; any other prefix gets
+        ``<data_dir>/tenants/<prefix>/``, so tenants sharing a server and a data dir never
+        read each other's sessions.
+        """
+        if self.prefix == DEFAULT_PREFIX:
+            return self.data_dir
+        return self.data_dir / "tenants" / self.prefix
 
     @property
     def stream_prefix(self) -> str:

@@ -2,18 +2,21 @@
 the tie that makes an instance die with its supervisor.
 
 Each instance is ``python -m shoal agent run FLEET AGENT --target … --instance … --version …
---slot … --supervisor …`` (the lean entry point :mod:`shoal.agents.__main__`: no typer app to
-build) in a session of its own (so a Ctrl-C meant for the supervisor
-does not reach it: the supervisor drains its instances itself). On Linux the child asks the
-kernel to send it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``): a SIGKILLed
-supervisor therefore leaves no unsupervised instance behind, and the supervisor that takes
-over its slots once the leases expire starts exactly the missing ones.
+--slot … --supervisor … [--manifest FILE]`` (``--manifest``: the fleet spec's manifest for
+the agent, which replaces the one its code declares) through the lean entry point
+:mod:`shoal.agents.__main__` (no typer app to build), in a session of its own (so a Ctrl-C
+meant for the supervisor does not reach it: the supervisor drains its instances itself).
+On Linux the child asks the kernel to send it SIGTERM when its parent dies
+(``PR_SET_PDEATHSIG``): a SIGKILLed supervisor therefore leaves no unsupervised instance
+behind, and the supervisor that takes over its slots once the leases expire starts exactly
+the missing ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import os
 import signal
@@ -27,6 +30,7 @@ from shoal.auth import InstanceScope, KeyStore
 from shoal.auth.issuer import InstanceIssuer
 from shoal.bus import ShoalSettings
 from shoal.errors import ShoalError
+from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = [
     "Launch",
@@ -57,6 +61,7 @@ class Launch:
     slot: int
     concurrency: int
     supervisor: str
+    manifest: Path | None = None  # the spec's manifest override, as a JSON file
 
 
 Launcher = Callable[[Launch], list[str]]
@@ -66,6 +71,7 @@ Launcher = Callable[[Launch], list[str]]
 def instance_command(launch: Launch) -> list[str]:
     """``python -m shoal agent run`` for one slot (``shoal/__main__.py`` routes it to the lean
     :mod:`shoal.agents.__main__`; the words ``shoal agent run`` name it in process lists)."""
+    manifest = ["--manifest", str(launch.manifest)] if launch.manifest is not None else []
     return [
         sys.executable,
         "-m",
@@ -86,6 +92,7 @@ def instance_command(launch: Launch) -> list[str]:
         str(launch.slot),
         "--supervisor",
         launch.supervisor,
+        *manifest,
     ]
 
 
@@ -117,7 +124,9 @@ def scoped_env(env: dict[str, str], launch: Launch, settings: ShoalSettings) -> 
     (the local installation) can it sign them; otherwise instances inherit ``env`` as is.
     The secret travels as a 0600 file's path, never on the command line.
     """
-    path = mint(settings, launch.fleet, launch.agent, launch.target, launch.instance)
+    path = mint(
+        settings, launch.fleet, launch.agent, launch.target, launch.instance, launch.manifest
+    )
     return env if path is None else {**env, "NATS_CREDS": str(path)}
 
 
@@ -130,15 +139,27 @@ def own_settings(
 
 
 def mint(
-    settings: ShoalSettings, fleet: str, agent: str, target: str | None, instance: str
+    settings: ShoalSettings,
+    fleet: str,
+    agent: str,
+    target: str | None,
+    instance: str,
+    manifest: Path | None = None,
 ) -> Path | None:
     """Credentials for one instance, if these settings connect with the local key store's
-    credentials (so this process may sign them); None elsewhere."""
+    credentials (so this process may sign them); None elsewhere. ``manifest`` is a fleet
+    spec's override of the declared manifest (its delegations then apply)."""
     store = KeyStore.for_data_dir(settings.data_dir)
     creds = settings.effective_creds
     if creds is None or not store.exists or not creds.resolve().is_relative_to(store.home):
         return None
     scope = instance_scope(fleet, agent, target, instance)
+    if manifest is not None:
+        try:
+            delegates = CapabilityManifest.model_validate_json(manifest.read_text()).delegates
+        except (OSError, ValueError):
+            delegates = ()  # unreadable: it may delegate nothing
+        scope = dataclasses.replace(scope, delegates=delegates)
     return InstanceIssuer(store, settings).issue(scope)
 
 

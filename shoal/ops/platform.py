@@ -10,6 +10,7 @@ from shoal.auth import KeyStore
 from shoal.bus import Bus, ShoalSettings
 from shoal.bus.connectopts import redact_url
 from shoal.ops.connect import open_bus, resolve_url
+from shoal.ops.health import Health, check_health
 from shoal.ops.server import EmbeddedServer
 from shoal.ops.services import LOCAL_SERVICES, WARDEN
 
@@ -33,6 +34,7 @@ class PlatformStatus:
     storage_bytes: int
     streams: list[StreamStatus] = field(default_factory=list)
     services: dict[str, int | None] = field(default_factory=dict)
+    health: Health = field(default_factory=Health)
 
     @property
     def deadletters(self) -> int:
@@ -94,7 +96,9 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
             streams.append(
                 StreamStatus(spec.name, state.messages, state.bytes, state.consumer_count)
             )
+        health = await check_health(bus)
         return PlatformStatus(
+            health=health,
             url=redact_url(url),
             embedded=settings.embedded,
             server_version=bus.nc.connected_server_version.__str__(),

@@ -30,3 +30,42 @@ def counter_agent() -> Agent:
         return CountOut(n=task.n, instance=ctx.identity.instance)
 
     return agent
+
+
+def asker_agent() -> Agent:
+    """Asks a person which region to use, then answers with the reply."""
+    agent = Agent("asker", fleet="talk", version="1", manifest=CapabilityManifest())
+
+    @agent.handler("choose")
+    async def choose(ctx: TaskContext, task: dict[str, str]) -> dict[str, str]:
+        region = await ctx.ask(f"Which region for {task['what']}?", timeout=60)
+        return {"region": region, "instance": ctx.identity.instance}
+
+    return agent
+
+
+def mailer_agent() -> Agent:
+    """Sends one email per task; the manifest says sending needs a human's approval."""
+    import json
+
+    from shoal.agents.tools import ToolEnv, tool
+
+    @tool("send_email", side_effects=("email",))
+    async def send_email(env: ToolEnv, to: str, body: str) -> str:
+        with (env.settings.data_dir / "sent.jsonl").open("a") as out:
+            out.write(json.dumps({"to": to, "body": body}) + "\n")
+        return "sent"
+
+    manifest = CapabilityManifest.model_validate(
+        {
+            "tools": {"send_email": {"sensitivity": "internal"}},
+            "requires_approval": ["tool.send_email"],
+        }
+    )
+    agent = Agent("mailer", fleet="mail", version="1", manifest=manifest, tools=[send_email])
+
+    @agent.handler("mail")
+    async def mail(ctx: TaskContext, task: dict[str, str]) -> dict[str, str]:
+        return {"result": await ctx.tools.call("send_email", to=task["to"], body=task["body"])}
+
+    return agent

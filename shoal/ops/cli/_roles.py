@@ -41,4 +41,4 @@ def require_role(c: Cli, need: Role, command: str, target: str = "") -> None:
     except (ShoalError, OSError, TimeoutError, nats.errors.Error) as e:
         # The refusal itself is what the user must see; the audit gap goes to the log.
         log.warning("could not record the refused %s on the control stream: %s", command, e)
-    raise fail(c, reason)
+    raise fail(c, reason, 2, "unauthorized")
