@@ -48,6 +48,7 @@ AGENT_EVENT_TYPES = (
     "tool.called",
     "policy.decided",
     "approval.requested",
+    "session.asked",
 )
 """What an instance reports about its own work; never kills, budgets, outcomes or approvals
 granted, which are the operators' and the core's to say."""
@@ -161,27 +162,32 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
     types = AGENT_EVENT_TYPES + (GOAL_EVENT_TYPES if "goals" in scope.capabilities else ())
     pub += [f"{settings.prefix}.events.*.*.{t}.{me}" for t in types]
     pub.append(s.deadletter("tasks"))
-    # The kill bucket read-only (a watch is an ordered consumer), its own presence key.
-    kill_stream = f"KV_{t.kill.name}"
+    # The kill and policies buckets read-only (a watch is an ordered consumer), the
+    # approvals bucket (its requests; see security.md), its own presence key.
+    for bucket in (t.kill.name, t.policies.name, t.approvals.name):
+        stream = f"KV_{bucket}"
+        pub += [
+            f"{js}.STREAM.INFO.{stream}",
+            f"{js}.CONSUMER.CREATE.{stream}",
+            f"{js}.CONSUMER.CREATE.{stream}.>",
+            f"{js}.CONSUMER.DELETE.{stream}.*",
+            f"{js}.CONSUMER.INFO.{stream}.*",
+            f"{js}.DIRECT.GET.{stream}.>",
+            f"{js}.STREAM.MSG.GET.{stream}",
+        ]
     pub += [
-        f"{js}.STREAM.INFO.{kill_stream}",
-        f"{js}.CONSUMER.CREATE.{kill_stream}",
-        f"{js}.CONSUMER.CREATE.{kill_stream}.>",
-        f"{js}.CONSUMER.DELETE.{kill_stream}.*",
-        f"{js}.CONSUMER.INFO.{kill_stream}.*",
-        f"{js}.DIRECT.GET.{kill_stream}.>",
         "$JS.FC.>",
-        f"{js}.STREAM.INFO.KV_{t.presence.name}",
+        f"$KV.{t.approvals.name}.>",
         f"$KV.{t.presence.name}.{scope.fleet}.{scope.agent}.{scope.instance}",
     ]
-    if "goals" in scope.capabilities or scope.delegates is None or scope.delegates:
-        # Delegators follow their children's task outcomes on the event log.
-        pub += [
-            f"{js}.STREAM.INFO.{t.events.name}",
-            f"{js}.CONSUMER.CREATE.{t.events.name}",
-            f"{js}.CONSUMER.CREATE.{t.events.name}.*",
-            f"{js}.CONSUMER.CREATE.{t.events.name}.*.>",
-            f"{js}.CONSUMER.MSG.NEXT.{t.events.name}.*",
-            f"{js}.CONSUMER.INFO.{t.events.name}.*",
-        ]
+    # Every instance reads the log: redelivery checks, replies to its questions, the
+    # outcomes of the tasks it delegated.
+    pub += [
+        f"{js}.STREAM.INFO.{t.events.name}",
+        f"{js}.CONSUMER.CREATE.{t.events.name}",
+        f"{js}.CONSUMER.CREATE.{t.events.name}.*",
+        f"{js}.CONSUMER.CREATE.{t.events.name}.*.>",
+        f"{js}.CONSUMER.MSG.NEXT.{t.events.name}.*",
+        f"{js}.CONSUMER.INFO.{t.events.name}.*",
+    ]
     return Permissions(pub_allow=tuple(dict.fromkeys(pub)), sub_allow=(PRIVATE_INBOX,))

@@ -26,6 +26,9 @@ def operator_block(store: KeyStore, resolver_dir: Path) -> str:
         for name in store.account_names()
     )
     return (
+        # An instance's CONNECT carries its user JWT, whose permissions list can outgrow the
+        # default 4 KiB control line.
+        "max_control_line: 32768\n"
         f"operator: {json.dumps(store.operator_jwt)}\n"
         f"system_account: {store.account_public(SYSTEM_ACCOUNT)}\n"
         "resolver: {\n"

@@ -44,7 +44,9 @@ async def test_a_viewer_cannot_kill_and_an_operator_can(local: ShoalSettings) ->
     code, out, err = await shoal(local, "kill", "--instance", "i1", creds=viewer)
     assert (code, out) == (2, "")
     assert err.strip() == "error: kill.instance requires role operator; vera has role viewer"
-    code, out, err = await shoal(local, "kill", "--instance", "i1", "--reason", "r", creds=operator)
+    code, out, err = await shoal(
+        local, "kill", "--instance", "i1", "--reason", "r", "--force", creds=operator
+    )
     assert code == 0, err
     assert out.splitlines()[0] == "kill switch instance.i1 set"
     async with open_bus(local) as bus:
@@ -66,7 +68,7 @@ async def test_a_viewer_can_query_but_not_call_admin_commands(local: ShoalSettin
         pass
     viewer = await add(local, "val", "viewer")
     code, out, err = await shoal(local, "status", "--json", creds=viewer)
-    assert code == 0, err
+    assert code == 1, err  # a health check: no local services run in this test
     assert json.loads(out)["embedded"] is True
     code, _, err = await shoal(local, "projections", "rebuild", creds=viewer)
     assert (code, err.strip()) == (
