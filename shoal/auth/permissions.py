@@ -119,6 +119,8 @@ def role_permissions(role: Role, settings: ShoalSettings, principal: str) -> Per
         pub += [
             f"$KV.{t.kill.name}.>",
             f"$KV.{t.fleets.name}.>",
+            f"$KV.{t.approvals.name}.>",
+            f"$KV.{t.policies.name}.>",
             s.all_goals,
             s.all_control,
             *_own_events(s, "cli", principal),

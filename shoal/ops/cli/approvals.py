@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.policy import Approvals, ApprovalState
 
@@ -117,6 +118,7 @@ def show(ctx: typer.Context, approval: IdArgument, as_json: JsonOption = False) 
 
 def _decide(ctx: typer.Context, approval: str, grant: bool, reason: str, as_json: bool) -> None:
     c = cli(ctx, as_json)
+    require_role(c, "operator", "approvals.grant" if grant else "approvals.deny", approval)
 
     async def _go() -> ApprovalState:
         async with open_bus(c.settings) as bus:
