@@ -100,10 +100,10 @@ class QueryService:
         return wanted
 
     def _swap(self, path: Path) -> dict[str, Any]:
-        # Only the file ``shoal projections rebuild`` writes beside the live database.
-        rebuilt = self.host.path.resolve().with_name(REBUILT_NAME)
-        if path.resolve() != rebuilt:
-            raise Refused(f"swap takes only the rebuilt database {rebuilt}, not {path}")
+        # Only a file named as ``shoal projections rebuild`` writes it, in the data dir.
+        root = self.settings.data_dir.resolve()
+        if path.name != REBUILT_NAME or not path.resolve().is_relative_to(root):
+            raise Refused(f"swap takes only a rebuilt database ({REBUILT_NAME}) under {root}")
         if not path.exists():
             raise NotFound(f"no rebuilt database at {path}")
         self.host.swap(path)

@@ -208,13 +208,13 @@ async def test_export_writes_only_under_the_export_root(service: Running, tmp_pa
     assert not outside.exists()
 
 
-async def test_swap_takes_only_the_rebuilt_file_beside_the_live_database(
+async def test_swap_takes_only_the_rebuilt_file_in_the_data_dir(
     service: Running, tmp_path: Path
 ) -> None:
     before = await service.client.query("cost", {"by": ["fleet"]})
     forged = tmp_path / "projections.rebuild.duckdb"
     forged.write_bytes(b"not a database")
-    with pytest.raises(Refused, match="swap takes only the rebuilt database"):
+    with pytest.raises(Refused, match="swap takes only a rebuilt database"):
         await service.client.ask("swap", {"path": str(forged)})
     assert forged.exists()
     assert await service.client.query("cost", {"by": ["fleet"]}) == before
