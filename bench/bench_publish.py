@@ -15,8 +15,12 @@ Each side's figure is its wall-clock rate and this process's CPU time per event 
 than the wall clock on a shared machine); a last line times shoal's own steps alone (build
 and validate, subject, serialize, headers), so the gap to raw can be accounted for.
 
+Everything runs twice: on a nats-server without authentication, then on shoal's default
+embedded server (decentralized JWT auth), where both sides publish with one instance's
+scoped credentials (publish permissions checked on every message) — side by side.
+
 Run: ``uv run python bench/bench_publish.py`` (``--profile`` adds a cProfile of shoal's
-pipelined path). The embedded nats-server is started in a temporary data dir.
+pipelined path). The servers are started in a temporary data dir.
 """
 
 from __future__ import annotations
@@ -24,22 +28,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client as NATS
 
-from shoal.bus import Bus, ShoalSettings, event_headers
-from shoal.bus.connection import message_size
+from shoal.auth import InstanceScope, KeyStore
+from shoal.auth.issuer import InstanceIssuer
+from shoal.bus import Bus, ShoalSettings, event_headers, open_connection
 from shoal.ops.server import EmbeddedServer
 from shoal.schemas import CloudEvent, ModelCalled
+from tests.natsproc import NatsProcess
 
 SESSIONS = 100  # events spread over this many IIDs, as a busy fleet would produce
 Prepared = tuple[str, bytes, dict[str, str]]
@@ -121,13 +128,6 @@ class Sample:
     cpu_us: float
 
 
-@dataclass(frozen=True)
-class Result:
-    mode: str
-    raw: Sample
-    shoal: Sample
-
-
 async def timed(run: Callable[[], Awaitable[None]], count: int) -> Sample:
     # CPU time of this process is what shoal adds on the client; on a shared 2-core box it
     # is steadier than the wall clock, which other processes' load moves around.
@@ -143,84 +143,159 @@ def median(samples: list[Sample]) -> Sample:
     )
 
 
+@dataclass
+class Side:
+    """One server and its connections: ``auth off`` or ``auth on``."""
+
+    label: str
+    server_pid: int
+    bus: Bus
+    admin: Bus
+    nc: NATS
+
+    def server_cpu(self) -> float:
+        """CPU seconds the nats-server process has used (user + system, from /proc)."""
+        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Result:
+    side: str
+    mode: str
+    raw: Sample
+    shoal: Sample
+    server_us: float
+    """The server's CPU per event (shoal's side), where permission checks would show."""
+
+
 async def compare(
     mode: str,
     rounds: int,
     count: int,
-    raw: Callable[[list[Prepared]], Awaitable[None]],
-    shoal: Callable[[], Awaitable[None]],
-    bus: Bus,
-) -> Result:
-    """Alternate raw and shoal rounds (so drift and contention hit both); return medians.
+    sides: list[Side],
+    raw: Callable[[Side, list[Prepared]], Awaitable[None]],
+    shoal: Callable[[Side], Awaitable[None]],
+) -> list[Result]:
+    """Alternate raw and shoal rounds on every side (so drift and contention hit all of them
+    alike); return medians per side.
 
     Every round publishes fresh event ids: a repeated id would be de-duplicated by the
-    server, which is cheaper than storing it. The stream is purged before each round.
+    server, which is cheaper than storing it. The stream is purged (by the admin: the
+    publisher may not) before each round.
     """
-    raw_samples, shoal_samples = [], []
+    samples: dict[str, tuple[list[Sample], list[Sample], list[float]]] = {
+        side.label: ([], [], []) for side in sides
+    }
     for _ in range(rounds):
-        items = prepared(bus, count)
-        await bus.js.purge_stream(bus.topology.events.name)
-        raw_samples.append(await timed(lambda: raw(items), count))  # noqa: B023 (awaited now)
-        await bus.js.purge_stream(bus.topology.events.name)
-        shoal_samples.append(await timed(shoal, count))
-    return Result(mode, median(raw_samples), median(shoal_samples))
+        for side in sides:
+            raws, shoals, server = samples[side.label]
+            items = prepared(side.bus, count)
+            await side.admin.js.purge_stream(side.admin.topology.events.name)
+            raws.append(await timed(lambda: raw(side, items), count))  # noqa: B023
+            await side.admin.js.purge_stream(side.admin.topology.events.name)
+            before = side.server_cpu()
+            shoals.append(await timed(lambda: shoal(side), count))  # noqa: B023
+            server.append((side.server_cpu() - before) / count * 1e6)
+    return [
+        Result(label, mode, median(r), median(sh), statistics.median(cpu))
+        for label, (r, sh, cpu) in samples.items()
+    ]
+
+
+PUBLISHER = InstanceScope("code-review", "reviewer", "inst-7", ("review",), ())
+"""The identity the events claim; with auth on, the publisher holds exactly its credentials."""
+
+
+async def open_side(
+    stack: AsyncExitStack,
+    label: str,
+    pid: int,
+    url: str,
+    publisher: ShoalSettings,
+    admin_settings: ShoalSettings,
+) -> Side:
+    admin = await stack.enter_async_context(Bus.connect(url, admin_settings, name="bench-admin"))
+    await admin.provision()
+    nc = await open_connection(url, publisher, name="bench-raw")
+    stack.push_async_callback(nc.close)
+    bus = await stack.enter_async_context(Bus.connect(url, publisher, name="bench-shoal"))
+    # Warm up connections, inboxes and pydantic before timing anything.
+    await raw_pipelined(nc, prepared(bus, 500), publisher.request_timeout)
+    await shoal_pipelined(bus, 500)
+    return Side(label, pid, bus, admin, nc)
 
 
 async def run(args: argparse.Namespace) -> None:
+    """The same measurement on a server without auth and on shoal's default (JWT auth on,
+    the publisher holding one instance's scoped credentials), rounds interleaved."""
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
-        settings = ShoalSettings(data_dir=Path(tmp), prefix="bench", request_timeout=30.0)
-        server = EmbeddedServer(settings)
+        base = ShoalSettings(data_dir=Path(tmp), prefix="bench", request_timeout=30.0)
+        open_server = NatsProcess(Path(tmp) / "open-js").start()
+        server = EmbeddedServer(base)
         record = server.start()
         try:
-            # The ceiling is plain nats-py (shoal's client adds a size check: see breakdown).
-            nc = await nats.connect(record.url, name="bench-raw")
-            async with Bus.connect(record.url, settings, name="bench-shoal") as bus:
-                await bus.provision()
-                timeout = settings.request_timeout
-                # Warm up connections, inboxes and pydantic before timing anything.
-                await raw_pipelined(nc, prepared(bus, 500), timeout)
-                await shoal_pipelined(bus, 500)
+            async with AsyncExitStack() as stack:
+                plain = base.model_copy(update={"nats_url": open_server.url})
+                assert open_server.proc is not None
+                off = await open_side(
+                    stack, "auth off", open_server.proc.pid, open_server.url, plain, plain
+                )
+                issuer = InstanceIssuer(KeyStore.for_data_dir(base.data_dir), base)
+                creds = issuer.issue(PUBLISHER)
+                publisher = base.model_copy(update={"nats_url": record.url, "creds": creds})
+                on = await open_side(stack, "auth on", record.pid, record.url, publisher, base)
+                sides = [off, on]
+                timeout = base.request_timeout
                 results = [
-                    await compare(
+                    *await compare(
                         f"pipelined ({args.events} events, window 4000)",
                         args.rounds,
                         args.events,
-                        lambda items: raw_pipelined(nc, items, timeout),
-                        lambda: shoal_pipelined(bus, args.events),
-                        bus,
+                        sides,
+                        lambda side, items: raw_pipelined(side.nc, items, timeout),
+                        lambda side: shoal_pipelined(side.bus, args.events),
                     ),
-                    await compare(
+                    *await compare(
                         f"sequential ({args.sequential} events, await each ack)",
                         args.rounds,
                         args.sequential,
-                        lambda items: raw_sequential(nc, items, timeout),
-                        lambda: shoal_sequential(bus, args.sequential),
-                        bus,
+                        sides,
+                        lambda side, items: raw_sequential(side.nc, items, timeout),
+                        lambda side: shoal_sequential(side.bus, args.sequential),
                     ),
                 ]
                 report(results, args.rounds)
-                breakdown(bus, args.events)
+                breakdown(on.bus, args.events)
                 if args.profile:
-                    await bus.js.purge_stream(bus.topology.events.name)
-                    await profile(bus, args.events)
-            await nc.close()
+                    await on.admin.js.purge_stream(on.admin.topology.events.name)
+                    await profile(on.bus, args.events)
         finally:
             server.stop()
+            open_server.stop()
 
 
 def report(results: list[Result], rounds: int) -> None:
-    print(f"JetStream publish, embedded nats-server, R1 file store; median of {rounds} rounds")
+    print(f"JetStream publish, nats-server R1 file store; median of {rounds} interleaved rounds")
+    print("auth on: shoal's embedded server (JWT), publishing with one instance's scoped creds")
     print(
-        f"{'mode':<42} {'raw nats-py':>12} {'shoal':>12} {'shoal/raw':>9}"
-        f" {'raw CPU':>10} {'shoal CPU':>10}"
+        f"{'side, mode':<62} {'raw nats-py':>12} {'shoal':>12} {'shoal/raw':>9}"
+        f" {'shoal CPU':>10} {'server CPU':>11}"
     )
     for r in results:
         print(
-            f"{r.mode:<42} {r.raw.rate:>10,.0f}/s {r.shoal.rate:>10,.0f}/s"
+            f"{r.side + ', ' + r.mode:<62} {r.raw.rate:>10,.0f}/s {r.shoal.rate:>10,.0f}/s"
             f" {r.shoal.rate / r.raw.rate:>9.0%}"
-            f" {r.raw.cpu_us:>7.1f} us {r.shoal.cpu_us:>7.1f} us"
+            f" {r.shoal.cpu_us:>7.1f} us {r.server_us:>8.1f} us"
         )
-    print("(CPU = this process's CPU time per event; the server runs in its own process)")
+    by = {(r.side, r.mode): r for r in results}
+    for mode in dict.fromkeys(r.mode for r in results):
+        a, b = by[("auth off", mode)], by[("auth on", mode)]
+        print(
+            f"auth on / off, {mode}: shoal rate {b.shoal.rate / a.shoal.rate:.1%},"
+            f" server CPU per event {b.server_us / a.server_us:.1%} (target: within 5%)"
+        )
+    print("(CPU = CPU time per event: shoal's = this process, server = the nats-server's)")
 
 
 def breakdown(bus: Bus, count: int) -> None:
@@ -244,12 +319,6 @@ def breakdown(bus: Bus, count: int) -> None:
         for n in range(count):
             step(sample[n % 100])
         costs[name] = time.process_time() - cpu
-    # The client's check that headers + body fit max_payload (ShoalClient.publish).
-    pairs = [(e.to_json(), event_headers(e)) for e in sample]
-    cpu = time.process_time()
-    for n in range(count):
-        message_size(*pairs[n % 100])
-    costs["size check (message_size)"] = time.process_time() - cpu
     print("shoal's own steps, CPU per event:", end="")
     print(",".join(f" {name} {t / count * 1e6:.1f} us" for name, t in costs.items()))
 

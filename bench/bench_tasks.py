@@ -8,6 +8,8 @@
   ``fetch(1000)`` + ``ack`` loop — no parsing, no events.
 * **dispatch latency**: one task every 5 ms (low load); time from the publish call to the
   handler starting (same process, same clock), for K instances.
+* **auth on**: the same throughput on shoal's embedded server (JWT auth), every instance
+  connected with its own scoped credentials, interleaved with the auth-off rounds.
 * **kill latency**: an operator connection puts ``instance.<id>`` in the kill bucket; time
   until the instance's gateway refuses a call (the local watcher has seen the key).
 
@@ -33,7 +35,10 @@ from shoal.agents import Agent, AgentRuntime, CapabilityManifest, Killed, TaskCo
 from shoal.agents.killswitch import KillWatcher
 from shoal.agents.policy import Policy
 from shoal.agents.session import Emitter, Identity, Session
+from shoal.auth import InstanceScope, KeyStore
+from shoal.auth.issuer import InstanceIssuer
 from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
+from shoal.ops.server import EmbeddedServer
 from shoal.schemas import CloudEvent, TaskAssigned, new_id, utcnow
 from tests.natsproc import NatsProcess
 
@@ -107,8 +112,11 @@ async def connect(url: str, prefix: str) -> tuple[Any, Bus]:
     return stack, bus
 
 
-RuntimeFactory = Callable[[Bus], AgentRuntime]
-"""Builds one instance's runtime on its own connection."""
+RuntimeFactory = Callable[..., AgentRuntime]
+"""Builds one instance's runtime on its own connection (``instance=`` its id, with auth on)."""
+
+Credentials = Callable[[str], ShoalSettings]
+"""With auth on: the settings (its own creds) of the instance with this id."""
 
 
 async def fleet_round(
@@ -118,10 +126,12 @@ async def fleet_round(
     instances: int,
     runtime: RuntimeFactory,
     capability: str = CAPABILITY,
+    credentials: Credentials | None = None,
 ) -> tuple[float, float]:
     """Wall and CPU seconds for ``instances`` runtimes to complete ``n`` pre-loaded tasks.
 
     Shared with bench_tracing.py. ``settings`` should carry a fresh prefix (own streams).
+    With ``credentials`` each instance connects as itself (auth on), else as ``settings``.
     """
     async with Bus.connect(url, settings, name="bench") as bus:
         await bus.provision()
@@ -144,8 +154,13 @@ async def fleet_round(
         await kill.put(kill_key("fleet", FLEET), hold.model_dump_json().encode())
         async with AsyncExitStack() as runtimes:
             for _ in range(instances):
-                b = await runtimes.enter_async_context(Bus.connect(url, settings))
-                await runtimes.enter_async_context(runtime(b).running())
+                if credentials is None:
+                    b = await runtimes.enter_async_context(Bus.connect(url, settings))
+                    await runtimes.enter_async_context(runtime(b).running())
+                    continue
+                instance = new_id()
+                b = await runtimes.enter_async_context(Bus.connect(url, credentials(instance)))
+                await runtimes.enter_async_context(runtime(b, instance=instance).running())
             t0, c0 = time.perf_counter(), time.process_time()
             await kill.delete(kill_key("fleet", FLEET))
             await asyncio.wait_for(finished.wait(), 120)
@@ -154,15 +169,31 @@ async def fleet_round(
         return elapsed, cpu
 
 
-async def shoal_throughput(url: str, n: int, instances: int) -> tuple[float, float]:
+async def shoal_throughput(
+    url: str, n: int, instances: int, secured: ShoalSettings | None = None
+) -> tuple[float, float]:
+    """Tasks/s (wall, CPU); with ``secured`` (the embedded server's admin settings) on the
+    auth-on server, each instance holding its own scoped credentials."""
     prefix = "b" + new_id()[-8:].lower()
     settings = ShoalSettings(nats_url=url, prefix=prefix, data_dir=Path(tempfile.mkdtemp()))
+    credentials: Credentials | None = None
+    if secured is not None:
+        settings = secured.model_copy(update={"prefix": prefix})
+        issuer = InstanceIssuer(KeyStore.for_data_dir(secured.data_dir), settings)
+
+        def credentials(instance: str) -> ShoalSettings:
+            scope = InstanceScope(FLEET, "noop", instance, (CAPABILITY,), ())
+            return settings.model_copy(update={"nats_url": url, "creds": issuer.issue(scope)})
+
     elapsed, cpu = await fleet_round(
         url,
         settings,
         n,
         instances,
-        lambda b: AgentRuntime(b, noop_agent(), concurrency=16, drain_timeout_s=2),
+        lambda b, instance=None: AgentRuntime(
+            b, noop_agent(), instance=instance, concurrency=16, drain_timeout_s=2
+        ),
+        credentials=credentials,
     )
     return n / elapsed, n / cpu
 
@@ -253,11 +284,15 @@ def percentile(values: list[float], p: float) -> float:
 async def main(n: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsProcess(Path(tmp) / "js").start()
+        secured = ShoalSettings(data_dir=Path(tmp) / "secured", principal="bench")
+        embedded = EmbeddedServer(secured)
+        secured_url = embedded.start().url
         try:
             url = server.url
             raw: list[tuple[float, float]] = []
             raw_ev: list[tuple[float, float]] = []
             rates: dict[int, list[tuple[float, float]]] = {1: [], 4: [], 16: []}
+            rates_on: dict[int, list[tuple[float, float]]] = {1: [], 4: [], 16: []}
             latencies: dict[int, list[float]] = {1: [], 4: [], 16: []}
             # Alternating rounds, medians: other processes share the 2 cores. Each rate is
             # also given per second of this process's CPU, which contention moves less.
@@ -266,6 +301,7 @@ async def main(n: int, rounds: int) -> None:
                 raw_ev.append(await raw_ceiling(url, max(n, 20_000), events=True))
                 for k in rates:
                     rates[k].append(await shoal_throughput(url, n, k))
+                    rates_on[k].append(await shoal_throughput(secured_url, n, k, secured))
                     latencies[k].extend(await dispatch_latency(url, k, 100))
             ceiling, ceiling_cpu = medians(raw)
             ev, ev_cpu = medians(raw_ev)
@@ -287,6 +323,15 @@ async def main(n: int, rounds: int) -> None:
                     f"  = {rate / ceiling:4.0%} / {rate_cpu / ceiling_cpu:4.0%} of raw;"
                     f" dispatch p50 {percentile(lat, 50):4.2f} ms p99 {percentile(lat, 99):4.2f} ms"
                 )
+            for k, values in rates_on.items():
+                rate, rate_cpu = medians(values)
+                off, off_cpu = medians(rates[k])
+                print(
+                    f"  auth on (JWT, own creds), {k:>2} instance(s): "
+                    f"{rate:>9,.0f} {rate_cpu:>14,.0f}"
+                    f"  = {rate / off:4.0%} / {rate_cpu / off_cpu:4.0%} of auth off"
+                    " (target: within 5%)"
+                )
             k50, k99 = await kill_latency(url, 200)
             print(
                 f"kill key set -> call refused (operator on another connection): "
@@ -294,6 +339,7 @@ async def main(n: int, rounds: int) -> None:
             )
         finally:
             server.stop()
+            embedded.stop()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "RUNTIME_EXIT",
     "USAGE_EXIT",
+    "AuthorizationFailed",
     "ConfigConflict",
     "ConnectionLost",
     "InvalidEvent",
@@ -117,6 +118,13 @@ class MessageTooLarge(ShoalError):
     """
 
     code = "message_too_large"
+
+
+class AuthorizationFailed(ShoalError):
+    """The server refused the credentials, or the principal lacks the role a command needs."""
+
+    code = "unauthorized"
+    exit_code = USAGE_EXIT
 
 
 class ConfigConflict(ShoalError):

@@ -1,7 +1,8 @@
 """A real 3-node NATS JetStream cluster on loopback, for tests and benchmarks.
 
 The same shape as ``docker-compose.yml``: one cluster name, a unique ``server_name`` per
-node, every node soliciting routes to all three, JetStream with its own store. Each node
+node, every node soliciting routes to all three, JetStream with its own store, and (given
+a key store) JWT auth with a full account resolver on every node. Each node
 gets free client and route ports, so several clusters can run side by side.
 """
 
@@ -22,6 +23,7 @@ import nats
 from nats.errors import Error as NatsError
 from nats.js import api
 
+from shoal.auth import KeyStore, operator_block
 from shoal.ops.server import find_nats_server, free_port, nats_url, port_open
 
 __all__ = ["ClusterNode", "NatsCluster"]
@@ -46,9 +48,10 @@ class ClusterNode:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def config(self, cluster_name: str, routes: list[str]) -> str:
+    def config(self, cluster_name: str, routes: list[str], auth: KeyStore | None = None) -> str:
         # json.dumps quotes strings the way the NATS config parser accepts them.
-        return (
+        block = operator_block(auth, self.home / "accounts") if auth is not None else ""
+        return block + (
             f"server_name: {json.dumps(self.name)}\n"
             f"listen: 127.0.0.1:{self.port}\n"
             f"http: 127.0.0.1:{self.http_port}\n"
@@ -81,10 +84,10 @@ class ClusterNode:
         leader = (jsz.get("meta_cluster") or {}).get("leader")
         return str(leader) if leader else None
 
-    def start(self, cluster_name: str, routes: list[str]) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+    def start(self, cluster_name: str, routes: list[str], auth: KeyStore | None = None) -> None:
+        (self.home / "accounts").mkdir(parents=True, exist_ok=True)
         conf = self.home / "nats-server.conf"
-        conf.write_text(self.config(cluster_name, routes))
+        conf.write_text(self.config(cluster_name, routes, auth))
         with (self.home / "nats-server.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(find_nats_server()), "-c", str(conf)],
@@ -116,6 +119,12 @@ class NatsCluster:
     size: int = 3
     name: str = "shoal"
     nodes: list[ClusterNode] = field(default_factory=list)
+    auth: KeyStore | None = None
+    """With a key store every node runs JWT auth (its operator, accounts, full resolver)."""
+
+    @property
+    def admin_creds(self) -> str | None:
+        return str(self.auth.creds_path("admin")) if self.auth is not None else None
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -145,7 +154,7 @@ class NatsCluster:
         """
         for attempt in range(1, attempts + 1):
             for node in self.nodes:
-                node.start(self.name, self.routes)
+                node.start(self.name, self.routes, self.auth)
             failed = self._wait_for_ports(timeout)
             if failed is None:
                 return self
@@ -209,7 +218,12 @@ class NatsCluster:
             num_replicas=self.size,
             storage=api.StorageType.MEMORY,
         )
-        nc = await nats.connect(self.urls[0], connect_timeout=5, allow_reconnect=False)
+        nc = await nats.connect(
+            self.urls[0],
+            connect_timeout=5,
+            allow_reconnect=False,
+            user_credentials=self.admin_creds,
+        )
         try:
             js = nc.jetstream(timeout=2.0)
             while True:

@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.msg import Msg
+from nats.js import api
 
 from shoal.agents.session import Emitter, Session
 from shoal.bus import Bus
@@ -50,72 +51,67 @@ class Conversation:
         self._asked = 0
         self.subject = bus.subjects.session_events_of_type(session.iid, SessionMessage.short_type())
 
-    async def history(self) -> list[tuple[str, SessionMessage]]:
-        """Every message appended to the session so far, in order, with its event id."""
-        stored = await self.bus.read(self.subject)
-        return [
-            (s.event.id, s.event.data)
-            for s in stored
-            if s.event is not None and isinstance(s.event.data, SessionMessage)
-        ]
+    @contextlib.asynccontextmanager
+    async def _follow(self) -> AsyncIterator[asyncio.Queue[SessionMessage]]:
+        """Every message of the session, from the first one on, then live, in log order.
+
+        One ordered consumer on the event log (history and new messages in one sequence,
+        nothing read twice); its deliveries go to the connection's own inbox, which is all
+        an instance's credentials let it subscribe to.
+        """
+        queue: asyncio.Queue[SessionMessage] = asyncio.Queue()
+        sub = await self.bus.js.subscribe(
+            self.subject,
+            cb=self._into(queue),
+            stream=self.bus.topology.events.name,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        try:
+            yield queue
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def messages(self) -> AsyncIterator[SessionMessage]:
         """Messages (not replies) already sent, then each new one as it arrives."""
-        queue: asyncio.Queue[tuple[str, SessionMessage]] = asyncio.Queue()
-        sub = await self.bus.nc.subscribe(self.subject, cb=self._into(queue))
-        try:
-            seen: set[str] = set()
-            for event_id, message in await self.history():
-                seen.add(event_id)
-                if message.reply_to is None:
-                    yield message
+        async with self._follow() as queue:
             while True:
-                event_id, message = await queue.get()
-                if event_id in seen:  # arrived live while the log was being read
-                    continue
-                seen.add(event_id)
+                message = await queue.get()
                 if message.reply_to is None:
                     yield message
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def ask(self, question: str, *, timeout: float | None = None) -> str:
-        """Ask a person; wait for the reply and return its text (:class:`InputTimeout`)."""
+        """Ask a person; wait for the reply and return its text (:class:`InputTimeout`).
+
+        A reply already on the log (it came while this instance was down) is found at once.
+        """
         self._asked += 1
         qid = question_id(self.session.iid, self._asked, question)
-        queue: asyncio.Queue[tuple[str, SessionMessage]] = asyncio.Queue()
-        sub = await self.bus.nc.subscribe(self.subject, cb=self._into(queue))
-        try:
-            for _, message in await self.history():
-                if message.reply_to == qid:
-                    return message.text
-            asked = SessionAsked(question_id=qid, question=question, timeout_s=timeout)
-            await self.emitter.emit(asked, self.session, id=f"{self.session.iid}-{qid}")
-            return await asyncio.wait_for(self._reply(queue, qid), timeout)
-        except TimeoutError as e:
-            raise InputTimeout(f"no reply to {question!r} within {timeout:g}s") from e
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        asked = SessionAsked(question_id=qid, question=question, timeout_s=timeout)
+        async with self._follow() as queue:
+            try:
+                # Asked again after a restart: the same id, de-duplicated by the stream.
+                await self.emitter.emit(asked, self.session, id=f"{self.session.iid}-{qid}")
+                return await asyncio.wait_for(self._reply(queue, qid), timeout)
+            except TimeoutError as e:
+                raise InputTimeout(f"no reply to {question!r} within {timeout:g}s") from e
 
     @staticmethod
-    async def _reply(queue: asyncio.Queue[tuple[str, SessionMessage]], qid: str) -> str:
+    async def _reply(queue: asyncio.Queue[SessionMessage], qid: str) -> str:
         while True:
-            _, message = await queue.get()
+            message = await queue.get()
             if message.reply_to == qid:
                 return message.text
 
     @staticmethod
-    def _into(
-        queue: asyncio.Queue[tuple[str, SessionMessage]],
-    ) -> Callable[[Msg], Awaitable[None]]:
+    def _into(queue: asyncio.Queue[SessionMessage]) -> Callable[[Msg], Awaitable[None]]:
         async def receive(msg: Msg) -> None:
             try:
                 event = parse_event(msg.data)
             except ShoalError:
                 return  # not a valid event: the core dead-letters it from the log
             if isinstance(event.data, SessionMessage):
-                queue.put_nowait((event.id, event.data))
+                queue.put_nowait(event.data)
 
         return receive

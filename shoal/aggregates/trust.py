@@ -33,6 +33,10 @@ def check_subject(subjects: Subjects, subject: str, ev: CloudEvent) -> None:
             f"subject {subject!r} does not match the event "
             f"(iid {ev.iid!r}, gid {ev.gid!r}, type {ev.type!r})"
         )
+    # Attribution: the broker let only the holder of this identity publish this subject.
+    wrong = subjects.misattributed(parts.publisher, ev.source, ev.fleet, ev.agent, ev.instance)
+    if wrong is not None:
+        raise InvalidEvent(f"forged attribution: {wrong}")
 
 
 def distrust(ev: CloudEvent, instances: dict[str, Instance]) -> str | None:

@@ -31,7 +31,7 @@ from shoal.bus.deadletter import (
 )
 from shoal.bus.settings import ShoalSettings
 from shoal.bus.streams import Topology, provision, provision_object_store
-from shoal.bus.subjects import Subjects
+from shoal.bus.subjects import Subjects, publisher_tokens
 from shoal.bus.tracecontext import with_traceparent
 from shoal.errors import InvalidEvent
 from shoal.schemas import CONTENT_TYPE, CloudEvent, parse_event
@@ -137,8 +137,10 @@ class Bus:
 
     # -- publish ----------------------------------------------------------------------------
     def event_subject(self, event: CloudEvent) -> str:
-        """The event-log subject of ``event``: ``<p>.events.<gid|_>.<iid>.<noun>.<verb>``."""
-        return self.subjects.event(event.gid, event.iid, event.short_type)
+        """The event-log subject of ``event``: ``<p>.events.<gid|_>.<iid>.<noun>.<verb>``
+        followed by its publisher's identity tokens (from ``source``)."""
+        publisher = publisher_tokens(event.source)
+        return self.subjects.event(event.gid, event.iid, event.short_type, publisher)
 
     async def publish(self, event: CloudEvent, subject: str | None = None) -> api.PubAck:
         """Publish one event (to the event log unless ``subject`` says otherwise), await ack."""

@@ -27,6 +27,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 
+from shoal.bus.connectopts import auth_error, connect_options, redact_url
 from shoal.bus.settings import ShoalSettings
 from shoal.errors import ConnectionLost, MessageTooLarge, NatsUnreachable
 
@@ -121,10 +122,12 @@ async def open_connection(
     name: str,
     closed_cb: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
-    """Connect once, fast: an unreachable server is a clear error, not a reconnect loop."""
+    """Connect once, fast: an unreachable server is a clear error, not a reconnect loop;
+    refused credentials are :class:`AuthorizationFailed`, not "no server reachable"."""
 
     nc = ShoalClient()
     established, refused = False, 0
+    seen: list[Exception] = []  # errors of the first connect, to tell a refusal apart
     closing: set[asyncio.Task[None]] = set()  # a reference, so the close is not collected
 
     async def on_error(e: Exception) -> None:
@@ -134,6 +137,8 @@ async def open_connection(
         # the server's config): after a few refusals in a row the connection is closed, as
         # nats.go does, so its owner ends instead of idling (see ConnectionWatch).
         nonlocal refused
+        if not established and len(seen) < 20:
+            seen.append(e)
         if not established or nc.is_connected or AUTH_REFUSED not in str(e).lower():
             return
         refused += 1
@@ -160,13 +165,20 @@ async def open_connection(
         "error_cb": on_error,
         "reconnected_cb": on_reconnected,
         "closed_cb": closed_cb,
+        **connect_options(settings),  # creds, NKey, user/password, token, TLS
     }
     try:
         await nc.connect(servers, **options)
-    except (NoServersError, OSError, TimeoutError) as e:
-        raise NatsUnreachable(f"no NATS server reachable at {url}: {e or type(e).__name__}") from e
-    except nats.errors.Error as e:  # a malformed URL, refused authorization…
-        raise NatsUnreachable(f"cannot connect to {url}: {e}") from e
+    except (NoServersError, OSError, TimeoutError, nats.errors.Error) as e:
+        refusal = auth_error(url, [*seen, e])
+        if refusal is not None:
+            raise refusal from e
+        shown = redact_url(url)  # never a password in a message
+        if isinstance(e, NoServersError | OSError | TimeoutError):
+            raise NatsUnreachable(
+                f"no NATS server reachable at {shown}: {e or type(e).__name__}"
+            ) from e
+        raise NatsUnreachable(f"cannot connect to {shown}: {e}") from e  # a malformed URL…
     # Once connected, ride out outages: a restarted server must not end a long-running
     # process; operations that fail meanwhile raise and are reported where they happen.
     nc.options["max_reconnect_attempts"] = -1

@@ -39,6 +39,37 @@ class ShoalSettings(BaseSettings):
         validation_alias=AliasChoices("NATS_URL", "SHOAL_NATS_URL", "nats_url"),
         description="An existing NATS server or cluster; unset means the embedded server.",
     )
+    # -- authentication (the nats CLI's variables; secrets never printed) -----------------
+    creds: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NATS_CREDS", "SHOAL_CREDS", "creds"),
+        description="NATS credentials file (user JWT + seed); the embedded default: admin.",
+    )
+    nkey: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NATS_NKEY", "nkey"),
+        description="File holding an NKey user seed.",
+    )
+    nats_user: str | None = Field(
+        default=None, validation_alias=AliasChoices("NATS_USER", "nats_user")
+    )
+    nats_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("NATS_PASSWORD", "nats_password")
+    )
+    nats_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("NATS_TOKEN", "nats_token")
+    )
+    tls_ca: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NATS_CA", "tls_ca"),
+        description="CA certificate(s) to verify the server (turns TLS on).",
+    )
+    tls_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NATS_CERT", "tls_cert"),
+        description="Client certificate for mutual TLS (with NATS_KEY).",
+    )
+    tls_key: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_KEY", "tls_key"))
     data_dir: Path = Field(default=Path(".shoal"), description="Local state: embedded store, DBs.")
     prefix: str = Field(default=DEFAULT_PREFIX, description="First token of every subject.")
     stream_replicas: int = Field(default=1, ge=1, le=5, description="R1 embedded, R3 cluster.")
@@ -82,6 +113,10 @@ class ShoalSettings(BaseSettings):
     )
     model_api_key: str | None = Field(default=None, description="Bearer key for model_base_url.")
     model_name: str | None = Field(default=None, description="Model served at model_base_url.")
+    export_root: Path | None = Field(
+        default=None,
+        description="The query service exports Parquet only under this (default: its cwd).",
+    )
     workspace_dir: Path | None = Field(
         default=None, description="Root of the sandboxed file tools (default <data_dir>/workspace)."
     )
@@ -183,6 +218,11 @@ class ShoalSettings(BaseSettings):
         # NATS_URL= (set but empty) means "no external server", as unset does.
         return value.strip() or None if value is not None else None
 
+    @field_validator("creds", "nkey", "tls_ca", "tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator(
         "otel_endpoint", "otel_traces_endpoint", "otel_metrics_endpoint", "otel_service_name"
     )
@@ -213,6 +253,18 @@ class ShoalSettings(BaseSettings):
     def embedded(self) -> bool:
         """True when shoal runs (or reuses) its own nats-server."""
         return self.nats_url is None
+
+    @property
+    def effective_creds(self) -> Path | None:
+        """``NATS_CREDS`` if given; on the embedded server, the local admin's credentials
+        (``<data_dir>/auth/creds/admin.creds``, written when the server first starts)."""
+        if self.creds:
+            return self.creds
+        if self.embedded and not (self.nkey or self.nats_user or self.nats_token):
+            local = self.data_dir.resolve() / "auth" / "creds" / "admin.creds"
+            if local.is_file():
+                return local
+        return None
 
     @property
     def store_dir(self) -> Path:

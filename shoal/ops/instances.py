@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -24,7 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.auth import InstanceScope, KeyStore
+from shoal.auth.issuer import InstanceIssuer
 from shoal.bus import ShoalSettings
+from shoal.errors import ShoalError
+from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = [
     "Launch",
@@ -32,6 +38,9 @@ __all__ = [
     "bytecode_cache_dir",
     "instance_command",
     "instance_env",
+    "mint",
+    "own_settings",
+    "scoped_env",
     "signal_process",
     "spawn",
     "tail_line",
@@ -112,6 +121,71 @@ def instance_env(settings: ShoalSettings, url: str) -> dict[str, str]:
         # lives apart, in the user's cache directory, shared by every start that follows.
         env.setdefault("PYTHONPYCACHEPREFIX", str(bytecode_cache_dir(env)))
     return env
+
+
+def scoped_env(env: dict[str, str], launch: Launch, settings: ShoalSettings) -> dict[str, str]:
+    """``env`` with ``NATS_CREDS`` naming credentials minted for this one instance.
+
+    Only when this supervisor connects with credentials of the key store in its data dir
+    (the local installation) can it sign them; otherwise instances inherit ``env`` as is.
+    The secret travels as a 0600 file's path, never on the command line.
+    """
+    path = mint(
+        settings, launch.fleet, launch.agent, launch.target, launch.instance, launch.manifest
+    )
+    return env if path is None else {**env, "NATS_CREDS": str(path)}
+
+
+def own_settings(
+    settings: ShoalSettings, fleet: str, agent: str, target: str | None, instance: str
+) -> ShoalSettings:
+    """For ``shoal agent run`` by the local admin: the instance connects as itself."""
+    path = mint(settings, fleet, agent, target, instance) if settings.creds is None else None
+    return settings if path is None else settings.model_copy(update={"creds": path})
+
+
+def mint(
+    settings: ShoalSettings,
+    fleet: str,
+    agent: str,
+    target: str | None,
+    instance: str,
+    manifest: Path | None = None,
+) -> Path | None:
+    """Credentials for one instance, if these settings connect with the local key store's
+    credentials (so this process may sign them); None elsewhere. ``manifest`` is a fleet
+    spec's override of the declared manifest (its delegations then apply)."""
+    store = KeyStore.for_data_dir(settings.data_dir)
+    creds = settings.effective_creds
+    if creds is None or not store.exists or not creds.resolve().is_relative_to(store.home):
+        return None
+    scope = instance_scope(fleet, agent, target, instance)
+    if manifest is not None:
+        try:
+            delegates = CapabilityManifest.model_validate_json(manifest.read_text()).delegates
+        except (OSError, ValueError):
+            delegates = ()  # unreadable: it may delegate nothing
+        scope = dataclasses.replace(scope, delegates=delegates)
+    return InstanceIssuer(store, settings).issue(scope)
+
+
+def instance_scope(fleet: str, agent: str, target: str | None, instance: str) -> InstanceScope:
+    """What an instance of ``target`` may do: its capabilities and manifest's delegations."""
+    try:
+        declared = _declared(fleet, agent, target)
+    except ShoalError:
+        return InstanceScope(fleet, agent, instance, ())  # it cannot start either: no rights
+    return InstanceScope(fleet, agent, instance, *declared)
+
+
+@functools.lru_cache(maxsize=256)
+def _declared(
+    fleet: str, agent: str, target: str | None
+) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    from shoal.agents.serve import resolve_agent
+
+    found = resolve_agent(fleet, agent, target)
+    return tuple(found.capabilities), found.manifest.delegates
 
 
 def bytecode_cache_dir(env: dict[str, str]) -> Path:

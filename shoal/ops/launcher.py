@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal.bus import Bus, presence_key
-from shoal.ops.instances import Launch, Launcher, signal_process, spawn, tail_line
+from shoal.ops.instances import (
+    Launch,
+    Launcher,
+    scoped_env,
+    signal_process,
+    spawn,
+    tail_line,
+)
 from shoal.ops.slots import HeldSlot
 from shoal.schemas import AgentCrashLooping, CloudEvent, new_id
 from shoal.schemas.fleet import DesiredAgent
@@ -87,7 +94,8 @@ class InstanceLauncher:
                 supervisor=self.supervisor_id,
                 manifest=manifest,
             )
-            slot.proc = spawn(self.launcher(launch), self.env, self.log_path(slot))
+            env = scoped_env(self.env, launch, self.bus.settings)  # its own credentials
+            slot.proc = spawn(self.launcher(launch), env, self.log_path(slot))
         except OSError as e:
             self.crashed(slot, time.monotonic(), None, f"cannot start: {e}")
             return

@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from nats.js.errors import NotFoundError
 
+from shoal.auth import KeyStore
 from shoal.bus import Bus, ShoalSettings
+from shoal.bus.connectopts import redact_url
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.health import Health, check_health, server_version
 from shoal.ops.server import EmbeddedServer
-from shoal.ops.services import LOCAL_SERVICES, gateway_urls
+from shoal.ops.services import LOCAL_SERVICES, WARDEN, gateway_urls
 
 __all__ = ["PlatformStatus", "StreamStatus", "UpResult", "down", "status", "up"]
 
@@ -63,11 +65,14 @@ async def up(settings: ShoalSettings, *, services: bool = True) -> UpResult:
         created = await bus.provision()
     pids: dict[str, int] = {}
     started_services: list[str] = []
+    keys = KeyStore.for_data_dir(settings.data_dir).exists
     for service in LOCAL_SERVICES if services else ():
+        if service is WARDEN and not keys:
+            continue  # nothing to revoke with: the key store lives elsewhere
         pids[service.name], fresh = service.start(settings, url)
         if fresh:
             started_services.append(service.name)
-    return UpResult(url, started, created, pids, started_services)
+    return UpResult(redact_url(url), started, created, pids, started_services)
 
 
 def down(settings: ShoalSettings) -> tuple[list[str], bool]:
@@ -95,7 +100,7 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
         health = await check_health(bus)
         return PlatformStatus(
             health=health,
-            url=url,
+            url=redact_url(url),
             embedded=settings.embedded,
             server_version=server_version(bus),
             memory_bytes=account.memory,

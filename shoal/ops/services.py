@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.auth import local_creds
 from shoal.bus import ShoalSettings
+from shoal.bus.connectopts import redact_url
 from shoal.ops.instances import instance_env
 from shoal.ops.server import pid_alive
 
@@ -35,6 +37,7 @@ __all__ = [
     "LOCAL_SERVICES",
     "QUERY",
     "SUPERVISOR",
+    "WARDEN",
     "LocalService",
     "gateway_urls",
     "write_gateway_urls",
@@ -74,18 +77,25 @@ class LocalService:
         pid = self.pid(settings)
         if pid is not None:
             return pid, False
-        self.home(settings).mkdir(parents=True, exist_ok=True)
-        with self.log_path(settings).open("ab") as log:
+        self.home(settings).mkdir(mode=0o700, parents=True, exist_ok=True)
+        env = instance_env(settings, url)
+        creds = local_creds(settings, self.name) if settings.embedded else None
+        if creds is not None:  # its own user, by file path (never the secret itself)
+            env["NATS_CREDS"] = str(creds)
+        log_fd = os.open(self.log_path(settings), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             proc = subprocess.Popen(
                 self.argv(),
-                env=instance_env(settings, url),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        record = {"pid": proc.pid, "started": _start_time(proc.pid), "url": url}
-        self.record_path(settings).write_text(json.dumps(record))
+        record = {"pid": proc.pid, "started": _start_time(proc.pid), "url": redact_url(url)}
+        fd = os.open(self.record_path(settings), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record))
         return proc.pid, True
 
     def stop(self, settings: ShoalSettings, timeout: float = 15.0) -> int | None:
@@ -120,7 +130,9 @@ QUERY = LocalService("query", ("projections", "serve"))
 SUPERVISOR = LocalService("supervisor", ("supervisor",))
 GATEWAY = LocalService("gateway", ("gateway",))
 CONSOLE = LocalService("console", ("console",))
-LOCAL_SERVICES = (CORE, QUERY, GATEWAY, SUPERVISOR, CONSOLE)
+WARDEN = LocalService("warden", ("auth", "warden"))
+"""Revokes killed instances' credentials; runs where the key store lives (embedded)."""
+LOCAL_SERVICES = (CORE, QUERY, GATEWAY, SUPERVISOR, WARDEN, CONSOLE)
 """In start order; ``shoal down`` stops them in reverse."""
 
 

@@ -49,6 +49,8 @@ __all__ = [
 log = logging.getLogger("shoal.projections")
 
 MICRO_NAME = "shoal-query"
+REBUILT_NAME = "projections.rebuild.duckdb"
+"""The one file ``swap`` accepts: the rebuild's output beside the live database."""
 SERVICE_ENDPOINTS = (*NAMED_QUERIES, "sql", "status", "sync", "export", "swap")
 
 _ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
@@ -84,13 +86,25 @@ class QueryService:
         handlers["status"] = lambda _: self.host.status()
         handlers["sync"] = lambda _: asdict(self.host.sync())
         handlers["export"] = lambda body: [
-            t.model_dump() for t in export_parquet(ds(), Path(str(body.get("directory", ""))))
+            t.model_dump() for t in export_parquet(ds(), self._export_dir(body))
         ]
         handlers["swap"] = lambda body: self._swap(Path(str(body.get("path", ""))))
         return handlers
 
+    def _export_dir(self, body: dict[str, Any]) -> Path:
+        """The requested directory, if under the export root (never anywhere the caller says)."""
+        root = (self.settings.export_root or Path.cwd()).resolve()
+        wanted = (root / str(body.get("directory") or ".")).resolve()
+        if not wanted.is_relative_to(root):
+            raise Refused(f"export writes only under {root} (SHOAL_EXPORT_ROOT), not {wanted}")
+        return wanted
+
     def _swap(self, path: Path) -> dict[str, Any]:
-        if not path.is_absolute() or not path.exists():
+        # Only a file named as ``shoal projections rebuild`` writes it, in the data dir.
+        root = self.settings.data_dir.resolve()
+        if path.name != REBUILT_NAME or not path.resolve().is_relative_to(root):
+            raise Refused(f"swap takes only a rebuilt database ({REBUILT_NAME}) under {root}")
+        if not path.exists():
             raise NotFound(f"no rebuilt database at {path}")
         self.host.swap(path)
         return self.host.status()

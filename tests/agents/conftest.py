@@ -70,3 +70,32 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> flo
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.0005)
     return time.monotonic() - started
+
+
+async def shout_goal(
+    bus: Bus, items: list[str], fleet: str = "wire"
+) -> tuple[CloudEvent, list[Stored]]:
+    """Run an orchestrator that plans one ``shout`` task per item, submit a goal of
+    ``items`` and return it with its events once it completed or failed (the worker is the
+    test's: a plain nats-py process)."""
+    from shoal.agents import AgentRuntime, CapabilityManifest
+    from shoal.agents.orchestrator import ModelPlanner, orchestrator
+    from shoal.ops.goals import build_goal, submit_goal
+
+    boss = orchestrator(
+        fleet,
+        planner=ModelPlanner("shout", input_key="text"),
+        manifest=CapabilityManifest(models=("offline-small",), delegates=("shout",)),
+        task_timeout_s=30,
+    )
+    goal = build_goal(fleet, "Shout these", principal="tester", inputs={"items": items})
+    assert goal.gid is not None
+    async with AgentRuntime(bus, boss).running():
+        await submit_goal(bus, goal)
+        events = await wait_events(
+            bus,
+            bus.subjects.goal_events(goal.gid),
+            lambda e: len(of_type(e, "goal.completed")) + len(of_type(e, "goal.failed")) > 0,
+            timeout=30,
+        )
+    return goal, events

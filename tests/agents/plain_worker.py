@@ -1,12 +1,15 @@
 """A worker in plain nats-py, written from docs/agents.md only: it imports nothing of shoal.
 
 Usage: ``python plain_worker.py NATS_URL PREFIX FLEET CAPABILITY COUNT`` — takes COUNT tasks,
-answers each with ``{"text": input.text upper-cased}``, prints a JSON line, exits 0.
+answers each with ``{"text": input.text upper-cased}``, prints a JSON line, exits 0. On a
+secured server it connects with the creds file in ``NATS_CREDS`` (``shoal auth enroll``) as
+the instance in ``SHOAL_INSTANCE``, the one its credentials were issued for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -42,13 +45,27 @@ def event(
     return out
 
 
+def own_inbox(creds: str | None) -> str:
+    """The reply inbox these credentials may subscribe to: ``_INBOX.<user public key>``."""
+    if creds is None:
+        return "_INBOX"
+    with open(creds) as f:
+        token = next(line.strip() for line in f if line.count(".") == 2)
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return f"_INBOX.{claims['sub']}"
+
+
 async def main(url: str, prefix: str, fleet: str, capability: str, count: int) -> int:
-    nc = await nats.connect(url, connect_timeout=2)
+    creds = os.environ.get("NATS_CREDS") or None
+    nc = await nats.connect(
+        url, connect_timeout=2, user_credentials=creds, inbox_prefix=own_inbox(creds)
+    )
     js = nc.jetstream(timeout=5)
     stream = prefix.upper().replace("-", "_") + "_TASKS"
     subject = f"{prefix}.tasks.{fleet}.{capability}"
     durable = f"{fleet}_{capability}"
-    instance = uuid.uuid4().hex
+    instance = os.environ.get("SHOAL_INSTANCE") or uuid.uuid4().hex
     try:
         await js.consumer_info(stream, durable)  # bind to the fleet's consumer if it exists
     except nats.js.errors.NotFoundError:
@@ -72,9 +89,10 @@ async def main(url: str, prefix: str, fleet: str, capability: str, count: int) -
         gid = ev.get("gid", "_")
         short = type_.removeprefix("shoal.")
         headers = {"Nats-Msg-Id": ev["id"], "content-type": "application/cloudevents+json"}
-        await js.publish(
-            f"{prefix}.events.{gid}.{ev['iid']}.{short}", json.dumps(ev).encode(), headers=headers
-        )
+        # The subject ends in the publisher's identity: agent.<fleet>.<agent>.<instance>.
+        me = f"agent.{fleet}.plain-worker.{instance}"
+        subject = f"{prefix}.events.{gid}.{ev['iid']}.{short}.{me}"
+        await js.publish(subject, json.dumps(ev).encode(), headers=headers)
 
     handled = 0
     deadline = time.monotonic() + 30

@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.agents import AgentRuntime, CapabilityManifest
-from shoal.agents.orchestrator import ModelPlanner, orchestrator
 from shoal.bus import Bus
-from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas import GoalCompleted, GoalPlanned
-from tests.agents.conftest import of_type, wait_events
+from tests.agents.conftest import of_type, shout_goal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,24 +39,7 @@ async def test_plain_nats_worker_takes_tasks_and_orchestrator_accepts_results(bu
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    boss = orchestrator(
-        "wire",
-        planner=ModelPlanner("shout", input_key="text"),
-        manifest=CapabilityManifest(models=("offline-small",), delegates=("shout",)),
-        task_timeout_s=30,
-    )
-    goal = build_goal(
-        "wire", "Shout these", principal="tester", inputs={"items": ["hello", "nats", "world"]}
-    )
-    assert goal.gid is not None
-    async with AgentRuntime(bus, boss).running():
-        await submit_goal(bus, goal)
-        events = await wait_events(
-            bus,
-            bus.subjects.goal_events(goal.gid),
-            lambda e: len(of_type(e, "goal.completed")) + len(of_type(e, "goal.failed")) > 0,
-            timeout=30,
-        )
+    goal, events = await shout_goal(bus, ["hello", "nats", "world"])
     out, err = await asyncio.wait_for(worker.communicate(), 30)
     assert worker.returncode == 0, err.decode()
     report = json.loads(out.decode().strip().splitlines()[-1])

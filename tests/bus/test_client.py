@@ -42,7 +42,7 @@ async def test_event_lands_on_the_subject_of_its_gid_iid_and_type(bus: Bus) -> N
     event = CloudEvent.new(ToolCalled(call_id="c", tool="read_file"), iid="I", gid="G", source="s")
     await bus.publish(event)
     (stored,) = await bus.session_events("I")
-    assert stored.subject == f"{bus.settings.prefix}.events.G.I.tool.called"
+    assert stored.subject == f"{bus.settings.prefix}.events.G.I.tool.called.other"
 
 
 async def test_record_puts_the_same_event_on_the_log_and_the_work_subject(bus: Bus) -> None:

@@ -58,7 +58,14 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert code == 0
     first = json.loads(out)
     assert first["started"] is True and "SHOAL_EVENTS" in first["created"]
-    assert first["started_services"] == ["core", "query", "gateway", "supervisor", "console"]
+    assert first["started_services"] == [
+        "core",
+        "query",
+        "gateway",
+        "supervisor",
+        "warden",
+        "console",
+    ]
     assert all(pid_alive(pid) for pid in first["services"].values())
     code, out, _ = shoal(embedded, "up", "--json")
     again = json.loads(out)
@@ -80,6 +87,7 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
         0,
         [
             "console stopped",
+            "warden stopped",
             "supervisor stopped",
             "gateway stopped",
             "query stopped",

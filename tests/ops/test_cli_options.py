@@ -66,6 +66,9 @@ NAMES |= {"--origin"}
 
 FREE = {"--reason", "--detail", "--signal", "--target", "--id", "--supervisor", "--version"}
 FREE |= {"--consumer", "--agent", "--iid", "--gid"}
+# shoal auth: paths, a role, sizes and capabilities, each checked by the command itself.
+FREE |= {"--creds", "--role", "--out", "--capability", "--delegate", "--disk", "--memory"}
+FREE |= {"--streams"}
 """Free text, or names whose unknown value is a valid (empty) answer."""
 
 ARGS: dict[str, list[str]] = {

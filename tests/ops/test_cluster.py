@@ -19,6 +19,7 @@ import pytest
 from nats.js.api import PubAck
 from nats.js.errors import BadRequestError
 
+from shoal.auth import bootstrap
 from shoal.bus import Bus, ShoalSettings, Stored
 from shoal.schemas import CloudEvent
 from shoal.schemas.events import ModelCalled
@@ -32,7 +33,8 @@ GID = "01JCLUSTERGOAL"
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path / "cluster", name="shoal-test").start()
+    keys = bootstrap(ShoalSettings(data_dir=tmp_path / "data", principal="tester"))
+    nodes = NatsCluster(tmp_path / "cluster", name="shoal-test", auth=keys).start()
     try:
         await nodes.wait_for_placement()
         yield nodes
@@ -41,8 +43,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
 
 
 def cluster_settings(url: str, tmp_path: Path, prefix: str) -> ShoalSettings:
+    """The admin of the cluster's key store (authentication is on, as in production)."""
     return ShoalSettings(
         nats_url=url,
+        creds=tmp_path / "data" / "auth" / "creds" / "admin.creds",
         stream_replicas=3,
         prefix=prefix,
         data_dir=tmp_path / "data",
@@ -273,3 +277,40 @@ async def test_killing_the_stream_leader_loses_no_acknowledged_event(
     assert info.cluster is not None and info.cluster.replicas is not None
     assert info.cluster.leader not in (None, victim)
     assert {p.name: p.current for p in info.cluster.replicas}[victim] is False
+
+
+async def test_every_node_refuses_anonymous_and_a_revocation_reaches_every_node(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    import nats as nats_client
+
+    from shoal.auth import SYSTEM_USER, KeyStore
+    from shoal.auth.warden import push_account
+
+    for url in cluster.urls:
+        with pytest.raises(nats_client.errors.Error, match="Authorization Violation"):
+            await nats_client.connect(url, allow_reconnect=False, connect_timeout=2)
+    store = KeyStore.for_data_dir(tmp_path / "data")
+    issued = store.issue("victim", None)
+    victim = store.write_creds(issued, tmp_path / "victim.creds")
+    for url in cluster.urls:
+        nc = await nats_client.connect(url, user_credentials=str(victim), allow_reconnect=False)
+        await nc.close()
+    sys_nc = await nats_client.connect(
+        cluster.urls[0], user_credentials=str(store.creds_path(SYSTEM_USER))
+    )
+    await push_account(sys_nc, store.revoke([issued.public]), 5.0)  # to node 1 only
+    await sys_nc.close()
+    for url in cluster.urls:
+        for _ in range(50):  # the full resolvers pass the update on within moments
+            try:
+                nc = await nats_client.connect(
+                    url, user_credentials=str(victim), allow_reconnect=False
+                )
+            except nats_client.errors.Error as e:
+                assert "Authorization Violation" in str(e)
+                break
+            await nc.close()
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"{url} still accepts revoked credentials")

@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import nats
 import pytest
@@ -194,3 +195,26 @@ async def test_the_demo_summary_shows_cost_by_agent_and_model_and_per_success(
     assert "cost per successful outcome (USD)" in text
     assert f"{cost.total_usd:.6f}" in text
     assert f"{success.total.cost_per_success_usd:.6f}" in text
+
+
+async def test_export_writes_only_under_the_export_root(service: Running, tmp_path: Path) -> None:
+    root = Path.cwd().resolve()
+    outside = tmp_path / "elsewhere"
+    with pytest.raises(Refused) as refused:
+        await service.client.ask("export", {"directory": str(outside)})
+    assert str(refused.value) == (
+        f"export writes only under {root} (SHOAL_EXPORT_ROOT), not {outside.resolve()}"
+    )
+    assert not outside.exists()
+
+
+async def test_swap_takes_only_the_rebuilt_file_in_the_data_dir(
+    service: Running, tmp_path: Path
+) -> None:
+    before = await service.client.query("cost", {"by": ["fleet"]})
+    forged = tmp_path / "projections.rebuild.duckdb"
+    forged.write_bytes(b"not a database")
+    with pytest.raises(Refused, match="swap takes only a rebuilt database"):
+        await service.client.ask("swap", {"path": str(forged)})
+    assert forged.exists()
+    assert await service.client.query("cost", {"by": ["fleet"]}) == before

@@ -21,6 +21,7 @@ from shoal.aggregates.application import ShoalCore
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import CoreProcessor, RawMessage
 from shoal.bus import Subjects
+from shoal.bus.subjects import publisher_tokens
 from shoal.schemas import (
     AgentStarted,
     ApprovalGranted,
@@ -313,7 +314,9 @@ def ingest(
         if limit is not None and seq - start_seq + 1 >= limit:
             break
         seq += 1
-        subject = subjects.event(event.gid, event.iid, event.short_type)
+        subject = subjects.event(
+            event.gid, event.iid, event.short_type, publisher_tokens(event.source)
+        )
         pending.append(RawMessage(seq, subject, event.to_json()))
         if len(pending) >= batch:
             commit()

@@ -56,6 +56,10 @@ def _root(
     prefix: Annotated[
         str | None, typer.Option("--prefix", envvar="SHOAL_PREFIX", help="Subject prefix.")
     ] = None,
+    creds: Annotated[
+        Path | None,
+        typer.Option("--creds", envvar="NATS_CREDS", help="NATS credentials file to connect with."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", "-o json", help="JSON output (any position).")
     ] = False,
@@ -77,6 +81,7 @@ def _root(
         nats_url=nats_url,
         data_dir=data_dir,
         prefix=prefix,
+        creds=creds,
         as_json=as_json,
         debug=debug,
         timeout=timeout,

@@ -59,6 +59,7 @@ def make_cli(
     data_dir: Path | None,
     prefix: str | None,
     as_json: bool,
+    creds: Path | None = None,
     debug: bool,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Cli:
@@ -79,6 +80,8 @@ def make_cli(
         overrides["data_dir"] = data_dir
     if prefix:
         overrides["prefix"] = prefix
+    if creds:
+        overrides["creds"] = creds
     try:
         settings = ShoalSettings(**overrides)
     except ValidationError as e:
@@ -91,6 +94,12 @@ def make_cli(
                 "connect_timeout": min(settings.connect_timeout, timeout),
             }
         )
+    from shoal.auth.roles import caller_of
+
+    caller = caller_of(settings)
+    if caller is not None and caller.role != "admin" and caller.principal != settings.principal:
+        # A viewer or operator acts as the principal its credentials name, nobody else.
+        settings = settings.model_copy(update={"principal": caller.principal})
     out = Console(highlight=False, soft_wrap=True)
     return Cli(settings, as_json, debug, out, err, timeout)
 

@@ -99,6 +99,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "outcome": ("outcome", "govern", "Report outcomes of sessions."),
     "policy": ("policy", "govern", "Apply, test and show policies."),
     "keys": ("gateway", "govern", "Gateway keys: create, list, revoke."),
+    "auth": (
+        "auth",
+        "govern",
+        "Credentials: operators (viewer/operator/admin), enrollment, revoke.",
+    ),
     "approvals": ("approvals", "govern", "Pending approvals: list, show, grant, deny."),
     "fleet": ("fleet", "fleet", "Declare, scale, upgrade and inspect fleets."),
     "cost": ("cost", "data", "Server-side cost of model calls, grouped (default: by model)."),

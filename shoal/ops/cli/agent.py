@@ -14,6 +14,8 @@ import typer
 
 from shoal.agents.serve import run_instance
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.instances import own_settings
+from shoal.schemas import new_id
 
 agent_app = typer.Typer(help="Run agent instances.", no_args_is_help=True)
 
@@ -55,10 +57,11 @@ def run_cmd(
 ) -> None:
     """Run one instance until SIGTERM/SIGINT (graceful drain, exit 0) or an instance kill."""
     c = cli(ctx, as_json)
+    instance = instance or new_id()
     reason = run(
         c,
         run_instance(
-            c.settings,
+            own_settings(c.settings, fleet, agent, target, instance),  # its own creds
             fleet,
             agent,
             target=target,

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from shoal.errors import InvalidOption
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.policy import Approvals, ApprovalState
 
@@ -120,6 +121,7 @@ def show(ctx: typer.Context, approval: IdArgument, as_json: JsonOption = False) 
 
 def _decide(ctx: typer.Context, approval: str, grant: bool, reason: str, as_json: bool) -> None:
     c = cli(ctx, as_json)
+    require_role(c, "operator", "approvals.grant" if grant else "approvals.deny", approval)
 
     async def _go() -> ApprovalState:
         async with open_bus(c.settings) as bus:

@@ -16,6 +16,7 @@ from shoal.bus import Bus
 from shoal.errors import InvalidOption, InvalidSpec, Refused
 from shoal.ops import fleets as ops
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, require_store, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.schemas.fleet import FleetDesired, FleetSpec
 
@@ -40,6 +41,8 @@ WaitTimeout = Annotated[
 def _with_app(
     c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]], *, bounded: bool = True
 ) -> T:
+    require_role(c, "operator", "fleet")  # every fleet command that changes desired state
+
     async def _run() -> T:
         app = ops.open_fleet_app(c.settings)
         try:

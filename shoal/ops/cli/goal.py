@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.ops.goals import build_goal, parse_inputs, submit_goal
 
@@ -35,6 +36,7 @@ def submit(
     The fleet must be declared (``fleet apply``) or running, unless --wait-for-fleet.
     """
     c = cli(ctx, as_json)
+    require_role(c, "operator", "goal.submit", fleet)
 
     async def _submit() -> tuple[str, str, int]:
         event = build_goal(

@@ -11,6 +11,7 @@ from rich.table import Table
 from shoal.bus import KillScope, KillSwitch
 from shoal.ops import kill as ops
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 
 
@@ -88,6 +89,7 @@ def kill(
         _list(c)
         return
     scope, name = _scope(c, instance, session, goal, fleet, tool, model, principal, all_, mcp)
+    require_role(c, "operator", f"kill.{scope}", name or "all")
     body = ops.kill_with_retry(
         c.settings,
         scope,
@@ -152,6 +154,7 @@ def unkill(
     """Lift a kill switch (a killed instance's slot or fleet is started again)."""
     c = cli(ctx, as_json)
     scope, name = _scope(c, instance, session, goal, fleet, tool, model, principal, all_, mcp)
+    require_role(c, "operator", f"unkill.{scope}", name or "all")
 
     async def body() -> KillSwitch:
         async with open_bus(c.settings, name="shoal-kill") as bus:

@@ -9,6 +9,7 @@ import typer
 from shoal.bus import Bus
 from shoal.errors import NotFound
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.schemas import CloudEvent, OutcomeReported
 
@@ -58,6 +59,7 @@ def report(
 ) -> None:
     """Publish ``outcome.reported``; the core records it on the session and its goal."""
     c = cli(ctx, as_json)
+    require_role(c, "operator", "outcome.report", iid)
     if outcome not in ("success", "failure", "abandoned"):
         c.err.print(f"[red]error:[/] --outcome {outcome!r} must be success, failure or abandoned")
         raise typer.Exit(2)

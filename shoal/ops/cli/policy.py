@@ -10,6 +10,7 @@ import typer
 
 from shoal.errors import InvalidEvent
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.policy import AppliedPolicy, CallFacts, apply_policy, compile_policy, policy_key
 from shoal.policy.engine import InvalidPolicy
@@ -78,6 +79,7 @@ def apply(
 ) -> None:
     """Validate FILE and make it the fleet's (or the global) policy; record who and why."""
     c = cli(ctx, as_json)
+    require_role(c, "operator", "policy.apply", fleet or "global")
 
     async def _apply() -> tuple[AppliedPolicy, Any]:
         text = read_policy(file)

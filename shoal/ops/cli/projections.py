@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from shoal.errors import NatsUnreachable, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, require_store, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.cli.cost import DbOption, open_local
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.projections.client import QueryClient
@@ -92,6 +93,7 @@ def rebuild_cmd(
     from shoal.projections.rebuild import rebuild
 
     c = cli(ctx, as_json)
+    require_role(c, "admin", "projections.rebuild")
     require_store(c.settings)
     live = projection_path(c.settings)
     target = (
@@ -182,6 +184,7 @@ def parquet(
 ) -> None:
     """Write every table as Parquet (by the query service, on its host; or from --db)."""
     c = cli(ctx, as_json)
+    require_role(c, "admin", "projections.export", str(directory))
     target = directory.resolve()
 
     async def _export() -> list[dict[str, Any]]:
