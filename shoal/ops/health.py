@@ -125,9 +125,11 @@ async def _last_lease_renewal(bus: Bus) -> datetime | None:
     from shoal.bus import Lease
     from shoal.ops.fleets import kv_snapshot
 
-    entries = await kv_snapshot(
-        await bus.kv(bus.topology.leases.name), timeout=bus.settings.request_timeout
-    )
+    try:
+        leases = await bus.kv(bus.topology.leases.name)
+    except NotFoundError:  # never provisioned here: no supervisor ever ran
+        return None
+    entries = await kv_snapshot(leases, timeout=bus.settings.request_timeout)
     renewed = []
     for entry in entries.values():
         try:  # the bucket also holds other records (a supervisor's own): leases only
