@@ -93,6 +93,11 @@ class TaskRunner:
             await self._reject(msg, f"invalid input: {describe_validation_error(e)}", event)
             return
         session = self._session(event, data.budget_usd)
+        # A recorded completion wins: checked before the attempt count, so the death of the
+        # last attempt's instance between reporting and acking is not turned into a failure.
+        if attempt > 1 and await self._already_completed(event):
+            await msg.ack()
+            return
         if attempt > settings.task_max_deliver:
             # The previous (last) attempt died with its instance: record the end.
             await self._fail(
@@ -104,9 +109,6 @@ class TaskRunner:
                 "the instance running the last attempt was lost",
                 final=True,
             )
-            return
-        if attempt > 1 and await self._already_completed(event):
-            await msg.ack()
             return
         with self._invoke_agent(msg, event, session, data.capability, attempt) as call:
             await self._run_task(call, msg, session, data, handler, task_input, attempt)
