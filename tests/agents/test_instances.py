@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = "tests.agents.workers:counter_agent"
 
 
-def start_instance(settings: ShoalSettings, instance: str, *extra: str) -> subprocess.Popen[bytes]:
+def start_instance(
+    settings: ShoalSettings, instance: str, *extra: str, target: str = TARGET
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "NATS_URL": settings.nats_url or "",
@@ -44,7 +47,7 @@ def start_instance(settings: ShoalSettings, instance: str, *extra: str) -> subpr
             "load",
             "counter",
             "--target",
-            TARGET,
+            target,
             "--instance",
             instance,
             "--concurrency",
@@ -160,6 +163,52 @@ async def test_sigkill_of_one_instance_mid_run_loses_no_task(
     assert "w1" not in finishers
     info = await bus.js.consumer_info(bus.topology.tasks.name, "load_count")
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_a_completion_whose_instance_died_before_the_ack_stays_the_only_outcome(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    target = "tests.agents.workers:dies_after_completing_agent"
+    procs = [start_instance(settings, f"d{i}", target=target) for i in range(2)]
+    try:
+        await wait_present(bus, 2)
+        (iid,) = await publish_tasks(bus, 1, sleep_ms=0)
+        victim = await asyncio.to_thread(_first_exit, procs, 30.0)
+        assert victim.returncode == -signal.SIGKILL  # after the last attempt's task.completed
+        consumer = "load_count"
+        for _ in range(300):  # ack wait (2 s) brings the redelivery to the survivor
+            info = await bus.js.consumer_info(bus.topology.tasks.name, consumer)
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                break
+            await asyncio.sleep(0.05)
+        assert (info.num_pending, info.num_ack_pending) == (0, 0)
+        assert info.delivered.stream_seq == 1 and info.ack_floor.stream_seq == 1
+        events = [s.event for s in await bus.session_events(iid) if s.event]
+        outcomes = [
+            (e.short_type, getattr(e.data, "attempt", None), getattr(e.data, "final", None))
+            for e in events
+            if e.short_type in ("task.completed", "task.failed")
+        ]
+        assert outcomes == [
+            ("task.failed", 1, False),
+            ("task.failed", 2, False),
+            ("task.completed", 3, None),
+        ]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def _first_exit(procs: list[subprocess.Popen[bytes]], timeout: float) -> subprocess.Popen[bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                return proc
+        time.sleep(0.02)
+    raise AssertionError("no instance died")
 
 
 def test_agent_run_with_an_unknown_target_fails_with_one_line(settings: ShoalSettings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -27,6 +28,37 @@ def counter_agent() -> Agent:
     async def count(ctx: TaskContext, task: CountIn) -> CountOut:
         if task.sleep_ms:
             await asyncio.sleep(task.sleep_ms / 1000)
+        return CountOut(n=task.n, instance=ctx.identity.instance)
+
+    return agent
+
+
+def dies_after_completing_agent() -> Agent:
+    """Fails its first two attempts; on the last one it reports ``task.completed`` and its
+    process is SIGKILLed at once, before the runtime acks the task (a real crash, placed
+    exactly: right after the completion's publish ack, in the instance's own process)."""
+    import os
+    import signal
+
+    from shoal.bus import Bus
+    from shoal.schemas import TaskCompleted
+
+    publish = Bus.publish
+
+    async def publish_then_die(self: Bus, event: Any, *args: Any, **kwargs: Any) -> Any:
+        ack = await publish(self, event, *args, **kwargs)
+        data = event.data
+        if isinstance(data, TaskCompleted) and data.attempt >= self.settings.task_max_deliver:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ack
+
+    Bus.publish = publish_then_die  # type: ignore[method-assign]
+    agent = Agent("dier", fleet="load", version="1", manifest=CapabilityManifest())
+
+    @agent.handler("count")
+    async def count(ctx: TaskContext, task: CountIn) -> CountOut:
+        if ctx.attempt < ctx.settings.task_max_deliver:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
         return CountOut(n=task.n, instance=ctx.identity.instance)
 
     return agent
