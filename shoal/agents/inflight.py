@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from nats.aio.msg import Msg
 
@@ -60,12 +60,14 @@ class AttemptPolicy(Policy):
     """The policy of one attempt: the runtime's, plus the interruption of that attempt.
 
     Once :attr:`interrupted` is set every check fails with it. The first refusal is
-    recorded as ``policy.decided`` (like any refusal); later ones are only counted, so a
-    handler spinning on refused calls cannot flood the event log.
+    recorded as ``policy.decided`` (like any refusal); later ones are only counted and
+    paused, so a handler spinning on refused calls can neither flood the event log nor
+    starve the event loop.
     """
 
     interrupted: Killed | None = None
     refused_after_kill: int = 0
+    PAUSE_S: ClassVar[float] = 0.01
 
     async def check(self, session: Session, action: Action, target: str) -> None:
         if self.interrupted is None:
@@ -76,6 +78,7 @@ class AttemptPolicy(Policy):
         self.refused_after_kill += 1
         if self.refused_after_kill == 1:
             await self._refuse(session, action, target, error)
+        await asyncio.sleep(self.PAUSE_S)
         raise error
 
 
@@ -122,8 +125,10 @@ class KillSettler:
     swallow their cancellation are cancelled again until they end.
     """
 
-    REAP_EVERY_S = 0.05
-    REAP_TRIES = 200
+    # Python 3.11's asyncio.wait_for can swallow a cancellation (its inner awaitable
+    # finishing at the same instant): cancel again soon, for up to ten seconds.
+    REAP_EVERY_S = 0.01
+    REAP_TRIES = 1000
 
     def __init__(self, runtime: AgentRuntime, inflight: dict[int, InFlight]) -> None:
         self.rt = runtime
@@ -167,10 +172,15 @@ class KillSettler:
 
     async def _settle(self, entries: list[InFlight], key: str, switch: KillSwitch) -> None:
         try:
+            if releases(key):
+                # Paused: no pull request of ours may take the released work straight back.
+                await asyncio.gather(*(c.withdraw() for c in self.rt.consumers if self.rt.paused()))
             await asyncio.gather(*(self._settle_one(entry, key) for entry in entries))
             await self._acknowledge(entries, key, switch)
         except Exception as e:  # un-acked deliveries come back after the ack wait: say so
-            log.error("kill %s: settling %d interrupted deliveries failed: %s", key, len(entries), e)
+            log.error(
+                "kill %s: settling %d interrupted deliveries failed: %s", key, len(entries), e
+            )
         await self._reap(entries)
 
     async def _settle_one(self, entry: InFlight, key: str) -> None:
@@ -217,4 +227,6 @@ class KillSettler:
             for task in alive:
                 if task is not None and not task.done():
                     task.cancel()  # it swallowed the last cancellation
-        log.error("kill: %d handlers ignore their cancellation (their calls are refused)", len(alive))
+        log.error(
+            "kill: %d handlers ignore their cancellation (their calls are refused)", len(alive)
+        )

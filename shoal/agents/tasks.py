@@ -323,7 +323,9 @@ class TaskRunner:
     async def keep_alive(self, older_than: float) -> int:
         """``+WPI`` for every delivery in flight longer than ``older_than`` s; how many."""
         now = time.monotonic()
-        long_running = [e.msg for e in list(self.inflight.values()) if now - e.started >= older_than]
+        long_running = [
+            e.msg for e in list(self.inflight.values()) if now - e.started >= older_than
+        ]
         for msg in long_running:
             await msg.in_progress()
         return len(long_running)
@@ -338,7 +340,12 @@ class TaskRunner:
         )
 
     def _attempt(
-        self, msg: Msg, session: Session, kind: Literal["task", "goal"], capability: str, attempt: int
+        self,
+        msg: Msg,
+        session: Session,
+        kind: Literal["task", "goal"],
+        capability: str,
+        attempt: int,
     ) -> tuple[InFlight, TaskContext]:
         """Register one attempt as in flight, with its own policy, and build its context."""
         rt = self.rt

@@ -31,8 +31,8 @@ from shoal.schemas import (
     TaskStarted,
 )
 from tests.aggregates.eventmix import Mix, publish_all
-from tests.projections.conftest import build
 from tests.natsproc import NatsProcess
+from tests.projections.conftest import build
 
 
 async def ingest(settings: ShoalSettings) -> ShoalCore:
