@@ -17,7 +17,8 @@ import pytest
 from shoal.agents.demo import DEMO_DOCUMENTS, write_workspace
 from shoal.bus import Bus, ShoalSettings, Stored
 from shoal.ops.goals import build_goal, submit_goal
-from shoal.schemas import CloudEvent, GoalCompleted, TaskAssigned, new_id
+from shoal.ops.kill import kill
+from shoal.schemas import AgentKilled, CloudEvent, GoalCompleted, TaskAssigned, TaskFailed, new_id
 from tests.agents.conftest import of_type, wait_events
 
 pytestmark = pytest.mark.timeout(90)
@@ -27,14 +28,18 @@ TARGET = "tests.agents.workers:counter_agent"
 
 
 def start_instance(
-    settings: ShoalSettings, instance: str, *extra: str, target: str = TARGET
+    settings: ShoalSettings,
+    instance: str,
+    *extra: str,
+    target: str = TARGET,
+    ack_wait_s: float = 2,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "NATS_URL": settings.nats_url or "",
         "SHOAL_PREFIX": settings.prefix,
         "SHOAL_DATA_DIR": str(settings.data_dir),
-        "SHOAL_TASK_ACK_WAIT_S": "2",
+        "SHOAL_TASK_ACK_WAIT_S": str(ack_wait_s),
         "SHOAL_TASK_RETRY_DELAY_S": "0.05",
     }
     return subprocess.Popen(
@@ -196,6 +201,54 @@ async def test_a_completion_whose_instance_died_before_the_ack_stays_the_only_ou
         ]
     finally:
         for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+async def test_a_killed_instance_releases_its_task_at_once_not_after_the_ack_wait(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    target = "tests.agents.workers:sleepy_agent"
+    # An ack wait of 60 s: the task can complete within the test only if it is released.
+    procs = {
+        f"k{i}": start_instance(settings, f"k{i}", target=target, ack_wait_s=60) for i in range(2)
+    }
+    try:
+        await wait_present(bus, 2)
+        (iid,) = await publish_tasks(bus, 1, sleep_ms=120_000)
+        events = await wait_events(
+            bus, bus.subjects.session_events(iid), lambda e: of_type(e, "task.started")
+        )
+        victim = of_type(events, "task.started")[0].instance
+        assert victim is not None
+        survivor = next(i for i in procs if i != victim)
+        await kill(bus, "instance", victim, by="tester", reason="stuck")
+        events = await wait_events(
+            bus, bus.subjects.session_events(iid), lambda e: of_type(e, "task.completed"), 20
+        )
+        assert await asyncio.to_thread(procs[victim].wait, 20) == 0
+        flow = [
+            (e.short_type, e.instance, getattr(e.data, "attempt", None))
+            for e in (s.event for s in events if s.event)
+        ]
+        assert flow == [
+            ("task.assigned", None, None),
+            ("task.started", victim, 1),
+            ("task.failed", victim, 1),
+            ("task.started", survivor, 2),
+            ("task.completed", survivor, 2),
+        ]
+        (released,) = of_type(events, "task.failed")
+        assert isinstance(released.data, TaskFailed)
+        assert (released.data.error_type, released.data.final) == ("Killed", False)
+        life = [s.event for s in await bus.session_events(victim) if s.event]
+        own = [
+            e.data for e in life if isinstance(e.data, AgentKilled) and e.source.endswith(victim)
+        ]
+        assert [(d.by, d.reason, d.interrupted) for d in own] == [("tester", "stuck", [iid])]
+    finally:
+        for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)

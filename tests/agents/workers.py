@@ -62,3 +62,16 @@ def dies_after_completing_agent() -> Agent:
         return CountOut(n=task.n, instance=ctx.identity.instance)
 
     return agent
+
+
+def sleepy_agent() -> Agent:
+    """The first attempt of a task sleeps ``sleep_ms``; a later attempt answers at once."""
+    agent = Agent("sleepy", fleet="load", version="1", manifest=CapabilityManifest())
+
+    @agent.handler("count")
+    async def count(ctx: TaskContext, task: CountIn) -> CountOut:
+        if ctx.attempt == 1:
+            await asyncio.sleep(task.sleep_ms / 1000)
+        return CountOut(n=task.n, instance=ctx.identity.instance)
+
+    return agent
