@@ -19,6 +19,7 @@ asyncio task running its handler and the attempt's own :class:`AttemptPolicy`. A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,10 +60,13 @@ def killed_error(key: str, switch: KillSwitch, target: str = "") -> Killed:
 class AttemptPolicy(Policy):
     """The policy of one attempt: the runtime's, plus the interruption of that attempt.
 
-    Once :attr:`interrupted` is set every check fails with it. The first refusal is
-    recorded as ``policy.decided`` (like any refusal); later ones are only counted and
-    paused, so a handler spinning on refused calls can neither flood the event log nor
-    starve the event loop.
+    Once :attr:`interrupted` is set, every check raises ``CancelledError``: the handler
+    was cancelled, and a call it still attempts continues that cancellation (a handler that
+    catches :class:`Killed` cannot catch this; one whose cancellation was lost — Python
+    3.11's ``asyncio.wait_for`` drops a cancellation that meets its inner result — ends at
+    its next call). The first refusal is recorded as ``policy.decided``; later ones are
+    only counted and paused, so a handler that swallows even that can neither flood the
+    event log nor starve the event loop.
     """
 
     interrupted: Killed | None = None
@@ -74,12 +78,15 @@ class AttemptPolicy(Policy):
             await super().check(session, action, target)
             return
         kill = self.interrupted
-        error = Killed(str(kill), key=kill.key, target=target)
         self.refused_after_kill += 1
         if self.refused_after_kill == 1:
-            await self._refuse(session, action, target, error)
-        await asyncio.sleep(self.PAUSE_S)
-        raise error
+            with contextlib.suppress(Killed):  # recorded, then refused below
+                await self._refuse(
+                    session, action, target, Killed(str(kill), key=kill.key, target=target)
+                )
+        else:
+            await asyncio.sleep(self.PAUSE_S)
+        raise asyncio.CancelledError(f"interrupted: {kill}")
 
 
 @dataclass(eq=False)
