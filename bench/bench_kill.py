@@ -166,7 +166,7 @@ async def main() -> None:
                 async with runtime.running():
                     for scope in ("session", "fleet"):
                         rounds = [
-                            await one_kill(operator, runaway, scope, failed)  # type: ignore[arg-type]
+                            await one_kill(operator, runaway, scope, failed)
                             for _ in range(args.kills)
                         ]
                         report(scope, rounds)

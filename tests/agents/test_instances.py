@@ -254,6 +254,40 @@ async def test_a_killed_instance_releases_its_task_at_once_not_after_the_ack_wai
             proc.wait(10)
 
 
+async def test_an_orchestrator_sigkilled_mid_goal_and_replaced_runs_its_planned_task_once(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    orchestrator = "tests.agents.workers:one_task_orchestrator"
+    procs = [start_instance(settings, "o1", target=orchestrator)]
+    try:
+        await wait_present(bus, 1)
+        goal = build_goal("load", "count to seven", principal="tester")
+        await submit_goal(bus, goal)
+        goal_events = bus.subjects.events_filter(gid=goal.gid)
+        await wait_events(bus, goal_events, lambda e: of_type(e, "task.assigned"))
+        procs[0].send_signal(signal.SIGKILL)  # mid-goal: no worker has taken the task yet
+        assert await asyncio.to_thread(procs[0].wait, 10) == -signal.SIGKILL
+        procs.append(start_instance(settings, "o2", target=orchestrator))
+        procs.append(start_instance(settings, "w1"))
+        events = await wait_events(
+            bus, goal_events, lambda e: of_type(e, "goal.completed"), timeout=30
+        )
+        await asyncio.sleep(0.5)  # a second run, if any, would show by now
+        events = await bus.read(goal_events)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+    (planned,) = of_type(events, "goal.planned")
+    children = [t.iid for t in planned.data.tasks]  # type: ignore[attr-defined]
+    assert [e.iid for e in of_type(events, "task.assigned")] == children
+    assert [(e.iid, e.instance) for e in of_type(events, "task.started")] == [(children[0], "w1")]
+    assert [e.iid for e in of_type(events, "task.completed")] == children
+    (done,) = of_type(events, "goal.completed")
+    assert done.instance == "o2"  # the replacement resumed the goal, without planning again
+
+
 def _first_exit(procs: list[subprocess.Popen[bytes]], timeout: float) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

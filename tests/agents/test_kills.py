@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, Killed, TaskContext
+from shoal.agents.delegation import derived_id
 from shoal.agents.models import ChatRequest, Completion
 from shoal.agents.orchestrator import orchestrator
 from shoal.agents.tools import ToolEnv, tool
@@ -26,6 +27,7 @@ from shoal.schemas import (
     PlannedTask,
     SessionKilled,
     TaskFailed,
+    is_token,
 )
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
 
@@ -253,3 +255,13 @@ def resumed(runtime: AgentRuntime, attempt: int) -> bool:
 
 def killed_count(count: int, events: list[Stored]) -> bool:
     return len(of_type(events, "agent.killed")) == count
+
+
+def test_derived_ids_are_stable_ulid_shaped_tokens_with_the_parents_time_prefix() -> None:
+    goal = "01JDQ7Z3K8M2N4P6R8T0V2X4Y6"
+    first = derived_id(goal, "task", 0)
+    assert first == derived_id(goal, "task", 0)
+    assert len({first, derived_id(goal, "task", 1), derived_id(goal, "planned")}) == 3
+    assert (len(first), first[:10], is_token(first)) == (26, goal[:10], True)
+    other = derived_id("not-a-ulid", "task", 0)
+    assert len(other) == 26 and is_token(other) and other != first

@@ -75,3 +75,14 @@ def sleepy_agent() -> Agent:
         return CountOut(n=task.n, instance=ctx.identity.instance)
 
     return agent
+
+
+def one_task_orchestrator() -> Agent:
+    """An orchestrator of fleet ``load`` whose plan is one ``count`` task (no model call)."""
+    from shoal.agents.orchestrator import orchestrator
+    from shoal.schemas import GoalSubmitted, PlannedTask, new_id
+
+    async def planner(ctx: TaskContext, goal: GoalSubmitted) -> list[PlannedTask]:
+        return [PlannedTask(iid=new_id(), capability="count", input={"n": 7})]
+
+    return orchestrator("load", planner=planner, task_timeout_s=60)
