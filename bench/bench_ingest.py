@@ -8,7 +8,12 @@ ack). Ceiling, same run, same stream: a raw nats-py consumer configured as the c
 flow control, one ack per batch), touching nothing else — the rate the core could reach if
 folding and writing were free; the pull ``fetch(batch)`` rate is printed beside it.
 
-Run: ``uv run python bench/bench_ingest.py [--events 100000] [--batch 1000]``.
+Steady-rate mode (``--rates 100,1000,10000``): events published at a fixed rate while the core
+runs, and the time from each event's publish to the commit of the batch that folded it,
+p50/p99 per rate. The publisher runs in the same process (its share of the CPU is counted
+against the core on 2 cores). Target: p99 < 100 ms at every rate.
+
+Run: ``uv run python bench/bench_ingest.py [--events 100000] [--batch 1000] [--rates ...]``.
 Starts its own nats-server in a temporary directory.
 """
 
@@ -110,7 +115,57 @@ async def core_ingest(bus: Bus, settings: ShoalSettings, total: int) -> tuple[fl
     return total / elapsed, total / cpu, recorded
 
 
-async def main(events: int, batch: int) -> None:
+async def steady(server: NatsProcess, root: Path, rate: int, seconds: float, batch: int) -> str:
+    """Publish at ``rate`` events/s for ``seconds`` while the core ingests; latency p50/p99."""
+    settings = ShoalSettings(
+        nats_url=server.url,
+        prefix=f"steady{rate}",
+        data_dir=root / f"steady{rate}",
+        core_batch=batch,
+    )
+    mix = Mix(seed=2).until(int(rate * seconds))
+    published: dict[int, float] = {}
+    folded: list[float] = []
+    async with Bus.connect(server.url, settings, name="bench-steady") as bus:
+        await bus.provision()
+        app = await asyncio.to_thread(open_core, settings)
+        processor = await asyncio.to_thread(processor_for, app, settings, bus)
+        ingestion = Ingestion(bus, app, processor, batch=batch, stuck_after_s=3600)
+        await ingestion.attach()
+        total = len(mix.events)
+
+        async def publish() -> None:
+            tick = 0.01
+            per_tick = max(1, round(rate * tick))
+            start = time.perf_counter()
+            for n, i in enumerate(range(0, total, per_tick)):
+                delay = start + n * tick - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent = time.perf_counter()
+                for ack in await bus.publish_many(mix.events[i : i + per_tick]):
+                    published[ack.seq] = sent
+
+        publisher = asyncio.create_task(publish())
+        while ingestion.stats.messages < total:
+            fetched = await ingestion.fetch(timeout=5)
+            assert fetched is not None, "the stream ran dry"
+            await ingestion.process(fetched)
+            done = time.perf_counter()
+            folded += [done - published.get(m.seq, done) for m in fetched.messages]
+        await publisher
+        await ingestion.detach()
+        app.close()
+    folded.sort()
+    p50, p99 = folded[len(folded) // 2], folded[int(len(folded) * 0.99)]
+    return (
+        f"steady {rate:>6,}/s for {seconds:.0f}s: publish -> fold p50 {p50 * 1000:6.1f} ms, "
+        f"p99 {p99 * 1000:6.1f} ms over {len(folded)} events "
+        f"({ingestion.stats.batches} batches); target p99 < 100 ms"
+    )
+
+
+async def main(events: int, batch: int, rates: list[int], seconds: float) -> None:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-ingest-"))
     server = NatsProcess(root / "js").start()
     try:
@@ -136,6 +191,8 @@ async def main(events: int, batch: int) -> None:
         print(f"ratio: {rate / push:.0%} of the raw consume rate; target >= 10,000 events/s")
         print(f"aggregate events recorded: {recorded} ({recorded / total:.2f} per bus event)")
         print(f"check: total cost ${cost} == generated ${mix.cost}: {cost == mix.cost}")
+        for rate in rates:
+            print(await steady(server, root, rate, seconds, batch))
     finally:
         server.stop()
 
@@ -144,5 +201,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--rates", default="100,1000,10000", help="steady rates, events/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per steady rate")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.batch))
+    rates = [int(r) for r in args.rates.split(",") if r]
+    asyncio.run(main(args.events, args.batch, rates, args.seconds))

@@ -3,6 +3,7 @@
 from shoal.agents.agent import Agent, Handler
 from shoal.agents.context import TaskContext
 from shoal.agents.errors import (
+    ApprovalDenied,
     ApprovalRequired,
     BudgetExhausted,
     DelegationFailed,
@@ -26,6 +27,7 @@ from shoal.schemas.manifest import CapabilityManifest, ToolGrant
 __all__ = [
     "Agent",
     "AgentRuntime",
+    "ApprovalDenied",
     "ApprovalRequired",
     "BudgetExhausted",
     "CapabilityManifest",

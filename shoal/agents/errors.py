@@ -9,6 +9,7 @@ from __future__ import annotations
 from shoal.errors import ShoalError
 
 __all__ = [
+    "ApprovalDenied",
     "ApprovalRequired",
     "BudgetExhausted",
     "DelegationFailed",
@@ -46,6 +47,14 @@ class BudgetExhausted(PolicyDenied):
 
 class ApprovalRequired(PolicyDenied):
     """The manifest says this action needs a human's approval; it did not run."""
+
+
+class ApprovalDenied(PolicyDenied):
+    """A human denied the approval this call waited for, or nobody decided in time."""
+
+    def __init__(self, message: str, *, rule: str, target: str, approval: str) -> None:
+        super().__init__(message, rule=rule, target=target)
+        self.approval = approval
 
 
 class DelegationFailed(ShoalError):

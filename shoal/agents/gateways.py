@@ -171,8 +171,18 @@ class ToolGateway:
     async def _call(
         self, call: ToolCall, call_id: str, name: str, arguments: dict[str, Any]
     ) -> Any:
-        await checked(self.policy, self.session, call, "tool.call", name)
         grant = self.policy.manifest.grant(name)
+        await checked(
+            self.policy,
+            self.session,
+            call,
+            "tool.call",
+            name,
+            arguments,
+            display=redact(arguments, grant) if grant is not None else None,
+            sensitivity=grant.sensitivity if grant is not None else None,
+            side_effects=grant.side_effects if grant is not None else (),
+        )
         assert grant is not None  # the policy check refused tools without a grant
         impl = self.tools.get(name)
         if impl is None:
@@ -215,11 +225,17 @@ class ToolGateway:
 
 
 async def checked(
-    policy: Policy, session: Session, call: Call, action: Action, target: str
+    policy: Policy,
+    session: Session,
+    call: Call,
+    action: Action,
+    target: str,
+    arguments: dict[str, Any] | None = None,
+    **facts: Any,
 ) -> None:
     """The policy check, with its decision recorded on the call's span (refusals counted)."""
     try:
-        await policy.check(session, action, target)
+        await policy.check(session, action, target, arguments, **facts)
     except ApprovalRequired as e:
         call.decided("needs_approval", e.rule)
         raise

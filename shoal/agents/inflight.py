@@ -22,8 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from nats.aio.msg import Msg
 
@@ -73,9 +73,16 @@ class AttemptPolicy(Policy):
     refused_after_kill: int = 0
     PAUSE_S: ClassVar[float] = 0.01
 
-    async def check(self, session: Session, action: Action, target: str) -> None:
+    @classmethod
+    def of(cls, policy: Policy) -> AttemptPolicy:
+        """An attempt's policy: the runtime's (its manifest, policy book, approvals…)."""
+        return cls(**{name: getattr(policy, name) for name in _POLICY_FIELDS})
+
+    async def check(
+        self, session: Session, action: Action, target: str, *args: Any, **kwargs: Any
+    ) -> None:
         if self.interrupted is None:
-            await super().check(session, action, target)
+            await super().check(session, action, target, *args, **kwargs)
             return
         kill = self.interrupted
         self.refused_after_kill += 1
@@ -87,6 +94,9 @@ class AttemptPolicy(Policy):
         else:
             await asyncio.sleep(self.PAUSE_S)
         raise asyncio.CancelledError(f"interrupted: {kill}")
+
+
+_POLICY_FIELDS = tuple(f.name for f in fields(Policy))
 
 
 @dataclass(eq=False)

@@ -2,8 +2,9 @@
 
 The offline client answers by rules (plan, summarise, echo), reports token counts computed
 from text lengths the way a BPE tokenizer roughly would (~4 characters a token), and prices
-the call from its own table, so tests and the demo see realistic ``model.called`` figures
-without a network. The OpenAI-compatible HTTP client lives in :mod:`shoal.agents.http_model`.
+the call from the core's price table (:mod:`shoal.schemas.pricing`), so tests and the demo
+see realistic ``model.called`` figures without a network. The OpenAI-compatible HTTP client
+lives in :mod:`shoal.agents.http_model`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, Protocol
 
+from shoal.schemas.pricing import PriceTable, builtin_prices
+
 __all__ = [
-    "OFFLINE_PRICES",
     "ChatMessage",
     "ChatRequest",
     "Completion",
@@ -79,21 +81,18 @@ class ModelClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-# USD per million tokens (input, output): figures in the range of today's small and large
-# hosted models, so budgets in tests and the demo behave like real ones.
-OFFLINE_PRICES: dict[str, tuple[Decimal, Decimal]] = {
-    "offline-small": (Decimal("0.15"), Decimal("0.60")),
-    "offline-large": (Decimal("2.50"), Decimal("10.00")),
-}
+def price(
+    model: str, input_tokens: int, output_tokens: int, table: PriceTable | None = None
+) -> Decimal | None:
+    """The agent's own estimate of a call's cost, from the core's price table.
 
-
-def price(model: str, input_tokens: int, output_tokens: int) -> Decimal | None:
-    """Cost of a call to an offline model, or None for a model without a price."""
-    prices = OFFLINE_PRICES.get(model)
-    if prices is None:
+    ``None`` for a model the table does not name (the core prices those with its ``"*"``
+    entry; the agent does not guess). ``table`` defaults to the table shipped with shoal.
+    """
+    prices = table or builtin_prices()
+    if not prices.is_listed(model):
         return None
-    per_in, per_out = prices
-    return (per_in * input_tokens + per_out * output_tokens) / Decimal(1_000_000)
+    return prices.cost(model, input_tokens, output_tokens)
 
 
 def count_tokens(text: str) -> int:
@@ -158,6 +157,8 @@ class OfflineModelClient:
     rules: Sequence[OfflineRule] = field(default_factory=lambda: (plan_rule, summarise_rule))
     latency_s: float = 0.0
     provider: str = "offline"
+    prices: PriceTable | None = None
+    """The price table of the estimate it reports (default: the table shipped with shoal)."""
 
     def serves(self, model: str) -> bool:
         return model in self.models
@@ -184,7 +185,7 @@ class OfflineModelClient:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             finish_reason=finish,
-            cost_usd=price(request.model, input_tokens, output_tokens),
+            cost_usd=price(request.model, input_tokens, output_tokens, self.prices),
         )
 
     async def aclose(self) -> None:

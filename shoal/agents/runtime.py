@@ -36,7 +36,9 @@ from shoal.agents.tools import ToolEnv
 from shoal.bus import Bus, KillSwitch, Presence, ShoalSettings, kill_key, presence_key
 from shoal.bus.genai import GenAI
 from shoal.errors import ConfigConflict
+from shoal.policy import Approvals, PolicyBook
 from shoal.schemas import AgentStarted, AgentStopped, new_id, utcnow
+from shoal.schemas.pricing import PriceTable
 
 __all__ = ["AgentRuntime", "default_model_clients", "ensure_consumer"]
 
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 def default_model_clients(settings: ShoalSettings) -> list[ModelClient]:
     """The offline models, plus the OpenAI-compatible endpoint when settings name one."""
-    clients: list[ModelClient] = [OfflineModelClient()]
+    clients: list[ModelClient] = [OfflineModelClient(prices=PriceTable.load(settings.price_table))]
     if settings.model_base_url and settings.model_name:
         clients.insert(
             0,
@@ -174,6 +176,9 @@ class AgentRuntime:
     async def start(self) -> None:
         """Subscribe, announce and begin heartbeating."""
         await self.kills.start(self.settings.request_timeout)
+        self.policy.book = await PolicyBook.open(self.bus, self.settings.request_timeout)
+        self.policy.approvals = await Approvals.open(self.bus)
+        self.policy.approval_timeout_s = self.settings.approval_timeout_s
         topo = self.bus.topology
         subjects = self.bus.subjects
         for capability in self.agent.handlers:
@@ -234,6 +239,8 @@ class AgentRuntime:
             except Exception as e:
                 log.warning("presence key not deleted (its TTL will expire it): %s", e)
         await self.kills.stop()
+        if self.policy.book is not None:
+            await self.policy.book.close()
         for client in self.model_clients:
             try:
                 await client.aclose()

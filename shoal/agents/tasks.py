@@ -349,7 +349,7 @@ class TaskRunner:
     ) -> tuple[InFlight, TaskContext]:
         """Register one attempt as in flight, with its own policy, and build its context."""
         rt = self.rt
-        policy = AttemptPolicy(rt.identity, rt.agent.manifest, rt.kills, rt.emitter)
+        policy = AttemptPolicy.of(rt.policy)
         entry = InFlight(msg, session, kind, capability, attempt, policy)
         entry.task = asyncio.current_task()
         entry.running = True

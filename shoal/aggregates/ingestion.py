@@ -57,12 +57,26 @@ CORE_CONSUMER = "core"
 STALL_AFTER_IDLE = 3
 """Idle receive rounds with messages still pending before the core re-attaches."""
 
+QUIET_S = 0.02
+"""A batch closes when no message arrived for this long (a trickle is not held back)."""
+
+BATCH_WINDOW_S = 0.02
+"""A batch closes at the latest this long after its first message arrived, whatever the rate:
+the bound on arrival-to-fold time that keeps budget kills prompt under steady load."""
+
+REFETCH_LIMIT = 2000
+"""Most missing sequences fetched one by one to close a gap; past it the core re-attaches."""
+
 CONSUMING_GC_THRESHOLD = YOUNG_GC_THRESHOLD
 """Young-generation threshold of the cyclic GC while the core consumes (see ``attach``)."""
 
 
 class ConsumerStalled(Exception):
     """The consumer holds messages but delivers none (e.g. after a server restart)."""
+
+
+class DeliveryGap(Exception):
+    """Too many deliveries were lost to fetch one by one: re-attach at the store's position."""
 
 
 @dataclass
@@ -79,6 +93,7 @@ class CoreStats:
     flags: int = 0
     position: int = 0
     failures: int = 0
+    refetched: int = 0
 
     def add(self, result: FoldResult) -> None:
         self.batches += 1
@@ -123,7 +138,9 @@ class Ingestion:
         self.stream = bus.topology.events.name
         self._sub: JetStreamContext.PushSubscription | None = None
         self._buffer: list[Msg] = []
-        self._full = asyncio.Event()
+        self._first_at = 0.0
+        self._arrived = asyncio.Event()
+        self.window = BATCH_WINDOW_S
         self._last_watch = 0.0
         self._gc_threshold: tuple[int, int, int] | None = None
 
@@ -173,36 +190,97 @@ class Ingestion:
         log.info("core consumer %s created at seq %d", self.consumer, position + 1)
 
     async def _receive(self, msg: Msg) -> None:
+        if not self._buffer:
+            self._first_at = time.monotonic()
+            self._buffer.append(msg)
+            self._arrived.set()
+            return
         self._buffer.append(msg)
         if len(self._buffer) >= self.batch:
-            self._full.set()
+            self._arrived.set()
 
     async def fetch(self, timeout: float = 1.0) -> Fetched | None:
-        """The next batch, sorted by sequence; ``None`` when nothing arrived in ``timeout``.
+        """The next batch, sorted by sequence and gap-free; ``None`` if nothing came in ``timeout``.
 
-        A batch is whatever arrived when ``batch`` messages are buffered, or when the flow
-        pauses for a moment (so a trickle of events is not held back).
+        A batch closes when ``batch`` messages are buffered, when the flow pauses for
+        :data:`QUIET_S`, or :attr:`window` after its first message arrived — so under a steady
+        rate that never pauses, an event still waits at most ``window`` before it is folded.
         """
         deadline = time.monotonic() + timeout
         while True:
-            waited = len(self._buffer)
-            self._full.clear()
-            if waited < self.batch:
-                pause = 0.02 if waited else max(deadline - time.monotonic(), 0.0)
-                try:
-                    await asyncio.wait_for(self._full.wait(), pause)
-                except TimeoutError:
-                    pass
-            if self._buffer and (len(self._buffer) == waited or len(self._buffer) >= self.batch):
+            held = len(self._buffer)
+            if held >= self.batch:
                 break
-            if not self._buffer and time.monotonic() >= deadline:
-                return None
+            now = time.monotonic()
+            if held:
+                left = self._first_at + self.window - now
+                if left <= 0:
+                    break
+                pause = min(QUIET_S, left)
+            else:
+                pause = deadline - now
+                if pause <= 0:
+                    return None
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), pause)
+            except TimeoutError:
+                if held and len(self._buffer) == held:
+                    break  # quiet: nothing more arrived
         msgs, self._buffer = self._buffer, []
         raw = sorted(
             (RawMessage(m.metadata.sequence.stream, m.subject, m.data) for m in msgs),
             key=lambda r: r.seq,
         )
-        return Fetched(raw, max(msgs, key=lambda m: m.metadata.sequence.stream))
+        last = max(msgs, key=lambda m: m.metadata.sequence.stream)
+        return Fetched(await self._close_gaps(raw), last)
+
+    async def _close_gaps(self, raw: list[RawMessage]) -> list[RawMessage]:
+        """Fetch from the stream every sequence missing between the store's position and the
+        batch's last message.
+
+        The consumer acknowledges with ``AckPolicy.ALL``: acking the batch's last message also
+        acknowledges any delivery that was lost on the way (a connection cut while messages
+        were in flight), so a gap left unfilled would be a lost event. The core's consumer
+        sees the whole stream (its filter is every event subject), so every sequence in the
+        range is either stored — fetched here — or was deleted (limits, purge), which the
+        ``next`` lookup steps over.
+        """
+        expected = self.processor.position + 1
+        have = {r.seq for r in raw if r.seq >= expected}
+        top = raw[-1].seq
+        if len(have) == top - expected + 1:
+            return raw  # contiguous: the usual case, at no cost
+        filled: list[RawMessage] = []
+        seq = expected
+        while seq < top:
+            if seq in have:
+                seq += 1
+                continue
+            if len(filled) >= REFETCH_LIMIT:
+                raise DeliveryGap(
+                    f"more than {REFETCH_LIMIT} events missing between #{expected} and #{top}"
+                )
+            try:
+                found = await self.bus.js.get_msg(
+                    self.stream, seq=seq, subject=self.bus.subjects.all_events, next=True
+                )
+            except NotFoundError:
+                break  # nothing stored from here to the end of the stream
+            if found.seq is None or found.seq >= top:
+                break  # the rest of the range was deleted (limits or purge)
+            filled.append(RawMessage(found.seq, found.subject or "", found.data or b""))
+            have.add(found.seq)
+            seq = found.seq + 1
+        if filled:
+            log.warning(
+                "core delivery gap: fetched %d lost events between #%d and #%d from the stream",
+                len(filled),
+                expected,
+                top,
+            )
+        self.stats.refetched += len(filled)
+        return sorted(raw + filled, key=lambda r: r.seq)
 
     # -- one batch ------------------------------------------------------------------------------
     async def process(self, fetched: Fetched) -> FoldResult:

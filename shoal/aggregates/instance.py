@@ -1,9 +1,10 @@
 """The Instance aggregate: the core's registry of agent instances it will believe.
 
 An instance exists for the core once its ``agent.started`` has been ingested; events from an
-instance the core never saw start, or saw killed, are recorded as rejected on their session
-and not applied. A kill is final for that instance id: announcing itself again does not
-bring it back (the operator starts a new instance instead).
+instance the core never saw start, or saw killed, are refused (recorded as rejected on their
+session, or dead-lettered when they belong to no session) and not applied. A kill is final
+for that instance id: announcing itself again does not bring it back (the operator starts a
+new instance instead).
 """
 
 from __future__ import annotations
@@ -109,6 +110,20 @@ class Instance(Aggregate):
     @event(Killed)
     def killed(self, seq: int, by: str, reason: str, timestamp: datetime) -> None:
         self.status, self.killed_by = "killed", by
+
+    class CrashLooping(Aggregate.Event):
+        """Its supervisor gave up restarting it: it exits at start every time."""
+
+        seq: int
+        exits: int
+        exit_code: int | None
+        message: str
+
+    @event(CrashLooping)
+    def crash_looping(
+        self, seq: int, exits: int, exit_code: int | None, message: str, timestamp: datetime
+    ) -> None:
+        self.status = "crashlooping"
 
     @property
     def trusted(self) -> bool:

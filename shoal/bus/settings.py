@@ -18,6 +18,10 @@ from shoal.schemas import is_token
 __all__ = ["ShoalSettings"]
 
 
+DEFAULT_PREFIX = "shoal"
+"""The subject prefix of a single-tenant deployment."""
+
+
 def _default_principal() -> str:
     try:
         return getpass.getuser()
@@ -36,7 +40,7 @@ class ShoalSettings(BaseSettings):
         description="An existing NATS server or cluster; unset means the embedded server.",
     )
     data_dir: Path = Field(default=Path(".shoal"), description="Local state: embedded store, DBs.")
-    prefix: str = Field(default="shoal", description="First token of every subject.")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="First token of every subject.")
     stream_replicas: int = Field(default=1, ge=1, le=5, description="R1 embedded, R3 cluster.")
     nats_port: int | None = Field(
         default=None, description="Fixed port for the embedded server; unset picks a free one."
@@ -79,6 +83,11 @@ class ShoalSettings(BaseSettings):
     # -- the event-sourced core (ingestion, prices, watchdog) -----------------------------
     price_table: Path | None = Field(
         default=None, description="Price table YAML (per model USD/1M tokens); unset: builtin."
+    )
+    approval_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a high-risk call waits for a human before it fails as timed out.",
     )
     core_batch: int = Field(default=1000, ge=1, le=10000, description="Events per core write.")
     stuck_after_s: float = Field(
@@ -162,6 +171,18 @@ class ShoalSettings(BaseSettings):
     def embedded(self) -> bool:
         """True when shoal runs (or reuses) its own nats-server."""
         return self.nats_url is None
+
+    @property
+    def store_dir(self) -> Path:
+        """Where this tenant's stores live (the core's SQLite file, the DuckDB projection).
+
+        The default prefix keeps them in the data dir itself; any other prefix gets
+        ``<data_dir>/tenants/<prefix>/``, so tenants sharing a server and a data dir never
+        read each other's sessions.
+        """
+        if self.prefix == DEFAULT_PREFIX:
+            return self.data_dir
+        return self.data_dir / "tenants" / self.prefix
 
     @property
     def stream_prefix(self) -> str:

@@ -119,6 +119,8 @@ class Topology:
     kill: BucketSpec
     presence: BucketSpec
     leases: BucketSpec
+    policies: BucketSpec
+    approvals: BucketSpec
 
     @classmethod
     def for_settings(cls, settings: ShoalSettings) -> Topology:
@@ -152,6 +154,12 @@ class Topology:
                 replicas=r,
                 description="Supervisor slot leases",
             ),
+            policies=BucketSpec(
+                f"{p}_policies", history=20, replicas=r, description="Applied policy files"
+            ),
+            approvals=BucketSpec(
+                f"{p}_approvals", history=5, replicas=r, description="Approval requests"
+            ),
         )
 
     @property
@@ -160,7 +168,14 @@ class Topology:
 
     @property
     def buckets(self) -> tuple[BucketSpec, ...]:
-        return (self.fleets, self.kill, self.presence, self.leases)
+        return (
+            self.fleets,
+            self.kill,
+            self.presence,
+            self.leases,
+            self.policies,
+            self.approvals,
+        )
 
 
 async def provision(js: JetStreamContext, topology: Topology) -> list[str]:

@@ -36,8 +36,12 @@ T = TypeVar("T")
 
 
 def projection_path(settings: ShoalSettings) -> Path:
-    """Where the projection's database lives: ``<data dir>/projections.duckdb``."""
-    return settings.data_dir / "projections.duckdb"
+    """Where the projection's database lives: ``<store dir>/projections.duckdb``.
+
+    The store dir is the data dir for the default prefix, ``<data dir>/tenants/<prefix>``
+    for any other (one projection per tenant, as one core store per tenant).
+    """
+    return settings.store_dir / "projections.duckdb"
 
 
 class ProjectionHost:
@@ -191,7 +195,7 @@ def answer_locally(settings: ShoalSettings, ask: Callable[[DuckDBDatastore], T])
     the answer is as fresh as the core's store. Refused (:class:`ServiceUnavailable`) when
     there is no core store here, or another process owns the database file.
     """
-    core_file = settings.data_dir / "core.sqlite"
+    core_file = settings.store_dir / "core.sqlite"
     if settings.persistence_module == "eventsourcing.sqlite" and not core_file.exists():
         raise ServiceUnavailable(
             f"no query service answers and there is no core store at {core_file}; "

@@ -33,7 +33,9 @@ __all__ = [
     "ModelCalled",
     "OutcomeReported",
     "PlannedTask",
+    "PolicyApplied",
     "PolicyDecided",
+    "RiskTier",
     "SessionFlagged",
     "SessionKilled",
     "TaskAssigned",
@@ -45,6 +47,7 @@ __all__ = [
 
 Money = Decimal
 Decision = Literal["allow", "deny", "needs_approval"]
+RiskTier = Literal["low", "medium", "high"]
 Sensitivity = Literal["public", "internal", "confidential", "secret"]
 Outcome = Literal["success", "failure", "abandoned"]
 
@@ -185,10 +188,26 @@ class PolicyDecided(EventData):
     """A gateway (or the core) decided whether an action may run, and by which rule."""
 
     type: ClassVar[str] = "shoal.policy.decided"
-    action: Literal["model.call", "tool.call", "task.run", "delegate"]
+    action: Literal["model.call", "tool.call", "task.run", "delegate", "mcp_server.call"]
     target: str
     decision: Decision
     rule: str
+    reason: str = ""
+    tier: RiskTier | None = None
+    """The risk tier of the rule that decided (``None``: a plain allow/deny or no policy)."""
+    policy_version: str | None = None
+    """Which applied policy decided (``<scope>@<revision>:<digest>``), ``None``: the manifest."""
+
+
+class PolicyApplied(EventData):
+    """An operator applied a policy file (global or for one fleet)."""
+
+    type: ClassVar[str] = "shoal.policy.applied"
+    scope: str
+    version: str
+    digest: str
+    rules: list[str] = Field(default_factory=list)
+    by: str
     reason: str = ""
 
 
@@ -200,6 +219,14 @@ class ApprovalRequested(EventData):
     action: str
     target: str
     reason: str = ""
+    tier: RiskTier | None = None
+    rule: str = ""
+    policy_version: str | None = None
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """The arguments as an approver may see them (redacted by the tool's sensitivity)."""
+    request_hash: str = ""
+    """sha256 of the exact request (action, target, arguments): a grant covers only it."""
+    timeout_s: float | None = None
 
 
 class ApprovalGranted(EventData):
@@ -218,6 +245,8 @@ class ApprovalDenied(EventData):
     request_id: str
     by: str
     reason: str = ""
+    expired: bool = False
+    """True when nobody decided before the request's timeout."""
 
 
 # -- agents, sessions, budgets, outcomes ----------------------------------------------------
@@ -338,6 +367,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         ModelCalled,
         ToolCalled,
         PolicyDecided,
+        PolicyApplied,
         ApprovalRequested,
         ApprovalGranted,
         ApprovalDenied,

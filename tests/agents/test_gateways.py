@@ -156,7 +156,7 @@ async def test_action_needing_approval_is_not_run_and_asks_for_it(rig: Rig) -> N
 
 
 async def test_model_call_after_the_budget_is_spent_is_refused(rig: Rig) -> None:
-    first = await rig.model.complete("Say hello to the operators of the platform." * 10)
+    first = await rig.model.complete("Say hello to the operators of the platform." * 20)
     assert first.cost_usd is not None and first.cost_usd > rig.session.budget_usd  # type: ignore[operator]
     assert rig.session.spent_usd == first.cost_usd
     with pytest.raises(BudgetExhausted):

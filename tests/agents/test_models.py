@@ -23,6 +23,7 @@ from shoal.agents import (
     TaskContext,
 )
 from shoal.agents.models import count_tokens
+from shoal.aggregates.pricing import PriceTable
 from shoal.bus import Bus
 from shoal.schemas import ModelCalled
 from tests.agents.conftest import of_type, submit_task, wait_events
@@ -201,5 +202,17 @@ async def test_offline_client_summarises_and_prices_the_call() -> None:
     )
     assert completion.text == "Title: First sentence here. (10 words)"
     assert (completion.input_tokens, completion.output_tokens) == (28, 10)
-    # 28 tokens at $0.15/M in + 10 tokens at $0.60/M out
-    assert completion.cost_usd == Decimal("0.0000102")
+    # 28 tokens at $0.10/M in + 10 tokens at $0.40/M out: the core's table
+    assert completion.cost_usd == Decimal("0.0000068")
+
+
+@pytest.mark.parametrize("model", ["offline-small", "offline-large"])
+async def test_offline_estimate_is_the_core_price_for_every_offline_model(model: str) -> None:
+    core = PriceTable.load()
+    completion = await OfflineModelClient().complete(
+        ChatRequest(model, (ChatMessage("user", "hello " * 50),))
+    )
+    assert core.is_listed(model)  # priced by its own entry, never by "*"
+    expected = core.cost(model, completion.input_tokens, completion.output_tokens)
+    assert completion.cost_usd == expected
+    assert completion.cost_usd != core.cost("*", completion.input_tokens, completion.output_tokens)

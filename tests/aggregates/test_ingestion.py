@@ -17,20 +17,24 @@ from shoal.aggregates import (
     open_core,
     run_core,
 )
+from shoal.aggregates.ingestion import Ingestion, processor_for
 from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
 from shoal.bus.client import REASON_HEADER
 from shoal.schemas import (
+    AgentCrashLooping,
     AgentKilled,
+    AgentStopped,
     BudgetExceeded,
     ModelCalled,
     OutcomeReported,
     SessionFlagged,
+    SessionKilled,
     TaskAssigned,
     TaskCompleted,
     TaskFailed,
     TaskStarted,
 )
-from tests.aggregates.eventmix import Mix, publish_all
+from tests.aggregates.eventmix import Agent, Mix, publish_all
 from tests.natsproc import NatsProcess
 from tests.projections.conftest import build
 
@@ -109,11 +113,49 @@ async def test_events_of_unknown_and_killed_instances_are_rejected_not_applied(
 
     app = await ingest(settings)
 
-    stranger, ok = app.session("s-stranger"), app.session("s-ok")
-    assert (stranger.rejected, stranger.model_calls, stranger.cost_usd) == (1, 0, Decimal(0))
+    ok = app.session("s-ok")
     assert (ok.rejected, ok.model_calls) == (1, 1)
+    # The stranger's call belongs to no session: refused and dead-lettered, no session opened.
+    assert "s-stranger" not in app.session_iids()
+    assert await dead_letter_reasons(bus) == [
+        "refused: unknown instance 'work-3' (no agent.started seen)"
+    ]
     instance = app.instance(mix.worker.instance)
     assert instance is not None and instance.status == "killed"
+
+
+async def dead_letter_reasons(bus: Bus) -> list[str]:
+    """The reason of every dead letter of the event log, in order."""
+    dead = await bus.read(bus.subjects.deadletter("events"), stream=bus.topology.deadletter.name)
+    reasons = []
+    for d in dead:
+        msg = await bus.js.get_msg(bus.topology.deadletter.name, d.seq)
+        assert msg.headers is not None
+        reasons.append(msg.headers[REASON_HEADER])
+    return reasons
+
+
+async def test_only_interactions_open_sessions(bus: Bus, settings: ShoalSettings) -> None:
+    mix = Mix(seed=13)
+    mix.start_agents()
+    stopped_stranger = Agent(mix.fleet, "summarizer", "ghost-1")
+    mix.emit(AgentStopped(reason="bye"), iid="boot-ghost", gid=None, by=stopped_stranger)
+    crashloop = AgentCrashLooping(supervisor="sup1", slot=0, exits=5, exit_code=1)
+    mix.emit(crashloop, iid="inst-crashing", gid=None, fleet=mix.fleet, instance="inst-crashing")
+    mix.emit(SessionKilled(by="op", reason="typo"), iid="not-an-iid", gid=None)
+    mix.model_call("s-real", None, mix.worker)
+    mix.emit(SessionKilled(by="op", reason="real"), iid="s-real", gid=None)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    # Two boot sessions? No: agent.started opens none either. Only s-real is a session.
+    assert app.session_iids() == ["s-real"]
+    assert app.session("s-real").status == "killed"
+    assert await dead_letter_reasons(bus) == [
+        "refused: unknown instance 'ghost-1' (no agent.started seen)",
+        "shoal.session.killed names session 'not-an-iid', which the core has never seen",
+    ]
 
 
 async def test_an_invalid_message_is_dead_lettered_and_the_next_one_applied(
@@ -444,3 +486,35 @@ async def test_a_final_failure_after_the_completion_does_not_overwrite_it(
     view = build(app, tmp_path / "costs.duckdb")
     rows = view.datastore.rows("SELECT status, errors FROM sessions WHERE iid = ?", [iid])
     assert [(r["status"], r["errors"]) for r in rows] == [("completed", 2)]
+
+
+async def test_a_steady_flow_is_folded_in_small_batches_not_held_until_one_fills(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    # Under a steady rate with no pause, a batch used to close only at 1,000 messages, so a
+    # budget crossing waited seconds for its fold. Now a batch closes BATCH_WINDOW_S after
+    # its first message, whatever the rate.
+    mix = Mix(seed=14).until(300)
+    await publish_all(bus, mix.events)
+    stream = bus.topology.events.name
+    await bus.js.add_consumer(stream, api.ConsumerConfig(durable_name="grab"))
+    psub = await bus.js.pull_subscribe_bind(durable="grab", stream=stream)
+    msgs = await psub.fetch(len(mix.events), timeout=5)
+    assert len(msgs) == len(mix.events)
+    app = open_core(settings)
+    ingestion = Ingestion(bus, app, processor_for(app, settings, bus), batch=1000)
+
+    async def feed_steadily() -> None:
+        for msg in msgs:  # one message every 5 ms: never quiet for QUIET_S
+            await ingestion._receive(msg)
+            await asyncio.sleep(0.005)
+
+    feeder = asyncio.create_task(feed_steadily())
+    first = await ingestion.fetch(timeout=10)
+    still_feeding = not feeder.done()
+    await feeder
+
+    assert first is not None and still_feeding
+    assert [m.seq for m in first.messages] == list(range(1, len(first.messages) + 1))
+    assert len(first.messages) < 100  # ~20 ms of a 200/s flow, far below the 300 fed
+    app.close()

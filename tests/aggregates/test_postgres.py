@@ -10,8 +10,10 @@ import psycopg
 import pytest
 
 from shoal.aggregates import CORE_CONSUMER, ShoalCore, open_core, run_core
+from shoal.aggregates.persistence import tenant_schema
 from shoal.bus import Bus, ShoalSettings
 from tests.aggregates.eventmix import Mix, publish_all
+from tests.natsproc import NatsProcess
 from tests.pg import PostgresServer, find_pg_bin
 
 
@@ -56,13 +58,33 @@ async def test_the_core_records_sessions_and_tracking_in_postgres(
     assert sum((s.cost_usd for s in sessions), Decimal(0)) == mix.cost
     assert app.max_tracking_id(bus.topology.events.name) == len(mix.events)
     dbname = pg_settings_db(app)
+    schema = tenant_schema(pg_settings.prefix)
     with psycopg.connect(postgres.dsn(dbname)) as conn:
         row = conn.execute(
-            "SELECT notification_id FROM shoalcore_tracking WHERE application_name = %s",
+            f"SELECT notification_id FROM {schema}.shoalcore_tracking WHERE application_name = %s",
             (bus.topology.events.name,),
         ).fetchone()
+        public = conn.execute("SELECT to_regclass('public.shoalcore_tracking')").fetchone()
     assert row == (len(mix.events),)
+    assert public == (None,)  # the test's prefix is a tenant: nothing in the public schema
     app.close()
+
+
+async def test_tenants_on_one_postgres_database_never_share_sessions(
+    nats_server: NatsProcess, pg_settings: ShoalSettings
+) -> None:
+    tenants = [pg_settings.model_copy(update={"prefix": f"{pg_settings.prefix}{t}"}) for t in "ab"]
+    for n, tenant in enumerate(tenants):
+        async with Bus.connect(nats_server.url, tenant) as bus:
+            await bus.provision()
+            await publish_all(bus, Mix(seed=60 + n).until(50 + 100 * n).events)
+    apps = [await ingest(t) for t in tenants]
+
+    iids = [set(app.session_iids()) for app in apps]
+    assert iids[0] and iids[1] and not iids[0] & iids[1]
+    assert [len(i) for i in iids] == [Mix(seed=60 + n).until(50 + 100 * n).sessions for n in (0, 1)]
+    for app in apps:
+        app.close()
 
 
 async def test_a_reset_consumer_on_postgres_applies_nothing_twice(

@@ -37,6 +37,8 @@ async def test_first_provisioning_reports_everything_it_created(settings: ShoalS
         f"{p}_kill",
         f"{p}_presence",
         f"{p}_leases",
+        f"{p}_policies",
+        f"{p}_approvals",
     ]
 
 

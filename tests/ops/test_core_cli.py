@@ -268,3 +268,26 @@ async def test_session_ls_stuck_lists_running_sessions_silent_too_long(
 
     assert [s.iid for s in stuck_later] == ["s-quiet"]
     assert stuck_now == []
+
+
+async def test_session_ls_of_one_tenant_lists_only_that_tenants_sessions(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    other = settings.model_copy(update={"prefix": settings.prefix + "b"})
+    mine, theirs = Mix(seed=31).until(60), Mix(seed=32).until(90)
+    await publish_all(bus, mine.events)
+    async with Bus.connect(other.nats_url or "", other) as other_bus:
+        await other_bus.provision()
+        await publish_all(other_bus, theirs.events)
+    await ingest(settings)
+    await ingest(other)
+
+    listed = []
+    for tenant in (settings, other):
+        result = await invoke(tenant, "session", "ls", "--json")
+        assert result.exit_code == 0, result.output
+        listed.append({row["iid"] for row in json.loads(result.output)})
+
+    assert [len(rows) for rows in listed] == [mine.sessions, theirs.sessions]
+    assert not listed[0] & listed[1]
+    assert (settings.data_dir / "tenants" / other.prefix / "core.sqlite").exists()

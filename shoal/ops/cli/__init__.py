@@ -60,9 +60,9 @@ def _register() -> None:
 
     for module in (cost, projections):
         module.register(app)
-    from shoal.ops.cli import core, outcome, session
+    from shoal.ops.cli import approvals, core, outcome, policy, session
 
-    for module in (core, session, outcome):
+    for module in (core, session, outcome, policy, approvals):
         module.register(app)
 
 

@@ -1,0 +1,53 @@
+"""Whom the core believes: the subject matches the event, and the sender may send it.
+
+An event is folded only if its subject names the same IID, GID and type as its envelope, and
+its sender is the core, the CLI, a supervisor, or an agent instance the core saw start and
+not killed. Everything else is refused with a reason (recorded on its session when it has
+one, dead-lettered when it has none; see :mod:`shoal.aggregates.processor`).
+
+Until connections are authenticated per principal, a source is what the envelope claims;
+the broker's permissions are what make these claims unforgeable (docs/security.md).
+"""
+
+from __future__ import annotations
+
+from shoal.aggregates.instance import Instance
+from shoal.bus import Subjects
+from shoal.errors import InvalidEvent
+from shoal.schemas import AgentStarted, CloudEvent
+
+__all__ = ["CORE_SOURCE", "check_subject", "distrust"]
+
+CORE_SOURCE = "shoal://core"
+SUPERVISOR_SOURCE = "shoal://supervisor/"
+_SERVICE_PREFIXES = (CORE_SOURCE, "shoal://cli/", SUPERVISOR_SOURCE)
+
+
+def check_subject(subjects: Subjects, subject: str, ev: CloudEvent) -> None:
+    """Raise :class:`InvalidEvent` unless ``subject`` is the event's own subject."""
+    parts = subjects.parse_event(subject)
+    if parts.iid != ev.iid or parts.gid != ev.gid or parts.short_type != ev.short_type:
+        raise InvalidEvent(
+            f"subject {subject!r} does not match the event "
+            f"(iid {ev.iid!r}, gid {ev.gid!r}, type {ev.type!r})"
+        )
+
+
+def distrust(ev: CloudEvent, instances: dict[str, Instance]) -> str | None:
+    """Why the core refuses this event, or ``None`` if it is believed."""
+    if ev.source.startswith(_SERVICE_PREFIXES):
+        return None
+    if not ev.instance:
+        return f"source {ev.source!r} is neither an instance, a service, the CLI nor the core"
+    known = instances.get(ev.instance)
+    if ev.type == AgentStarted.type:
+        return (
+            "instance was killed; a killed id cannot start again"
+            if (known is not None and not known.trusted)
+            else None
+        )
+    if known is None:
+        return f"unknown instance {ev.instance!r} (no agent.started seen)"
+    if not known.trusted:
+        return f"instance {ev.instance!r} was killed"
+    return None
