@@ -209,8 +209,10 @@ class AgentRuntime:
 
     async def stop(self, reason: str = "stopped") -> None:
         """Drain: stop taking tasks, finish in-flight ones (release the rest), announce."""
-        # Killed: its work was interrupted and settled already; only stragglers are waited on.
-        timeout = self.KILLED_DRAIN_S if self.killed.is_set() else self.drain_timeout_s
+        # Killed (or paused by a kill, then signalled by a supervisor): its work was
+        # interrupted and settled already; only handlers ignoring their cancellation remain.
+        killed = self.killed.is_set() or self.paused()
+        timeout = self.KILLED_DRAIN_S if killed else self.drain_timeout_s
         results = await asyncio.gather(*(c.stop(timeout) for c in self.consumers))
         if not all(results):
             # Still running after the drain timeout: cancel; the runner naks on cancel so
