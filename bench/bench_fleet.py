@@ -97,7 +97,8 @@ async def bench_scale(
     await apply_fleet(bus, app, parse_fleet_spec(SPEC), by="bench")
     log = (settings.data_dir / "supervisor.log").open("ab")
     sup = subprocess.Popen(  # noqa: ASYNC220 (starting a process is fast; it is not awaited)
-        [sys.executable, "-m", "shoal", "supervisor", "--id", "bench-sup"],
+        # Admit all n whatever this host's computed capacity: the bench measures start-up.
+        [sys.executable, "-m", "shoal", "supervisor", "--id", "bench-sup", "--capacity", str(n)],
         env=process_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT,

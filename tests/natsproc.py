@@ -67,3 +67,11 @@ class NatsProcess:
     def restart(self) -> NatsProcess:
         self.kill()
         return self.start()
+
+
+def auth_config(path: Path, *users: str) -> Path:
+    """Write a server config letting in ``users`` (password ``<user>-pw``); rewrite + SIGHUP
+    to revoke one: the server drops its connections and refuses it from then on."""
+    entries = ", ".join(f"{{user: {u}, password: {u}-pw}}" for u in users)
+    path.write_text(f"authorization {{ users = [ {entries} ] }}\n")
+    return path

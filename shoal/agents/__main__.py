@@ -16,6 +16,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -50,6 +51,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--slot", type=int, help="Supervisor slot number.")
     p.add_argument("--supervisor", help="Id of the supervisor that started it.")
+    p.add_argument(
+        "--manifest", type=Path, help="Capability manifest file replacing the declared one."
+    )
     p.add_argument("--json", action="store_true", help="JSON output for scripts.")
     return p
 
@@ -74,6 +78,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m shoal.agents 
                 concurrency=args.concurrency,
                 slot=args.slot,
                 supervisor=args.supervisor,
+                manifest=args.manifest,
             )
         )
     except ShoalError as e:

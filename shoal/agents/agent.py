@@ -110,6 +110,12 @@ class Agent:
         clone.fleet, clone.name = check_token(fleet, "fleet"), check_token(name, "agent")
         return clone
 
+    def with_manifest(self, manifest: CapabilityManifest) -> Agent:
+        """This declaration with ``manifest`` in place of its own (a fleet spec's override)."""
+        clone = copy.copy(self)
+        clone.manifest = manifest
+        return clone
+
     def add_tool(self, tool: Tool) -> None:
         self.tools[tool.name] = tool
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from shoal.agents.conversation import Conversation
 from shoal.agents.delegation import Delegator
 from shoal.agents.gateways import ModelGateway, ToolGateway
 from shoal.agents.session import Identity, Session
 from shoal.bus import ShoalSettings
-from shoal.schemas import CloudEvent, EventData, PlannedTask
+from shoal.schemas import CloudEvent, EventData, PlannedTask, SessionMessage
 
 __all__ = ["TaskContext"]
 
@@ -72,6 +73,26 @@ class TaskContext:
     async def assign(self, capability: str, input: dict[str, Any]) -> str:
         """Publish a child task without waiting; return its IID."""
         return await self.delegator.assign(capability, input)
+
+    @property
+    def conversation(self) -> Conversation:
+        """This session's messages and questions (see :mod:`shoal.agents.conversation`)."""
+        found = self.extra.get("conversation")
+        if not isinstance(found, Conversation):
+            d = self.delegator
+            found = self.extra["conversation"] = Conversation(d.bus, d.emitter, self.session)
+        return found
+
+    def messages(self) -> AsyncIterator[SessionMessage]:
+        """Messages a person appended to this session: those sent so far, then new ones."""
+        return self.conversation.messages()
+
+    async def ask(self, question: str, *, timeout: float | None = None) -> str:
+        """Ask a person and wait for the reply (the session is ``awaiting_input`` meanwhile).
+
+        Raises :class:`~shoal.agents.conversation.InputTimeout` if nobody replies in time.
+        """
+        return await self.conversation.ask(question, timeout=timeout)
 
     async def emit(self, data: EventData) -> CloudEvent:
         """Record an event of this session (e.g. ``outcome.reported``) on the event log."""

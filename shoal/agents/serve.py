@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 from shoal.agents.agent import Agent
 from shoal.agents.models import ModelClient
@@ -23,6 +24,7 @@ from shoal.bus.genai import GenAI
 from shoal.bus.telemetry import setup_telemetry
 from shoal.errors import NotFound
 from shoal.schemas import new_id
+from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = ["resolve_agent", "run_instance", "serve"]
 
@@ -119,13 +121,20 @@ async def run_instance(
     concurrency: int = 8,
     slot: int | None = None,
     supervisor: str | None = None,
+    manifest: Path | None = None,
 ) -> str:
     """``shoal agent run``: connect (provisioning as every command does), serve with
-    telemetry until a signal or an instance kill; return the stop reason."""
+    telemetry until a signal or an instance kill; return the stop reason.
+
+    ``manifest`` (a fleet spec's override, as the supervisor passes it) replaces the
+    manifest the agent's code declares: its gateways enforce that one.
+    """
     # shoal.ops builds on the agents: its connection helper is imported when an instance runs.
     from shoal.ops.connect import open_bus
 
     agent = resolve_agent(fleet, name, target)
+    if manifest is not None:
+        agent = agent.with_manifest(CapabilityManifest.load(manifest))
     instance = instance or new_id()  # known before the runtime: the telemetry resource names it
     attributes = {"shoal.fleet": fleet, "gen_ai.agent.name": name}
     # Spans go to the local span file or OTLP per the OTEL_* settings; exit flushes them.

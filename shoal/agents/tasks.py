@@ -136,7 +136,7 @@ class TaskRunner:
                 output = await handler.fn(ctx, task_input)
             finally:
                 entry.running = False
-            if entry.kill is not None:
+            if _killed(call, entry):
                 return  # it swallowed its cancellation: the kill settled the delivery
             completed = TaskCompleted(
                 capability=data.capability,
@@ -147,13 +147,13 @@ class TaskRunner:
             await emitter.emit(completed, session)
             self.rt.genai.task_completed(self.rt.identity.fleet, data.capability)
         except asyncio.CancelledError:
-            if entry.kill is not None:
+            if _killed(call, entry):
                 _uncancel()  # our own cancellation: the kill settled the delivery
                 return
             await msg.nak()  # drain timed out: hand the task to another instance now
             raise
         except Exception as e:
-            if entry.kill is not None:
+            if _killed(call, entry):
                 return  # what the interrupted handler raised; the kill settled the delivery
             call.fail(e)
             await self._on_error(msg, session, data.capability, attempt, e)
@@ -168,7 +168,9 @@ class TaskRunner:
         kind = type(error).__name__
         if isinstance(error, Killed) and releases(error.key):
             last = attempt >= self.rt.settings.task_max_deliver
-            await self._fail(msg, session, capability, attempt, kind, str(error), final=last)
+            await self._fail(
+                msg, session, capability, attempt, kind, str(error), final=last, delay=False
+            )
             return
         final = isinstance(error, PolicyDenied | PermanentTaskError)
         final = final or attempt >= self.rt.settings.task_max_deliver
@@ -262,18 +264,18 @@ class TaskRunner:
                 outcome = await handler(ctx, goal)
             finally:
                 entry.running = False
-            if entry.kill is not None:
+            if _killed(call, entry):
                 return
             if not isinstance(outcome, GoalCompleted | GoalFailed):
                 outcome = GoalCompleted(result=outcome if isinstance(outcome, dict) else {})
         except asyncio.CancelledError:
-            if entry.kill is not None:
+            if _killed(call, entry):
                 _uncancel()
                 return
             await msg.nak()
             raise
         except Exception as e:
-            if entry.kill is not None:
+            if _killed(call, entry):
                 return
             call.fail(e)
             last = attempt >= self.rt.settings.task_max_deliver or isinstance(e, PolicyDenied)
@@ -369,8 +371,17 @@ class TaskRunner:
         return entry, ctx
 
 
+def _killed(call: AgentCall, entry: InFlight) -> bool:
+    """True if a kill interrupted this attempt (its span then ends failed, with the kill)."""
+    if entry.policy.interrupted is None:
+        return False
+    call.fail(entry.policy.interrupted)
+    return True
+
+
 def _uncancel() -> None:
-    """Take back the cancellation the kill sent, so the settling code below it can await."""
+    """Take back the kill's cancellation: the attempt's task ends normally (the kill, not
+    the task, settles its delivery)."""
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()

@@ -22,19 +22,36 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
 from shoal.errors import NotFound, Refused
-from shoal.schemas.fleet import DesiredAgent, FleetDesired, FleetSpec
+from shoal.schemas.fleet import (
+    DesiredAgent,
+    FleetDesired,
+    FleetSpec,
+    check_replicas,
+    check_target,
+    check_version,
+)
+from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = ["AgentState", "Fleet", "FleetApplication", "FleetHistoryEntry"]
 
 
 class AgentState:
-    """What the fleet knows of one of its agents: run target, version, replicas, history."""
+    """What the fleet knows of one of its agents: run target, version, replicas, manifest
+    override, history."""
 
-    def __init__(self, target: str, version: str, replicas: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        target: str,
+        version: str,
+        replicas: int,
+        concurrency: int,
+        manifest: CapabilityManifest | None = None,
+    ) -> None:
         self.target = target
         self.version = version
         self.replicas = replicas
         self.concurrency = concurrency
+        self.manifest = manifest
         # (version, target) pairs this agent ran before, oldest first: rollback pops the last.
         self.previous: list[tuple[str, str]] = []
 
@@ -118,14 +135,16 @@ class Fleet(Aggregate):
             raise Refused(f"fleet {self.name} is stopped: start it before scaling")
         for agent, count in replicas.items():
             self._agent(agent)
-            if count < 0:
-                raise Refused(f"cannot scale {agent} to {count}: replicas must be 0 or more")
+            check_replicas(agent, count)  # the spec's limit: scale cannot exceed what apply may
         self._scaled(replicas=dict(replicas), by=by, reason=reason)
 
     def upgrade(
         self, agent: str, version: str, by: str, reason: str = "", target: str | None = None
     ) -> None:
         state = self._agent(agent)
+        check_version(version)
+        if target is not None:
+            check_target(target)
         if version == state.version and (target is None or target == state.target):
             raise Refused(f"{self.name}/{agent} already runs version {version}")
         self._upgraded(
@@ -189,10 +208,12 @@ class Fleet(Aggregate):
                     version=s.version,
                     replicas=s.replicas,
                     concurrency=s.concurrency,
+                    manifest=s.manifest,
                     previous_version=s.previous[-1][0] if s.previous else None,
                 )
                 for name, s in self.agents.items()
             },
+            description=self.spec.description,
             rollout=self.spec.rollout,
             budget_usd=self.spec.budget_usd,
             updated_by=self.updated_by,
@@ -218,6 +239,7 @@ class Fleet(Aggregate):
                 state.previous.append((state.version, state.target))
             state.version, state.target = a.version, a.target
             state.replicas, state.concurrency = a.replicas, a.concurrency
+            state.manifest = a.manifest
             agents[a.name] = state
         self.agents = agents
 

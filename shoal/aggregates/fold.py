@@ -28,8 +28,10 @@ from shoal.schemas import (
     ModelCalled,
     OutcomeReported,
     PolicyDecided,
+    SessionAsked,
     SessionFlagged,
     SessionKilled,
+    SessionMessage,
     TaskAssigned,
     TaskCompleted,
     TaskFailed,
@@ -173,13 +175,29 @@ def _policy_decided(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None
     )
 
 
+def _asked(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
+    d = ev.data
+    assert isinstance(d, SessionAsked)
+    s.input_requested(seq, d.question_id, d.question[:500], timestamp=ev.time)
+
+
+def _message(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
+    d = ev.data
+    assert isinstance(d, SessionMessage)
+    resumed = s.answers(d.reply_to)
+    s.message_received(seq, d.by, d.reply_to, d.text[:500], resumed, timestamp=ev.time)
+
+
 def _approval(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
     d = ev.data
     if isinstance(d, ApprovalRequested):
         state, by, action, target = "requested", ev.source, d.action, d.target
     else:
         assert isinstance(d, ApprovalGranted | ApprovalDenied)
-        state = "granted" if isinstance(d, ApprovalGranted) else "denied"
+        if isinstance(d, ApprovalGranted):
+            state = "granted"
+        else:
+            state = "expired" if d.expired else "denied"
         by, action, target = d.by, "", ""
     s.trigger_event(
         Session.ApprovalChanged,
@@ -243,6 +261,8 @@ _HANDLERS: dict[str, _Handler] = {
     ToolCalled.type: _tool_called,
     PolicyDecided.type: _policy_decided,
     ApprovalRequested.type: _approval,
+    SessionAsked.type: _asked,
+    SessionMessage.type: _message,
     ApprovalGranted.type: _approval,
     ApprovalDenied.type: _approval,
     SessionKilled.type: _session_killed,

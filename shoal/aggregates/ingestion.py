@@ -33,6 +33,8 @@ from nats.js.kv import KeyValue
 
 from shoal.aggregates.application import ShoalCore, open_core
 from shoal.aggregates.budgets import BudgetCrossing
+from shoal.aggregates.fleet_caps import FleetCaps
+from shoal.aggregates.interactions import InteractionsService
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import (
     CORE_SOURCE,
@@ -478,6 +480,16 @@ async def run_core(
                 consumer=consumer,
                 stuck_after_s=settings.stuck_after_s,
             )
-            return await ingestion.run(stop, until_idle=until_idle, ready=ready)
+            # Fleet specs' budget_usd, read before the first fold and followed after.
+            fleets = await bus.kv(bus.topology.fleets.name)
+            caps = FleetCaps(fleets, processor.fleet_caps, processor.prices.fleet_budgets)
+            await caps.start(settings.request_timeout)
+            interactions = InteractionsService(bus)
+            await interactions.start()
+            try:
+                return await ingestion.run(stop, until_idle=until_idle, ready=ready)
+            finally:
+                await interactions.stop()
+                await caps.stop()
         finally:
             app.close()

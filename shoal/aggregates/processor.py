@@ -24,6 +24,7 @@ Each message goes through the same steps, in order:
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from eventsourcing.persistence import Tracking
 
@@ -53,6 +54,7 @@ from shoal.schemas import (
     OutcomeReported,
     SessionFlagged,
     SessionKilled,
+    SessionMessage,
     ToolCalled,
     parse_event,
 )
@@ -69,7 +71,13 @@ __all__ = [
 ]
 
 REFERRING_TYPES = frozenset(
-    {SessionKilled.type, SessionFlagged.type, BudgetExceeded.type, OutcomeReported.type}
+    {
+        SessionKilled.type,
+        SessionFlagged.type,
+        SessionMessage.type,
+        BudgetExceeded.type,
+        OutcomeReported.type,
+    }
 )
 """Types that say something about an existing session and never open one."""
 
@@ -94,6 +102,8 @@ class CoreProcessor:
         # Messages the fold raised on, by sequence, with the reason: folded again, the batch
         # dead-letters them instead of failing forever on the same message.
         self.poisoned: dict[int, str] = {}
+        # Fleet spend caps: the price table's, overridden by fleet specs' (kept by FleetCaps).
+        self.fleet_caps: dict[str, Decimal] = dict(prices.fleet_budgets)
         self.ws = WorkingSet(app, cache_size)
         self.position = app.max_tracking_id(upstream)
 
@@ -187,7 +197,7 @@ class CoreProcessor:
         # 5. charge, 6. watch
         flag: Flag | None = None
         if cost is not None:
-            result.crossings += charge(self.ws, s, ev, seq, cost, self.prices.fleet_budgets)
+            result.crossings += charge(self.ws, s, ev, seq, cost, self.fleet_caps)
             flag = after_model_call(s, ev, seq, self.limits)
         elif ev.type == ToolCalled.type:
             flag = after_tool_call(s, ev, seq, self.limits)

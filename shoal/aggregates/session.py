@@ -103,6 +103,9 @@ class Session(Aggregate):
         self.errors = 0
         self.failures_after_completion = 0
         self.rejected = 0
+        self.awaiting: str | None = None
+        """The question the session waits on (``status == "awaiting_input"``)."""
+        self.messages = 0
         self.budget_usd: Decimal | None = None
         self.budget_exceeded = False
         self.flags: list[str] = []
@@ -447,6 +450,57 @@ class Session(Aggregate):
     def flagged(self, seq: int, flag: str, reason: str, timestamp: datetime) -> None:
         if flag not in self.flags:
             self.flags.append(flag)
+
+    # -- conversation ---------------------------------------------------------------------------
+    class InputRequested(Aggregate.Event):
+        """The agent asked a person a question; the session waits (``awaiting_input``)."""
+
+        seq: int
+        question_id: str
+        question: str
+
+    @event(InputRequested)
+    def input_requested(
+        self, seq: int, question_id: str, question: str, timestamp: datetime
+    ) -> None:
+        self.last_seq = seq
+        if not self.ended:
+            self.status = "awaiting_input"
+        self.awaiting = question_id
+
+    class MessageReceived(Aggregate.Event):
+        """A message was appended to the session (``reply_to``: the question it answers)."""
+
+        seq: int
+        by: str
+        reply_to: str | None
+        text: str
+        resumed: bool
+        """True when it answered the question the session was waiting on."""
+
+    @event(MessageReceived)
+    def message_received(
+        self,
+        seq: int,
+        by: str,
+        reply_to: str | None,
+        text: str,
+        resumed: bool,
+        timestamp: datetime,
+    ) -> None:
+        self.last_seq = seq
+        self.messages = getattr(self, "messages", 0) + 1
+        if resumed:
+            self.awaiting = None
+            self.status = "running"
+
+    def answers(self, reply_to: str | None) -> bool:
+        """True when a reply to ``reply_to`` resumes this session (it waits on that question)."""
+        return (
+            reply_to is not None
+            and reply_to == getattr(self, "awaiting", None)
+            and self.status == "awaiting_input"
+        )
 
     class OutcomeReported(Aggregate.Event):
         """Feedback on the session's result (possibly hours after it ended)."""

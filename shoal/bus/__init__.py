@@ -13,7 +13,7 @@ from shoal.bus.keys import (
     presence_key,
 )
 from shoal.bus.settings import ShoalSettings
-from shoal.bus.streams import BucketSpec, StreamSpec, Topology, provision
+from shoal.bus.streams import BucketSpec, ObjectStoreSpec, StreamSpec, Topology, provision
 from shoal.bus.subjects import NO_GID, EventSubject, Subjects, check_token
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "KillScope",
     "KillSwitch",
     "Lease",
+    "ObjectStoreSpec",
     "Presence",
     "ShoalSettings",
     "Stored",

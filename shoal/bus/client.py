@@ -8,7 +8,6 @@ filter, and dead-letters what cannot be processed. Domain logic lives elsewhere.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,22 +16,36 @@ from datetime import datetime
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoServersError
 from nats.js import api
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import ObjectNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
+from shoal.bus.connection import ConnectionWatch, open_connection
+from shoal.bus.deadletter import (
+    OBJECT_HEADER,
+    OBJECT_STORE_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+    REASON_HEADER,
+    DeadLetterRecord,
+)
 from shoal.bus.settings import ShoalSettings
-from shoal.bus.streams import Topology, provision
+from shoal.bus.streams import Topology, provision, provision_object_store
 from shoal.bus.subjects import Subjects
 from shoal.bus.tracecontext import with_traceparent
-from shoal.errors import InvalidEvent, NatsUnreachable
+from shoal.errors import InvalidEvent
 from shoal.schemas import CONTENT_TYPE, CloudEvent, parse_event
 
-__all__ = ["Bus", "Stored", "event_headers"]
+__all__ = [
+    "ORIGINAL_SUBJECT_HEADER",
+    "REASON_HEADER",
+    "Bus",
+    "Stored",
+    "event_headers",
+    "open_connection",
+    "to_stored",
+]
 
-REASON_HEADER = "Shoal-Reason"
-ORIGINAL_SUBJECT_HEADER = "Shoal-Original-Subject"
 PUBLISH_WINDOW = 4000
 """Most publish acks :meth:`Bus.publish_many` keeps in flight (nats-py's default)."""
 
@@ -68,21 +81,38 @@ class Bus:
         )
         self.subjects = Subjects(settings.prefix)
         self.topology = Topology.for_settings(settings)
+        self._deadletter_objects: ObjectStore | None = None
 
     @classmethod
     @asynccontextmanager
     async def connect(
         cls, url: str, settings: ShoalSettings, *, name: str = "shoal"
     ) -> AsyncIterator[Bus]:
-        """Connect (failing fast with :class:`NatsUnreachable`), yield a Bus, drain on exit."""
-        nc = await open_connection(url, settings, name=name)
+        """Connect (failing fast with :class:`NatsUnreachable`), yield a Bus, drain on exit.
+
+        The task that entered owns the connection: if nats-py closes it for good (a server
+        error, revoked credentials; it will not reconnect), that task is cancelled and the
+        ``async with`` raises :class:`~shoal.errors.ConnectionLost`, so a long-running
+        process ends non-zero instead of idling on a dead connection.
+        """
+        watch = ConnectionWatch()
+        nc = await open_connection(url, settings, name=name, closed_cb=watch.closed)
+        watch.arm(nc)
         try:
             yield cls(nc, settings)
+        except (Exception, asyncio.CancelledError) as e:
+            if watch.reason is None:
+                raise
+            raise watch.lost() from (None if isinstance(e, asyncio.CancelledError) else e)
+        else:
+            if watch.reason is not None and watch.owner is not None and watch.owner.cancelling():
+                raise watch.lost()  # the cancellation was swallowed on the way out
         finally:
+            watch.closing = True
             if not nc.is_closed:
                 try:
                     await asyncio.wait_for(nc.drain(), timeout=settings.request_timeout)
-                except (TimeoutError, nats.errors.ConnectionClosedError):
+                except (TimeoutError, nats.errors.Error):  # closed, or reconnecting
                     await nc.close()
 
     async def provision(self, attempts: int = 3) -> list[str]:
@@ -154,18 +184,49 @@ class Bus:
     async def deadletter(
         self, origin: str, raw: bytes, reason: str, original_subject: str = ""
     ) -> api.PubAck:
-        """Park an unprocessable message, unchanged, with the reason in a header."""
-        msg_id = "dl-" + hashlib.sha256(original_subject.encode() + b"\0" + raw).hexdigest()[:32]
+        """Park an unprocessable message with its reason: a record that always fits.
+
+        A small original is kept inline; a large one goes to the dead-letter object store
+        first and the record names it (see :class:`~shoal.bus.deadletter.DeadLetterRecord`).
+        """
+        spec = self.topology.deadletter_objects
+        record = DeadLetterRecord.build(
+            raw, reason, original_subject, bucket=spec.name, max_payload=self.nc.max_payload
+        )
+        if record.object_name is not None:
+            await self._keep_object(record.object_name, raw)
         return await self.js.publish(
             self.subjects.deadletter(origin),
-            raw,
-            headers={
-                "Nats-Msg-Id": msg_id,
-                REASON_HEADER: reason.replace("\r", " ").replace("\n", " ")[:1000],
-                ORIGINAL_SUBJECT_HEADER: original_subject,
-            },
+            record.body,
+            headers=record.headers,
             timeout=self.settings.request_timeout,
         )
+
+    async def deadletter_body(self, msg: Msg | api.RawStreamMsg) -> bytes:
+        """The original bytes of a dead-letter record (inline, or from the object store)."""
+        headers = msg.headers or {}
+        name = headers.get(OBJECT_HEADER)
+        if name is None:
+            return msg.data or b""
+        store = await self.js.object_store(headers.get(OBJECT_STORE_HEADER) or "")
+        result = await store.get(name)
+        return result.data or b""
+
+    async def _keep_object(self, name: str, raw: bytes) -> None:
+        if self._deadletter_objects is None:
+            # Provisioned with the other buckets; a server provisioned by an older shoal
+            # gets it here rather than losing the dead letter.
+            await provision_object_store(self.js, self.topology.deadletter_objects)
+            self._deadletter_objects = await self.js.object_store(
+                self.topology.deadletter_objects.name
+            )
+        store = self._deadletter_objects
+        try:
+            await store.get_info(name)
+            return  # the name is a hash of the subject and bytes: already kept
+        except ObjectNotFoundError:
+            pass
+        await store.put(name, raw)
 
     # -- read back --------------------------------------------------------------------------
     async def read(
@@ -222,36 +283,3 @@ def to_stored(msg: Msg) -> Stored:
     except InvalidEvent as e:
         event, error = None, str(e)
     return Stored(meta.sequence.stream, msg.subject, meta.timestamp, event, error, msg.data)
-
-
-async def open_connection(url: str, settings: ShoalSettings, *, name: str) -> NATS:
-    """Connect once, fast: an unreachable server is a clear error, not a reconnect loop."""
-
-    async def _quiet(_: Exception) -> None:
-        # Connection errors after the first connect are surfaced by the operations that
-        # fail; nats-py would otherwise print them to stderr.
-        return None
-
-    # NATS_URL may list several servers of a cluster, comma-separated.
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    try:
-        nc = await nats.connect(
-            servers,
-            name=name,
-            connect_timeout=settings.connect_timeout,
-            allow_reconnect=True,
-            # nats-py applies this limit to the first connect too, where -1 would retry
-            # forever: try each server twice, then say so.
-            max_reconnect_attempts=2,
-            reconnect_time_wait=0.2,
-            error_cb=_quiet,
-        )
-    except (NoServersError, OSError, TimeoutError) as e:
-        raise NatsUnreachable(f"no NATS server reachable at {url}: {e or type(e).__name__}") from e
-    except nats.errors.Error as e:  # a malformed URL, refused authorization…
-        raise NatsUnreachable(f"cannot connect to {url}: {e}") from e
-    # Once connected, ride out outages: a restarted server must not end a long-running
-    # process; operations that fail meanwhile raise and are reported where they happen.
-    nc.options["max_reconnect_attempts"] = -1
-    nc.options["reconnect_time_wait"] = 0.5
-    return nc

@@ -58,6 +58,11 @@ class ShoalSettings(BaseSettings):
     dedup_window_s: float = Field(default=120.0, gt=0)
     presence_ttl_s: float = Field(default=10.0, gt=0)
     lease_ttl_s: float = Field(default=10.0, gt=0)
+    supervisor_capacity: int | None = Field(
+        default=None,
+        ge=0,
+        description="Instances one supervisor admits (default: computed from CPUs and memory).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     persistence_module: str = Field(
         default="eventsourcing.sqlite",
@@ -122,6 +127,16 @@ class ShoalSettings(BaseSettings):
         ),
         description="OTLP endpoint for metrics only (full URL, used as given).",
     )
+    otel_traces_exporter: Literal["otlp", "none"] = Field(
+        default="otlp",
+        validation_alias=AliasChoices("OTEL_TRACES_EXPORTER", "otel_traces_exporter"),
+        description="none: no span is exported (nor written to the span file).",
+    )
+    otel_metrics_exporter: Literal["otlp", "none"] = Field(
+        default="otlp",
+        validation_alias=AliasChoices("OTEL_METRICS_EXPORTER", "otel_metrics_exporter"),
+        description="none: no metric is exported (nor written to the metrics file).",
+    )
     otel_protocol: Literal["grpc", "http/protobuf"] = Field(
         default="http/protobuf",
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_PROTOCOL", "otel_protocol"),
@@ -153,6 +168,12 @@ class ShoalSettings(BaseSettings):
     @classmethod
     def _empty_otel_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("otel_traces_exporter", "otel_metrics_exporter", mode="before")
+    @classmethod
+    def _exporter_name(cls, value: object) -> object:
+        # The spec's values are case-insensitive, comma-separated lists; shoal takes one.
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("otel_sdk_disabled", mode="before")
     @classmethod

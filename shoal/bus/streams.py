@@ -17,7 +17,7 @@ from shoal.bus.settings import ShoalSettings
 from shoal.bus.subjects import Subjects
 from shoal.errors import ConfigConflict
 
-__all__ = ["BucketSpec", "StreamSpec", "Topology", "provision"]
+__all__ = ["BucketSpec", "ObjectStoreSpec", "StreamSpec", "Topology", "provision"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,34 @@ class BucketSpec:
 
 
 @dataclass(frozen=True)
+class ObjectStoreSpec:
+    """One JetStream object store (stream ``OBJ_<name>``): large bodies, chunked."""
+
+    name: str
+    replicas: int = 1
+    description: str = ""
+
+    @property
+    def stream(self) -> str:
+        return f"OBJ_{self.name}"
+
+    def config(self) -> api.ObjectStoreConfig:
+        return api.ObjectStoreConfig(
+            bucket=self.name,
+            description=self.description or None,
+            replicas=self.replicas,
+            storage=api.StorageType.FILE,
+        )
+
+    def differences(self, existing: api.StreamConfig) -> list[str]:
+        wanted = {"storage": "file", "replicas": self.replicas}
+        actual = {"storage": _plain(existing.storage), "replicas": existing.num_replicas or 1}
+        return [
+            f"{k} is {actual[k]!r}, shoal wants {v!r}" for k, v in wanted.items() if actual[k] != v
+        ]
+
+
+@dataclass(frozen=True)
 class Topology:
     """The names of everything shoal provisions for one prefix."""
 
@@ -121,6 +149,7 @@ class Topology:
     leases: BucketSpec
     policies: BucketSpec
     approvals: BucketSpec
+    deadletter_objects: ObjectStoreSpec
 
     @classmethod
     def for_settings(cls, settings: ShoalSettings) -> Topology:
@@ -160,6 +189,9 @@ class Topology:
             approvals=BucketSpec(
                 f"{p}_approvals", history=5, replicas=r, description="Approval requests"
             ),
+            deadletter_objects=ObjectStoreSpec(
+                f"{p}_deadletter", replicas=r, description="Bodies of large dead letters"
+            ),
         )
 
     @property
@@ -198,7 +230,19 @@ async def provision(js: JetStreamContext, topology: Topology) -> list[str]:
             continue
         info = await js.stream_info(f"KV_{bucket.name}")
         _raise_on_conflict(f"bucket {bucket.name}", bucket.differences(info.config))
+    created += await provision_object_store(js, topology.deadletter_objects)
     return created
+
+
+async def provision_object_store(js: JetStreamContext, spec: ObjectStoreSpec) -> list[str]:
+    """Create the object store if missing; return ``[name]`` if created. Raise on conflict."""
+    try:
+        info = await js.stream_info(spec.stream)
+    except NotFoundError:
+        await js.create_object_store(spec.name, config=spec.config())
+        return [spec.name]
+    _raise_on_conflict(f"object store {spec.name}", spec.differences(info.config))
+    return []
 
 
 def _plain(value: Any) -> Any:

@@ -69,6 +69,10 @@ class Subjects:
         """Filter for every event of one session (IID)."""
         return f"{self.prefix}.events.*.{check_token(iid, 'iid')}.>"
 
+    def session_events_of_type(self, iid: str, short_type: str) -> str:
+        """Filter for one type of event of one session (``session.message``)."""
+        return f"{self.prefix}.events.*.{check_token(iid, 'iid')}.{short_type}"
+
     def goal_events(self, gid: str) -> str:
         """Filter for every event of one goal (GID), all its sessions included."""
         return f"{self.prefix}.events.{check_token(gid, 'gid')}.>"

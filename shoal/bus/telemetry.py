@@ -168,19 +168,26 @@ def setup_telemetry(
             **(attributes or {}),
         }
     )
-    processor: SpanProcessor
+    processor: SpanProcessor | None
     if span_exporter is not None:
         processor, exporter_name = SimpleSpanProcessor(span_exporter), "custom"
+    elif settings.otel_traces_exporter == "none":
+        processor, exporter_name = None, "none"  # OTEL_TRACES_EXPORTER=none
     else:
         configured, exporter_name = _span_exporter(settings)
         processor = BatchSpanProcessor(configured)
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(processor)
-    reader = metric_reader or PeriodicExportingMetricReader(_metric_exporter(settings))
+    if processor is not None:
+        tracer_provider.add_span_processor(processor)
+    readers: list[MetricReader] = []
+    if metric_reader is not None:
+        readers.append(metric_reader)
+    elif settings.otel_metrics_exporter != "none":  # OTEL_METRICS_EXPORTER=none: no reader
+        readers.append(PeriodicExportingMetricReader(_metric_exporter(settings)))
     # No exemplars: sampling one per measurement costs more than the rest of a record, and
     # the spans already carry what an exemplar would point to.
     meter_provider = MeterProvider(
-        metric_readers=[reader], resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
+        metric_readers=readers, resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
     )
     if install_global:
         _install_global(tracer_provider, meter_provider)
@@ -225,10 +232,46 @@ def _span_exporter(settings: ShoalSettings) -> tuple[SpanExporter, str]:
     return OTLPSpanExporter(endpoint=endpoint), "otlp/http"
 
 
+class ReportOnce(logging.Filter):
+    """Let an exporter's failure through once per kind (status code, reason), not per batch.
+
+    A collector that takes spans but not metrics answers every metrics batch with HTTP 405;
+    the SDK would log that every export interval, forever.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = str(record.msg) + repr(record.args[:2] if isinstance(record.args, tuple) else ())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        record.msg = str(record.msg) + " (reported once; later failures like it are not)"
+        return True
+
+
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+)
+
+
+def _report_once() -> None:
+    for name in _EXPORTER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ReportOnce) for f in logger.filters):
+            logger.addFilter(ReportOnce())
+
+
 def _metric_exporter(settings: ShoalSettings) -> MetricExporter:
     endpoint = _signal_endpoint(settings, "metrics")
     if endpoint is None:
         return JsonLinesMetricExporter(metrics_path(settings))
+    _report_once()
     if settings.otel_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,

@@ -10,16 +10,21 @@ reason and raises it. What is *running* comes from the presence and leases bucke
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import ValidationError
 
-from shoal.bus import Bus, Presence, ShoalSettings
+from shoal.bus import Bus, Presence, ShoalSettings, kill_key
 from shoal.errors import InvalidSpec, NotFound, Refused, ShoalError
-from shoal.ops.slots import SlotLease
+from shoal.ops.slots import SUPERVISOR_KEY_PREFIX, SlotLease, SupervisorLease
 
 if TYPE_CHECKING:  # the core (eventsourcing…) loads when a command needs it, not at CLI start
     from shoal.aggregates.fleet import FleetApplication, FleetHistoryEntry
@@ -43,7 +48,10 @@ __all__ = [
     "open_fleet_app",
     "parse_replicas",
     "wait_rollout",
+    "write_desired",
 ]
+
+log = logging.getLogger("shoal.fleets")
 
 
 def open_fleet_app(settings: ShoalSettings) -> FleetApplication:
@@ -108,9 +116,49 @@ async def _audit(
     )
 
 
-async def _write_desired(bus: Bus, desired: FleetDesired) -> None:
+async def write_desired(bus: Bus, desired: FleetDesired, attempts: int = 20) -> bool:
+    """Write the fleet's desired document unless the bucket holds a newer one.
+
+    Compare-and-set on the key's revision: read the document there, refuse to replace one
+    of the same or a higher ``generation`` (the Fleet aggregate's version), else update on
+    the revision read (create when there is none). Two commands writing at once, or a write
+    delayed past a later one, therefore leave the newest generation in the bucket. Returns
+    whether this document was written.
+    """
     kv = await bus.kv(bus.topology.fleets.name)
-    await kv.put(desired.fleet, desired.model_dump_json().encode())
+    body = desired.model_dump_json().encode()
+    for _ in range(attempts):
+        try:
+            entry: KeyValue.Entry | None = await kv.get(desired.fleet)
+        except KeyNotFoundError:  # never written, or deleted
+            entry = None
+        current = _generation(entry)
+        if current is not None and current >= desired.generation:
+            log.info(
+                "fleet %s: bucket holds generation %d; not writing %d",
+                desired.fleet,
+                current,
+                desired.generation,
+            )
+            return False
+        try:
+            if entry is None:
+                await kv.create(desired.fleet, body)
+            else:
+                await kv.update(desired.fleet, body, last=entry.revision)
+        except KeyWrongLastSequenceError:
+            continue  # written by someone else since we read: look again
+        return True
+    raise Refused(f"fleet {desired.fleet}: desired state kept changing under this write")
+
+
+def _generation(entry: KeyValue.Entry | None) -> int | None:
+    if entry is None or not entry.value:
+        return None
+    try:
+        return FleetDesired.model_validate_json(entry.value).generation
+    except ValidationError:
+        return None  # not a document we can read: replace it with a valid one
 
 
 async def apply_fleet(
@@ -124,7 +172,7 @@ async def apply_fleet(
         await _audit(bus, "apply", spec.fleet, by, reason, e, detail)
         raise
     desired = fleet.desired()
-    await _write_desired(bus, desired)
+    await write_desired(bus, desired)
     await _audit(bus, "apply", spec.fleet, by, reason, None, detail)
     return desired
 
@@ -146,7 +194,7 @@ async def fleet_command(
         await _audit(bus, verb, name, by, reason, e, args)
         raise
     desired = fleet.desired()
-    await _write_desired(bus, desired)
+    await write_desired(bus, desired)
     await _audit(bus, verb, name, by, reason, None, args)
     return desired
 
@@ -223,10 +271,17 @@ class AgentView:
     previous_version: str | None
     instances: list[InstanceView] = field(default_factory=list)
     slots: list[SlotView] = field(default_factory=list)
+    pending_reason: str = ""
 
     @property
     def actual(self) -> int:
         return len(self.instances)
+
+    @property
+    def pending(self) -> list[int]:
+        """Desired slots no supervisor holds yet (why: :attr:`pending_reason`)."""
+        held = {s.slot for s in self.slots}
+        return [i for i in range(self.desired) if i not in held]
 
     @property
     def versions(self) -> dict[str, int]:
@@ -250,10 +305,14 @@ class FleetView:
     updated_by: str
     updated_at: datetime | None
     agents: list[AgentView]
+    description: str = ""
+    budget_usd: Decimal | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "fleet": self.fleet,
+            "description": self.description,
+            "budget_usd": None if self.budget_usd is None else str(self.budget_usd),
             "running": self.running,
             "generation": self.generation,
             "updated_by": self.updated_by,
@@ -269,6 +328,8 @@ class FleetView:
                     "versions": a.versions,
                     "instances": [i.__dict__ for i in a.instances],
                     "slots": [s.__dict__ for s in a.slots],
+                    "pending": a.pending,
+                    "pending_reason": a.pending_reason if a.pending else "",
                 }
                 for a in self.agents
             ],
@@ -299,8 +360,42 @@ async def describe_fleet(bus: Bus, name: str) -> FleetView:
         raise NotFound(f"no fleet named {name!r} in desired state: apply a spec first") from e
     desired = FleetDesired.model_validate_json(entry.value or b"{}")
     presence = await kv_snapshot(await bus.kv(bus.topology.presence.name), f"{name}.>")
-    leases = await kv_snapshot(await bus.kv(bus.topology.leases.name), f"{name}.>")
-    return _view(desired, presence, leases)
+    leases_kv = await bus.kv(bus.topology.leases.name)
+    leases = await kv_snapshot(leases_kv, f"{name}.>")
+    view = _view(desired, presence, leases)
+    reason = await _pending_reason(bus, name, await kv_snapshot(leases_kv, "_supervisor.>"))
+    for agent in view.agents:
+        agent.pending_reason = reason
+    return view
+
+
+async def _pending_reason(bus: Bus, fleet: str, supervisors: dict[str, KeyValue.Entry]) -> str:
+    """Why desired slots of ``fleet`` may have no supervisor (the same for all its slots)."""
+    kill = await bus.kv(bus.topology.kill.name)
+    for key in (kill_key("all"), kill_key("fleet", fleet)):
+        with contextlib.suppress(KeyNotFoundError):
+            if (await kill.get(key)).value is not None:
+                return f"kill switch {key} is set"
+    serving: dict[str, SupervisorLease | None] = {}
+    for key, entry in supervisors.items():
+        sup_id = key.removeprefix(SUPERVISOR_KEY_PREFIX + ".")
+        try:
+            lease: SupervisorLease | None = SupervisorLease.model_validate_json(entry.value or b"")
+        except ValidationError:
+            lease = None
+        if lease is None or lease.fleets is None or fleet in lease.fleets:
+            serving[sup_id] = lease
+    if not supervisors:
+        return "no supervisor is running"
+    if not serving:
+        return f"no running supervisor serves fleet {fleet} (see their --fleet)"
+    known = {k: v for k, v in serving.items() if v is not None}
+    if len(known) == len(serving) and all(v.full for v in known.values()):
+        full = ", ".join(
+            f"{k} {v.held}/{v.capacity} ({v.capacity_source})" for k, v in sorted(known.items())
+        )
+        return f"every supervisor is at capacity: {full}"
+    return "waiting for a supervisor to claim it"
 
 
 def _view(
@@ -361,6 +456,8 @@ def _view(
         updated_by=desired.updated_by,
         updated_at=desired.updated_at,
         agents=list(agents.values()),
+        description=desired.description,
+        budget_usd=desired.budget_usd,
     )
 
 

@@ -2,12 +2,14 @@
 the tie that makes an instance die with its supervisor.
 
 Each instance is ``python -m shoal agent run FLEET AGENT --target … --instance … --version …
---slot … --supervisor …`` (the lean entry point :mod:`shoal.agents.__main__`: no typer app to
-build) in a session of its own (so a Ctrl-C meant for the supervisor
-does not reach it: the supervisor drains its instances itself). On Linux the child asks the
-kernel to send it SIGTERM when its parent dies (``PR_SET_PDEATHSIG``): a SIGKILLed
-supervisor therefore leaves no unsupervised instance behind, and the supervisor that takes
-over its slots once the leases expire starts exactly the missing ones.
+--slot … --supervisor … [--manifest FILE]`` (``--manifest``: the fleet spec's manifest for
+the agent, which replaces the one its code declares) through the lean entry point
+:mod:`shoal.agents.__main__` (no typer app to build), in a session of its own (so a Ctrl-C
+meant for the supervisor does not reach it: the supervisor drains its instances itself).
+On Linux the child asks the kernel to send it SIGTERM when its parent dies
+(``PR_SET_PDEATHSIG``): a SIGKILLed supervisor therefore leaves no unsupervised instance
+behind, and the supervisor that takes over its slots once the leases expire starts exactly
+the missing ones.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Launch:
     slot: int
     concurrency: int
     supervisor: str
+    manifest: Path | None = None  # the spec's manifest override, as a JSON file
 
 
 Launcher = Callable[[Launch], list[str]]
@@ -59,6 +62,7 @@ Launcher = Callable[[Launch], list[str]]
 def instance_command(launch: Launch) -> list[str]:
     """``python -m shoal agent run`` for one slot (``shoal/__main__.py`` routes it to the lean
     :mod:`shoal.agents.__main__`; the words ``shoal agent run`` name it in process lists)."""
+    manifest = ["--manifest", str(launch.manifest)] if launch.manifest is not None else []
     return [
         sys.executable,
         "-m",
@@ -79,6 +83,7 @@ def instance_command(launch: Launch) -> list[str]:
         str(launch.slot),
         "--supervisor",
         launch.supervisor,
+        *manifest,
     ]
 
 

@@ -9,29 +9,63 @@ too and terminate the processes of a killed instance or fleet (or of everything,
 Each kill is audited: ``control.accepted`` on ``<prefix>.control.<scope>.kill``, and on the
 event log ``agent.killed`` for each instance it stops (as far as presence knows them) or
 ``session.killed`` for a session.
+
+Under a slow or paused server, :func:`kill_with_retry` retries the whole kill (connect,
+check, put) within one deadline and says which of two things happened: the switch is
+written (the put was acknowledged), or it could not be confirmed (:class:`KillUnconfirmed`,
+exit 1). The put is idempotent, so a retry after a lost acknowledgement is harmless.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError
+import nats.errors
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, ServiceUnavailableError
 
-from shoal.bus import KILL_SCOPES, Bus, KillScope, KillSwitch, Presence, kill_key, parse_kill_key
-from shoal.errors import NotFound, Refused
+from shoal.bus import (
+    KILL_SCOPES,
+    Bus,
+    KillScope,
+    KillSwitch,
+    Presence,
+    ShoalSettings,
+    kill_key,
+    parse_kill_key,
+)
+from shoal.errors import InvalidOption, KillUnconfirmed, NatsUnreachable, NotFound
+from shoal.ops.connect import open_bus
 from shoal.ops.fleets import control_event, kv_snapshot
+from shoal.ops.targets import check_kill_target
 from shoal.schemas import AgentKilled, CloudEvent, ControlAccepted, SessionKilled, utcnow
 
-__all__ = ["KillResult", "kill", "list_kills", "parse_scope", "unkill"]
+__all__ = ["KillResult", "kill", "kill_with_retry", "list_kills", "parse_scope", "unkill"]
+
+_RETRYABLE = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    ServiceUnavailableError,
+    NatsUnreachable,
+    ConnectionError,
+)
+"""What a slow, paused or restarting server looks like; anything else is not retried."""
 
 
 @dataclass(frozen=True)
 class KillResult:
-    """What a kill set: its key, and the instances it will stop (from presence)."""
+    """What a kill set: its key, the instances it will stop, and whether it was audited."""
 
     key: str
     switch: KillSwitch
     instances: list[str]
+    audited: bool = True
+    attempts: int = 1
+    audit_error: str = ""
 
 
 def parse_scope(options: dict[str, str | None], all_: bool) -> tuple[KillScope, str | None]:
@@ -41,11 +75,62 @@ def parse_scope(options: dict[str, str | None], all_: bool) -> tuple[KillScope, 
         given.append(("all", None))
     if len(given) != 1:
         names = ", ".join(f"--{s}" for s in KILL_SCOPES)
-        raise Refused(f"give exactly one of {names}")
+        raise InvalidOption(f"give exactly one of {names}")
     scope, name = given[0]
     if scope not in KILL_SCOPES:
-        raise Refused(f"unknown kill scope {scope!r}")
+        raise InvalidOption(f"unknown kill scope {scope!r}")
     return scope, name
+
+
+async def kill_with_retry(
+    settings: ShoalSettings,
+    scope: KillScope,
+    name: str | None,
+    *,
+    by: str,
+    reason: str = "",
+    timeout: float,
+    force: bool = False,
+) -> KillResult:
+    """Connect, check the target (unless ``force``) and set the switch, retrying until
+    ``timeout``; :class:`KillUnconfirmed` if no attempt got the put acknowledged."""
+    key = kill_key(scope, name)
+    deadline = time.monotonic() + timeout
+    attempts, last = 0, "no attempt finished"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.05:
+            break
+        attempts += 1
+        # Each attempt gets a share of the time, so a hung connection leaves room to retry.
+        budget = remaining if attempts >= 3 else max(min(remaining, timeout / 3), 0.5)
+        try:
+            async with asyncio.timeout(budget):
+                async with open_bus(settings, name="shoal-kill") as bus:
+                    if not force:
+                        await check_kill_target(bus, scope, name)
+                    result = await kill(bus, scope, name, by=by, reason=reason)
+                    return KillResult(
+                        result.key,
+                        result.switch,
+                        result.instances,
+                        result.audited,
+                        attempts,
+                        result.audit_error,
+                    )
+        except _RETRYABLE as e:
+            last = _why(e)
+        await asyncio.sleep(min(0.2 * attempts, max(deadline - time.monotonic(), 0)))
+    raise KillUnconfirmed(
+        f"kill switch {key} NOT confirmed written after {attempts} attempt(s) in "
+        f"{timeout:g}s ({last}); assume it is not set: retry, or check 'shoal kill --list'"
+    )
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, TimeoutError | nats.errors.TimeoutError):
+        return "the server did not answer in time"
+    return str(e) or type(e).__name__
 
 
 async def kill(
@@ -56,8 +141,13 @@ async def kill(
     switch = KillSwitch(scope=scope, name=name, reason=reason, by=by, at=utcnow())
     # Read presence first: a killed instance stops and removes its heartbeat within ms.
     stopped = await _affected_instances(bus, scope, name)
-    kv = await bus.kv(bus.topology.kill.name)
+    try:
+        kv = await bus.kv(bus.topology.kill.name)
+    except BucketNotFoundError:  # a fresh server: provision, then set the switch
+        await bus.provision()
+        kv = await bus.kv(bus.topology.kill.name)
     await kv.put(key, switch.model_dump_json().encode())
+    # The switch is written: from here on a failure only loses the audit, and says so.
     events: list[tuple[str, CloudEvent] | CloudEvent] = [
         (
             bus.subjects.control(scope, "kill"),
@@ -94,8 +184,12 @@ async def kill(
                 principal=by,
             )
         )
-    await bus.publish_many(events)
-    return KillResult(key, switch, [p.instance for p in stopped])
+    instances = [p.instance for p in stopped]
+    try:
+        await bus.publish_many(events)
+    except _RETRYABLE as e:
+        return KillResult(key, switch, instances, audited=False, audit_error=_why(e))
+    return KillResult(key, switch, instances)
 
 
 async def unkill(

@@ -8,6 +8,7 @@ from nats.js.errors import NotFoundError
 
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.connect import open_bus, resolve_url
+from shoal.ops.health import Health, check_health
 from shoal.ops.server import EmbeddedServer
 from shoal.ops.services import LOCAL_SERVICES
 
@@ -31,6 +32,7 @@ class PlatformStatus:
     storage_bytes: int
     streams: list[StreamStatus] = field(default_factory=list)
     services: dict[str, int | None] = field(default_factory=dict)
+    health: Health = field(default_factory=Health)
 
     @property
     def deadletters(self) -> int:
@@ -89,7 +91,9 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
             streams.append(
                 StreamStatus(spec.name, state.messages, state.bytes, state.consumer_count)
             )
+        health = await check_health(bus)
         return PlatformStatus(
+            health=health,
             url=url,
             embedded=settings.embedded,
             server_version=bus.nc.connected_server_version.__str__(),

@@ -50,6 +50,8 @@ State = Literal["pending", "granted", "denied", "expired"]
 class NotPending(ShoalError):
     """The approval was already decided (or expired): it cannot be decided again."""
 
+    code = "not_pending"
+
 
 def request_hash(action: str, target: str, arguments: dict[str, Any]) -> str:
     """sha256 of the exact request, as canonical JSON (sorted keys, no spaces)."""

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import cedarpy
 
-from shoal.errors import ShoalError
+from shoal.errors import USAGE_EXIT, ShoalError
 
 __all__ = [
     "ACTIONS",
@@ -63,6 +63,9 @@ _SQL_VERB = re.compile(r"^\s*([A-Za-z]+)")
 
 class InvalidPolicy(ShoalError):
     """A policy file is not valid Cedar, or uses an annotation shoal does not know."""
+
+    code = "invalid_policy"
+    exit_code = USAGE_EXIT
 
 
 @dataclass(frozen=True)

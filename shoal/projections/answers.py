@@ -244,6 +244,14 @@ class InterventionRow(_Model):
     approvals_requested: int
     rate: Money
     """Sessions that needed a human's approval / sessions."""
+    granted: int = 0
+    denied: int = 0
+    expired: int = 0
+    """Approvals nobody decided before their timeout."""
+    approval_rate: Money | None = None
+    """Granted / decided (granted, denied or expired); ``None`` when none was decided."""
+    median_wait_s: float | None = None
+    """Median time from request to decision, over decided approvals."""
 
 
 class InterventionAnswer(_Model):

@@ -17,7 +17,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel
 
 from shoal.bus import ShoalSettings, Subjects
-from shoal.errors import NotFound, QueryFailed, Refused, ServiceUnavailable, ShoalError
+from shoal.errors import NotFound, QueryFailed, Refused, ServiceUnavailable, ShoalError, TimedOut
 from shoal.projections.queries import NAMED_QUERIES
 from shoal.projections.sql import SqlAnswer, SqlParams
 
@@ -66,7 +66,8 @@ class QueryClient:
                 f"no query service answers on {subject}; start one with 'shoal projections serve'"
             ) from None
         except (NatsTimeoutError, TimeoutError):
-            raise QueryFailed(
+            # A slow answer is a failure at run time (exit 1), not a bad query (exit 2).
+            raise TimedOut(
                 f"the query service did not answer within {wait:g}s (it may still be catching "
                 "up with the core: see 'shoal projections status')"
             ) from None

@@ -99,6 +99,8 @@ _HANDLERS: dict[type[Any], str] = {
     Session.Killed: "_on_session_killed",
     Session.BudgetExceeded: "_on_session_budget_exceeded",
     Session.Flagged: "_on_session_flagged",
+    Session.InputRequested: "_on_session_input_requested",
+    Session.MessageReceived: "_on_session_message_received",
     Session.OutcomeReported: "_on_session_outcome_reported",
     Session.EventRejected: "_on_session_event_rejected",
     Goal.Opened: "_on_goal_opened",
@@ -361,6 +363,12 @@ class CostProjection(Projection[DuckDBCostView]):
                 "kill_reason": f"budget ${e.budget_usd} exceeded (spent ${e.spent_usd})",
             }
         self._session(e, values)
+
+    def _on_session_input_requested(self, e: Session.InputRequested) -> None:
+        self._session(e, {"status": "awaiting_input"})
+
+    def _on_session_message_received(self, e: Session.MessageReceived) -> None:
+        self._session(e, {"status": "running"} if getattr(e, "resumed", False) else {})
 
     def _on_session_flagged(self, e: Session.Flagged) -> None:
         flag = e.flag if e.flag in ("stuck", "looping") else None

@@ -327,11 +327,18 @@ def top_workflows(ds: DuckDBDatastore, p: WorkflowsParams) -> WorkflowsAnswer:
 
 def _intervention_row(fleet: str | None, r: dict[str, Any]) -> InterventionRow:
     rate = _ratio(r["sessions_needing_approval"], r["sessions"]) or _ZERO
-    return InterventionRow(**{**r, "fleet": fleet}, rate=rate)
+    decided = r.get("granted", 0) + r.get("denied", 0) + r.get("expired", 0)
+    wait = r.get("median_wait_s")
+    return InterventionRow(
+        **{**r, "fleet": fleet, "median_wait_s": None if wait is None else float(wait)},
+        rate=rate,
+        approval_rate=_ratio(r.get("granted", 0), decided),
+    )
 
 
 def intervention_rate(ds: DuckDBDatastore, p: TimeRange) -> InterventionAnswer:
-    """Human-intervention rate: sessions that needed an approval / sessions, per fleet."""
+    """Human intervention per fleet: sessions that needed an approval / sessions, and how
+    the approvals went (granted, denied, expired, approval rate, median wait)."""
     where, params = p.where("opened_at")
     rows = ds.rows(
         f"""
@@ -344,12 +351,46 @@ def intervention_rate(ds: DuckDBDatastore, p: TimeRange) -> InterventionAnswer:
         """,
         params,
     )
+    # One row per decided approval (its first decision), with the wait since its request.
+    decided = ds.rows(
+        f"""
+        WITH asked AS (
+            SELECT request_id, min(ts) AS at FROM approvals WHERE state = 'requested'
+            GROUP BY request_id
+        ), decided AS (
+            SELECT request_id, any_value(iid) AS iid, min(ts) AS at,
+                   arg_min(state, ts) AS state
+            FROM approvals WHERE state IN ('granted', 'denied', 'expired')
+            GROUP BY request_id
+        )
+        SELECT s.fleet,
+               count(*) FILTER (d.state = 'granted') AS granted,
+               count(*) FILTER (d.state = 'denied') AS denied,
+               count(*) FILTER (d.state = 'expired') AS expired,
+               median(epoch(d.at) - epoch(q.at)) AS median_wait_s
+        FROM decided d JOIN asked q USING (request_id) JOIN sessions s ON s.iid = d.iid
+        WHERE {where.replace("opened_at", "s.opened_at")}
+        GROUP BY GROUPING SETS ((s.fleet), ())
+        ORDER BY GROUPING(s.fleet), s.fleet
+        """,
+        params,
+    )
+    by_fleet = {r["fleet"]: r for r in decided[:-1]}
     empty = {"sessions": 0, "sessions_needing_approval": 0, "approvals_requested": 0}
-    total = rows[-1] if rows else empty
+    total = {**(rows[-1] if rows else empty), **_decisions(decided[-1] if decided else None)}
     return InterventionAnswer(
-        rows=[_intervention_row(r["fleet"], r) for r in rows[:-1]],
+        rows=[
+            _intervention_row(r["fleet"], {**r, **_decisions(by_fleet.get(r["fleet"]))})
+            for r in rows[:-1]
+        ],
         total=_intervention_row(None, total),
     )
+
+
+def _decisions(r: dict[str, Any] | None) -> dict[str, Any]:
+    if r is None:
+        return {"granted": 0, "denied": 0, "expired": 0, "median_wait_s": None}
+    return {k: r[k] for k in ("granted", "denied", "expired", "median_wait_s")}
 
 
 def outcomes(ds: DuckDBDatastore, p: TimeRange) -> OutcomesAnswer:

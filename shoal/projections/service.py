@@ -28,8 +28,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import BaseModel, ValidationError
 
-from shoal.bus import ShoalSettings, Subjects
-from shoal.bus.client import open_connection
+from shoal.bus import Bus, ShoalSettings, Subjects
 from shoal.errors import NotFound, QueryFailed, Refused, ShoalError
 from shoal.projections.client import FRESH_HEADER, QUERY_SERVICE
 from shoal.projections.export import export_parquet
@@ -193,11 +192,9 @@ async def run_query_service(
 
     The in-process entry point of ``shoal projections serve``, on its own connection.
     """
-    nc = await open_connection(url, settings, name="shoal-query")
-    try:
-        async with serving(settings, nc, host=host):
+    # Bus.connect ends this with ConnectionLost if nats-py closes the connection for good.
+    async with Bus.connect(url, settings, name="shoal-query") as bus:
+        async with serving(settings, bus.nc, host=host):
             if ready is not None:
                 ready.set()
             await stop.wait()
-    finally:
-        await asyncio.wait_for(nc.drain(), settings.request_timeout)

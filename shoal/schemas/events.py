@@ -36,8 +36,10 @@ __all__ = [
     "PolicyApplied",
     "PolicyDecided",
     "RiskTier",
+    "SessionAsked",
     "SessionFlagged",
     "SessionKilled",
+    "SessionMessage",
     "TaskAssigned",
     "TaskCompleted",
     "TaskFailed",
@@ -292,6 +294,27 @@ class AgentCrashLooping(EventData):
     message: str = ""
 
 
+class SessionMessage(EventData):
+    """A person (or another front end) appended a message to a running session.
+
+    With ``reply_to`` it answers the agent's question of that id (``session.asked``).
+    """
+
+    type: ClassVar[str] = "shoal.session.message"
+    text: str = Field(max_length=100_000)
+    by: str
+    reply_to: str | None = None
+
+
+class SessionAsked(EventData):
+    """The agent asked a person a question and waits for the reply (``awaiting_input``)."""
+
+    type: ClassVar[str] = "shoal.session.asked"
+    question_id: str
+    question: str = Field(max_length=100_000)
+    timeout_s: float | None = None
+
+
 class SessionKilled(EventData):
     """A session (IID) was killed: no further model or tool call may run in it."""
 
@@ -377,6 +400,8 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         AgentCrashLooping,
         SessionKilled,
         SessionFlagged,
+        SessionMessage,
+        SessionAsked,
         BudgetExceeded,
         OutcomeReported,
         ControlAccepted,

@@ -3,7 +3,9 @@
 A :class:`FleetSpec` is the declarative YAML document of ``shoal fleet apply``: the fleet's
 name, its agents (each an image-free run target ``module:attr``, a version label, a replica
 count, a capability manifest) and a budget. Unknown fields are refused, so a typo such as
-``replica: 3`` names the field instead of being silently ignored.
+``replica: 3`` names the field instead of being silently ignored. Every accepted field takes
+effect (docs/operations.md lists where); the limits below hold on every path that sets a
+replica count (apply, scale, the aggregate, the desired document a supervisor reads).
 
 A :class:`FleetDesired` is the JSON document the core writes into the fleets KV bucket under
 the fleet's name, derived from the Fleet aggregate: supervisors reconcile running instances
@@ -12,6 +14,8 @@ to it. Readers ignore fields they do not know (newer writers may add some).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -20,21 +24,36 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shoal.errors import InvalidSpec
+from shoal.errors import InvalidSpec, Refused
 from shoal.schemas.envelope import Token, describe_validation_error
 from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = [
+    "MAX_AGENTS",
+    "MAX_CONCURRENCY",
+    "MAX_REPLICAS",
     "TARGET_PATTERN",
+    "VERSION_PATTERN",
     "AgentSpec",
     "DesiredAgent",
     "FleetDesired",
     "FleetSpec",
     "RolloutSpec",
     "Target",
+    "check_replicas",
+    "check_target",
+    "check_version",
     "parse_fleet_spec",
 ]
 
+MAX_REPLICAS = 1000
+"""Instances of one agent, at most (a supervisor admits fewer if its capacity is lower)."""
+MAX_CONCURRENCY = 1000
+"""Tasks at once per instance, at most."""
+MAX_AGENTS = 100
+"""Agents in one fleet, at most."""
+
+VERSION_PATTERN = r"^[^\s]+$"
 TARGET_PATTERN = r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$"
 _TARGET = re.compile(TARGET_PATTERN)
 
@@ -43,6 +62,32 @@ def _check_target(value: str) -> str:
     if not _TARGET.match(value):
         raise ValueError(f"{value!r} is not a run target: expected 'package.module:attribute'")
     return value
+
+
+# The same limits for commands that change one field (scale, upgrade) as for a spec: a
+# command outside them is refused (:class:`Refused`) naming the value and the limit.
+
+
+def check_target(value: str) -> str:
+    """``value`` if it is a run target ``package.module:attribute``."""
+    try:
+        return _check_target(value)
+    except ValueError as e:
+        raise Refused(str(e)) from None
+
+
+def check_version(value: str) -> str:
+    """``value`` if it is a version label (1-64 characters, no whitespace)."""
+    if not 1 <= len(value) <= 64 or not re.match(VERSION_PATTERN, value):
+        raise Refused(f"{value!r} is not a version label: 1 to 64 characters, no whitespace")
+    return value
+
+
+def check_replicas(agent: str, count: int) -> int:
+    """``count`` if it is a replica count within ``0..MAX_REPLICAS``."""
+    if not 0 <= count <= MAX_REPLICAS:
+        raise Refused(f"cannot scale {agent} to {count}: replicas must be 0 to {MAX_REPLICAS}")
+    return count
 
 
 Target = Annotated[
@@ -68,12 +113,13 @@ class AgentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: Token
     target: Target
-    version: str = Field(default="1", min_length=1, max_length=64, pattern=r"^[^\s]+$")
-    replicas: int = Field(default=1, ge=0, le=1000)
-    concurrency: int = Field(default=1, ge=1, le=1000)
+    version: str = Field(default="1", min_length=1, max_length=64, pattern=VERSION_PATTERN)
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
+    concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
     manifest: CapabilityManifest | None = Field(
         default=None,
-        description="Overrides the manifest the agent's code declares (validated like it).",
+        description="Replaces the manifest the agent's code declares (validated like it): "
+        "the instances' gateways enforce this one.",
     )
 
 
@@ -85,7 +131,7 @@ class FleetSpec(BaseModel):
     description: str = ""
     budget_usd: Decimal | None = Field(default=None, ge=0)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
-    agents: list[AgentSpec] = Field(min_length=1)
+    agents: list[AgentSpec] = Field(min_length=1, max_length=MAX_AGENTS)
 
     @model_validator(mode="after")
     def _unique_agents(self) -> FleetSpec:
@@ -101,14 +147,34 @@ class FleetSpec(BaseModel):
 
 
 class DesiredAgent(BaseModel):
-    """Desired state of one agent of a fleet, as supervisors read it."""
+    """Desired state of one agent of a fleet, as supervisors read it.
+
+    The limits are the spec's: a document written by hand with ``replicas: 100000`` is
+    refused by the supervisor as invalid rather than obeyed.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     target: str
     version: str
-    replicas: int = Field(ge=0)
-    concurrency: int = 1
+    replicas: int = Field(ge=0, le=MAX_REPLICAS)
+    concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
+    manifest: CapabilityManifest | None = None
     previous_version: str | None = None
+
+    def fingerprint(self) -> str:
+        """What an instance of this agent runs: target, version, concurrency and manifest.
+
+        An instance started from another fingerprint is replaced by a rolling upgrade, so a
+        changed manifest or concurrency reaches running instances, not only new ones.
+        """
+        run = {
+            "target": self.target,
+            "version": self.version,
+            "concurrency": self.concurrency,
+            "manifest": None if self.manifest is None else self.manifest.model_dump(mode="json"),
+        }
+        digest = hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()
+        return digest[:16]
 
 
 class FleetDesired(BaseModel):
@@ -116,7 +182,9 @@ class FleetDesired(BaseModel):
 
     ``running=False`` means no instance should run (``fleet stop``) while the replica
     counts are kept for ``fleet start``. ``generation`` is the Fleet aggregate's version:
-    it grows with every accepted command, so a watcher can tell old documents from new.
+    it grows with every accepted command, so a watcher can tell old documents from new (and
+    a writer never replaces a document with an older one). ``budget_usd`` is the fleet's
+    spend cap, enforced by the core (which watches these documents).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -124,6 +192,7 @@ class FleetDesired(BaseModel):
     running: bool
     generation: int
     agents: dict[str, DesiredAgent]
+    description: str = ""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     budget_usd: Decimal | None = None
     updated_by: str = ""

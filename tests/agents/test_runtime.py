@@ -196,6 +196,8 @@ async def test_delegation_outside_the_manifest_is_denied(fbus: Bus) -> None:
         "decision": "deny",
         "rule": "manifest.delegate",
         "reason": "delegate 'rm_rf' is not in the capability manifest of boss",
+        "tier": None,  # decided by the manifest, not by an applied policy
+        "policy_version": None,
     }
     failed = of_type(events, "task.failed")[0]
     assert failed is not None and failed.data.final is True  # type: ignore[attr-defined]

@@ -64,6 +64,18 @@ def dies_after_completing_agent() -> Agent:
     return agent
 
 
+def asker_agent() -> Agent:
+    """Asks a person which region to use, then answers with the reply."""
+    agent = Agent("asker", fleet="talk", version="1", manifest=CapabilityManifest())
+
+    @agent.handler("choose")
+    async def choose(ctx: TaskContext, task: dict[str, str]) -> dict[str, str]:
+        region = await ctx.ask(f"Which region for {task['what']}?", timeout=60)
+        return {"region": region, "instance": ctx.identity.instance}
+
+    return agent
+
+
 def sleepy_agent() -> Agent:
     """The first attempt of a task sleeps ``sleep_ms``; a later attempt answers at once."""
     agent = Agent("sleepy", fleet="load", version="1", manifest=CapabilityManifest())
@@ -86,3 +98,30 @@ def one_task_orchestrator() -> Agent:
         return [PlannedTask(iid=new_id(), capability="count", input={"n": 7})]
 
     return orchestrator("load", planner=planner, task_timeout_s=60)
+
+
+def mailer_agent() -> Agent:
+    """Sends one email per task; the manifest says sending needs a human's approval."""
+    import json
+
+    from shoal.agents.tools import ToolEnv, tool
+
+    @tool("send_email", side_effects=("email",))
+    async def send_email(env: ToolEnv, to: str, body: str) -> str:
+        with (env.settings.data_dir / "sent.jsonl").open("a") as out:
+            out.write(json.dumps({"to": to, "body": body}) + "\n")
+        return "sent"
+
+    manifest = CapabilityManifest.model_validate(
+        {
+            "tools": {"send_email": {"sensitivity": "internal"}},
+            "requires_approval": ["tool.send_email"],
+        }
+    )
+    agent = Agent("mailer", fleet="mail", version="1", manifest=manifest, tools=[send_email])
+
+    @agent.handler("mail")
+    async def mail(ctx: TaskContext, task: dict[str, str]) -> dict[str, str]:
+        return {"result": await ctx.tools.call("send_email", to=task["to"], body=task["body"])}
+
+    return agent

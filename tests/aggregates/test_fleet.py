@@ -12,7 +12,7 @@ import pytest
 
 from shoal.aggregates.fleet import Fleet, FleetApplication
 from shoal.errors import InvalidSpec, NotFound, Refused
-from shoal.schemas.fleet import FleetSpec, parse_fleet_spec
+from shoal.schemas.fleet import MAX_REPLICAS, FleetDesired, FleetSpec, parse_fleet_spec
 
 SPEC = """
 fleet: docs
@@ -68,7 +68,7 @@ def test_scaling_a_stopped_fleet_is_refused() -> None:
 
 def test_negative_and_unknown_scale_targets_are_refused_without_an_event() -> None:
     fleet = Fleet("docs", spec().model_dump(mode="json"), "alice", "")
-    with pytest.raises(Refused, match="cannot scale worker to -1: replicas must be 0 or more"):
+    with pytest.raises(Refused, match="cannot scale worker to -1: replicas must be 0 to 1000"):
         fleet.scale({"worker": -1}, "bob")
     with pytest.raises(Refused, match=r"no agent 'critic' \(agents: orchestrator, worker\)"):
         fleet.scale({"critic": 1}, "bob")
@@ -216,3 +216,69 @@ def test_applying_a_spec_without_an_agent_removes_it_from_desired_state() -> Non
     assert list(fleet.desired().agents) == ["orchestrator"]
     with pytest.raises(Refused, match="fleet docs has no agent 'worker'"):
         fleet.scale({"worker": 1}, "bob")
+
+
+def test_scale_is_held_to_the_same_replica_limit_as_apply() -> None:
+    fleet = Fleet("docs", spec().model_dump(mode="json"), "alice", "")
+    with pytest.raises(Refused, match="cannot scale worker to 100000: replicas must be 0 to 1000"):
+        fleet.scale({"worker": 100_000}, "bob")
+    with pytest.raises(Refused, match="cannot scale worker to 1001: replicas must be 0 to 1000"):
+        fleet.scale({"orchestrator": 2, "worker": MAX_REPLICAS + 1}, "bob")
+    assert (fleet.version, fleet.desired().replicas("orchestrator")) == (1, 1)  # nothing recorded
+    fleet.scale({"worker": MAX_REPLICAS}, "bob")
+    assert fleet.desired().replicas("worker") == 1000
+    with pytest.raises(
+        InvalidSpec, match=r"agents\.1\.replicas: Input should be less than or equal"
+    ):
+        parse_fleet_spec(SPEC.replace("replicas: 2", "replicas: 1001"))
+
+
+def test_a_desired_document_beyond_the_limits_is_not_a_valid_document() -> None:
+    doc = Fleet("docs", spec().model_dump(mode="json"), "alice", "").desired()
+    raw = doc.model_dump(mode="json")
+    raw["agents"]["worker"]["replicas"] = 100_000  # written by hand, past every command
+    with pytest.raises(ValueError, match=r"agents\.worker\.replicas"):
+        FleetDesired.model_validate(raw)
+
+
+def test_upgrade_to_a_malformed_version_or_target_is_refused_like_a_spec() -> None:
+    fleet = Fleet("docs", spec().model_dump(mode="json"), "alice", "")
+    with pytest.raises(Refused, match="'two words' is not a version label"):
+        fleet.upgrade("worker", "two words", "bob")
+    with pytest.raises(Refused, match="'nocolon' is not a run target"):
+        fleet.upgrade("worker", "2", "bob", target="nocolon")
+    assert fleet.version == 1
+
+
+def test_every_spec_field_reaches_the_desired_document() -> None:
+    text = (
+        SPEC.replace("fleet: docs\n", "fleet: docs\ndescription: Summaries for the docs team\n")
+        + "    concurrency: 4\n"
+        + "    manifest: {models: [offline-small], tools: [list_files], budget_usd: '0.25'}\n"
+    )
+    parsed = parse_fleet_spec(text)
+    desired = Fleet("docs", parsed.model_dump(mode="json"), "alice", "").desired()
+    worker = desired.agents["worker"]
+    assert desired.description == "Summaries for the docs team"
+    assert (str(desired.budget_usd), desired.rollout.batch) == ("12.50", 3)
+    assert (worker.target, worker.version, worker.replicas, worker.concurrency) == (
+        "shoal.agents.demo:summarizer_agent",
+        "1.0",
+        2,
+        4,
+    )
+    assert worker.manifest is not None and list(worker.manifest.tools) == ["list_files"]
+    assert worker.manifest == parsed.agents[1].manifest
+    assert desired.agents["orchestrator"].manifest is None
+
+
+def test_a_changed_manifest_or_concurrency_changes_what_instances_run() -> None:
+    fleet = Fleet("docs", spec().model_dump(mode="json"), "alice", "")
+    before = fleet.desired().agents["worker"].fingerprint()
+    fleet.apply(spec(SPEC + "    manifest: {tools: [list_files]}\n"), "alice")
+    with_manifest = fleet.desired().agents["worker"].fingerprint()
+    fleet.apply(spec(SPEC + "    manifest: {tools: [list_files]}\n    concurrency: 2\n"), "al")
+    with_concurrency = fleet.desired().agents["worker"].fingerprint()
+    fleet.scale({"worker": 5}, "bob")  # the number of instances is not what each one runs
+    assert fleet.desired().agents["worker"].fingerprint() == with_concurrency
+    assert len({before, with_manifest, with_concurrency}) == 3

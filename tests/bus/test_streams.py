@@ -39,6 +39,7 @@ async def test_first_provisioning_reports_everything_it_created(settings: ShoalS
         f"{p}_leases",
         f"{p}_policies",
         f"{p}_approvals",
+        f"{p}_deadletter",
     ]
 
 

@@ -70,7 +70,7 @@ def test_up_twice_leaves_one_server_and_down_stops_it(embedded: dict[str, str]) 
     assert not pid_alive(record.pid)
     assert not any(pid_alive(pid) for pid in first["services"].values())
     code, _, err = shoal(embedded, "status")
-    assert code == 2
+    assert code == 1
     assert err.strip() == (
         f"error: the embedded NATS server is not running (data dir {embedded['SHOAL_DATA_DIR']}); "
         "run 'shoal up' or set NATS_URL"
@@ -93,7 +93,14 @@ async def test_goal_submit_publishes_goal_submitted_and_prints_the_gid(
     external: dict[str, str], bus: Bus
 ) -> None:
     code, out, _ = await ashoal(
-        external, "goal", "submit", "onboarding", "Welcome Ada", "--budget", "2.50"
+        external,
+        "goal",
+        "submit",
+        "onboarding",
+        "Welcome Ada",
+        "--budget",
+        "2.50",
+        "--wait-for-fleet",
     )
     assert code == 0
     gid = out.strip()

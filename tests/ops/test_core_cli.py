@@ -137,7 +137,8 @@ async def test_session_ls_filters_by_status_and_show_prints_one(
     assert (shown["iid"], shown["status"], shown["model_calls"]) == (root, "completed", 1)
 
 
-async def test_unknown_iid_or_gid_is_one_clear_line_and_exit_2(settings: ShoalSettings) -> None:
+async def test_unknown_iid_or_gid_is_one_clear_line_and_exit_1(settings: ShoalSettings) -> None:
+    open_core(settings).close()  # a store exists; these names are not in it
     replay = await invoke(settings, "session", "replay", "nope")
     show = await invoke(settings, "session", "show", "nope")
     goal = await invoke(settings, "goal", "show", "nope")
@@ -149,7 +150,7 @@ async def test_unknown_iid_or_gid_is_one_clear_line_and_exit_2(settings: ShoalSe
         (goal, "no goal 'nope' in the core's store"),
         (outcome, "no session 'nope' on the event log"),
     ):
-        assert result.exit_code == 2
+        assert result.exit_code == 1
         assert result.output.strip().splitlines() == [f"error: {text}"]
 
 

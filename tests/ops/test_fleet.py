@@ -3,7 +3,9 @@ the library and through the ``shoal fleet`` CLI, against a real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +16,13 @@ from shoal.aggregates.fleet import FleetApplication
 from shoal.bus import Bus, ShoalSettings
 from shoal.errors import NotFound, Refused
 from shoal.ops.cli import app as cli_app
-from shoal.ops.fleets import apply_fleet, describe_fleet, fleet_command, open_fleet_app
+from shoal.ops.fleets import (
+    apply_fleet,
+    describe_fleet,
+    fleet_command,
+    open_fleet_app,
+    write_desired,
+)
 from shoal.ops.server import pid_alive
 from shoal.ops.services import SUPERVISOR
 from shoal.schemas.fleet import FleetDesired, parse_fleet_spec
@@ -173,3 +181,59 @@ def test_demo_fleet_example_is_valid_and_its_targets_load() -> None:
     for a in spec.agents:
         agent = resolve_agent(spec.fleet, a.name, a.target)
         assert (agent.fleet, agent.name) == ("demo", a.name)
+
+
+async def test_an_older_desired_write_after_a_newer_one_does_not_replace_it(
+    bus: Bus, app: FleetApplication
+) -> None:
+    older = await apply_fleet(bus, app, parse_fleet_spec(SPEC), by="alice")
+    newer = await fleet_command(bus, app, "demo", "scale", by="bob", replicas={"worker": 7})
+    _, revision = await desired_in_kv(bus, "demo")
+
+    assert await write_desired(bus, older) is False  # delayed past the scale: refused
+    in_kv, revision_after = await desired_in_kv(bus, "demo")
+    assert (in_kv, revision_after) == (newer, revision)
+    assert (in_kv.generation, in_kv.replicas("worker")) == (2, 7)
+
+
+async def test_desired_writes_racing_in_any_order_leave_the_newest_generation(
+    bus: Bus, app: FleetApplication
+) -> None:
+    docs = [await apply_fleet(bus, app, parse_fleet_spec(SPEC), by="alice")]
+    for n in range(1, 12):
+        docs.append(
+            await fleet_command(bus, app, "demo", "scale", by="bob", replicas={"worker": n})
+        )
+    kv = await bus.kv(bus.topology.fleets.name)
+    await kv.delete("demo")  # start the race from a deleted key: create, then updates
+    shuffled = random.Random(11).sample(docs, len(docs))
+    written = await asyncio.gather(*(write_desired(bus, d) for d in shuffled))
+    in_kv, _ = await desired_in_kv(bus, "demo")
+    assert (in_kv.generation, in_kv.replicas("worker")) == (12, 11)
+    assert in_kv == docs[-1]
+    assert written.count(True) >= 1 and written[shuffled.index(docs[-1])] is True
+
+
+def test_fleet_scale_beyond_the_limit_is_refused_in_one_line_and_audited(
+    settings: ShoalSettings, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    env = process_env(settings)
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(SPEC)
+    assert runner.invoke(cli_app, ["fleet", "apply", str(spec_file)], env=env).exit_code == 0
+
+    huge = runner.invoke(cli_app, ["fleet", "scale", "demo", "worker=100000"], env=env)
+    assert huge.exit_code == 2
+    assert "cannot scale worker to 100000: replicas must be 0 to 1000" in huge.output
+    assert "Traceback" not in huge.output
+    view = json.loads(
+        runner.invoke(cli_app, ["fleet", "describe", "demo", "--json"], env=env).output
+    )
+    assert (view["generation"], view["agents"][0]["desired"]) == (1, 2)
+
+    async def refusals() -> list[str]:
+        async with Bus.connect(settings.nats_url or "", settings, name="t") as bus:
+            return [str(d["reason"]) for _, t, d in await audit(bus) if t.endswith("refused")]
+
+    assert asyncio.run(refusals()) == ["cannot scale worker to 100000: replicas must be 0 to 1000"]

@@ -201,14 +201,19 @@ def test_kill_cli_needs_exactly_one_scope_and_reports_an_unset_switch(
     assert "give exactly one of --instance" in none.output
     two = runner.invoke(cli_app, ["kill", "--tool", "a", "--model", "b"], env=env)
     assert two.exit_code == 2
-    ok = runner.invoke(cli_app, ["kill", "--model", "gpt-x", "--reason", "cost"], env=env)
+    unknown = runner.invoke(cli_app, ["kill", "--model", "gpt-x", "--reason", "cost"], env=env)
+    assert unknown.exit_code == 1
+    assert "unknown model 'gpt-x'" in unknown.output
+    ok = runner.invoke(
+        cli_app, ["kill", "--model", "gpt-x", "--reason", "cost", "--force"], env=env
+    )
     assert ok.exit_code == 0, ok.output
     assert "kill switch model.gpt-x set" in ok.output
     listed = runner.invoke(cli_app, ["--json", "kill", "--list"], env=env)
     assert '"key": "model.gpt-x"' in listed.output
     assert runner.invoke(cli_app, ["unkill", "--model", "gpt-x"], env=env).exit_code == 0
     again = runner.invoke(cli_app, ["unkill", "--model", "gpt-x"], env=env)
-    assert again.exit_code == 2
+    assert again.exit_code == 1
     assert "no kill switch model.gpt-x is set" in again.output
     everything = runner.invoke(cli_app, ["kill", "--all", "-r", "incident"], env=env)
     assert everything.exit_code == 0, everything.output

@@ -97,7 +97,7 @@ def test_trace_prints_a_tree_with_calls_and_decisions(recorded: Path) -> None:
 
 def test_an_unknown_iid_is_one_line_and_a_non_zero_exit(recorded: Path) -> None:
     code, out, err = shoal(recorded, "trace", "NOPE")
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err.strip().splitlines() == [
         f"error: no spans of session or goal NOPE in {recorded / 'traces' / 'spans.jsonl'}"
     ]
@@ -105,5 +105,5 @@ def test_an_unknown_iid_is_one_line_and_a_non_zero_exit(recorded: Path) -> None:
 
 def test_no_span_file_says_why(tmp_path: Path) -> None:
     code, _, err = shoal(tmp_path, "trace", "P")
-    assert code == 2
+    assert code == 1
     assert "no span file at" in err and len(err.strip().splitlines()) == 1

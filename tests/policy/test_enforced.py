@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +12,14 @@ import pytest
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, TaskContext
 from shoal.agents.errors import PolicyDenied
 from shoal.agents.tools import ToolEnv, tool
+from shoal.aggregates import open_core, run_core
 from shoal.bus import Bus
 from shoal.policy import Approvals, apply_policy
+from shoal.projections.answers import TimeRange
+from shoal.projections.projection import CostProjection
+from shoal.projections.queries import intervention_rate
+from shoal.projections.runner import ProjectionFollower
+from shoal.projections.view import open_view
 from shoal.schemas import CloudEvent, PolicyDecided, TaskAssigned, TaskCompleted, new_id
 from tests.agents.conftest import of_type, wait_events
 
@@ -102,7 +110,7 @@ async def decisions(bus: Bus, task: CloudEvent) -> list[tuple[str, str, str | No
     return found
 
 
-async def test_rules_deny_approve_and_time_out_as_written(fbus: Bus) -> None:
+async def test_rules_deny_approve_and_time_out_as_written(fbus: Bus, tmp_path: Path) -> None:
     SENT.clear()
     applied, _ = await apply_policy(fbus, POLICY, fleet="office", by="olga", reason="test")
     bus = Bus(fbus.nc, fbus.settings.model_copy(update={"approval_timeout_s": 1.5}))
@@ -152,6 +160,23 @@ async def test_rules_deny_approve_and_time_out_as_written(fbus: Bus) -> None:
     denied_events = of_type(late_events, "approval.denied")
     assert len(denied_events) == 1 and denied_events[0].data.expired  # type: ignore[union-attr]
     assert applied.scope == "fleet.office"
+
+    # The core and the projection count the interventions: 1 granted, 1 denied, 1 expired.
+    assert bus.settings.nats_url
+    await asyncio.wait_for(
+        run_core(bus.settings, bus.settings.nats_url, asyncio.Event(), until_idle=True), 60
+    )
+    core = open_core(bus.settings)
+    view = open_view(tmp_path / "p.duckdb")
+    projection = CostProjection(view)
+    ProjectionFollower(core, projection).catch_up()
+    projection.close()
+    total = intervention_rate(view.datastore, TimeRange()).total
+    assert (total.granted, total.denied, total.expired) == (1, 1, 1)
+    assert total.approvals_requested == 3 and total.sessions_needing_approval == 3
+    assert total.approval_rate == Decimal("0.3333333333")  # 1 of 3 decided, 10 places
+    assert total.median_wait_s is not None and 0 < total.median_wait_s < 30
+    core.close()
 
 
 async def wait_for_pending(approvals: Approvals, n: int) -> list[Any]:

@@ -52,6 +52,14 @@ def settings_with_core(core_store: CoreStore, tmp_path: Path) -> ShoalSettings:
     return core_settings(data)
 
 
+def as_tenant(settings: ShoalSettings, prefix: str, nats_url: str) -> ShoalSettings:
+    """``settings`` under the test's own prefix, with the core store copied to its store dir."""
+    tenant = settings.model_copy(update={"nats_url": nats_url, "prefix": prefix})
+    tenant.store_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(settings.store_dir / "core.sqlite", tenant.store_dir / "core.sqlite")
+    return tenant
+
+
 @pytest.fixture
 def core(settings_with_core: ShoalSettings) -> Iterator[ShoalCore]:
     app = open_core(settings_with_core)

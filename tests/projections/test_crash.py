@@ -19,7 +19,7 @@ from shoal.projections.host import projection_path
 from shoal.projections.queries import all_answers
 from shoal.projections.view import open_view
 from tests.natsproc import NatsProcess
-from tests.projections.conftest import NOW, build
+from tests.projections.conftest import NOW, as_tenant, build
 
 
 def _serve(settings: ShoalSettings, log: Path, batch: int) -> subprocess.Popen[bytes]:
@@ -57,7 +57,7 @@ async def test_a_service_killed_mid_batch_resumes_without_loss_or_duplicates(
     prefix: str,
     tmp_path: Path,
 ) -> None:
-    settings = settings_with_core.model_copy(update={"nats_url": nats_server.url, "prefix": prefix})
+    settings = as_tenant(settings_with_core, prefix, nats_server.url)
     reference = build(core, ":memory:")  # the uninterrupted build
     final = reference.max_tracking_id(core.name)
     assert final is not None

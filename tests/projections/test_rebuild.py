@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from shoal.aggregates.application import ShoalCore, open_core
 from shoal.bus import ShoalSettings
-from shoal.errors import InvalidSpec
+from shoal.errors import InvalidOption
 from shoal.ops.cli import app
 from shoal.ops.cli.cost import parse_since
 from shoal.projections.host import projection_path
@@ -110,8 +110,17 @@ def test_since_takes_a_duration_back_from_now_or_a_time() -> None:
     assert parse_since("7d", now) == datetime(2026, 2, 22, 12, 0, tzinfo=UTC)
     assert parse_since("2026-02-01T08:00:00", now) == datetime(2026, 2, 1, 8, 0, tzinfo=UTC)
     assert parse_since(None, now) is None
-    with pytest.raises(InvalidSpec, match="'yesterday' is neither a duration"):
+    assert parse_since("P1D", now) == datetime(2026, 2, 28, 12, 0, tzinfo=UTC)
+    assert parse_since("PT1H30M", now) == datetime(2026, 3, 1, 10, 30, tzinfo=UTC)
+    assert parse_since("1h30m", now) == datetime(2026, 3, 1, 10, 30, tzinfo=UTC)
+    assert parse_since("11:15:30", now) == datetime(2026, 3, 1, 11, 15, 30, tzinfo=UTC)
+    assert parse_since("17:49", now) == datetime(2026, 2, 28, 17, 49, tzinfo=UTC)
+    with pytest.raises(InvalidOption, match="'yesterday' is neither a duration"):
         parse_since("yesterday", now)
+    with pytest.raises(InvalidOption, match="'-5h': a duration back from now cannot be negative"):
+        parse_since("-5h", now)
+    with pytest.raises(InvalidOption, match="'99999999h' reaches back before year 1"):
+        parse_since("99999999h", now)
 
 
 def test_cost_since_a_time_counts_only_later_calls(

@@ -26,7 +26,7 @@ from shoal.projections.queries import NAMED_QUERIES, CostAnswer, SessionsAnswer
 from shoal.projections.rebuild import rebuild
 from shoal.projections.service import MICRO_NAME, SERVICE_ENDPOINTS, run_query_service
 from tests.natsproc import NatsProcess
-from tests.projections.conftest import NOW, WORKLOAD
+from tests.projections.conftest import NOW, WORKLOAD, as_tenant
 from tests.projections.workload import Workload, ingest
 
 
@@ -41,7 +41,7 @@ class Running:
 async def service(
     nats_server: NatsProcess, settings_with_core: ShoalSettings, prefix: str
 ) -> AsyncIterator[Running]:
-    settings = settings_with_core.model_copy(update={"nats_url": nats_server.url, "prefix": prefix})
+    settings = as_tenant(settings_with_core, prefix, nats_server.url)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run_query_service(settings, nats_server.url, stop, ready=ready))
     await asyncio.wait_for(ready.wait(), 30)
@@ -177,7 +177,7 @@ async def test_a_second_service_on_the_same_file_is_refused_in_one_line(
     assert done.returncode == 2
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: cannot open {s.data_dir / 'projections.duckdb'}: IO Error")
+    assert lines[0].startswith(f"error: cannot open {s.store_dir / 'projections.duckdb'}: IO Error")
 
 
 async def test_the_demo_summary_shows_cost_by_agent_and_model_and_per_success(

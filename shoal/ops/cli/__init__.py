@@ -1,8 +1,10 @@
 """The ``shoal`` command line: a root app with global options and one module per noun.
 
 Commands are thin: they parse options, call a plain function of the library, and render
-the answer as rich tables (or JSON with ``--json``). Each noun lives in its own module and
-registers itself on :data:`app` in :func:`_register`.
+the answer as rich tables (or JSON with ``--json``). Each noun lives in its own module with
+a ``register(app)``; the root group (:mod:`shoal.ops.cli._group`) imports a module only
+when one of its commands runs, so ``shoal --help`` starts fast. A new module adds its
+command names to :data:`shoal.ops.cli._group.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -12,17 +14,30 @@ from typing import Annotated
 
 import typer
 
-from shoal.ops.cli._common import make_cli
+from shoal.ops.cli._common import DEFAULT_TIMEOUT, make_cli
+from shoal.ops.cli._group import ShoalGroup
 
-__all__ = ["app", "main"]
+__all__ = ["PANELS", "app", "main"]
+
+PANELS = ("run", "observe", "govern", "fleet", "data")
+"""The ``--help`` panels, in order (each command's panel is in ``_group.COMMANDS``)."""
 
 app = typer.Typer(
     name="shoal",
+    cls=ShoalGroup,
     help="shoal: a control plane for fleets of AI agents on NATS JetStream.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"shoal {version('shoal')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -41,32 +56,31 @@ def _root(
     prefix: Annotated[
         str | None, typer.Option("--prefix", envvar="SHOAL_PREFIX", help="Subject prefix.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", "-o json", help="JSON output (any position).")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (any position).")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            envvar="SHOAL_TIMEOUT",
+            help="Seconds a command may wait for the server in all.",
+        ),
+    ] = DEFAULT_TIMEOUT,
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     ctx.obj = make_cli(
-        nats_url=nats_url, data_dir=data_dir, prefix=prefix, as_json=as_json, debug=debug
+        nats_url=nats_url,
+        data_dir=data_dir,
+        prefix=prefix,
+        as_json=as_json,
+        debug=debug,
+        timeout=timeout,
     )
-
-
-def _register() -> None:
-    # Imported here, not at module top, so each command module can import ``app`` freely.
-    import shoal.ops.cli.trace as trace
-    from shoal.ops.cli import agent, demo, events, fleet, goal, kill, platform, schemas, supervisor
-
-    for module in (platform, goal, events, schemas, demo, fleet, kill, supervisor, agent, trace):
-        module.register(app)
-    from shoal.ops.cli import cost, projections
-
-    for module in (cost, projections):
-        module.register(app)
-    from shoal.ops.cli import approvals, core, outcome, policy, session
-
-    for module in (core, session, outcome, policy, approvals):
-        module.register(app)
-
-
-_register()
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ the lean :mod:`shoal.agents.__main__`, which parses the same options and calls t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -41,6 +42,10 @@ def run_cmd(
     supervisor: Annotated[
         str | None, typer.Option("--supervisor", help="Id of the supervisor that started it.")
     ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="Capability manifest file replacing the declared one."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run one instance until SIGTERM/SIGINT (graceful drain, exit 0) or an instance kill."""
@@ -57,7 +62,9 @@ def run_cmd(
             concurrency=concurrency,
             slot=slot,
             supervisor=supervisor,
+            manifest=manifest,
         ),
+        bounded=False,
     )
     if c.json:
         emit_json({"stopped": reason})

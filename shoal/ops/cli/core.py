@@ -36,7 +36,7 @@ def core(
     logging.basicConfig(
         level=c.settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    stats = run(c, _core(c, consumer, until_idle))
+    stats = run(c, _core(c, consumer, until_idle), bounded=False)
     if c.json:
         emit_json(vars(stats))
     else:

@@ -10,9 +10,8 @@ print as rich tables, or as JSON with ``--json``.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -24,8 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.bus import ShoalSettings
-from shoal.errors import InvalidSpec, NatsUnreachable, NotFound, ServiceUnavailable
+from shoal.errors import InvalidOption, NatsUnreachable, NotFound, Refused, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._time import parse_moment
+from shoal.ops.cli.layout import fit
 from shoal.ops.connect import open_bus
 from shoal.projections.client import QueryClient
 from shoal.projections.queries import (
@@ -51,13 +52,13 @@ __all__ = [
 
 T = TypeVar("T")
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 SinceOption = Annotated[
     str | None,
     typer.Option(
-        "--since", help="Start of the range: a duration back from now (24h, 7d) or a time."
+        "--since",
+        help="Start of the range: a duration back from now (24h, 7d, P1D) or a time "
+        "(2026-12-01T17:00, 17:49:37).",
     ),
 ]
 UntilOption = Annotated[
@@ -69,23 +70,14 @@ DbOption = Annotated[
 ]
 
 
-def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """``24h`` / ``30m`` / ``7d`` back from ``now``, or an ISO 8601 time (UTC if no zone)."""
-    if text is None:
-        return None
-    match = _DURATION.match(text.strip().lower())
-    if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidSpec(f"{text!r} is neither a duration (24h, 7d, 30m) nor a time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+def parse_since(text: str | None, now: datetime, option: str = "--since") -> datetime | None:
+    """``24h`` / ``P1D`` / ``17:49:37`` / an ISO time, relative to ``now`` (see ``_time``)."""
+    return parse_moment(text, now, option)
 
 
 def _range(since: str | None, until: str | None) -> dict[str, Any]:
     now = utcnow()
-    out = {"since": parse_since(since, now), "until": parse_since(until, now)}
+    out = {"since": parse_since(since, now), "until": parse_since(until, now, "--until")}
     return {k: v.isoformat() for k, v in out.items() if v is not None}
 
 
@@ -185,6 +177,10 @@ def _table(title: str, rows: Sequence[BaseModel], columns: Sequence[str] | None 
     return table
 
 
+def _headers(table: Table) -> list[str]:
+    return [str(col.header) for col in table.columns]
+
+
 def _render_cost(out: Console, answer: CostAnswer) -> None:
     table = Table(title=f"cost by {', '.join(answer.by)} (USD, server-side)", title_justify="left")
     for dim in answer.by:
@@ -204,14 +200,17 @@ def _render_cost(out: Console, answer: CostAnswer) -> None:
     table.add_section()
     label = "total" if answer.groups == len(answer.rows) else f"total ({answer.groups} groups)"
     table.add_row(label, *blanks, str(answer.calls), "", "", _cell(answer.total_usd))
-    out.print(table)
+    out.print(
+        fit(table, out, drop=("input_tokens", "output_tokens"), keep=(*answer.by, "cost_usd"))
+    )
 
 
 def _render_success(out: Console, answer: SuccessCostAnswer) -> None:
     rows = [*answer.rows, answer.total.model_copy(update={"fleet": "all"})]
     columns = ("fleet", "units", "successes", "failures", "pending", "spend_usd")
     table = _table("cost per successful outcome (USD)", rows, (*columns, "cost_per_success_usd"))
-    out.print(table)
+    drop = ("pending", "units", "failures", "spend_usd")
+    out.print(fit(table, out, drop=drop, keep=("fleet", "cost_per_success_usd")))
 
 
 def _render(c: Cli, name: str, answer: BaseModel) -> None:
@@ -223,7 +222,10 @@ def _render(c: Cli, name: str, answer: BaseModel) -> None:
         _render_success(c.out, answer)
     else:
         rows = getattr(answer, "rows", [])
-        c.out.print(_table(f"{name}: {NAMED_QUERIES[name].description}", rows))
+        table = _table(f"{name}: {NAMED_QUERIES[name].description}", rows)
+        keep = [n for n in ("iid", "gid", "fleet", "status", "cost_usd") if n in _headers(table)]
+        drop = [n for n in reversed(_headers(table)) if n not in keep]
+        c.out.print(fit(table, c.out, drop=drop, keep=keep))
         total = getattr(answer, "total", None)
         if isinstance(total, BaseModel):
             c.out.print(_table("total", [total]))
@@ -348,7 +350,9 @@ def ledger(
         return
     columns = ("seq", "ts", "iid", "agent", "tool", "version", "arguments", "sensitivity")
     rows = getattr(answer, "rows", [])
-    c.out.print(_table("tool-call ledger", rows, (*columns, "result_class", "decision", "rule")))
+    table = _table("tool-call ledger", rows, (*columns, "result_class", "decision", "rule"))
+    drop = ("version", "sensitivity", "seq", "rule", "ts", "agent", "arguments")
+    c.out.print(fit(table, c.out, drop=drop, keep=("iid", "tool", "decision")))
 
 
 def sql(
@@ -379,7 +383,10 @@ def sql(
 
             return await asyncio.to_thread(_locally, c, lambda ds: run_sql(ds, params))
 
-    answer = run(c, _ask())
+    try:
+        answer = run(c, _ask())
+    except Refused as e:  # a write statement: the user's SQL to change, a usage error
+        raise InvalidOption(str(e)) from None
     if c.json:
         emit_json(answer.model_dump(mode="json"))
         return

@@ -13,9 +13,10 @@ from rich.tree import Tree
 from shoal.bus import Bus, Stored
 from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli.layout import middle
 from shoal.ops.connect import open_bus
 from shoal.ops.events import event_summary, stored_to_json
-from shoal.schemas import GoalCompleted, PolicyDecided, TaskFailed, utcnow
+from shoal.schemas import CloudEvent, GoalCompleted, PolicyDecided, TaskFailed, utcnow
 
 if TYPE_CHECKING:
     # The demo pulls in every part of shoal (DuckDB, pyarrow, eventsourcing, the agents):
@@ -42,12 +43,13 @@ def demo(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     c = cli(ctx, as_json)
     with setup_telemetry(c.settings, "shoal-demo") as telemetry:
-        done = run(c, _demo(c, GenAI(telemetry)))
+        done = run(c, _demo(c, GenAI(telemetry)), bounded=False)
     if c.json:
         emit_json(_as_json(done))
     else:
         _print(c, done.result)
         render_demo_summary(c.out, done.cost, done.per_success)
+        _summary(c, done)
     if not isinstance(done.result.outcome.data, GoalCompleted):
         raise typer.Exit(1)
 
@@ -97,31 +99,89 @@ async def _run_goal(c: Cli, bus: Bus, genai: GenAI) -> DemoResult:
 
 def _print(c: Cli, result: DemoResult) -> None:
     data = result.outcome.data
-    c.out.print(
-        f"goal [bold]{result.gid}[/] {result.outcome.short_type} in {result.elapsed_s:.2f}s "
-        f"(workspace {result.workspace})"
-    )
+    head = f"goal [bold]{result.gid}[/] {result.outcome.short_type} in {result.elapsed_s:.2f}s"
+    where = f"(workspace {escape(str(result.workspace))})"
+    fits = len(head) - len("[bold][/]") + len(where) < c.out.width
+    if not fits:
+        where = escape(middle(f"(workspace {result.workspace})", c.out.width))
+    c.out.print(f"{head} {where}" if fits else f"{head}\n{where}")
     if isinstance(data, GoalCompleted):
         c.out.print(f"[green]{escape(data.summary)}[/]")
         for path, summary in sorted(data.result.get("documents", {}).items()):
-            c.out.print(f"  [bold]{escape(path)}[/]: {escape(str(summary))}")
+            line = middle(f"{path}: {summary}", c.out.width - 2)
+            c.out.print(f"  {escape(line)}")
     else:
         c.out.print(f"[red]{escape(str(data.model_dump()))}[/]")
-    c.out.print(_timeline(result))
-    events = [s.event for s in result.events if s.event is not None]
-    denied = [e.data for e in events if isinstance(e.data, PolicyDecided)]
-    denied = [d for d in denied if d.decision != "allow"]
-    retried = [e for e in events if isinstance(e.data, TaskFailed) and not e.data.final]
+    c.out.print(_timeline(result, c.out.width))
+    denied, retried = _denials(result), _retries(result)
+    events = [s for s in result.events if s.event is not None]
     c.out.print(
         f"{len(events)} events; {len(denied)} call(s) refused by policy "
-        f"({', '.join(sorted({d.target for d in denied}))}); "
+        f"({', '.join(sorted({e.data.target for e in denied}))}); "  # type: ignore[attr-defined]
         f"{len(retried)} failed attempt(s) retried"
     )
-    c.out.print(f"trace {goal_trace_id(result.gid):032x} (spans: shoal trace {result.gid})")
 
 
-def _timeline(result: DemoResult) -> Tree:
-    """The goal's events as a tree of sessions (children under the IID that delegated)."""
+def _denials(result: DemoResult) -> list[CloudEvent]:
+    return [
+        s.event
+        for s in result.events
+        if s.event is not None
+        and isinstance(s.event.data, PolicyDecided)
+        and s.event.data.decision != "allow"
+    ]
+
+
+def _retries(result: DemoResult) -> list[CloudEvent]:
+    return [
+        s.event
+        for s in result.events
+        if s.event is not None and isinstance(s.event.data, TaskFailed) and not s.event.data.final
+    ]
+
+
+def _summary(c: Cli, done: DemoRun) -> None:
+    """The last lines: what a person reads at a glance, and where to look deeper."""
+    result = done.result
+    data = result.outcome.data
+    width = max(c.out.width - 10, 20)
+    ok = isinstance(data, GoalCompleted)
+    what = data.summary if isinstance(data, GoalCompleted) else str(data.model_dump())
+    rows: list[tuple[str, str | tuple[str, str]]] = [
+        ("result", f"{'completed' if ok else 'FAILED'} in {result.elapsed_s:.2f}s: {what}"),
+        ("goal", result.gid),
+        ("cost", f"${done.cost.total_usd:.6f} for {done.cost.calls} model call(s), server-side"),
+    ]
+    for e in _denials(result):
+        d = e.data
+        assert isinstance(d, PolicyDecided)
+        rows.append(("denied", (f"{d.target} in {e.iid}: ", f"{d.decision}, rule {d.rule}")))
+    for e in _retries(result):
+        f = e.data
+        assert isinstance(f, TaskFailed)
+        rows.append(("retried", (f"{e.iid} attempt {f.attempt}: ", f.error)))
+    rows += [
+        ("look", f"shoal goal show {result.gid}"),
+        ("", f"shoal session replay {result.root_iid}"),
+        ("", f"shoal trace {result.gid}"),
+    ]
+    c.out.print("[bold]summary[/]")
+    for label, value in rows:
+        # Ids and commands are whole (they are copied); prose is shortened in the middle.
+        if isinstance(value, tuple):
+            whole, prose = value
+            text = whole + middle(prose, max(width - len(whole), 12))
+        else:
+            text = value if label in ("goal", "look", "") else middle(value, width)
+        c.out.print(f"  {label:<8}{escape(text)}")
+
+
+def _timeline(result: DemoResult, width: int = 100) -> Tree:
+    """The goal's events as a tree of sessions (children under the IID that delegated).
+
+    Each line fits the width: sequence and type first, whole; the summary shortened in the
+    middle so its end (the decision, ``final=False``) survives; the clock only when wide.
+    """
     from shoal.ops.demo import session_tree
 
     by_iid: dict[str, list[Stored]] = {}
@@ -131,23 +191,36 @@ def _timeline(result: DemoResult) -> Tree:
     children = session_tree(result.events, result.root_iid)
     root = Tree(f"[bold]timeline[/] of goal {result.gid}")
 
-    def add(node: Tree, iid: str) -> None:
+    def add(node: Tree, iid: str, depth: int) -> None:
         items = by_iid.get(iid, [])
         # The session's worker, not the agent that assigned it.
         actors = [i.event.agent for i in items if i.event and i.event.type != "shoal.task.assigned"]
         branch = node.add(f"[bold]{iid}[/] {next((a for a in actors if a), '')}")
+        room = width - 4 * (depth + 1) - 1
         for item in items:
             assert item.event is not None
             e = item.event
-            clock = e.time.strftime("%H:%M:%S.%f")[:-3]
+            clock = e.time.strftime("%H:%M:%S.%f")[:-3] + " " if width >= 120 else ""
+            head = f"#{item.seq} {clock}{e.short_type}"
             style = "red" if e.short_type in ("policy.decided", "task.failed") else "default"
-            branch.add(f"[{style}]#{item.seq} {clock} {e.short_type}[/] {escape(event_summary(e))}")
+            rest = middle(_key_facts(e), max(room - len(head) - 1, 10))
+            branch.add(f"[{style}]{escape(head)}[/] {escape(rest)}")
         for child in children.get(iid, []):
-            add(branch, child)
+            add(branch, child, depth + 1)
 
     for top in children.get(None, []):
-        add(root, top)
+        add(root, top, 1)
     return root
+
+
+def _key_facts(e: CloudEvent) -> str:
+    """The summary with the decisive fields first (decision, final, error)."""
+    data = e.data
+    if isinstance(data, PolicyDecided):
+        return f"{data.decision} {data.action} {data.target} rule={data.rule}"
+    if isinstance(data, TaskFailed):
+        return f"final={data.final} attempt={data.attempt} error={data.error}"
+    return event_summary(e)
 
 
 def _as_json(done: DemoRun) -> dict[str, Any]:

@@ -35,7 +35,8 @@ def tail_cmd(
 ) -> None:
     """Print events matching the filters: stored ones with --from-start, new ones otherwise."""
     c = cli(ctx, as_json)
-    run(c, _tail(c, iid, gid, type_, from_start, follow or not from_start, timeout))
+    following = follow or not from_start
+    run(c, _tail(c, iid, gid, type_, from_start, following, timeout), bounded=not following)
 
 
 async def _tail(
@@ -47,7 +48,7 @@ async def _tail(
     follow: bool,
     idle_timeout: float | None,
 ) -> None:
-    async with open_bus(c.settings) as bus:
+    async with open_bus(c.settings, start=False) as bus:
         filter_subject = bus.subjects.events_filter(gid=gid, iid=iid, short_type=type_)
         async for item in tail(
             bus, filter_subject, from_start=from_start, follow=follow, idle_timeout=idle_timeout

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -10,10 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from shoal.bus import Bus
+from shoal.errors import InvalidOption, InvalidSpec, Refused
 from shoal.ops import fleets as ops
-from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, require_store, run
 from shoal.ops.connect import open_bus
-from shoal.schemas.fleet import FleetDesired
+from shoal.schemas.fleet import FleetDesired, FleetSpec
 
 if TYPE_CHECKING:  # eventsourcing loads lazily: every ``shoal agent run`` imports this module
     from shoal.aggregates.fleet import FleetApplication
@@ -25,9 +29,17 @@ ReasonOption = Annotated[
     str, typer.Option("--reason", "-r", help="Why: recorded in the fleet's history.")
 ]
 FleetArg = Annotated[str, typer.Argument(help="Fleet name.")]
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Wait until running instances match, showing progress.")
+]
+WaitTimeout = Annotated[
+    float, typer.Option("--wait-timeout", help="Seconds --wait may take before exit 1.")
+]
 
 
-def _with_app(c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]]) -> T:
+def _with_app(
+    c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]], *, bounded: bool = True
+) -> T:
     async def _run() -> T:
         app = ops.open_fleet_app(c.settings)
         try:
@@ -36,7 +48,7 @@ def _with_app(c: Cli, body: Callable[[Bus, FleetApplication], Awaitable[T]]) -> 
         finally:
             app.close()
 
-    return run(c, _run())
+    return run(c, _run(), bounded=bounded)
 
 
 def _print_desired(c: Cli, verb: str, desired: FleetDesired) -> None:
@@ -55,16 +67,84 @@ def apply(
     ctx: typer.Context,
     spec: Annotated[str, typer.Argument(help="Fleet spec YAML file.")],
     reason: ReasonOption = "",
+    wait: WaitOption = False,
+    wait_timeout: WaitTimeout = 120.0,
     as_json: JsonOption = False,
 ) -> None:
     """Register a fleet from a spec file, or update it (declarative: the spec wins)."""
     c = cli(ctx, as_json)
+    parsed = _load_spec(spec)
 
     async def body(bus: Bus, app: FleetApplication) -> FleetDesired:
-        parsed = ops.load_fleet_spec(spec)
         return await ops.apply_fleet(bus, app, parsed, by=c.settings.principal, reason=reason)
 
-    _print_desired(c, "applied", _with_app(c, body))
+    desired = _with_app(c, body)
+    if not (wait and c.json):
+        _print_desired(c, "applied", desired)
+    if wait:
+        _wait(c, desired.fleet, wait_timeout)
+
+
+def _progress_line(view: ops.FleetView) -> str:
+    parts = []
+    for a in view.agents:
+        versions = ", ".join(f"{n} at {v}" for v, n in sorted(a.versions.items()))
+        parts.append(f"{a.name} {a.actual}/{a.desired}" + (f" ({versions})" if versions else ""))
+    return f"fleet {view.fleet}: " + "; ".join(parts)
+
+
+def _converged(view: ops.FleetView) -> bool:
+    want = (lambda a: a.desired) if view.running else (lambda a: 0)
+    return all(a.actual == want(a) and a.versions.get(a.version, 0) == want(a) for a in view.agents)
+
+
+async def wait_converged(
+    c: Cli, bus: Bus, name: str, timeout: float, poll_s: float = 0.5
+) -> tuple[bool, ops.FleetView]:
+    """Poll the fleet until running instances match desired state; a line per change."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        view = await ops.describe_fleet(bus, name)
+        line = _progress_line(view)
+        if line != last and not c.json:
+            c.err.print(escape(line), highlight=False)
+            last = line
+        if _converged(view):
+            return True, view
+        if time.monotonic() > deadline:
+            return False, view
+        await asyncio.sleep(poll_s)
+
+
+def _finish_wait(c: Cli, ok: bool, view: ops.FleetView, timeout: float) -> None:
+    if c.json:
+        emit_json({"converged": ok, "fleet": view.to_json()})
+    elif ok:
+        c.out.print(f"[green]converged:[/] {escape(_progress_line(view))}")
+    else:
+        c.out.print(f"[red]not converged after {timeout:g}s:[/] {escape(_progress_line(view))}")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _load_spec(spec: str) -> FleetSpec:
+    """The parsed spec file, before anything connects; not UTF-8 is an invalid spec."""
+    try:
+        return ops.load_fleet_spec(spec)
+    except UnicodeDecodeError as e:
+        raise InvalidSpec(
+            f"fleet spec {spec} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+
+
+def _wait(c: Cli, name: str, timeout: float) -> None:
+    async def body() -> tuple[bool, ops.FleetView]:
+        async with open_bus(c.settings, start=False, name="shoal-fleet") as bus:
+            return await wait_converged(c, bus, name, timeout)
+
+    ok, view = run(c, body(), bounded=False)
+    _finish_wait(c, ok, view, timeout)
 
 
 def _command(c: Cli, name: str, verb: str, reason: str, **args: Any) -> None:
@@ -101,23 +181,27 @@ def scale(
     name: FleetArg,
     replicas: Annotated[list[str], typer.Argument(help="AGENT=N, one or more.")],
     reason: ReasonOption = "",
+    wait: WaitOption = False,
+    wait_timeout: WaitTimeout = 120.0,
     as_json: JsonOption = False,
 ) -> None:
     """Set the number of instances of one or more agents."""
     c = cli(ctx, as_json)
+    try:
+        counts = ops.parse_replicas(replicas)
+    except Refused as e:  # a malformed AGENT=N is the user's input to change
+        raise InvalidOption(str(e)) from None
 
     async def body(bus: Bus, app: FleetApplication) -> FleetDesired:
         return await ops.fleet_command(
-            bus,
-            app,
-            name,
-            "scale",
-            by=c.settings.principal,
-            reason=reason,
-            replicas=ops.parse_replicas(replicas),
+            bus, app, name, "scale", by=c.settings.principal, reason=reason, replicas=counts
         )
 
-    _print_desired(c, "scaled", _with_app(c, body))
+    desired = _with_app(c, body)
+    if not (wait and c.json):
+        _print_desired(c, "scaled", desired)
+    if wait:
+        _wait(c, name, wait_timeout)
 
 
 @fleet_app.command("upgrade")
@@ -155,9 +239,19 @@ def upgrade(
         )
         if not wait or not desired.running:
             return desired, None
-        return desired, await ops.wait_rollout(bus, name, agent, version, timeout=timeout)
+        if not c.json:
+            _print_desired(c, "upgrading", desired)
+        # Each batch as it rolls: a line whenever the versions running change.
+        watcher = asyncio.create_task(wait_converged(c, bus, name, timeout, poll_s=0.5))
+        try:
+            rollout = await ops.wait_rollout(bus, name, agent, version, timeout=timeout)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+        return desired, rollout
 
-    desired, result = _with_app(c, body)
+    desired, result = _with_app(c, body, bounded=not wait)
     if c.json:
         emit_json(
             {
@@ -169,7 +263,8 @@ def upgrade(
             }
         )
     else:
-        _print_desired(c, "upgrading", desired)
+        if result is None:
+            _print_desired(c, "upgrading", desired)
         if result is not None:
             colour = "green" if result.done else "red"
             c.out.print(f"[{colour}]{escape(result.message)}[/]")
@@ -195,7 +290,7 @@ def ls(ctx: typer.Context, as_json: JsonOption = False) -> None:
     c = cli(ctx, as_json)
 
     async def body() -> list[ops.FleetView]:
-        async with open_bus(c.settings, name="shoal-fleet") as bus:
+        async with open_bus(c.settings, start=False, name="shoal-fleet") as bus:
             return await ops.list_fleets(bus)
 
     views = run(c, body())
@@ -216,7 +311,7 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
     c = cli(ctx, as_json)
 
     async def body() -> ops.FleetView:
-        async with open_bus(c.settings, name="shoal-fleet") as bus:
+        async with open_bus(c.settings, start=False, name="shoal-fleet") as bus:
             return await ops.describe_fleet(bus, name)
 
     view = run(c, body())
@@ -225,6 +320,10 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
         return
     state = "running" if view.running else "[yellow]stopped[/]"
     c.out.print(f"fleet [bold]{view.fleet}[/]: {state} (generation {view.generation})")
+    if view.description:
+        c.out.print(escape(view.description))
+    if view.budget_usd is not None:
+        c.out.print(f"budget ${view.budget_usd} (enforced by the core: fleet kill switch)")
     for a in view.agents:
         versions = ", ".join(f"{v} x{n}" for v, n in sorted(a.versions.items())) or "-"
         colour = "green" if a.actual == a.desired else "yellow"
@@ -255,12 +354,29 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
                 f"  [red]slot {s.slot} {s.state}[/] on {s.host} ({s.supervisor}), "
                 f"{s.restarts} restart(s): {escape(s.message)}"
             )
+        if a.pending:
+            c.out.print(
+                f"  [yellow]{len(a.pending)} slot(s) pending[/] ({_spans(a.pending)}): "
+                f"{escape(a.pending_reason)}"
+            )
+
+
+def _spans(slots: list[int]) -> str:
+    """``[3, 4, 5, 9]`` → ``"3-5, 9"``."""
+    spans: list[list[int]] = []
+    for n in slots:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 @fleet_app.command("history")
 def history(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) -> None:
     """Every command given to the fleet: when, who, what, why."""
     c = cli(ctx, as_json)
+    require_store(c.settings, "fleets")
 
     async def body() -> list[Any]:
         app = ops.open_fleet_app(c.settings)
@@ -295,6 +411,52 @@ def _detail(command: str, detail: dict[str, Any]) -> str:
     if command in ("upgrade", "rollback"):
         return f"{detail.get('agent')} → {detail.get('version')}"
     return ""
+
+
+@fleet_app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: FleetArg,
+    reason: ReasonOption = "",
+    wait_timeout: WaitTimeout = 120.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop the fleet, wait for its instances to drain, and remove it from desired state.
+
+    Its history stays in the core ('fleet history'); 'fleet apply' brings it back.
+    """
+    from shoal.schemas import ControlAccepted
+
+    c = cli(ctx, as_json)
+
+    async def body(bus: Bus, app: FleetApplication) -> tuple[bool, ops.FleetView]:
+        await ops.fleet_command(bus, app, name, "stop", by=c.settings.principal, reason=reason)
+        drained, view = await wait_converged(c, bus, name, wait_timeout)
+        if drained:
+            kv = await bus.kv(bus.topology.fleets.name)
+            await kv.delete(name)
+            data = ControlAccepted(
+                command="fleet.delete", target=name, by=c.settings.principal, reason=reason
+            )
+            await bus.publish(
+                ops.control_event(data, by=c.settings.principal, fleet=name),
+                bus.subjects.control("fleet", "delete"),
+            )
+        return drained, view
+
+    drained, _ = _with_app(c, body, bounded=False)
+    if c.json:
+        emit_json({"deleted": drained, "fleet": name})
+    elif drained:
+        c.out.print(f"fleet [bold]{name}[/] deleted (history kept: shoal fleet history {name})")
+    if not drained:
+        raise fail(
+            c,
+            f"fleet {name} stopped but its instances did not drain within {wait_timeout:g}s; "
+            "not deleted (is a supervisor running?)",
+            1,
+            "timeout",
+        )
 
 
 def register(app: typer.Typer) -> None:

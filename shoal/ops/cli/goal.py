@@ -24,9 +24,16 @@ def submit(
     budget: Annotated[
         str | None, typer.Option("--budget", help="Budget in USD for the whole goal.")
     ] = None,
+    wait_for_fleet: Annotated[
+        bool,
+        typer.Option("--wait-for-fleet", help="Queue it even if the fleet is not declared yet."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Publish ``goal.submitted`` to ``shoal.goals.<fleet>`` with a new GID; print the GID."""
+    """Publish ``goal.submitted`` to ``shoal.goals.<fleet>`` with a new GID; print the GID.
+
+    The fleet must be declared (``fleet apply``) or running, unless --wait-for-fleet.
+    """
     c = cli(ctx, as_json)
 
     async def _submit() -> tuple[str, str, int]:
@@ -38,7 +45,7 @@ def submit(
             budget_usd=budget,
         )
         async with open_bus(c.settings) as bus:
-            seq = await submit_goal(bus, event)
+            seq = await submit_goal(bus, event, require_fleet=not wait_for_fleet)
         assert event.gid is not None
         return event.gid, event.iid, seq
 
@@ -59,6 +66,25 @@ def show(
     from shoal.ops.cli.session import show_goal
 
     show_goal(cli(ctx, as_json), gid)
+
+
+@goal_app.command("ls")
+def ls(
+    ctx: typer.Context,
+    fleet: Annotated[str | None, typer.Option("--fleet", help="Only this fleet.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="open, running, completed or failed.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Show the N most recent.")] = 50,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only the GIDs, one a line (for scripts).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Goals the core has recorded, most recent last: fleet, status, cost, text."""
+    from shoal.ops.cli.session import list_goals
+
+    list_goals(cli(ctx, as_json), fleet=fleet, status=status, limit=limit, quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

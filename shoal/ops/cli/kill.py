@@ -27,6 +27,9 @@ ModelOpt = Annotated[str | None, _opt("model", "model, in every instance of ever
 PrincipalOpt = Annotated[str | None, _opt("principal", "principal: all work on their behalf")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Everything: every call, every instance.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in the audit).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Set it even if nothing knows the target (yet).")
+]
 
 
 def _scope(
@@ -66,38 +69,56 @@ def kill(
     principal: PrincipalOpt = None,
     all_: AllOpt = False,
     reason: ReasonOpt = "",
+    force: ForceOpt = False,
     list_: Annotated[bool, typer.Option("--list", help="Show the switches set now.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Stop exactly one instance, session, goal, fleet, tool, model, principal — or all."""
+    """Stop exactly one instance, session, goal, fleet, tool, model, principal — or all.
+
+    The target must be known (a running instance, a session on the log, a declared fleet,
+    a tool or model seen or priced) unless --force. Under a slow server the kill is retried
+    until --timeout; the exit status is 0 only once the server confirmed the switch written.
+    """
     c = cli(ctx, as_json)
     if list_:
         _list(c)
         return
     scope, name = _scope(c, instance, session, goal, fleet, tool, model, principal, all_)
-
-    async def body() -> ops.KillResult:
-        async with open_bus(c.settings, name="shoal-kill") as bus:
-            return await ops.kill(bus, scope, name, by=c.settings.principal, reason=reason)
-
-    result = run(c, body())
+    body = ops.kill_with_retry(
+        c.settings,
+        scope,
+        name,
+        by=c.settings.principal,
+        reason=reason,
+        timeout=c.timeout,
+        force=force,
+    )
+    result = run(c, body, bounded=False)
     if c.json:
         emit_json(
             {
                 "key": result.key,
+                "written": True,
+                "attempts": result.attempts,
+                "audited": result.audited,
                 "switch": result.switch.model_dump(mode="json"),
                 "instances": result.instances,
             }
         )
         return
-    c.out.print(f"kill switch [bold]{result.key}[/] set")
+    tries = f" after {result.attempts} attempts" if result.attempts > 1 else ""
+    c.out.print(f"kill switch [bold]{result.key}[/] set: written, confirmed by the server{tries}")
     if result.instances:
         c.out.print(f"stopping {len(result.instances)} instance(s): {', '.join(result.instances)}")
+    if not result.audited:
+        c.err.print(
+            f"[yellow]warning: the audit events were not recorded ({result.audit_error})[/]"
+        )
 
 
 def _list(c: Cli) -> None:
     async def body() -> list[tuple[str, KillSwitch]]:
-        async with open_bus(c.settings, name="shoal-kill") as bus:
+        async with open_bus(c.settings, start=False, name="shoal-kill") as bus:
             return await ops.list_kills(bus)
 
     switches = run(c, body())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from shoal.ops import platform
-from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 
 
 def up(
@@ -24,7 +25,7 @@ def up(
 ) -> None:
     """Start (or reuse) NATS, provision streams and buckets, start the local services."""
     c = cli(ctx, as_json)
-    result = run(c, platform.up(c.settings, services=services))
+    result = run(c, platform.up(c.settings, services=services), bounded=False)
     if c.json:
         emit_json(
             {
@@ -63,13 +64,27 @@ def down(ctx: typer.Context, as_json: JsonOption = False) -> None:
         c.out.print("embedded NATS stopped" if server else "embedded NATS was not running")
 
 
-def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Server URL, JetStream usage and message counts of shoal's streams."""
+def status(
+    ctx: typer.Context,
+    max_lag: Annotated[
+        int,
+        typer.Option("--max-lag", help="Unhealthy (exit 1) when a lag exceeds this many events."),
+    ] = 10_000,
+    as_json: JsonOption = False,
+) -> None:
+    """Health at a glance: services, lags, dead letters, sessions in trouble, versions.
+
+    Exits 1 when a service is down or a lag exceeds --max-lag (usable as a probe).
+    """
     c = cli(ctx, as_json)
     st = run(c, platform.status(c.settings))
+    h = st.health
+    problems = h.problems(st.services, max_lag, local=st.embedded)
     if c.json:
         emit_json(
             {
+                "healthy": not problems,
+                "problems": problems,
                 "url": st.url,
                 "embedded": st.embedded,
                 "server_version": st.server_version,
@@ -78,20 +93,59 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
                 "deadletters": st.deadletters,
                 "streams": [s.__dict__ for s in st.streams],
                 "services": st.services,
+                **h.to_json(),
             }
         )
-        return
+    else:
+        _print_status(c, st, problems)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> None:
+    h = st.health
+    verdict = "[green]healthy[/]" if not problems else f"[red]UNHEALTHY[/]: {'; '.join(problems)}"
+    c.out.print(verdict)
     kind = "embedded" if st.embedded else "external"
     c.out.print(f"NATS {st.server_version} ({kind}) at [bold]{st.url}[/]")
-    c.out.print(f"JetStream: {st.storage_bytes:,} bytes on disk, {st.memory_bytes:,} in memory")
-    table = Table("stream", "messages", "bytes", "consumers")
+    services = Table("service", "state", "last heartbeat", "lag (events)", box=None)
+    for name, pid in st.services.items():
+        state = f"running (pid {pid})" if pid else "[red]not running[/]"
+        beat, lag = "-", "-"
+        if name == "core":
+            state += f", {h.core_state}"
+            beat = _ago(h.core_last_active)
+            lag = _lag(h.core_lag)
+        elif name == "query":
+            state += f", {h.query_state}"
+            if h.projection_lag_bus is not None:
+                lag = f"{h.projection_lag_bus:,} behind the bus ({h.projection_lag_core:,} core)"
+        services.add_row(name, state, beat, lag)
+    c.out.print(services)
+    if h.deadletters:
+        by_origin = ", ".join(f"{o} {n}" for o, n in h.deadletters.items())
+        c.out.print(f"[yellow]dead letters: {by_origin}[/] (shoal deadletters ls)")
+    else:
+        c.out.print("dead letters: none")
+    if h.sessions:
+        c.out.print("sessions: " + ", ".join(f"{n} {s}" for s, n in h.sessions.items()))
+    table = Table("stream", "messages", "bytes", "consumers", box=None)
     for s in st.streams:
         table.add_row(s.name, f"{s.messages:,}", f"{s.bytes:,}", str(s.consumers))
     c.out.print(table)
-    for name, pid in st.services.items():
-        c.out.print(f"{name}: " + (f"running (pid {pid})" if pid else "[dim]not running[/]"))
-    if st.deadletters:
-        c.out.print(f"[yellow]{st.deadletters} dead-lettered message(s)[/]")
+    c.out.print(f"JetStream: {st.storage_bytes:,} bytes on disk, {st.memory_bytes:,} in memory")
+    c.out.print("versions: " + ", ".join(f"{k} {v}" for k, v in h.versions.items()))
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    return f"{seconds:.1f}s ago" if seconds < 120 else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lag(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
 def register(app: typer.Typer) -> None:

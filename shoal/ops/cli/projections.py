@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from shoal.errors import NatsUnreachable, ServiceUnavailable
-from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, run
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, require_store, run
 from shoal.ops.cli.cost import DbOption, open_local
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.projections.client import QueryClient
@@ -59,7 +59,7 @@ def serve(
         )
         await task
 
-    run(c, _serve())
+    run(c, _serve(), bounded=False)
 
 
 async def _swap_into_service(c: Cli, path: Path) -> dict[str, Any] | None:
@@ -92,6 +92,7 @@ def rebuild_cmd(
     from shoal.projections.rebuild import rebuild
 
     c = cli(ctx, as_json)
+    require_store(c.settings)
     live = projection_path(c.settings)
     target = (
         live.with_name(f"projections-asof-{as_of}.duckdb")
@@ -122,13 +123,13 @@ def rebuild_cmd(
         app.close()
     swapped_by = "none"
     if as_of is None:
-        if run(c, _swap_into_service(c, target.resolve())) is not None:
+        if run(c, _swap_into_service(c, target.resolve()), bounded=False) is not None:
             swapped_by = "query service"
         else:
             try:
                 os.replace(target, live)
             except OSError as e:
-                raise fail(c, f"cannot replace {live}: {e}") from None
+                raise fail(c, f"cannot replace {live}: {e}", 1, "not_writable") from None
             swapped_by = "rebuild"
     path = live if as_of is None else target
     rate = result.events / result.seconds if result.seconds else 0.0
@@ -199,7 +200,7 @@ def parquet(
             )
             return answer
 
-    written = run(c, _export())
+    written = run(c, _export(), bounded=False)
     if c.json:
         emit_json(written)
         return

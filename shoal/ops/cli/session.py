@@ -15,12 +15,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 from rich.tree import Tree
 
 from shoal.aggregates import PriceTable, Session, open_core
 from shoal.aggregates.replay import Replay, ReplayNode, build_replay, parse_at, read_replay
 from shoal.bus import ShoalSettings
-from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, require_store, run
+from shoal.ops.cli.layout import fit
 from shoal.ops.connect import open_bus
 from shoal.schemas import utcnow
 
@@ -31,6 +33,10 @@ __all__ = [
     "render_replay",
     "select_sessions",
     "show_goal",
+]
+
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only the ids, one a line (for scripts).")
 ]
 
 session_app = typer.Typer(help="Find, inspect and replay sessions (IIDs).", no_args_is_help=True)
@@ -50,6 +56,7 @@ def select_sessions(
     ``stuck`` means running and flagged stuck, or silent for longer than ``stuck_after_s``.
     Sessions are loaded newest first and the scan stops at ``limit`` matches.
     """
+    require_store(settings)
     app = open_core(settings)
     try:
         cutoff = (now or utcnow()) - timedelta(seconds=settings.stuck_after_s)
@@ -74,6 +81,7 @@ def select_sessions(
 
 def load_session(settings: ShoalSettings, iid: str) -> Session:
     """One session from the core's store (:class:`~shoal.errors.NotFound` if unknown)."""
+    require_store(settings)
     app = open_core(settings)
     try:
         return app.session(iid)
@@ -91,11 +99,16 @@ def ls(
     stuck: Annotated[
         bool, typer.Option("--stuck", help="Only stuck sessions (flagged, or silent too long).")
     ] = False,
+    awaiting: Annotated[
+        bool, typer.Option("--awaiting", help="Only sessions waiting for a person's reply.")
+    ] = False,
     limit: Annotated[int, typer.Option("--limit", help="Show the N most recent.")] = 50,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """List sessions the core has recorded, most recent last."""
     c = cli(ctx, as_json)
+    status = "awaiting_input" if awaiting else status
 
     async def _ls() -> list[Session]:
         return await asyncio.to_thread(
@@ -103,6 +116,10 @@ def ls(
         )
 
     sessions = run(c, _ls())
+    if quiet:
+        for s in sessions:
+            c.out.print(s.iid)
+        return
     if c.json:
         emit_json([s.summary() for s in sessions])
         return
@@ -120,7 +137,8 @@ def ls(
             f"{s.model_calls}m/{s.tool_calls}t",
             ",".join(s.flags),
         )
-    c.out.print(table)
+    keep = ("IID", "status", "cost $")
+    c.out.print(fit(table, c.out, drop=("flags", "calls", "capability", "fleet"), keep=keep))
 
 
 @session_app.command("show")
@@ -161,7 +179,7 @@ def replay(
     async def _replay() -> Replay:
         cut = parse_at(at)
         prices = PriceTable.load(c.settings.price_table)
-        async with open_bus(c.settings) as bus:
+        async with open_bus(c.settings, start=False) as bus:
             stored = await read_replay(bus, iid)
         return build_replay(stored, iid, prices, cut)
 
@@ -237,11 +255,15 @@ def _plain(value: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from shoal.ops.cli import converse
+
+    converse.register(session_app)
     app.add_typer(session_app, name="session")
 
 
 def load_goal(settings: ShoalSettings, gid: str) -> dict[str, Any]:
     """A goal from the core's store with all its sessions and the total server-side cost."""
+    require_store(settings)
     app = open_core(settings)
     try:
         goal = app.goal(gid)
@@ -255,11 +277,86 @@ def load_goal(settings: ShoalSettings, gid: str) -> dict[str, Any]:
         app.close()
 
 
+def select_goals(
+    settings: ShoalSettings, *, fleet: str | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The ``limit`` most recent matching goals (summaries with their cost), oldest first."""
+    from eventsourcing.utils import get_topic
+
+    from shoal.aggregates.goal import Goal
+
+    require_store(settings)
+    app = open_core(settings)
+    try:
+        opened = app.notifications([get_topic(Goal.Opened)])
+        gids = [e.gid for _, e in opened]  # type: ignore[attr-defined]
+        found: list[dict[str, Any]] = []
+        for gid in reversed(gids):
+            if len(found) >= limit:
+                break
+            goal = app.goal(gid)
+            if (fleet and goal.fleet != fleet) or (status and goal.status != status):
+                continue
+            found.append({**goal.summary_dict(), "total_cost_usd": str(app.goal_cost(goal))})
+        return found[::-1]
+    finally:
+        app.close()
+
+
+def list_goals(
+    c: Cli, *, fleet: str | None, status: str | None, limit: int, quiet: bool = False
+) -> None:
+    """``shoal goal ls``."""
+
+    async def _load() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(
+            select_goals, c.settings, fleet=fleet, status=status, limit=limit
+        )
+
+    goals = run(c, _load())
+    if quiet:
+        for g in goals:
+            c.out.print(g["gid"])
+        return
+    if c.json:
+        emit_json(goals)
+        return
+    table = Table(_iid_column("GID"), "fleet", "status", "sessions", "cost $", "text")
+    for g in goals:
+        table.add_row(
+            g["gid"],
+            g["fleet"] or "",
+            Text(g["status"], style=_status_style(g["status"])),
+            str(len(g["iids"])),
+            _usd(Decimal(g["total_cost_usd"])),
+            g["text"],
+        )
+    c.out.print(fit(table, c.out, drop=("sessions", "fleet"), keep=("GID", "status", "cost $")))
+    if not goals:
+        c.out.print("(no goals)")
+
+
+async def _waiting_for_fleet(c: Cli, goal: dict[str, Any]) -> bool:
+    """A goal nobody took whose fleet is not declared: it waits for one (``--wait-for-fleet``)."""
+    from shoal.ops.targets import fleet_exists
+
+    if goal["status"] not in ("open", "running") or len(goal["sessions"]) > 1 or not goal["fleet"]:
+        return False
+    try:
+        async with open_bus(c.settings, start=False, provision=False, name="shoal-goal") as bus:
+            return not await fleet_exists(bus, goal["fleet"])
+    except Exception:  # no server to ask: say nothing rather than guess
+        return False
+
+
 def show_goal(c: Cli, gid: str) -> None:
     """``shoal goal show``: the goal, a table of its sessions, the total cost."""
 
     async def _load() -> dict[str, Any]:
-        return await asyncio.to_thread(load_goal, c.settings, gid)
+        goal = await asyncio.to_thread(load_goal, c.settings, gid)
+        if await _waiting_for_fleet(c, goal):
+            goal["status"] = "waiting for a fleet"
+        return goal
 
     goal = run(c, _load())
     if c.json:
@@ -292,7 +389,8 @@ def show_goal(c: Cli, gid: str) -> None:
             f"{s['model_calls']}m/{s['tool_calls']}t",
             _usd(Decimal(s["cost_usd"])),
         )
-    c.out.print(table)
+    drop = ("parent", "retries", "calls", "capability")
+    c.out.print(fit(table, c.out, drop=drop, keep=("IID", "status", "cost $")))
     budget = f" (budget ${goal['budget_usd']})" if goal["budget_usd"] else ""
     c.out.print(
         f"{len(goal['sessions'])} sessions, total ${_usd(Decimal(goal['total_cost_usd']))}{budget}"

@@ -35,6 +35,15 @@ def supervisor(
     crashloop_after: Annotated[
         int, typer.Option("--crashloop-after", min=1, help="Exits at start before giving up.")
     ] = 5,
+    capacity: Annotated[
+        int | None,
+        typer.Option(
+            "--capacity",
+            min=0,
+            help="Instances this supervisor admits (default: SHOAL_SUPERVISOR_CAPACITY, "
+            "else computed from CPUs and memory).",
+        ),
+    ] = None,
 ) -> None:
     """Start, stop, replace and drain agent instances until they match desired state.
 
@@ -48,11 +57,12 @@ def supervisor(
         crashloop_after=crashloop_after,
         resync_s=resync,
         fleets=frozenset(fleet) if fleet else None,
+        capacity=capacity,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run(c, _supervise(c, options, supervisor_id))
+    run(c, _supervise(c, options, supervisor_id), bounded=False)
 
 
 async def _supervise(c: Cli, options: SupervisorOptions, supervisor_id: str | None) -> None:
@@ -63,7 +73,10 @@ async def _supervise(c: Cli, options: SupervisorOptions, supervisor_id: str | No
     url = resolve_url(c.settings)
     async with open_bus(c.settings, name="shoal-supervisor") as bus:
         sup = Supervisor(bus, url, supervisor_id=supervisor_id, options=options)
-        c.err.print(f"supervisor {sup.id} on {sup.host} reconciling via {url}")
+        c.err.print(
+            f"supervisor {sup.id} on {sup.host} reconciling via {url}; "
+            f"capacity {sup.capacity.instances} ({sup.capacity.source})"
+        )
         await sup.run(stop)
 
 

@@ -26,10 +26,12 @@ def trace(
         raise fail(
             c,
             f"no span file at {path}: tracing was off or spans went to an OTLP endpoint",
+            1,
+            "not_found",
         )
     roots = session_trace(path, key)
     if not roots:
-        raise fail(c, f"no spans of session or goal {key} in {path}")
+        raise fail(c, f"no spans of session or goal {key} in {path}", 1, "not_found")
     if c.json:
         emit_json(
             {

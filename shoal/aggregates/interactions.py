@@ -1,0 +1,195 @@
+"""Interactions with running sessions: append a message, answer a question, decide approvals.
+
+The functions are what ``shoal session send|reply`` and ``shoal approvals grant|deny`` run;
+:class:`InteractionsService` offers the same operations as NATS micro endpoints
+(``<p>.api.interactions.<endpoint>``, service ``shoal-interactions``, hosted by ``shoal core``)
+so other front ends — the console, a chat bridge — use them without a CLI:
+
+| endpoint | request | reply |
+|---|---|---|
+| ``send`` | ``{"iid", "text", "by"}`` | the recorded ``session.message`` event id |
+| ``reply`` | ``{"iid", "text", "by"}`` | the id, and the question answered |
+| ``decide`` | ``{"approval", "grant": bool, "by", "reason"}`` | the approval's new state |
+| ``pending`` | ``{"fleet"?: …}`` | pending approvals and open questions |
+
+Unknown fields are refused, like every endpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.micro
+from nats.micro.request import Request
+from nats.micro.service import Service
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shoal.bus import Bus
+from shoal.errors import NotFound, ShoalError
+from shoal.policy import Approvals
+from shoal.schemas import CloudEvent, SessionAsked, SessionMessage, describe_validation_error
+
+__all__ = [
+    "INTERACTIONS",
+    "InteractionsService",
+    "open_questions",
+    "reply_to_session",
+    "send_message",
+]
+
+log = logging.getLogger("shoal.interactions")
+
+INTERACTIONS = "interactions"
+MICRO_NAME = "shoal-interactions"
+
+
+async def _session_events(bus: Bus, iid: str) -> list[CloudEvent]:
+    known = [s.event for s in await bus.session_events(iid) if s.event is not None]
+    if not known:
+        raise NotFound(f"no session {iid!r} on the event log")
+    return known
+
+
+async def send_message(
+    bus: Bus, iid: str, text: str, *, by: str, reply_to: str | None = None
+) -> CloudEvent:
+    """Append ``text`` to a session that exists on the event log."""
+    known = await _session_events(bus, iid)
+    if any(e.short_type in ("task.completed", "session.killed") for e in known):
+        state = "killed" if any(e.short_type == "session.killed" for e in known) else "done"
+        raise NotFound(f"session {iid} is {state}; a message would reach no one")
+    first = known[0]
+    event = CloudEvent.new(
+        SessionMessage(text=text, by=by, reply_to=reply_to),
+        iid=iid,
+        gid=next((e.gid for e in known if e.gid), None),
+        parentiid=first.parentiid,
+        fleet=first.fleet,
+        principal=by,
+        source=f"shoal://cli/{by}",
+    )
+    await bus.publish(event)
+    return event
+
+
+async def open_questions(bus: Bus, iid: str) -> list[SessionAsked]:
+    """The session's questions that have no reply yet, oldest first."""
+    asked: dict[str, SessionAsked] = {}
+    for e in await _session_events(bus, iid):
+        if isinstance(e.data, SessionAsked):
+            asked.setdefault(e.data.question_id, e.data)
+        elif isinstance(e.data, SessionMessage) and e.data.reply_to:
+            asked.pop(e.data.reply_to, None)
+    return list(asked.values())
+
+
+async def reply_to_session(
+    bus: Bus, iid: str, text: str, *, by: str
+) -> tuple[CloudEvent, SessionAsked]:
+    """Answer the session's oldest open question; :class:`NotFound` if it asked none."""
+    questions = await open_questions(bus, iid)
+    if not questions:
+        raise NotFound(f"session {iid} is not waiting for input (no open question)")
+    event = await send_message(bus, iid, text, by=by, reply_to=questions[0].question_id)
+    return event, questions[0]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SendRequest(_Strict):
+    iid: str
+    text: str = Field(min_length=1, max_length=100_000)
+    by: str = Field(min_length=1)
+
+
+class DecideRequest(_Strict):
+    approval: str
+    grant: bool
+    by: str = Field(min_length=1)
+    reason: str = ""
+
+
+class PendingRequest(_Strict):
+    fleet: str | None = None
+
+
+class InteractionsService:
+    """The interactions endpoints on one connection."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.service: Service | None = None
+
+    async def start(self) -> None:
+        self.service = await nats.micro.add_service(
+            self.bus.nc,
+            name=MICRO_NAME,
+            version="0.1.0",
+            description="shoal interactions: messages, replies and approvals for sessions",
+            metadata={"prefix": self.bus.settings.prefix},
+        )
+        endpoints: dict[str, tuple[type[_Strict], Callable[[Any], Awaitable[Any]]]] = {
+            "send": (SendRequest, self._send),
+            "reply": (SendRequest, self._reply),
+            "decide": (DecideRequest, self._decide),
+            "pending": (PendingRequest, self._pending),
+        }
+        for name, (model, fn) in endpoints.items():
+            await self.service.add_endpoint(
+                name=name,
+                subject=self.bus.subjects.api(INTERACTIONS, name),
+                handler=self._endpoint(model, fn),
+                metadata={"request": json.dumps(model.model_json_schema())},
+            )
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+            self.service = None
+
+    async def _send(self, r: SendRequest) -> dict[str, Any]:
+        event = await send_message(self.bus, r.iid, r.text, by=r.by)
+        return {"id": event.id, "iid": r.iid}
+
+    async def _reply(self, r: SendRequest) -> dict[str, Any]:
+        event, question = await reply_to_session(self.bus, r.iid, r.text, by=r.by)
+        return {"id": event.id, "iid": r.iid, "question_id": question.question_id}
+
+    async def _decide(self, r: DecideRequest) -> dict[str, Any]:
+        approvals = await Approvals.open(self.bus)
+        state = await approvals.decide(r.approval, grant=r.grant, by=r.by, reason=r.reason)
+        return state.model_dump(mode="json")
+
+    async def _pending(self, r: PendingRequest) -> dict[str, Any]:
+        approvals = await Approvals.open(self.bus)
+        pending = await approvals.list(fleet=r.fleet)
+        return {"approvals": [a.model_dump(mode="json") for a in pending]}
+
+    def _endpoint(
+        self, model: type[_Strict], fn: Callable[[Any], Awaitable[Any]]
+    ) -> Callable[[Request], Awaitable[None]]:
+        async def handle(request: Request) -> None:
+            try:
+                body = model.model_validate_json(request.data or b"{}")
+                answer = await fn(body)
+            except ValidationError as e:
+                await request.respond_error("400", describe_validation_error(e)[:1000])
+                return
+            except NotFound as e:
+                await request.respond_error("404", str(e)[:1000])
+                return
+            except ShoalError as e:
+                await request.respond_error("409", str(e)[:1000])
+                return
+            except Exception as e:
+                log.exception("interactions endpoint failed")
+                await request.respond_error("500", f"{type(e).__name__}: {e}"[:1000])
+                return
+            await request.respond(json.dumps(answer, default=str).encode())
+
+        return handle

@@ -1,0 +1,56 @@
+"""Laying out for the terminal's width: key facts whole, long values shortened in the middle.
+
+Identifiers (IIDs, GIDs, instance ids) are copied into other commands, so they are never
+cut; free text (reasons, errors, subjects) is shortened in the middle, keeping its start and
+its end, where the decisive part of a message usually is (``… final=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Column, Table
+from rich.text import Text
+
+__all__ = ["ELLIPSIS", "fit", "middle"]
+
+ELLIPSIS = "…"
+
+
+def middle(text: str, width: int) -> str:
+    """``text`` if it fits in ``width`` characters, else its start and end around ``…``."""
+    if width <= 1:
+        return text[:width]
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    head = (keep + 1) // 2
+    tail = keep - head
+    return text[:head] + ELLIPSIS + (text[-tail:] if tail else "")
+
+
+def fit(
+    table: Table, console: Console, drop: Sequence[str] = (), keep: Sequence[str] = ()
+) -> Table:
+    """Fit ``table`` to the console: drop columns in ``drop`` order until it fits unwrapped,
+    then let the rest wrap (fold) rather than end in ``…``; ``keep`` columns never wrap."""
+    width = console.width
+    unbounded = console.options.update_width(100_000)
+    for header in drop:
+        if Measurement.get(console, unbounded, table).maximum <= width:
+            break
+        table.columns = [c for c in table.columns if _header(c) != header]
+    for column in table.columns:
+        if _header(column) in keep:
+            column.no_wrap = True
+            column.overflow = "ignore"
+        else:
+            column.overflow = "fold"
+    return table
+
+
+def _header(column: Column) -> str:
+    header = column.header
+    return header.plain if isinstance(header, Text) else str(header)

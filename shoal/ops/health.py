@@ -1,0 +1,139 @@
+"""``shoal status`` as a health check: is every part alive, and how far behind is it?
+
+- services: each local service's process, and whether the core and the query service answer
+  (the core's durable consumer's last activity is its heartbeat; the query service answers
+  ``status`` over NATS);
+- lag: the core's consumer against the event stream (messages not yet ingested), and the
+  projection against the bus (the core's lag plus the projection's own behind the core);
+- dead letters by origin; sessions stuck or looping (from the query service); versions.
+
+:func:`problems` lists what makes the platform unhealthy (a service down, a lag over the
+threshold): ``shoal status`` exits 1 when there is any, so it can serve as a probe.
+"""
+
+from __future__ import annotations
+
+import platform as py_platform
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from nats.js.errors import NotFoundError
+
+from shoal.bus import Bus
+
+__all__ = ["Health", "check_health"]
+
+
+@dataclass
+class Health:
+    """What ``status`` reports beyond the streams (see the module doc)."""
+
+    core_state: str = "unknown"
+    core_last_active: datetime | None = None
+    core_lag: int | None = None
+    query_state: str = "unknown"
+    projection_lag_core: int | None = None
+    projection_lag_bus: int | None = None
+    deadletters: dict[str, int] = field(default_factory=dict)
+    sessions: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def problems(
+        self, services: dict[str, int | None], max_lag: int, *, local: bool = True
+    ) -> list[str]:
+        """Why the platform is unhealthy; empty when it is healthy.
+
+        ``local``: the services run on this host (the embedded default), so a missing
+        process is a service down; against an external NATS they may run elsewhere, and
+        only what answers over NATS counts.
+        """
+        if local:
+            out = [f"{name} is not running" for name, pid in services.items() if pid is None]
+        else:
+            out = ["the query service does not answer"] if self.query_state == "down" else []
+        if self.core_state == "absent":
+            out.append("the core has never consumed the event stream")
+        if self.core_lag is not None and self.core_lag > max_lag:
+            out.append(f"the core is {self.core_lag:,} events behind the stream (> {max_lag:,})")
+        if self.projection_lag_bus is not None and self.projection_lag_bus > max_lag:
+            out.append(
+                f"the projection is {self.projection_lag_bus:,} events behind the bus "
+                f"(> {max_lag:,})"
+            )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "core": {
+                "state": self.core_state,
+                "last_active": self.core_last_active.isoformat() if self.core_last_active else None,
+                "lag": self.core_lag,
+            },
+            "query": {
+                "state": self.query_state,
+                "projection_lag_core": self.projection_lag_core,
+                "projection_lag_bus": self.projection_lag_bus,
+            },
+            "deadletters_by_origin": self.deadletters,
+            "sessions": self.sessions,
+            "versions": self.versions,
+        }
+
+
+async def check_health(bus: Bus) -> Health:
+    """Ask the stream, the core's consumer and the query service; never raise for a part
+    that is down (that part's state says so)."""
+    from importlib.metadata import version
+
+    from shoal.aggregates.ingestion import CORE_CONSUMER
+    from shoal.ops.deadletters import count_by_origin
+
+    health = Health()
+    health.versions = {
+        "shoal": version("shoal"),
+        "nats-server": str(bus.nc.connected_server_version),
+        "nats-py": version("nats-py"),
+        "python": py_platform.python_version(),
+    }
+    try:
+        info = await bus.js.consumer_info(bus.topology.events.name, CORE_CONSUMER)
+        health.core_lag = info.num_pending + (info.num_ack_pending or 0)
+        health.core_last_active = info.delivered.last_active if info.delivered else None
+        health.core_state = "consuming" if info.push_bound or info.num_waiting else "idle"
+    except NotFoundError:
+        health.core_state = "absent"
+    health.deadletters = await count_by_origin(bus)
+    await _ask_query_service(bus, health)
+    return health
+
+
+async def _ask_query_service(bus: Bus, health: Health) -> None:
+    from shoal.errors import ShoalError
+    from shoal.projections.client import QueryClient
+
+    client = QueryClient(bus.nc, bus.settings)
+    try:
+        status: dict[str, Any] = await client.ask("status", timeout=2.0)
+    except ShoalError:
+        health.query_state = "down"
+        return
+    health.query_state = "answering"
+    behind = int(status.get("core_last_notification") or 0) - int(status.get("position") or 0)
+    health.projection_lag_core = max(behind, 0)
+    health.projection_lag_bus = health.projection_lag_core + (health.core_lag or 0)
+    for state in ("stuck", "looping"):
+        try:
+            answer = await client.ask("sessions", {"state": state, "limit": 1000}, timeout=2.0)
+        except ShoalError:
+            continue
+        health.sessions[state] = len(answer.get("rows", []))
+    try:
+        sql = (
+            "SELECT count(*) FROM (SELECT request_id FROM approvals GROUP BY request_id "
+            "HAVING bool_and(state = 'requested'))"
+        )
+        answer = await client.ask("sql", {"sql": sql, "limit": 1}, timeout=2.0)
+        health.sessions["awaiting approval"] = int(answer["rows"][0][0])
+    except (ShoalError, KeyError, IndexError, TypeError, ValueError):
+        pass

@@ -1,0 +1,72 @@
+"""Readable at 80 and 200 columns: key facts whole, long values shortened in the middle."""
+
+from __future__ import annotations
+
+import re
+
+from rich.console import Console
+from rich.table import Table
+from typer.testing import CliRunner
+
+from shoal.bus import ShoalSettings
+from shoal.ops.cli import app
+from shoal.ops.cli.layout import fit, middle
+
+IID = "01M8SNSJEWGZ1CG999XM56PQ8W"
+
+
+def test_middle_keeps_the_start_and_the_end() -> None:
+    assert middle("task.failed attempt=1 final=False", 20) == "task.faile…nal=False"
+    assert middle("short", 20) == "short"
+    assert len(middle("x" * 100, 30)) == 30
+
+
+def _sessions_table() -> Table:
+    table = Table("IID", "fleet", "agent", "capability", "status", "cost $", "calls", "flags")
+    table.add_row(IID, "onboarding", "summarizer", "summarize", "failed", "0.0123", "3m/2t", "")
+    table.add_row(IID[::-1], "code-review", "reviewer", "review", "running", "1.5", "40m/1t", "")
+    return table
+
+
+def test_a_wide_table_drops_columns_by_priority_at_80_and_keeps_all_at_200() -> None:
+    out = {}
+    for width in (80, 200):
+        console = Console(width=width, record=True, color_system=None)
+        drop = ("flags", "calls", "capability", "fleet")
+        console.print(fit(_sessions_table(), console, drop=drop, keep=("IID", "status")))
+        out[width] = console.export_text()
+    narrow = out[80].splitlines()
+    assert max(len(line) for line in narrow) <= 80
+    assert "…" not in out[80] and "…" not in out[200]
+    assert IID in out[80] and IID[::-1] in out[80]  # ids whole, on one line
+    header = narrow[1]
+    assert "IID" in header and "status" in header and "cost $" in header
+    assert "flags" not in header and "calls" not in header
+    assert all(name in out[200] for name in ("capability", "calls", "flags", "fleet"))
+
+
+def test_the_demo_at_80_and_200_columns_keeps_every_key_fact(settings: ShoalSettings) -> None:
+    env = {
+        "NATS_URL": settings.nats_url or "",
+        "SHOAL_PREFIX": settings.prefix,
+        "SHOAL_DATA_DIR": str(settings.data_dir),
+    }
+    for width in (80, 200):
+        result = CliRunner().invoke(app, ["demo"], env={**env, "COLUMNS": str(width)})
+        assert result.exit_code == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert max(len(line) for line in lines) <= width, [x for x in lines if len(x) > width]
+        gid = re.match(r"goal (\w{26}) goal.completed", lines[0])
+        assert gid is not None
+        summary = lines[lines.index("summary") :]
+        assert summary[0] == "summary" and len(summary) == 9
+        assert summary[1].startswith("  result  completed in ")
+        assert summary[1].endswith("summarised 5 documents (165 words)")
+        assert summary[2] == f"  goal    {gid.group(1)}"
+        assert re.fullmatch(r"  cost    \$0\.\d{6} for 6 model call\(s\), server-side", summary[3])
+        assert re.fullmatch(r"  denied  fetch_url in \w{26}: deny, rule manifest\.tool", summary[4])
+        assert re.match(r"  retried \w{26} attempt 1: model endpoint ", summary[5])
+        assert summary[6] == f"  look    shoal goal show {gid.group(1)}"
+        # The timeline's decisive facts are never cut.
+        assert any("policy.decided deny tool.call fetch_url" in x for x in lines)
+        assert any("task.failed final=False attempt=1" in x for x in lines)
