@@ -26,18 +26,17 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, Killed, TaskContext
-from shoal.agents.models import ChatRequest, Completion
 from shoal.agents.tools import ToolEnv, tool
 from shoal.bus import Bus, KillScope, ShoalSettings, kill_key
 from shoal.ops.kill import kill, unkill
 from shoal.schemas import CloudEvent, TaskAssigned, TaskFailed, new_id, parse_event
+from tests.agents.workers import CountingModel
 from tests.natsproc import NatsProcess
 
 FLEET = "bench"
@@ -46,24 +45,6 @@ FLEET = "bench"
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-@dataclass
-class StandIn:
-    """A model endpoint stand-in: answers after ``latency_s``."""
-
-    provider: str = "stand-in"
-    latency_s: float = 0.002
-
-    def serves(self, model: str) -> bool:
-        return True
-
-    async def complete(self, request: ChatRequest) -> Completion:
-        await asyncio.sleep(self.latency_s)
-        return Completion("ok", request.model, self.provider, 3, 1, cost_usd=Decimal(0))
-
-    async def aclose(self) -> None:
-        return None
 
 
 @dataclass
@@ -162,7 +143,7 @@ async def main() -> None:
                     operator.subjects.events_filter(short_type="task.failed"), cb=on_event
                 )
                 runaway = Runaway()
-                runtime = AgentRuntime(bus, runaway.agent(), model_clients=[StandIn()])
+                runtime = AgentRuntime(bus, runaway.agent(), model_clients=[CountingModel()])
                 async with runtime.running():
                     for scope in ("session", "fleet"):
                         rounds = [

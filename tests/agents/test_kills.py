@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, Killed, TaskContext
 from shoal.agents.delegation import derived_id
-from shoal.agents.models import ChatRequest, Completion
 from shoal.agents.orchestrator import orchestrator
 from shoal.agents.tools import ToolEnv, tool
 from shoal.bus import Bus, KillScope, Stored
@@ -30,32 +28,11 @@ from shoal.schemas import (
     is_token,
 )
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
+from tests.agents.workers import CountingModel
 
 pytestmark = pytest.mark.timeout(60)
 
 FLEET = "kl"
-
-
-@dataclass
-class CountingModel:
-    """A model endpoint stand-in that counts the calls it receives and the ones it answers."""
-
-    provider: str = "counting"
-    latency_s: float = 0.002
-    received: int = 0
-    answered: int = 0
-
-    def serves(self, model: str) -> bool:
-        return model == "offline-small"
-
-    async def complete(self, request: ChatRequest) -> Completion:
-        self.received += 1
-        await asyncio.sleep(self.latency_s)
-        self.answered += 1
-        return Completion("ok", request.model, self.provider, 3, 1, cost_usd=Decimal(0))
-
-    async def aclose(self) -> None:
-        return None
 
 
 @dataclass

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
 
 from shoal.agents import Agent, CapabilityManifest, TaskContext
+from shoal.agents.models import ChatRequest, Completion
 
 
 class CountIn(BaseModel):
@@ -125,3 +128,25 @@ def mailer_agent() -> Agent:
         return {"result": await ctx.tools.call("send_email", to=task["to"], body=task["body"])}
 
     return agent
+
+
+@dataclass
+class CountingModel:
+    """A model endpoint stand-in that counts the calls it receives and the ones it answers."""
+
+    provider: str = "counting"
+    latency_s: float = 0.002
+    received: int = 0
+    answered: int = 0
+
+    def serves(self, model: str) -> bool:
+        return model == "offline-small"
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        self.received += 1
+        await asyncio.sleep(self.latency_s)
+        self.answered += 1
+        return Completion("ok", request.model, self.provider, 3, 1, cost_usd=Decimal(0))
+
+    async def aclose(self) -> None:
+        return None
