@@ -25,7 +25,7 @@ def measure(argv: list[str], runs: int) -> tuple[float, float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(argv, cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(argv, cwd=ROOT, capture_output=True, check=False)
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times)
 
@@ -33,6 +33,11 @@ def measure(argv: list[str], runs: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="A checkout of an earlier shoal (its parent dir of shoal/) to time beside.",
+    )
     args = parser.parse_args()
     py = sys.executable
     cases = [
@@ -42,8 +47,14 @@ def main() -> None:
         ("shoal --version", [py, "-m", "shoal", "--version"]),
         ("shoal fleet --help (loads one module)", [py, "-m", "shoal", "fleet", "--help"]),
     ]
+    if args.baseline:
+        code = (
+            f"import sys, runpy; sys.path.insert(0, {str(args.baseline)!r}); "
+            "sys.argv = ['shoal', '--help']; runpy.run_module('shoal', run_name='__main__')"
+        )
+        cases.append(("baseline shoal --help", [py, "-c", code]))
     for _, argv in cases:  # warm the bytecode cache
-        subprocess.run(argv, cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(argv, cwd=ROOT, capture_output=True, check=False)
     print(f"{'command':<42} {'median':>8} {'best':>8}   ({args.runs} runs each)")
     for label, argv in cases:
         median, best = measure(argv, args.runs)

@@ -11,6 +11,7 @@ from shoal.agents.errors import (
     ModelError,
     PermanentTaskError,
     PolicyDenied,
+    ToolFailed,
 )
 from shoal.agents.http_model import OpenAICompatibleClient
 from shoal.agents.models import (
@@ -46,6 +47,7 @@ __all__ = [
     "TaskContext",
     "Tool",
     "ToolEnv",
+    "ToolFailed",
     "ToolGrant",
     "tool",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "ModelError",
     "PermanentTaskError",
     "PolicyDenied",
+    "ToolFailed",
 ]
 
 
@@ -72,3 +73,17 @@ class ModelError(ShoalError):
 
 class PermanentTaskError(ShoalError):
     """Raised by a handler when retrying cannot help: the task fails at once, finally."""
+
+
+class ToolFailed(ShoalError):
+    """A tool raised an error whose text its sensitivity does not let out (redacted).
+
+    Raised by the tool gateway instead of the tool's own exception when the recorded error
+    is redacted, so the secret cannot reach ``task.failed``, a log line or a span through
+    the exception either. ``error_type`` is the original exception's class name.
+    """
+
+    def __init__(self, message: str, *, tool: str, error_type: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.error_type = error_type

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any, Literal
 
-from shoal.agents.errors import ApprovalRequired, ModelError, PolicyDenied
+from shoal.agents.digest import arguments_digest
+from shoal.agents.errors import ApprovalRequired, ModelError, PolicyDenied, ToolFailed
 from shoal.agents.models import ChatMessage, ChatRequest, Completion, ModelClient
 from shoal.agents.policy import Action, Policy
 from shoal.agents.session import Emitter, Session
@@ -23,7 +24,11 @@ from shoal.bus.genai import Attributes, Call, ChatCall, GenAI, ToolCall, session
 from shoal.schemas import ModelCalled, ToolCalled, new_id
 from shoal.schemas.manifest import ToolGrant
 
-__all__ = ["ModelGateway", "ToolGateway", "redact", "span_attributes"]
+__all__ = ["ModelGateway", "ToolGateway", "redact", "redact_error", "span_attributes"]
+
+
+SENSITIVE = ("confidential", "secret")
+"""Sensitivities whose tool errors never leave the gateway as the tool's own text."""
 
 
 class ModelGateway:
@@ -196,6 +201,7 @@ class ToolGateway:
         started = time.perf_counter()
         result_class: Literal["ok", "error", "timeout"] = "ok"
         error: str | None = None
+        hidden: ToolFailed | None = None
         result: Any = None
         try:
             result = await asyncio.wait_for(impl.fn(self.env, **arguments), self.timeout_s)
@@ -203,8 +209,15 @@ class ToolGateway:
             result_class, error = "timeout", f"no result within {self.timeout_s:g}s"
             raise TimeoutError(f"tool {name}: {error}") from e
         except Exception as e:
-            result_class, error = "error", f"{type(e).__name__}: {e}"[:500]
-            raise
+            result_class, error = "error", redact_error(e, arguments, grant)[:500]
+            if grant.sensitivity in SENSITIVE or error != f"{type(e).__name__}: {e}"[:500]:
+                # The handler gets the redacted text too, raised below, outside this block
+                # (so no __context__ leads back to the original).
+                hidden = ToolFailed(
+                    f"tool {name} failed: {error}", tool=name, error_type=type(e).__name__
+                )
+            else:
+                raise
         finally:
             await self.emitter.emit(
                 ToolCalled(
@@ -217,9 +230,14 @@ class ToolGateway:
                     latency_ms=_ms(started),
                     side_effects=list(impl.side_effects or grant.side_effects),
                     error=error,
+                    arguments_digest=arguments_digest(
+                        self.env.digest_key, self.session.iid, name, arguments
+                    ),
                 ),
                 self.session,
             )
+        if hidden is not None:
+            raise hidden
         call.result(result, grant.sensitivity)
         return result
 
@@ -275,6 +293,25 @@ def redact(arguments: Mapping[str, Any], grant: ToolGrant) -> dict[str, Any]:
         else:
             out[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
     return out
+
+
+def redact_error(error: BaseException, arguments: Mapping[str, Any], grant: ToolGrant) -> str:
+    """A tool's error as ``tool.called`` (and what it raises) may carry it, by sensitivity.
+
+    The same rules as :func:`redact`: ``public``/``internal`` as given, minus the values of
+    arguments named in ``grant.redact``; ``confidential`` the type and the text's length;
+    ``secret`` the type only. The exception's class name is never secret.
+    """
+    kind, text = type(error).__name__, str(error)
+    if grant.sensitivity == "secret":
+        return f"{kind}: [redacted]"
+    if grant.sensitivity == "confidential":
+        return f"{kind}: [redacted {len(text)} chars]"
+    for key in grant.redact:
+        value = str(arguments.get(key, ""))
+        if value:
+            text = text.replace(value, f"[redacted {key}]")
+    return f"{kind}: {text}"
 
 
 def _ms(started: float) -> float:

@@ -109,17 +109,30 @@ _SENTENCE = re.compile(r"(.+?[.!?])(\s|$)", re.DOTALL)
 
 
 def plan_rule(request: ChatRequest) -> str | None:
-    """A planner prompt (``Capability:``, ``Input key:`` and ``- item`` lines): one task each."""
+    """A planner prompt (``Capability:``, ``Input key:`` lines, then the items: a JSON array
+    between ``<items>`` and ``</items>``, or ``- item`` lines): one task per item.
+
+    Fields are read only above the items, and the items only as data: a model that
+    keeps tool output apart from its instructions, as a well-prompted real one should.
+    """
     system = request.messages[0].content if request.messages else ""
     if "planner" not in system.lower():
         return None
     user = request.messages[-1].content
-    fields = dict(_FIELD.findall(user))
+    head, block, rest = user.partition("\n<items>\n")
+    fields = dict(reversed(_FIELD.findall(head)))  # the first of each wins
     capability, key = fields.get("Capability"), fields.get("Input key", "item")
     if capability is None:
         return json.dumps({"tasks": []})
-    tasks = [{"capability": capability, "input": {key: m.strip()}} for m in _ITEM.findall(user)]
-    return json.dumps({"tasks": tasks})
+    if block:
+        try:
+            raw = json.loads(rest.partition("\n</items>")[0])
+        except ValueError:
+            raw = []
+        items = [str(i) for i in raw] if isinstance(raw, list) else []
+    else:
+        items = [m.strip() for m in _ITEM.findall(user)]
+    return json.dumps({"tasks": [{"capability": capability, "input": {key: i}} for i in items]})
 
 
 def summarise_rule(request: ChatRequest) -> str | None:

@@ -49,6 +49,8 @@ class Policy:
     approvals: Approvals | None = None
     """Where high-tier calls park (``None``: they are refused as needing approval)."""
     approval_timeout_s: float | None = 3600.0
+    digest_key: bytes | None = None
+    """Keys the published hash of an approval's exact request (the tool-digest key)."""
 
     async def check(
         self,
@@ -84,6 +86,11 @@ class Policy:
         if not self._allowed(action, target):
             rule = f"manifest.{kind}"
             why = f"{kind} {target!r} is not in the capability manifest of {self.identity.agent}"
+            if action == "delegate":  # deny by default: only the manifest's `delegates`
+                why = (
+                    f"capability {target!r} not allowed: {self.identity.agent} may delegate "
+                    f"only to {list(self.manifest.delegates)} (its manifest's delegates)"
+                )
             await self._refuse(session, action, target, PolicyDenied(why, rule=rule, target=target))
         verdict = self._verdict(session, action, target, arguments, sensitivity, side_effects)
         if verdict is not None and verdict.outcome == "deny":
@@ -213,7 +220,7 @@ class Policy:
         verdict: Verdict | None,
         tier: Literal["medium", "high"],
     ) -> ApprovalState:
-        digest = request_hash(action, target, arguments)
+        digest = request_hash(action, target, arguments, self.digest_key)
         return ApprovalState(
             id=approval_id(session.iid, digest),
             iid=session.iid,

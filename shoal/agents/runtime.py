@@ -179,6 +179,7 @@ class AgentRuntime:
         self.policy.book = await PolicyBook.open(self.bus, self.settings.request_timeout)
         self.policy.approvals = await Approvals.open(self.bus)
         self.policy.approval_timeout_s = self.settings.approval_timeout_s
+        self.policy.digest_key = self.tool_env.digest_key
         topo = self.bus.topology
         subjects = self.bus.subjects
         for capability in self.agent.handlers:

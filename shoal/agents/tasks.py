@@ -33,7 +33,7 @@ from shoal.agents.inflight import AttemptPolicy, InFlight, KillSettler, releases
 from shoal.agents.session import Session
 from shoal.bus.genai import AgentCall
 from shoal.bus.tracecontext import work_context
-from shoal.errors import InvalidEvent
+from shoal.errors import InvalidEvent, MessageTooLarge
 from shoal.schemas import (
     CloudEvent,
     GoalCompleted,
@@ -286,7 +286,11 @@ class TaskRunner:
             outcome = GoalFailed(reason=f"{type(e).__name__}: {e}"[:2000])
         finally:
             self.inflight.pop(id(msg), None)
-        await self.rt.emitter.emit(outcome, session)
+        try:
+            await self.rt.emitter.emit(outcome, session)
+        except MessageTooLarge as e:  # a refused outcome would leave the goal open for good
+            reason = f"the goal's outcome cannot be recorded: {e}"
+            await self.rt.emitter.emit(GoalFailed(reason=reason[:2000]), session)
         await msg.ack()
 
     async def _goal_finished(self, event: CloudEvent) -> bool:

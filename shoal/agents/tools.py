@@ -8,11 +8,13 @@ decision, taken by the gateway before the function runs.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.agents.digest import load_digest_key
 from shoal.bus import ShoalSettings
 
 __all__ = ["Tool", "ToolEnv", "ToolFn", "tool"]
@@ -20,15 +22,20 @@ __all__ = ["Tool", "ToolEnv", "ToolFn", "tool"]
 
 @dataclass(frozen=True)
 class ToolEnv:
-    """What a tool may rely on: the settings, and the directory file tools are confined to."""
+    """What a tool may rely on: the settings, and the directory file tools are confined to.
+
+    ``digest_key`` keys the argument digests the tool gateway records
+    (:mod:`shoal.agents.digest`); built directly, an env has a random key of its own.
+    """
 
     settings: ShoalSettings
     workspace: Path
+    digest_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     @classmethod
     def for_settings(cls, settings: ShoalSettings) -> ToolEnv:
         workspace = settings.workspace_dir or settings.data_dir / "workspace"
-        return cls(settings, workspace.resolve())
+        return cls(settings, workspace.resolve(), load_digest_key(settings))
 
 
 ToolFn = Callable[..., Awaitable[Any]]

@@ -49,9 +49,14 @@ def actor(ev: CloudEvent) -> str:
     return ev.source.removeprefix("shoal://")
 
 
-def tool_signature(tool: str, arguments: dict[str, object]) -> str:
-    """A short stable hash of a tool and its (redacted) arguments: equal calls, equal hash."""
-    canonical = json.dumps([tool, arguments], sort_keys=True, default=str, separators=(",", ":"))
+def tool_signature(tool: str, arguments: dict[str, object], digest: str | None = None) -> str:
+    """A short stable hash of a tool and its arguments: equal calls, equal hash.
+
+    ``digest`` (``tool.called``'s ``arguments_digest``, keyed by the emitter) stands for the
+    real arguments: redacted ones make different calls of a secret tool look the same.
+    """
+    key = [tool, arguments] if digest is None else [tool, "digest", digest]
+    canonical = json.dumps(key, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 
 
@@ -152,7 +157,7 @@ def _tool_called(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
         tool=d.tool,
         version=d.version,
         arguments=d.arguments,
-        signature=tool_signature(d.tool, d.arguments),
+        signature=tool_signature(d.tool, d.arguments, d.arguments_digest),
         sensitivity=d.sensitivity,
         result_class=d.result_class,
         latency_ms=d.latency_ms,

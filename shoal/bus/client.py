@@ -98,6 +98,7 @@ class Bus:
         watch = ConnectionWatch()
         nc = await open_connection(url, settings, name=name, closed_cb=watch.closed)
         watch.arm(nc)
+        patrol = asyncio.create_task(watch.patrol(), name=f"{name}-connection-watch")
         try:
             yield cls(nc, settings)
         except (Exception, asyncio.CancelledError) as e:
@@ -109,6 +110,7 @@ class Bus:
                 raise watch.lost()  # the cancellation was swallowed on the way out
         finally:
             watch.closing = True
+            patrol.cancel()
             if not nc.is_closed:
                 try:
                     await asyncio.wait_for(nc.drain(), timeout=settings.request_timeout)

@@ -100,6 +100,13 @@ class ConnectionWatch:
         if not self.owner.done():
             self.owner.cancel(self.reason)
 
+    async def patrol(self, every_s: float = 1.0) -> None:
+        """Backstop for ``closed_cb``: nats-py skips it when its own close fails midway (a
+        flush of pending data to a dead socket raises), leaving the client closed, silently."""
+        while self.nc is not None and not self.nc.is_closed:  # noqa: ASYNC110 - no event for it
+            await asyncio.sleep(every_s)
+        await self.closed()
+
     def lost(self) -> ConnectionLost:
         """The error to raise in the owner, taking back the cancellation it was sent."""
         if self.owner is not None and self.owner.cancelling():
@@ -132,7 +139,7 @@ async def open_connection(
         refused += 1
         if refused >= AUTH_REFUSALS_FATAL:
             # Not from inside nats-py's reconnect task, which the close cancels.
-            task = asyncio.create_task(nc.close())
+            task = asyncio.create_task(_close(nc))
             closing.add(task)
             task.add_done_callback(closing.discard)
 
@@ -166,3 +173,10 @@ async def open_connection(
     nc.options["reconnect_time_wait"] = 0.5
     established = True
     return nc
+
+
+async def _close(nc: NATS) -> None:
+    try:
+        await nc.close()
+    except Exception as e:  # the socket is already gone: the client is closed all the same
+        log.debug("closing a refused connection: %s", e)

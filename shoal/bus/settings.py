@@ -10,7 +10,7 @@ import getpass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shoal.schemas import is_token
@@ -84,6 +84,11 @@ class ShoalSettings(BaseSettings):
     model_name: str | None = Field(default=None, description="Model served at model_base_url.")
     workspace_dir: Path | None = Field(
         default=None, description="Root of the sandboxed file tools (default <data_dir>/workspace)."
+    )
+    tool_digest_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the tool-argument digests the core compares for looping (default: "
+        "<data_dir>/keys/tool-digest.key, created 0600); the same on every host of a deployment.",
     )
     # -- the event-sourced core (ingestion, prices, watchdog) -----------------------------
     price_table: Path | None = Field(

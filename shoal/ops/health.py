@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 
 from shoal.bus import Bus
 
-__all__ = ["Health", "check_health"]
+__all__ = ["Health", "check_health", "server_version"]
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Health:
     core_state: str = "unknown"
     core_last_active: datetime | None = None
     core_lag: int | None = None
+    supervisor_last_renewed: datetime | None = None
     query_state: str = "unknown"
     projection_lag_core: int | None = None
     projection_lag_bus: int | None = None
@@ -70,6 +71,11 @@ class Health:
                 "last_active": self.core_last_active.isoformat() if self.core_last_active else None,
                 "lag": self.core_lag,
             },
+            "supervisor": {
+                "last_renewed": self.supervisor_last_renewed.isoformat()
+                if self.supervisor_last_renewed
+                else None
+            },
             "query": {
                 "state": self.query_state,
                 "projection_lag_core": self.projection_lag_core,
@@ -79,6 +85,11 @@ class Health:
             "sessions": self.sessions,
             "versions": self.versions,
         }
+
+
+def server_version(bus: Bus) -> str:
+    """The connected server's version, ``2.11.4`` (nats-py's str is ``<nats server v…>``)."""
+    return str(bus.nc.connected_server_version).removeprefix("<nats server v").removesuffix(">")
 
 
 async def check_health(bus: Bus) -> Health:
@@ -92,7 +103,7 @@ async def check_health(bus: Bus) -> Health:
     health = Health()
     health.versions = {
         "shoal": version("shoal"),
-        "nats-server": str(bus.nc.connected_server_version),
+        "nats-server": server_version(bus),
         "nats-py": version("nats-py"),
         "python": py_platform.python_version(),
     }
@@ -104,8 +115,26 @@ async def check_health(bus: Bus) -> Health:
     except NotFoundError:
         health.core_state = "absent"
     health.deadletters = await count_by_origin(bus)
+    health.supervisor_last_renewed = await _last_lease_renewal(bus)
     await _ask_query_service(bus, health)
     return health
+
+
+async def _last_lease_renewal(bus: Bus) -> datetime | None:
+    """A supervisor's heartbeat: the latest renewal of any slot lease it holds."""
+    from shoal.bus import Lease
+    from shoal.ops.fleets import kv_snapshot
+
+    entries = await kv_snapshot(
+        await bus.kv(bus.topology.leases.name), timeout=bus.settings.request_timeout
+    )
+    renewed = []
+    for entry in entries.values():
+        try:  # the bucket also holds other records (a supervisor's own): leases only
+            renewed.append(Lease.model_validate_json(entry.value or b"{}").renewed_at)
+        except ValueError:
+            continue
+    return max(renewed, default=None)
 
 
 async def _ask_query_service(bus: Bus, health: Health) -> None:

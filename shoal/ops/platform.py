@@ -8,7 +8,7 @@ from nats.js.errors import NotFoundError
 
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.connect import open_bus, resolve_url
-from shoal.ops.health import Health, check_health
+from shoal.ops.health import Health, check_health, server_version
 from shoal.ops.server import EmbeddedServer
 from shoal.ops.services import LOCAL_SERVICES
 
@@ -96,7 +96,7 @@ async def status(settings: ShoalSettings) -> PlatformStatus:
             health=health,
             url=url,
             embedded=settings.embedded,
-            server_version=bus.nc.connected_server_version.__str__(),
+            server_version=server_version(bus),
             memory_bytes=account.memory,
             storage_bytes=account.storage,
             streams=streams,

@@ -16,6 +16,7 @@ deterministic ids, so a step recorded twice is de-duplicated by JetStream.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -53,12 +54,23 @@ class NotPending(ShoalError):
     code = "not_pending"
 
 
-def request_hash(action: str, target: str, arguments: dict[str, Any]) -> str:
-    """sha256 of the exact request, as canonical JSON (sorted keys, no spaces)."""
+def request_hash(
+    action: str, target: str, arguments: dict[str, Any], key: bytes | None = None
+) -> str:
+    """The exact request's hash: HMAC-SHA256 under ``key`` of its canonical JSON.
+
+    Keyed, because it is published (``approval.requested``) while the arguments are shown
+    redacted: without the key, nobody can test guesses of a short secret argument against
+    it. The key is the deployment's tool-digest key (``SHOAL_TOOL_DIGEST_KEY``), the same
+    on every host, so a task redelivered to another instance finds the same approval.
+    ``None`` (tests, benches) falls back to plain sha256.
+    """
     canonical = json.dumps(
         [action, target, arguments], sort_keys=True, separators=(",", ":"), default=str
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    ).encode()
+    if key is None:
+        return hashlib.sha256(canonical).hexdigest()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def approval_id(iid: str, digest: str) -> str:

@@ -184,6 +184,9 @@ class ToolCalled(EventData):
     latency_ms: float = Field(default=0.0, ge=0)
     side_effects: list[str] = Field(default_factory=list)
     error: str | None = None
+    # A keyed hash (HMAC) of the real arguments, taken before redaction: the core compares it
+    # for equality only (looping). Absent (an older or plain emitter): the recorded arguments.
+    arguments_digest: str | None = Field(default=None, max_length=128)
 
 
 class PolicyDecided(EventData):

@@ -86,7 +86,9 @@ def check_version(value: str) -> str:
 def check_replicas(agent: str, count: int) -> int:
     """``count`` if it is a replica count within ``0..MAX_REPLICAS``."""
     if not 0 <= count <= MAX_REPLICAS:
-        raise Refused(f"cannot scale {agent} to {count}: replicas must be 0 to {MAX_REPLICAS}")
+        raise InvalidSpec(
+            f"cannot scale {agent} to {count}: replicas must be 0 to {MAX_REPLICAS}"
+        )
     return count
 
 

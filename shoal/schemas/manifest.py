@@ -55,7 +55,8 @@ class CapabilityManifest(BaseModel):
     ``budget_usd`` is per session (one task); a task's own ``budget_usd`` overrides it.
     ``requires_approval`` lists actions as ``tool.<name>``, ``model.<name>`` or
     ``delegate.<capability>``. ``delegates`` lists the capabilities the agent may delegate
-    to (``None``: any).
+    to: deny by default, so an agent that names none delegates nothing (a plan steered by
+    tool output into ``delete_all`` tasks is refused before any is assigned).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,7 +64,7 @@ class CapabilityManifest(BaseModel):
     tools: dict[str, ToolGrant] = Field(default_factory=dict)
     budget_usd: Decimal | None = Field(default=None, ge=0)
     requires_approval: tuple[str, ...] = ()
-    delegates: tuple[str, ...] | None = None
+    delegates: tuple[str, ...] = ()
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -107,4 +108,4 @@ class CapabilityManifest(BaseModel):
         return action in self.requires_approval
 
     def allows_delegation(self, capability: str) -> bool:
-        return self.delegates is None or capability in self.delegates
+        return capability in self.delegates

@@ -21,9 +21,11 @@ from shoal.agents import (
     PolicyDenied,
     TaskContext,
     ToolEnv,
+    ToolFailed,
     ToolGrant,
     tool,
 )
+from shoal.agents.digest import arguments_digest
 from shoal.agents.gateways import ModelGateway, ToolGateway, redact
 from shoal.agents.killswitch import KillWatcher
 from shoal.agents.policy import Policy
@@ -56,6 +58,19 @@ async def lookup(env: ToolEnv, user: str, token: str) -> str:
     return f"found {user}"
 
 
+VAULT_TOKEN = "hvs.CAESIJ2-very-secret-token"
+
+
+@tool("vault")
+async def vault(env: ToolEnv, name: str) -> str:
+    raise PermissionError(f"vault token {VAULT_TOKEN} expired reading {name}")
+
+
+@tool("login")
+async def login(env: ToolEnv, user: str, password: str) -> str:
+    raise ValueError(f"user {user} rejected password {password}")
+
+
 @dataclass
 class Rig:
     """Gateways for one session, wired to the test's bus and a live kill watcher."""
@@ -81,6 +96,10 @@ async def rig(bus: Bus, tmp_path: Path) -> AsyncIterator[Rig]:
         tools={
             "lookup": ToolGrant(sensitivity="internal", redact=("token",)),
             "send_email": ToolGrant(sensitivity="confidential"),
+            "vault": ToolGrant(sensitivity="secret"),
+            "vault_conf": ToolGrant(sensitivity="confidential"),
+            "login": ToolGrant(sensitivity="internal", redact=("password",)),
+            "login_plain": ToolGrant(sensitivity="internal"),
         },
         budget_usd=Decimal("0.00002"),
         requires_approval=("tool.send_email",),
@@ -92,7 +111,8 @@ async def rig(bus: Bus, tmp_path: Path) -> AsyncIterator[Rig]:
     policy = Policy(identity, manifest, kills, emitter)
     session = Session(iid=new_id(), gid=new_id(), principal="alice", budget_usd=manifest.budget_usd)
     env = ToolEnv(bus.settings, tmp_path)
-    tools = {t.name: t for t in (danger, lookup)}
+    tools = {t.name: t for t in (danger, lookup, vault, login)}
+    tools["vault_conf"], tools["login_plain"] = vault, login
     yield Rig(
         bus,
         identity,
@@ -240,3 +260,78 @@ async def test_instance_kill_stops_the_running_instance(fbus: Bus) -> None:
     assert isinstance(stop.data, AgentStopped) and stop.data.reason == "killed by op: test"
     info = await fbus.js.consumer_info(fbus.topology.tasks.name, "kills_chat")
     assert info.num_pending == 1 and task.iid  # the task waits for a live instance
+
+
+async def test_a_secret_tools_error_is_recorded_and_raised_without_its_text(rig: Rig) -> None:
+    with pytest.raises(ToolFailed) as raised:
+        await rig.tools.call("vault", name="db")
+    failed = raised.value
+    assert (str(failed), failed.error_type, failed.tool) == (
+        "tool vault failed: PermissionError: [redacted]",
+        "PermissionError",
+        "vault",
+    )
+    assert failed.__cause__ is None and failed.__context__ is None
+    [called] = await session_events(rig, 1)
+    assert isinstance(called, ToolCalled)
+    assert (called.result_class, called.error) == ("error", "PermissionError: [redacted]")
+
+
+async def test_a_confidential_tools_error_keeps_only_its_length(rig: Rig) -> None:
+    text = f"vault token {VAULT_TOKEN} expired reading db"
+    with pytest.raises(ToolFailed) as raised:
+        await rig.tools.call("vault_conf", name="db")
+    assert (
+        str(raised.value)
+        == f"tool vault_conf failed: PermissionError: [redacted {len(text)} chars]"
+    )
+    [called] = await session_events(rig, 1)
+    assert isinstance(called, ToolCalled)
+    assert called.error == f"PermissionError: [redacted {len(text)} chars]"
+
+
+async def test_an_internal_tools_error_loses_only_the_redacted_arguments(rig: Rig) -> None:
+    with pytest.raises(ToolFailed) as raised:
+        await rig.tools.call("login", user="bob", password="hunter2")
+    assert str(raised.value) == (
+        "tool login failed: ValueError: user bob rejected password [redacted password]"
+    )
+    with pytest.raises(ValueError, match="user bob rejected password hunter2"):
+        await rig.tools.call("login_plain", user="bob", password="hunter2")  # nothing redacted
+    first, second = await session_events(rig, 2)
+    assert isinstance(first, ToolCalled) and isinstance(second, ToolCalled)
+    assert first.error == "ValueError: user bob rejected password [redacted password]"
+    assert second.error == "ValueError: user bob rejected password hunter2"
+
+
+async def test_tool_called_carries_a_keyed_digest_of_the_real_arguments(rig: Rig) -> None:
+    for user in ("bob", "bob", "eve"):
+        await rig.tools.call("lookup", user=user, token="same-token")
+    await rig.tools.call("lookup", user="bob", token="some-token")
+    calls = [e for e in await session_events(rig, 4) if isinstance(e, ToolCalled)]
+    digests = [c.arguments_digest for c in calls]
+    assert calls[0].arguments == calls[3].arguments  # redaction hides the token...
+    assert digests[0] == digests[1] and len(set(digests)) == 3  # ...the digest does not
+    assert all(d is not None and len(d) == 32 for d in digests)
+    other_key = ToolEnv(rig.bus.settings, rig.tools.env.workspace)
+    assert (
+        arguments_digest(
+            other_key.digest_key, rig.session.iid, "lookup", {"user": "bob", "token": "same-token"}
+        )
+        != digests[0]
+    )
+    assert (
+        arguments_digest(
+            rig.tools.env.digest_key,
+            rig.session.iid,
+            "lookup",
+            {"token": "same-token", "user": "bob"},
+        )
+        == digests[0]
+    )
+    assert (
+        arguments_digest(
+            rig.tools.env.digest_key, new_id(), "lookup", {"user": "bob", "token": "same-token"}
+        )
+        != digests[0]
+    )  # another session: another key

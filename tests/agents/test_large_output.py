@@ -6,7 +6,8 @@ import pytest
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, TaskContext
 from shoal.bus import Bus
-from shoal.schemas import TaskCompleted, TaskFailed
+from shoal.ops.goals import build_goal, submit_goal
+from shoal.schemas import GoalCompleted, GoalFailed, GoalSubmitted, TaskCompleted, TaskFailed
 from tests.agents.conftest import of_type, submit_task, wait_events
 
 pytestmark = pytest.mark.timeout(30)
@@ -51,3 +52,41 @@ async def test_a_result_over_max_payload_fails_the_task_by_name_and_the_next_tas
     assert isinstance(completed.data, TaskCompleted)
     assert completed.data.output == {"text": "xxx"}
     assert fbus.nc.is_connected
+
+
+def reporter() -> Agent:
+    agent = Agent("reporter", fleet="calc", manifest=CapabilityManifest())
+
+    @agent.on_goal
+    async def report(ctx: TaskContext, goal: GoalSubmitted) -> GoalCompleted:
+        size = int(str(goal.inputs["size"]))
+        return GoalCompleted(result={"report": "r" * size}, summary="done")
+
+    return agent
+
+
+async def test_a_goal_outcome_over_max_payload_fails_the_goal_by_name_and_the_next_completes(
+    fbus: Bus,
+) -> None:
+    big = build_goal("calc", "report", principal="tester", inputs={"size": 2 * 1024 * 1024})
+    small = build_goal("calc", "report", principal="tester", inputs={"size": 2})
+    assert big.gid is not None and small.gid is not None
+    async with AgentRuntime(fbus, reporter(), instance="i1").running():
+        await submit_goal(fbus, big)
+        failed = await wait_events(
+            fbus, fbus.subjects.goal_events(big.gid), lambda e: of_type(e, "goal.failed")
+        )
+        await submit_goal(fbus, small)
+        done = await wait_events(
+            fbus, fbus.subjects.goal_events(small.gid), lambda e: of_type(e, "goal.completed")
+        )
+    [outcome] = of_type(failed, "goal.failed")
+    assert isinstance(outcome.data, GoalFailed)
+    assert outcome.data.reason.startswith("the goal's outcome cannot be recorded: a message of ")
+    assert outcome.data.reason.endswith("; it was not sent")
+    assert of_type(failed, "goal.completed") == []
+    [completed] = of_type(done, "goal.completed")
+    assert isinstance(completed.data, GoalCompleted)
+    assert completed.data.result == {"report": "rr"}
+    info = await fbus.js.consumer_info(fbus.topology.goals.name, "calc_goals")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)

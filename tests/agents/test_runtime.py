@@ -195,7 +195,8 @@ async def test_delegation_outside_the_manifest_is_denied(fbus: Bus) -> None:
         "target": "rm_rf",
         "decision": "deny",
         "rule": "manifest.delegate",
-        "reason": "delegate 'rm_rf' is not in the capability manifest of boss",
+        "reason": "capability 'rm_rf' not allowed: boss may delegate only to ['add'] "
+        "(its manifest's delegates)",
         "tier": None,  # decided by the manifest, not by an applied policy
         "policy_version": None,
     }
@@ -296,7 +297,7 @@ async def test_goal_whose_task_never_reports_fails_without_replanning(fbus: Bus)
     boss = orchestrator(
         "calc",
         planner=ModelPlanner("nobody_serves_this"),
-        manifest=CapabilityManifest(models=("offline-small",)),
+        manifest=CapabilityManifest(models=("offline-small",), delegates=("nobody_serves_this",)),
         task_timeout_s=0.5,
     )
     goal = build_goal("calc", "wait forever", principal="tester", inputs={"items": ["x"]})

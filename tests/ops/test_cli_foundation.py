@@ -115,7 +115,7 @@ async def test_goal_submit_publishes_goal_submitted_and_prints_the_gid(
     assert (version, trace_id, flags) == ("00", f"{goal_trace_id(gid):032x}", "01")
     assert event.data.model_dump()["budget_usd"] == pytest.approx(2.5)
     goals = await bus.js.get_msg(bus.topology.goals.name, subject=bus.subjects.goals("onboarding"))
-    assert json.loads(goals.data)["id"] == event.id
+    assert json.loads(goals.data or b"")["id"] == event.id
 
 
 @pytest.mark.parametrize(

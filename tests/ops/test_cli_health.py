@@ -58,6 +58,8 @@ async def test_status_reports_core_lag_and_dead_letters_and_exits_1_when_unhealt
     assert status["deadletters_by_origin"] == {"events": 1, "tasks": 2}
     assert status["deadletters"] == 3
     assert set(status["versions"]) == {"shoal", "nats-server", "nats-py", "python"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", status["versions"]["nats-server"])
+    assert status["server_version"] == status["versions"]["nats-server"]
 
     table = await invoke(settings, "status", "--max-lag", "100")
     assert table.exit_code == 1  # still: no query service answers

@@ -273,8 +273,13 @@ def test_help_has_panels_and_no_type_placeholders() -> None:
     top = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
     panels = re.findall(r"╭─ (\w+) ─", top.stdout)
     assert panels == ["Options", "run", "observe", "govern", "fleet", "data"]
-    for args in (["kill"], ["goal", "submit"], ["cost"], ["fleet", "scale"], ["session", "ls"]):
+    from tests.ops.test_cli_options import _commands
+
+    paths = [path.split() for path, _ in _commands()]
+    assert len(paths) >= 40
+    for args in paths:
         text = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "100"}).stdout
+        assert "Usage: shoal " in text, args
         assert not re.search(r"<(bool|str|int|float|list\[str\]|path)>|``", text), args
 
 

@@ -53,6 +53,10 @@ BAD: dict[str, list[str]] = {
     "--outcome": ["bogus"],
     "--by": ["bogus"],
     "--type": ["bogus..type"],
+    "--capacity": ["x", "-1"],
+    "--manifest": ["/nonexistent/manifest.yaml"],
+    "--tier": ["bogus"],
+    "--event": ["{oops", "[1]", '{"action": "tool.call"}'],
 }
 """Bad values by option name (the same name means the same thing in every command)."""
 
@@ -89,6 +93,7 @@ ARGS: dict[str, list[str]] = {
     "outcome report": ["I", "--outcome", "success"],
     "deadletters show": ["1"],
     "deadletters replay": ["1"],
+    "policy test": ["examples/guard.cedar"],
 }
 """Positional arguments (and required options) each command needs to reach its options."""
 

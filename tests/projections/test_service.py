@@ -174,7 +174,7 @@ async def test_a_second_service_on_the_same_file_is_refused_in_one_line(
         timeout=60,
         check=False,
     )
-    assert done.returncode == 2
+    assert done.returncode == 1  # held by another process: a failure at run time
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: cannot open {s.store_dir / 'projections.duckdb'}: IO Error")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from shoal.errors import InvalidOption, ShoalError, TimedOut
-from shoal.ops.cli._group import describe_exception, print_error
+from shoal.ops.cli._group import print_error
 
 if TYPE_CHECKING:  # pydantic-settings, nats, rich load when a command runs, not for --help
     from rich.console import Console
@@ -180,10 +180,3 @@ def require_store(settings: ShoalSettings, dbname: str = "core") -> None:
             f"the data dir {settings.store_dir} is read-only: its SQLite store writes a "
             "journal beside the file even to read; make it writable or copy it elsewhere"
         )
-
-
-def report(c: Cli, e: BaseException) -> int:
-    """Print any exception as the one error line; return its exit status."""
-    message, code, exit_code = describe_exception(e)
-    print_error(message, code, exit_code, as_json=c.json)
-    return exit_code

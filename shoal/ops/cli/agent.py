@@ -44,7 +44,12 @@ def run_cmd(
     ] = None,
     manifest: Annotated[
         Path | None,
-        typer.Option("--manifest", help="Capability manifest file replacing the declared one."),
+        typer.Option(
+            "--manifest",
+            exists=True,
+            dir_okay=False,
+            help="Capability manifest file replacing the declared one.",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from shoal.errors import InvalidOption
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
 from shoal.ops.connect import open_bus
 from shoal.policy import Approvals, ApprovalState
@@ -65,6 +66,8 @@ def ls(
 ) -> None:
     """Approvals waiting for a decision (oldest first)."""
     c = cli(ctx, as_json)
+    if tier is not None and tier not in ("low", "medium", "high"):
+        raise InvalidOption(f"--tier {tier!r} must be low, medium or high")
     states = ("pending", "granted", "denied", "expired") if all_states else ("pending",)
     rows = run(c, _list(c, fleet=fleet, tier=tier, states=states))
     if c.json:

@@ -109,6 +109,7 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
     kind = "embedded" if st.embedded else "external"
     c.out.print(f"NATS {st.server_version} ({kind}) at [bold]{st.url}[/]")
     services = Table("service", "state", "last heartbeat", "lag (events)", box=None)
+    services.columns[3].justify = "right"
     for name, pid in st.services.items():
         state = f"running (pid {pid})" if pid else "[red]not running[/]"
         beat, lag = "-", "-"
@@ -116,6 +117,8 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
             state += f", {h.core_state}"
             beat = _ago(h.core_last_active)
             lag = _lag(h.core_lag)
+        elif name == "supervisor":
+            beat = _ago(h.supervisor_last_renewed)
         elif name == "query":
             state += f", {h.query_state}"
             if h.projection_lag_bus is not None:
@@ -130,6 +133,8 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
     if h.sessions:
         c.out.print("sessions: " + ", ".join(f"{n} {s}" for s, n in h.sessions.items()))
     table = Table("stream", "messages", "bytes", "consumers", box=None)
+    for column in table.columns[1:]:
+        column.justify = "right"
     for s in st.streams:
         table.add_row(s.name, f"{s.messages:,}", f"{s.bytes:,}", str(s.consumers))
     c.out.print(table)
