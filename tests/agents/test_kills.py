@@ -185,7 +185,8 @@ async def test_an_orchestrator_killed_and_unkilled_twice_runs_its_planned_task_o
         plans.append(ctx.iid)
         return [PlannedTask(iid="ignored", capability="work", input={"x": 1})]
 
-    boss = orchestrator(FLEET, planner=planner, task_timeout_s=30)
+    manifest = CapabilityManifest(delegates=("work",))
+    boss = orchestrator(FLEET, planner=planner, manifest=manifest, task_timeout_s=30)
     worker = Agent("worker", fleet=FLEET, manifest=CapabilityManifest())
 
     @worker.handler("work")

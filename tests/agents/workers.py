@@ -100,7 +100,8 @@ def one_task_orchestrator() -> Agent:
     async def planner(ctx: TaskContext, goal: GoalSubmitted) -> list[PlannedTask]:
         return [PlannedTask(iid=new_id(), capability="count", input={"n": 7})]
 
-    return orchestrator("load", planner=planner, task_timeout_s=60)
+    manifest = CapabilityManifest(delegates=("count",))
+    return orchestrator("load", planner=planner, manifest=manifest, task_timeout_s=60)
 
 
 def mailer_agent() -> Agent:
