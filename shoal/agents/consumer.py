@@ -84,6 +84,7 @@ class PullConsumer:
         self._requests: deque[_Request] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._subscribing = asyncio.Lock()
         self._stopping = False
         self._sub: Subscription | None = None
         self._inbox = ""
@@ -120,13 +121,25 @@ class PullConsumer:
 
     async def _subscribe(self) -> None:
         """(Re)subscribe on a fresh inbox; the old one's open requests die with it."""
-        old = self._sub
-        self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
-        self._requests.clear()
-        if old is not None:
-            # What is already queued goes through _on_msg (released).
-            await old.drain()  # type: ignore[no-untyped-call]
+        async with self._subscribing:
+            old = self._sub
+            self._inbox = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+            self._requests.clear()
+            if old is not None:
+                # What is already queued goes through _on_msg (released).
+                await old.drain()  # type: ignore[no-untyped-call]
+
+    async def withdraw(self) -> None:
+        """Paused by a kill: end our open pull requests now, before work is released.
+
+        A delivery counts toward ``max_deliver`` even when we only nak it, so a task the
+        kill releases must not be delivered straight back to a paused instance: the
+        runtime withdraws the requests first, then naks (on the same connection, so the
+        server sees them in that order).
+        """
+        if self._sub is not None and not self._stopping:
+            await self._subscribe()
 
     async def _recreate(self) -> None:
         log.error("consumer %s on %s is gone; re-creating it", self.durable, self.stream)

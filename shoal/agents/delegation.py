@@ -5,12 +5,20 @@ A child's result comes back as events on the event log, not as a reply: the chil
 ``<p>.events.<gid>.<child iid>.task.*``. :class:`OutcomeWatch` subscribes to that subject
 *before* the task is published, so the answer cannot slip past; the core sees the same
 events, which is how the parent/child tree is recorded.
+
+Re-delegation is recognised, not repeated. A planned child's ``task.assigned`` has an id
+derived from its IID (:func:`derived_id`), so publishing it twice is de-duplicated by
+JetStream. A resumed goal (a redelivery: its orchestrator was killed, or died) reads the
+log first: a child whose outcome is recorded is not assigned again, one whose assignment
+is recorded is awaited (its task is still on the work queue), and only the others are
+assigned (:meth:`Delegator.fan_out` with ``resume``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -27,15 +35,45 @@ from shoal.bus import Bus
 from shoal.errors import InvalidEvent
 from shoal.schemas import (
     CloudEvent,
+    GoalPlanned,
     PlannedTask,
     TaskAssigned,
     TaskCompleted,
     TaskFailed,
     new_id,
     parse_event,
+    utcnow,
 )
 
-__all__ = ["Delegator", "OutcomeWatch", "assign_task", "child_session", "result_of"]
+__all__ = [
+    "Delegator",
+    "OutcomeWatch",
+    "assign_task",
+    "child_session",
+    "derived_id",
+    "result_of",
+]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _base32(value: int, length: int) -> str:
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(length)))
+
+
+def derived_id(parent: str, *parts: object) -> str:
+    """The same id for the same ``parent`` and ``parts``, every time (re-runs name the same
+    child, so JetStream de-duplicates its events and the core recognises it).
+
+    ULID-shaped: a ULID ``parent``'s 10-character time prefix is kept (derived ids sort
+    with their parent), the other 16 characters come from a SHA-256 of the inputs.
+    """
+    digest = hashlib.sha256("\0".join([parent, *map(str, parts)]).encode()).digest()
+    value = int.from_bytes(digest[:16], "big")
+    head = parent[:10].upper()
+    if len(parent) != 26 or head[0] > "7" or any(c not in _CROCKFORD for c in head):
+        head = _base32(value >> 80, 10)
+    return head + _base32(value, 16)
 
 
 class OutcomeWatch:
@@ -154,10 +192,17 @@ async def assign_task(
     capability: str,
     session: Session,
     input: dict[str, Any],
+    *,
+    id: str | None = None,
 ) -> CloudEvent:
-    """Record ``task.assigned`` on the log and put it on the capability's work queue."""
+    """Record ``task.assigned`` on the log and put it on the capability's work queue.
+
+    With ``id`` (a planned child's, from :func:`derived_id`) a second assignment of the
+    same child within the streams' duplicate window is dropped by JetStream."""
     event = emitter.event(
-        TaskAssigned(capability=capability, input=input, budget_usd=session.budget_usd), session
+        TaskAssigned(capability=capability, input=input, budget_usd=session.budget_usd),
+        session,
+        id=id,
     )
     await bus.record(event, bus.subjects.tasks(fleet, capability))
     return event
@@ -179,11 +224,38 @@ def result_of(event: CloudEvent) -> dict[str, Any]:
 class Delegator:
     """``ctx.delegate``: child tasks of one session, in the same fleet."""
 
-    def __init__(self, bus: Bus, emitter: Emitter, policy: Policy, session: Session) -> None:
+    def __init__(
+        self, bus: Bus, emitter: Emitter, policy: Policy, session: Session, *, resume: bool = False
+    ) -> None:
         self.bus = bus
         self.emitter = emitter
         self.policy = policy
         self.session = session
+        self.resume = resume  # a redelivered goal: what the log records is not done again
+        self.reassigned = 0  # planned children put on the queue again on a resume
+
+    async def recorded_plan(self) -> list[PlannedTask] | None:
+        """The plan this session already recorded (``goal.planned``), if any."""
+        bus, session = self.bus, self.session
+        if session.gid is None:
+            return None
+        subject = bus.subjects.events_filter(
+            gid=session.gid, iid=session.iid, short_type=GoalPlanned.type
+        )
+        plans = [s.event.data for s in await bus.read(subject) if s.event is not None]
+        return next((list(p.tasks) for p in reversed(plans) if isinstance(p, GoalPlanned)), None)
+
+    async def _recorded_assignments(self, watch: OutcomeWatch) -> dict[str, CloudEvent]:
+        """Resolve ``watch`` from the outcomes on the log; the recorded assignments by IID."""
+        assigned: dict[str, CloudEvent] = {}
+        for stored in await self.bus.read(watch.filter_subject):
+            event = stored.event
+            if event is None:
+                continue
+            watch._resolve(event)
+            if isinstance(event.data, TaskAssigned):
+                assigned[event.iid] = event
+        return assigned
 
     async def fan_out(
         self, planned: Sequence[PlannedTask], *, timeout: float | None = 300.0
@@ -201,11 +273,36 @@ class Delegator:
         fleet = self.policy.identity.fleet
         async with await OutcomeWatch.for_goal(self.bus, gid) as watch:
             watch.expect(t.iid for t in planned)
+            assigned = await self._recorded_assignments(watch) if self.resume else {}
             for task in planned:
+                if watch.futures[task.iid].done():
+                    continue  # its outcome is on the log: nothing to do again
+                recorded = assigned.get(task.iid)
+                if recorded is not None:
+                    await self._requeue(recorded, fleet, task.capability)
+                    continue
                 child = child_session(self.session)
                 child.iid = task.iid
-                await assign_task(self.bus, self.emitter, fleet, task.capability, child, task.input)
+                await assign_task(
+                    self.bus,
+                    self.emitter,
+                    fleet,
+                    task.capability,
+                    child,
+                    task.input,
+                    id=derived_id(task.iid, "assigned"),
+                )
             return list(await asyncio.gather(*(watch.outcome(t.iid, timeout) for t in planned)))
+
+    async def _requeue(self, assigned: CloudEvent, fleet: str, capability: str) -> None:
+        """A recorded assignment whose work-queue copy may be missing (the orchestrator died
+        between the two publishes): put it on the queue again under the same id, which
+        JetStream drops if the first copy landed. Past the duplicate window that guarantee
+        is gone, so an older assignment is only awaited (its copy is on the queue)."""
+        age = (utcnow() - assigned.time).total_seconds()
+        if age < self.bus.topology.tasks.duplicate_window_s:
+            await self.bus.publish(assigned, self.bus.subjects.tasks(fleet, capability))
+            self.reassigned += 1
 
     async def assign(
         self, capability: str, input: dict[str, Any], *, budget_usd: Decimal | None = None

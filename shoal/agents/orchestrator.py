@@ -5,6 +5,13 @@ orchestrator instance of the fleet): plan through the model gateway (so planning
 ``model.called`` attributed to the goal), emit ``goal.planned`` with the child IIDs, assign
 the tasks, await their outcomes, consolidate, and end with ``goal.completed`` or
 ``goal.failed``. The goal's own IID is the orchestrator's session: every task is its child.
+
+Each planned task is run once, however often the goal is redelivered (its orchestrator
+killed and unkilled, replaced, or crashed): a child's IID is derived from the goal's IID
+and its step in the plan (:func:`~shoal.agents.delegation.derived_id`), ``goal.planned``
+has a derived id too, and a resumed goal takes its recorded plan instead of planning again
+(no second planning call, no new children) and delegates only what the log does not show
+as assigned or finished (:meth:`~shoal.agents.delegation.Delegator.fan_out`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass
 
 from shoal.agents.agent import Agent
 from shoal.agents.context import TaskContext
+from shoal.agents.delegation import derived_id
 from shoal.agents.errors import DelegationFailed, PermanentTaskError
 from shoal.agents.tools import Tool
 from shoal.schemas import (
@@ -34,6 +42,7 @@ __all__ = [
     "ModelPlanner",
     "Outcome",
     "consolidate_outputs",
+    "numbered",
     "orchestrator",
     "planner_prompt",
 ]
@@ -119,6 +128,14 @@ def parse_plan(text: str) -> list[PlannedTask]:
         raise PermanentTaskError(f"the planner's reply is not a plan: {e!r}") from e
 
 
+def numbered(goal_iid: str, plan: Sequence[PlannedTask]) -> list[PlannedTask]:
+    """The plan with each task's IID derived from the goal's IID and its step."""
+    return [
+        task.model_copy(update={"iid": derived_id(goal_iid, "task", step)})
+        for step, task in enumerate(plan)
+    ]
+
+
 def consolidate_outputs(
     goal: GoalSubmitted, outcomes: Sequence[Outcome]
 ) -> GoalCompleted | GoalFailed:
@@ -150,8 +167,12 @@ def orchestrator(
 
     @agent.on_goal
     async def on_goal(ctx: TaskContext, goal: GoalSubmitted) -> GoalCompleted | GoalFailed:
-        plan = await planner(ctx, goal)
-        await ctx.emit(GoalPlanned(tasks=plan))
+        delegator = ctx.delegator
+        plan = await delegator.recorded_plan() if delegator.resume else None
+        if plan is None:
+            plan = numbered(ctx.iid, await planner(ctx, goal))
+            planned = GoalPlanned(tasks=plan)
+            await delegator.emitter.emit(planned, ctx.session, id=derived_id(ctx.iid, "planned"))
         if not plan:
             return GoalCompleted(result={}, summary="nothing to do")
         try:

@@ -116,6 +116,8 @@ async def ensure_consumer(
 class AgentRuntime:
     """One running instance of ``agent``; use ``async with runtime.running():``."""
 
+    KILLED_DRAIN_S = 1.0
+
     def __init__(
         self,
         bus: Bus,
@@ -152,7 +154,7 @@ class AgentRuntime:
         self.killed = asyncio.Event()
         self.stop_reason = ""
         self._tasks: list[asyncio.Task[None]] = []
-        self._life = Session(iid=self.identity.instance)
+        self.life = Session(iid=self.identity.instance)
         self._announced = False
         ident = self.identity
         self._pause_keys = (
@@ -199,7 +201,7 @@ class AgentRuntime:
                 host=socket.gethostname(),
                 pid=os.getpid(),
             ),
-            self._life,
+            self.life,
         )
         self._announced = True
         self.genai.instance_started(self.identity.fleet, self.identity.agent)
@@ -212,7 +214,10 @@ class AgentRuntime:
 
     async def stop(self, reason: str = "stopped") -> None:
         """Drain: stop taking tasks, finish in-flight ones (release the rest), announce."""
-        timeout = self.drain_timeout_s
+        # Killed (or paused by a kill, then signalled by a supervisor): its work was
+        # interrupted and settled already; only handlers ignoring their cancellation remain.
+        killed = self.killed.is_set() or self.paused()
+        timeout = self.KILLED_DRAIN_S if killed else self.drain_timeout_s
         results = await asyncio.gather(*(c.stop(timeout) for c in self.consumers))
         if not all(results):
             # Still running after the drain timeout: cancel; the runner naks on cancel so
@@ -221,6 +226,7 @@ class AgentRuntime:
                 for task in consumer.in_flight_tasks():
                     task.cancel()
             await asyncio.sleep(0.1)
+        await self.runner.kills.settled(self.settings.request_timeout)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -231,7 +237,7 @@ class AgentRuntime:
         # Best effort from here on (the server may be gone), but never silently.
         if self._announced:
             try:
-                await self.emitter.emit(AgentStopped(reason=reason), self._life)
+                await self.emitter.emit(AgentStopped(reason=reason), self.life)
             except Exception as e:
                 log.warning("agent.stopped not recorded: %s", e)
         if self.presence_kv is not None:
@@ -254,6 +260,9 @@ class AgentRuntime:
         return self.kills.match(self._pause_keys) is not None
 
     def _on_kill(self, key: str, switch: KillSwitch | None) -> None:
+        if switch is not None:
+            # First the work in flight: cancelled, its calls refused, its delivery settled.
+            self.runner.kills.on_kill(key, switch)
         if switch is not None and key == kill_key("instance", self.identity.instance):
             self.stop_reason = f"killed by {switch.by}" + (
                 f": {switch.reason}" if switch.reason else ""

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
@@ -29,6 +29,7 @@ from shoal.agents.context import TaskContext
 from shoal.agents.delegation import Delegator
 from shoal.agents.errors import Killed, PermanentTaskError, PolicyDenied
 from shoal.agents.gateways import ModelGateway, ToolGateway, span_attributes
+from shoal.agents.inflight import AttemptPolicy, InFlight, KillSettler, releases
 from shoal.agents.session import Session
 from shoal.bus.genai import AgentCall
 from shoal.bus.tracecontext import work_context
@@ -55,18 +56,16 @@ __all__ = ["TaskRunner"]
 
 log = logging.getLogger(__name__)
 
-# Kills that stop the worker, not the work: the task goes back to the queue for later.
-_RELEASING_SCOPES = frozenset({"instance", "fleet", "all"})
-
 
 class TaskRunner:
     """Runs the handlers of one runtime; each delivered message ends acked, nak'ed or termed."""
 
     def __init__(self, runtime: AgentRuntime) -> None:
         self.rt = runtime
-        # In-flight deliveries by id(msg): (msg, session IID, start time). The runtime's
-        # keep-alive loop tells JetStream about the long ones; presence lists the sessions.
-        self.inflight: dict[int, tuple[Msg, str, float]] = {}
+        # In-flight deliveries by id(msg). The runtime's keep-alive loop tells JetStream
+        # about the long ones; presence lists their sessions; kills interrupt them.
+        self.inflight: dict[int, InFlight] = {}
+        self.kills = KillSettler(runtime, self.inflight)
 
     # -- tasks ------------------------------------------------------------------------------
     async def handle_task(self, msg: Msg) -> None:
@@ -93,6 +92,11 @@ class TaskRunner:
             await self._reject(msg, f"invalid input: {describe_validation_error(e)}", event)
             return
         session = self._session(event, data.budget_usd)
+        # A recorded completion wins: checked before the attempt count, so the death of the
+        # last attempt's instance between reporting and acking is not turned into a failure.
+        if attempt > 1 and await self._already_completed(event):
+            await msg.ack()
+            return
         if attempt > settings.task_max_deliver:
             # The previous (last) attempt died with its instance: record the end.
             await self._fail(
@@ -104,9 +108,6 @@ class TaskRunner:
                 "the instance running the last attempt was lost",
                 final=True,
             )
-            return
-        if attempt > 1 and await self._already_completed(event):
-            await msg.ack()
             return
         with self._invoke_agent(msg, event, session, data.capability, attempt) as call:
             await self._run_task(call, msg, session, data, handler, task_input, attempt)
@@ -121,16 +122,22 @@ class TaskRunner:
         task_input: Any,
         attempt: int,
     ) -> None:
-        ctx = self._context(session, data.capability, attempt)
+        entry, ctx = self._attempt(msg, session, "task", data.capability, attempt)
         emitter = self.rt.emitter
-        self.inflight[id(msg)] = (msg, session.iid, time.monotonic())
         started = time.perf_counter()
         try:
             await emitter.emit(
                 TaskStarted(capability=data.capability, attempt=attempt), session, wait=False
             )
             self.rt.genai.task_started(self.rt.identity.fleet, data.capability)
-            output = await handler.fn(ctx, task_input)
+            if self.kills.covered(entry):
+                return  # a kill already covers it: settled by the kill, never run
+            try:
+                output = await handler.fn(ctx, task_input)
+            finally:
+                entry.running = False
+            if _killed(call, entry):
+                return  # it swallowed its cancellation: the kill settled the delivery
             completed = TaskCompleted(
                 capability=data.capability,
                 output=to_output(output),
@@ -140,22 +147,30 @@ class TaskRunner:
             await emitter.emit(completed, session)
             self.rt.genai.task_completed(self.rt.identity.fleet, data.capability)
         except asyncio.CancelledError:
+            if _killed(call, entry):
+                _uncancel()  # our own cancellation: the kill settled the delivery
+                return
             await msg.nak()  # drain timed out: hand the task to another instance now
             raise
         except Exception as e:
+            if _killed(call, entry):
+                return  # what the interrupted handler raised; the kill settled the delivery
             call.fail(e)
             await self._on_error(msg, session, data.capability, attempt, e)
             return
         finally:
-            del self.inflight[id(msg)]
+            self.inflight.pop(id(msg), None)
         await msg.ack()
 
     async def _on_error(
         self, msg: Msg, session: Session, capability: str, attempt: int, error: Exception
     ) -> None:
         kind = type(error).__name__
-        if isinstance(error, Killed) and error.scope in _RELEASING_SCOPES:
-            await self._fail(msg, session, capability, attempt, kind, str(error), final=False)
+        if isinstance(error, Killed) and releases(error.key):
+            last = attempt >= self.rt.settings.task_max_deliver
+            await self._fail(
+                msg, session, capability, attempt, kind, str(error), final=last, delay=False
+            )
             return
         final = isinstance(error, PolicyDenied | PermanentTaskError)
         final = final or attempt >= self.rt.settings.task_max_deliver
@@ -173,7 +188,9 @@ class TaskRunner:
         error: str,
         *,
         final: bool,
+        delay: bool = True,
     ) -> None:
+        """Record a failed attempt, then term (final) or nak (with the back-off if ``delay``)."""
         failed = TaskFailed(
             capability=capability,
             error=error[:2000],
@@ -186,7 +203,7 @@ class TaskRunner:
         if final:
             await msg.term()
         else:
-            await msg.nak(delay=self._retry_delay(attempt))
+            await msg.nak(delay=self._retry_delay(attempt) if delay else None)
 
     def _retry_delay(self, attempt: int) -> float:
         return float(self.rt.settings.task_retry_delay_s * 2 ** max(0, attempt - 1))
@@ -239,16 +256,27 @@ class TaskRunner:
         session: Session,
         attempt: int,
     ) -> None:
-        ctx = self._context(session, "goals", attempt)
-        self.inflight[id(msg)] = (msg, session.iid, time.monotonic())
+        entry, ctx = self._attempt(msg, session, "goal", "goals", attempt)
         try:
-            outcome = await handler(ctx, goal)
+            if self.kills.covered(entry):
+                return
+            try:
+                outcome = await handler(ctx, goal)
+            finally:
+                entry.running = False
+            if _killed(call, entry):
+                return
             if not isinstance(outcome, GoalCompleted | GoalFailed):
                 outcome = GoalCompleted(result=outcome if isinstance(outcome, dict) else {})
         except asyncio.CancelledError:
+            if _killed(call, entry):
+                _uncancel()
+                return
             await msg.nak()
             raise
         except Exception as e:
+            if _killed(call, entry):
+                return
             call.fail(e)
             last = attempt >= self.rt.settings.task_max_deliver or isinstance(e, PolicyDenied)
             if not last:
@@ -257,7 +285,7 @@ class TaskRunner:
                 return
             outcome = GoalFailed(reason=f"{type(e).__name__}: {e}"[:2000])
         finally:
-            del self.inflight[id(msg)]
+            self.inflight.pop(id(msg), None)
         try:
             await self.rt.emitter.emit(outcome, session)
         except MessageTooLarge as e:  # a refused outcome would leave the goal open for good
@@ -296,12 +324,14 @@ class TaskRunner:
 
     @property
     def current_sessions(self) -> set[str]:
-        return {iid for _, iid, _ in self.inflight.values()}
+        return {entry.session.iid for entry in self.inflight.values()}
 
     async def keep_alive(self, older_than: float) -> int:
         """``+WPI`` for every delivery in flight longer than ``older_than`` s; how many."""
         now = time.monotonic()
-        long_running = [m for m, _, t in list(self.inflight.values()) if now - t >= older_than]
+        long_running = [
+            e.msg for e in list(self.inflight.values()) if now - e.started >= older_than
+        ]
         for msg in long_running:
             await msg.in_progress()
         return len(long_running)
@@ -315,20 +345,50 @@ class TaskRunner:
             budget_usd=budget if budget is not None else self.rt.agent.manifest.budget_usd,
         )
 
-    def _context(self, session: Session, capability: str, attempt: int) -> TaskContext:
+    def _attempt(
+        self,
+        msg: Msg,
+        session: Session,
+        kind: Literal["task", "goal"],
+        capability: str,
+        attempt: int,
+    ) -> tuple[InFlight, TaskContext]:
+        """Register one attempt as in flight, with its own policy, and build its context."""
         rt = self.rt
-        return TaskContext(
+        policy = AttemptPolicy.of(rt.policy)
+        entry = InFlight(msg, session, kind, capability, attempt, policy)
+        entry.task = asyncio.current_task()
+        entry.running = True
+        self.inflight[id(msg)] = entry
+        ctx = TaskContext(
             identity=rt.identity,
             session=session,
             capability=capability,
             attempt=attempt,
-            model=ModelGateway(rt.policy, rt.emitter, rt.model_clients, session, rt.genai),
+            model=ModelGateway(policy, rt.emitter, rt.model_clients, session, rt.genai),
             tools=ToolGateway(
-                rt.policy, rt.emitter, rt.agent.tools, rt.tool_env, session, genai=rt.genai
+                policy, rt.emitter, rt.agent.tools, rt.tool_env, session, genai=rt.genai
             ),
-            delegator=Delegator(rt.bus, rt.emitter, rt.policy, session),
+            delegator=Delegator(rt.bus, rt.emitter, policy, session, resume=attempt > 1),
             settings=rt.settings,
         )
+        return entry, ctx
+
+
+def _killed(call: AgentCall, entry: InFlight) -> bool:
+    """True if a kill interrupted this attempt (its span then ends failed, with the kill)."""
+    if entry.policy.interrupted is None:
+        return False
+    call.fail(entry.policy.interrupted)
+    return True
+
+
+def _uncancel() -> None:
+    """Take back the kill's cancellation: the attempt's task ends normally (the kill, not
+    the task, settles its delivery)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _session_from_raw(raw: bytes) -> Session:

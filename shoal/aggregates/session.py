@@ -41,6 +41,9 @@ def session_id(iid: str) -> UUID:
 class Session(Aggregate):
     """One interaction: its identity, status, calls, decisions, spend and outcome."""
 
+    # Class-level default: a snapshot taken before this counter existed still loads.
+    failures_after_completion = 0
+
     @staticmethod
     def create_id(iid: str) -> UUID:
         return session_id(iid)
@@ -98,6 +101,7 @@ class Session(Aggregate):
         self.denials = 0
         self.approvals: dict[str, str] = {}
         self.errors = 0
+        self.failures_after_completion = 0
         self.rejected = 0
         self.awaiting: str | None = None
         """The question the session waits on (``status == "awaiting_input"``)."""
@@ -197,8 +201,25 @@ class Session(Aggregate):
         error_type: str
         final: bool
 
-    @event(TaskFailed)
     def task_failed(
+        self, seq: int, attempt: int, error: str, error_type: str, final: bool, timestamp: datetime
+    ) -> None:
+        """Record a failed attempt; after ``task.completed`` a failure is kept apart.
+
+        A recorded completion wins: a ``task.failed`` that arrives once the task completed
+        (a redelivery after the completing instance died before its ack, reported as lost)
+        is recorded as :class:`FailedAfterCompletion` and changes neither the status nor
+        the error count, so the session, its projection row and its replay stay completed.
+        """
+        if self.status == "completed":
+            self._failed_after_completion(
+                seq, attempt, error, error_type, final, timestamp=timestamp
+            )
+        else:
+            self._task_failed(seq, attempt, error, error_type, final, timestamp=timestamp)
+
+    @event(TaskFailed)
+    def _task_failed(
         self, seq: int, attempt: int, error: str, error_type: str, final: bool, timestamp: datetime
     ) -> None:
         self.last_seq = seq
@@ -207,6 +228,22 @@ class Session(Aggregate):
             self.status = "failed"
             self.ended_at = timestamp
         self.calls_since_progress = 0
+
+    class FailedAfterCompletion(Aggregate.Event):
+        """A ``task.failed`` for a task whose completion is already recorded: not applied."""
+
+        seq: int
+        attempt: int
+        error: str
+        error_type: str
+        final: bool
+
+    @event(FailedAfterCompletion)
+    def _failed_after_completion(
+        self, seq: int, attempt: int, error: str, error_type: str, final: bool, timestamp: datetime
+    ) -> None:
+        self.last_seq = seq
+        self.failures_after_completion += 1
 
     class Closed(Aggregate.Event):
         """The goal this session is the root of completed or failed (``status``)."""
@@ -532,6 +569,7 @@ class Session(Aggregate):
             "denials": self.denials,
             "approvals": dict(self.approvals),
             "errors": self.errors,
+            "failures_after_completion": self.failures_after_completion,
             "rejected": self.rejected,
             "budget_usd": str(self.budget_usd) if self.budget_usd is not None else None,
             "budget_exceeded": self.budget_exceeded,

@@ -280,6 +280,8 @@ class AgentKilled(EventData):
     type: ClassVar[str] = "shoal.agent.killed"
     by: str
     reason: str = ""
+    # The IIDs whose running work the kill interrupted (set when the instance reports it).
+    interrupted: list[str] = Field(default_factory=list)
 
 
 class AgentCrashLooping(EventData):
@@ -322,6 +324,8 @@ class SessionKilled(EventData):
     type: ClassVar[str] = "shoal.session.killed"
     by: str
     reason: str = ""
+    # The IIDs whose running work the kill interrupted (set when the instance reports it).
+    interrupted: list[str] = Field(default_factory=list)
 
 
 class SessionFlagged(EventData):

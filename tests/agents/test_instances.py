@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from shoal.agents.demo import DEMO_DOCUMENTS, write_workspace
 from shoal.bus import Bus, ShoalSettings, Stored
 from shoal.ops.goals import build_goal, submit_goal
-from shoal.schemas import CloudEvent, GoalCompleted, TaskAssigned, new_id
+from shoal.ops.kill import kill
+from shoal.schemas import AgentKilled, CloudEvent, GoalCompleted, TaskAssigned, TaskFailed, new_id
 from tests.agents.conftest import of_type, wait_events
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,13 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = "tests.agents.workers:counter_agent"
 
 
-def start_instance(settings: ShoalSettings, instance: str, *extra: str) -> subprocess.Popen[bytes]:
+def start_instance(
+    settings: ShoalSettings,
+    instance: str,
+    *extra: str,
+    target: str = TARGET,
+    ack_wait_s: float = 2,
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "NATS_URL": settings.nats_url or "",
         "SHOAL_PREFIX": settings.prefix,
         "SHOAL_DATA_DIR": str(settings.data_dir),
-        "SHOAL_TASK_ACK_WAIT_S": "2",
+        "SHOAL_TASK_ACK_WAIT_S": str(ack_wait_s),
         "SHOAL_TASK_RETRY_DELAY_S": "0.05",
     }
     return subprocess.Popen(
@@ -44,7 +52,7 @@ def start_instance(settings: ShoalSettings, instance: str, *extra: str) -> subpr
             "load",
             "counter",
             "--target",
-            TARGET,
+            target,
             "--instance",
             instance,
             "--concurrency",
@@ -160,6 +168,134 @@ async def test_sigkill_of_one_instance_mid_run_loses_no_task(
     assert "w1" not in finishers
     info = await bus.js.consumer_info(bus.topology.tasks.name, "load_count")
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_a_completion_whose_instance_died_before_the_ack_stays_the_only_outcome(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    target = "tests.agents.workers:dies_after_completing_agent"
+    procs = [start_instance(settings, f"d{i}", target=target) for i in range(2)]
+    try:
+        await wait_present(bus, 2)
+        (iid,) = await publish_tasks(bus, 1, sleep_ms=0)
+        victim = await asyncio.to_thread(_first_exit, procs, 30.0)
+        assert victim.returncode == -signal.SIGKILL  # after the last attempt's task.completed
+        consumer = "load_count"
+        for _ in range(300):  # ack wait (2 s) brings the redelivery to the survivor
+            info = await bus.js.consumer_info(bus.topology.tasks.name, consumer)
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                break
+            await asyncio.sleep(0.05)
+        assert (info.num_pending, info.num_ack_pending) == (0, 0)
+        assert info.delivered.stream_seq == 1 and info.ack_floor.stream_seq == 1
+        events = [s.event for s in await bus.session_events(iid) if s.event]
+        outcomes = [
+            (e.short_type, getattr(e.data, "attempt", None), getattr(e.data, "final", None))
+            for e in events
+            if e.short_type in ("task.completed", "task.failed")
+        ]
+        assert outcomes == [
+            ("task.failed", 1, False),
+            ("task.failed", 2, False),
+            ("task.completed", 3, None),
+        ]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+async def test_a_killed_instance_releases_its_task_at_once_not_after_the_ack_wait(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    target = "tests.agents.workers:sleepy_agent"
+    # An ack wait of 60 s: the task can complete within the test only if it is released.
+    procs = {
+        f"k{i}": start_instance(settings, f"k{i}", target=target, ack_wait_s=60) for i in range(2)
+    }
+    try:
+        await wait_present(bus, 2)
+        (iid,) = await publish_tasks(bus, 1, sleep_ms=120_000)
+        events = await wait_events(
+            bus, bus.subjects.session_events(iid), lambda e: of_type(e, "task.started")
+        )
+        victim = of_type(events, "task.started")[0].instance
+        assert victim is not None
+        survivor = next(i for i in procs if i != victim)
+        await kill(bus, "instance", victim, by="tester", reason="stuck")
+        events = await wait_events(
+            bus, bus.subjects.session_events(iid), lambda e: of_type(e, "task.completed"), 20
+        )
+        assert await asyncio.to_thread(procs[victim].wait, 20) == 0
+        flow = [
+            (e.short_type, e.instance, getattr(e.data, "attempt", None))
+            for e in (s.event for s in events if s.event)
+        ]
+        assert flow == [
+            ("task.assigned", None, None),
+            ("task.started", victim, 1),
+            ("task.failed", victim, 1),
+            ("task.started", survivor, 2),
+            ("task.completed", survivor, 2),
+        ]
+        (released,) = of_type(events, "task.failed")
+        assert isinstance(released.data, TaskFailed)
+        assert (released.data.error_type, released.data.final) == ("Killed", False)
+        life = [s.event for s in await bus.session_events(victim) if s.event]
+        own = [
+            e.data for e in life if isinstance(e.data, AgentKilled) and e.source.endswith(victim)
+        ]
+        assert [(d.by, d.reason, d.interrupted) for d in own] == [("tester", "stuck", [iid])]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+async def test_an_orchestrator_sigkilled_mid_goal_and_replaced_runs_its_planned_task_once(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    orchestrator = "tests.agents.workers:one_task_orchestrator"
+    procs = [start_instance(settings, "o1", target=orchestrator)]
+    try:
+        await wait_present(bus, 1)
+        goal = build_goal("load", "count to seven", principal="tester")
+        await submit_goal(bus, goal)
+        goal_events = bus.subjects.events_filter(gid=goal.gid)
+        await wait_events(bus, goal_events, lambda e: of_type(e, "task.assigned"))
+        procs[0].send_signal(signal.SIGKILL)  # mid-goal: no worker has taken the task yet
+        assert await asyncio.to_thread(procs[0].wait, 10) == -signal.SIGKILL
+        procs.append(start_instance(settings, "o2", target=orchestrator))
+        procs.append(start_instance(settings, "w1"))
+        events = await wait_events(
+            bus, goal_events, lambda e: of_type(e, "goal.completed"), timeout=30
+        )
+        await asyncio.sleep(0.5)  # a second run, if any, would show by now
+        events = await bus.read(goal_events)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+    (planned,) = of_type(events, "goal.planned")
+    children = [t.iid for t in planned.data.tasks]  # type: ignore[attr-defined]
+    assert [e.iid for e in of_type(events, "task.assigned")] == children
+    assert [(e.iid, e.instance) for e in of_type(events, "task.started")] == [(children[0], "w1")]
+    assert [e.iid for e in of_type(events, "task.completed")] == children
+    (done,) = of_type(events, "goal.completed")
+    assert done.instance == "o2"  # the replacement resumed the goal, without planning again
+
+
+def _first_exit(procs: list[subprocess.Popen[bytes]], timeout: float) -> subprocess.Popen[bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                return proc
+        time.sleep(0.02)
+    raise AssertionError("no instance died")
 
 
 def test_agent_run_with_an_unknown_target_fails_with_one_line(settings: ShoalSettings) -> None:

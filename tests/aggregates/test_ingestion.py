@@ -30,10 +30,13 @@ from shoal.schemas import (
     SessionFlagged,
     SessionKilled,
     TaskAssigned,
+    TaskCompleted,
+    TaskFailed,
     TaskStarted,
 )
 from tests.aggregates.eventmix import Agent, Mix, publish_all
 from tests.natsproc import NatsProcess
+from tests.projections.conftest import build
 
 
 async def ingest(settings: ShoalSettings) -> ShoalCore:
@@ -449,6 +452,40 @@ def _position(settings: ShoalSettings, stream: str) -> int:
         return app.max_tracking_id(stream)
     finally:
         app.close()
+
+
+async def test_a_final_failure_after_the_completion_does_not_overwrite_it(
+    bus: Bus, settings: ShoalSettings, tmp_path: Path
+) -> None:
+    mix = Mix(seed=11)
+    mix.start_agents()
+    by, iid = mix.worker, "s-done"
+    mix.emit(TaskAssigned(capability="summarize"), iid=iid, gid=None)
+    for attempt in (1, 2, 3):
+        mix.emit(TaskStarted(capability="summarize", attempt=attempt), iid=iid, gid=None, by=by)
+        if attempt < 3:
+            failed = TaskFailed(capability="summarize", error="flaky", attempt=attempt, final=False)
+            mix.emit(failed, iid=iid, gid=None, by=by)
+    done = TaskCompleted(capability="summarize", attempt=3, output={"summary": "ok"})
+    mix.emit(done, iid=iid, gid=None, by=by)
+    # The redelivery after the completing instance died before its ack, as the old runtime
+    # reported it: a final failure for the instance it believed lost.
+    lost = TaskFailed(capability="summarize", error="lost", error_type="InstanceLost", attempt=3)
+    mix.emit(lost, iid=iid, gid=None, by=by)
+    await publish_all(bus, mix.events)
+
+    app = await ingest(settings)
+
+    session = app.session(iid)
+    assert (session.status, session.errors, session.failures_after_completion) == (
+        "completed",
+        2,
+        1,
+    )
+    assert session.summary()["failures_after_completion"] == 1
+    view = build(app, tmp_path / "costs.duckdb")
+    rows = view.datastore.rows("SELECT status, errors FROM sessions WHERE iid = ?", [iid])
+    assert [(r["status"], r["errors"]) for r in rows] == [("completed", 2)]
 
 
 async def test_a_steady_flow_is_folded_in_small_batches_not_held_until_one_fills(
