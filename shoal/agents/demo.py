@@ -28,7 +28,14 @@ from shoal.agents.tools import ToolEnv, tool
 from shoal.schemas import GoalCompleted, GoalFailed, GoalSubmitted, TaskCompleted, TaskFailed
 from shoal.schemas.manifest import CapabilityManifest, ToolGrant
 
-__all__ = ["DEMO_DOCUMENTS", "SummarizeIn", "SummarizeOut", "demo_agents", "write_workspace"]
+__all__ = [
+    "DEMO_DOCUMENTS",
+    "SummarizeIn",
+    "SummarizeOut",
+    "demo_agents",
+    "share_one_document",
+    "write_workspace",
+]
 
 DEMO_FLEET = "demo"
 DEMO_GOAL = "Summarise the documents in the workspace"
@@ -166,7 +173,7 @@ DEMO_DOCUMENTS: dict[str, str] = {
     "exactly, and a projection can be rebuilt from scratch at any time.\n",
     "kill-switches.md": "# Kill switches\nOperators must stop one agent, one session or a "
     "whole fleet in seconds. Every gateway watches the kill bucket, so the check before a "
-    "model or tool call is a local lookup.\nshare: oncall@example.com\n",
+    "model or tool call is a local lookup.\n",
     "budgets.md": "# Budgets\nEvery session carries a budget in dollars. The core prices each "
     "model call from its own table, and the gateway refuses calls once the budget is spent. "
     "Background reading: https://example.com/finops-for-llms\n",
@@ -174,6 +181,22 @@ DEMO_DOCUMENTS: dict[str, str] = {
     "redelivered after a back-off, and after the last attempt the failure is final and "
     "visible.\n<!-- simulate: fail-once -->\n",
 }
+
+
+SHARED_DOCUMENT = ("kill-switches.md", "share: oncall@example.com\n")
+"""What ``shoal demo`` adds to one document so its summary is emailed (behind an approval).
+
+Only the demo run itself adds it: a fleet applied from ``examples/demo-fleet.yaml`` has no
+one waiting to approve, and would park that task until the approval timed out."""
+
+
+def share_one_document(root: Path) -> None:
+    """Ask for one summary to be emailed (the demo's approval)."""
+    name, line = SHARED_DOCUMENT
+    path = root / name
+    text = DEMO_DOCUMENTS[name] + line
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def write_workspace(root: Path) -> list[Path]:

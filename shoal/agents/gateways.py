@@ -15,7 +15,13 @@ from functools import cached_property
 from typing import Any, Literal
 
 from shoal.agents.digest import arguments_digest
-from shoal.agents.errors import ApprovalRequired, ModelError, PolicyDenied, ToolFailed
+from shoal.agents.errors import (
+    ApprovalDenied,
+    ApprovalRequired,
+    ModelError,
+    PolicyDenied,
+    ToolFailed,
+)
 from shoal.agents.gateway_model import caller_headers
 from shoal.agents.models import ChatMessage, ChatRequest, Completion, ModelClient
 from shoal.agents.policy import Action, Policy
@@ -262,8 +268,8 @@ async def checked(
     """The policy check, with its decision recorded on the call's span (refusals counted)."""
     try:
         await policy.check(session, action, target, arguments, **facts)
-    except ApprovalRequired as e:
-        call.decided("needs_approval", e.rule)
+    except (ApprovalRequired, ApprovalDenied) as e:
+        call.decided("needs_approval", e.rule)  # it waited for a human, who did not grant it
         raise
     except PolicyDenied as e:
         call.decided("deny", e.rule)

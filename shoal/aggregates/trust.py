@@ -14,7 +14,7 @@ from __future__ import annotations
 from shoal.aggregates.instance import Instance
 from shoal.bus import Subjects
 from shoal.errors import InvalidEvent
-from shoal.schemas import AgentStarted, CloudEvent
+from shoal.schemas import AgentKilled, AgentStarted, CloudEvent, GoalFailed, TaskFailed
 
 __all__ = ["CORE_SOURCE", "check_subject", "distrust"]
 
@@ -54,6 +54,20 @@ def distrust(ev: CloudEvent, instances: dict[str, Instance]) -> str | None:
         )
     if known is None:
         return f"unknown instance {ev.instance!r} (no agent.started seen)"
-    if not known.trusted:
+    if not known.trusted and not _acknowledges_its_kill(ev):
         return f"instance {ev.instance!r} was killed"
     return None
+
+
+def _acknowledges_its_kill(ev: CloudEvent) -> bool:
+    """What a killed instance still says, and is believed: that it stopped because of the
+    kill — its own ``agent.killed`` listing what it interrupted, and the ``task.failed`` /
+    ``goal.failed`` that settle the work it dropped (docs/agents.md §2). Nothing else."""
+    d = ev.data
+    if isinstance(d, AgentKilled):
+        return True
+    if isinstance(d, TaskFailed):
+        return d.error_type == "Killed"
+    if isinstance(d, GoalFailed):
+        return d.reason.startswith("Killed:")
+    return False

@@ -21,7 +21,13 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from shoal.agents.demo import DEMO_FLEET, DEMO_GOAL, demo_agents, write_workspace
+from shoal.agents.demo import (
+    DEMO_FLEET,
+    DEMO_GOAL,
+    demo_agents,
+    share_one_document,
+    write_workspace,
+)
 from shoal.agents.models import OfflineModelClient
 from shoal.agents.runtime import AgentRuntime
 from shoal.agents.tools import ToolEnv
@@ -146,6 +152,7 @@ async def run_demo(
     """
     workspace = ToolEnv.for_settings(bus.settings).workspace
     write_workspace(workspace)
+    share_one_document(workspace)
     goal = build_goal(
         fleet, DEMO_GOAL, principal=bus.settings.principal, inputs={"pattern": "*.md"}
     )

@@ -4,7 +4,7 @@ A kill switch on a misspelt tool (``read_flie``) or an IID nobody used stops not
 reported success: an operator during an incident believes the fire is out. Each scope is
 checked against what the platform knows of it:
 
-- instance: a presence heartbeat, or events under its id on the log;
+- instance: a presence heartbeat, events it published, or a gateway key bound to it;
 - session / goal: events of that IID / GID on the log (JetStream answers by subject);
 - fleet: a desired state in the fleets bucket, or live instances of it;
 - tool: the SDK's file tools, or a tool called or decided on in the log;
@@ -48,8 +48,7 @@ async def check_kill_target(bus: Bus, scope: KillScope, name: str | None) -> Non
         if not await _has_events(bus, bus.subjects.goal_events(name)):
             raise UnknownTarget(f"no goal {name!r} on the event log{hint}")
     elif scope == "instance":
-        live = any(p.instance == name for p in await _presences(bus))
-        if not live and not await _has_events(bus, bus.subjects.session_events(name)):
+        if not await _instance_known(bus, name):
             raise UnknownTarget(f"no instance {name!r} is running or on the event log{hint}")
     elif scope == "fleet":
         if not await fleet_exists(bus, name):
@@ -87,6 +86,28 @@ async def _presences(bus: Bus) -> list[Presence]:
         await bus.kv(bus.topology.presence.name), timeout=bus.settings.request_timeout
     )
     return [Presence.model_validate_json(e.value or b"{}") for e in entries.values()]
+
+
+async def _instance_known(bus: Bus, name: str) -> bool:
+    """A heartbeat, events it published (its subject suffix), or a gateway key bound to it."""
+    if any(p.instance == name for p in await _presences(bus)):
+        return True
+    for publisher in (f"agent.*.*.{name}",):
+        if await _has_events(bus, bus.subjects.events_as(publisher)):
+            return True
+    if await _has_events(bus, bus.subjects.session_events(name)):  # its boot session
+        return True
+    try:
+        keys = await kv_snapshot(
+            await bus.kv(bus.topology.keys.name), timeout=bus.settings.request_timeout
+        )
+    except NotFoundError:
+        return False
+    for entry in keys.values():
+        raw = entry.value or b""
+        if f'"instance":"{name}"'.encode() in raw.replace(b" ", b""):
+            return True
+    return False
 
 
 async def _has_events(bus: Bus, filter_subject: str) -> bool:
