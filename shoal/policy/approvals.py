@@ -15,9 +15,11 @@ deterministic ids, so a step recorded twice is de-duplicated by JetStream.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import logging
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -46,6 +48,12 @@ __all__ = [
 ]
 
 State = Literal["pending", "granted", "denied", "expired"]
+
+_DECIDERS = ("shoal://cli/", "shoal://core")
+"""Sources whose ``approval.granted`` counts: an operator (CLI, console, the interactions
+endpoints on their behalf); never an instance or a gateway."""
+
+log = logging.getLogger("shoal.approvals")
 
 
 class NotPending(ShoalError):
@@ -160,6 +168,14 @@ class Approvals:
         try:
             while True:
                 current, revision = await self._get(approval)
+                if current.state == "granted" and not await self._grant_recorded(current):
+                    # Marked granted in the bucket, with no operator's grant on the log: not
+                    # a grant (the bucket is writable by more than approvers; the log's
+                    # approval.granted can be published only under an operator's identity).
+                    log.warning("approval %s marked granted without a recorded grant", approval)
+                    return current.model_copy(
+                        update={"state": "denied", "reason": "granted without a recorded grant"}
+                    )
                 if current.state != "pending":
                     return current
                 left = poll_s
@@ -176,6 +192,20 @@ class Approvals:
                         raise
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _grant_recorded(self, state: ApprovalState, wait_s: float = 5.0) -> bool:
+        """True once the event log holds the ``approval.granted`` of this request by its
+        decider (published right after the bucket's update: it may trail it briefly)."""
+        subject = self.bus.subjects.session_events_of_type(state.iid, "approval.granted")
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            for stored in await self.bus.read(subject):
+                d = stored.event.data if stored.event is not None else None
+                if isinstance(d, ApprovalGranted) and d.request_id == state.id:
+                    return stored.event is not None and stored.event.source.startswith(_DECIDERS)
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
 
     async def _expire(self, state: ApprovalState, revision: int, source: str) -> ApprovalState:
         expired = state.model_copy(

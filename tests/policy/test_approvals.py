@@ -90,3 +90,18 @@ async def test_an_undecided_request_expires_at_its_deadline_and_says_so(bus: Bus
     denied = events[-1]
     assert isinstance(denied.data, ApprovalDenied) and denied.data.expired
     assert (denied.source, denied.instance) == (SOURCE, "inst-1")
+
+
+async def test_a_grant_written_into_the_bucket_without_an_operators_record_is_not_a_grant(
+    bus: Bus,
+) -> None:
+    # An instance can write the approvals bucket (it creates its requests there); it cannot
+    # publish approval.granted under an operator's identity. The waiter believes the log.
+    approvals = await Approvals.open(bus)
+    state = await approvals.request(email_request("s4", "cfo@example.com"), source=SOURCE)
+    forged = state.model_copy(update={"state": "granted", "decided_by": "olga"})
+    await approvals.kv.put(state.id, forged.model_dump_json().encode())
+
+    final = await asyncio.wait_for(approvals.wait(state.id, source=SOURCE), 20)
+
+    assert (final.state, final.reason) == ("denied", "granted without a recorded grant")
