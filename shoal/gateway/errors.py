@@ -26,6 +26,8 @@ class GatewayError(Exception):
     rule: str | None = None
     retry: bool | None = None
     param: str | None = None
+    recorded: bool = False
+    """Already on the log as ``policy.decided`` (a policy rule's refusal records itself)."""
 
     def __str__(self) -> str:
         return self.message
@@ -64,7 +66,9 @@ class GatewayError(Exception):
     @classmethod
     def policy_denied(cls, message: str, rule: str) -> GatewayError:
         """A policy rule (or a human's approval decision) refused the call."""
-        return cls(403, message, "permission_error", "policy_denied", rule=rule, retry=False)
+        return cls(
+            403, message, "permission_error", "policy_denied", rule=rule, retry=False, recorded=True
+        )
 
     @classmethod
     def rate_limited(cls, message: str) -> GatewayError:

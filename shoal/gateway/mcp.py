@@ -46,6 +46,7 @@ from shoal.gateway.caller import Caller
 from shoal.gateway.config import GatewayConfig, McpServer
 from shoal.gateway.errors import GatewayError
 from shoal.gateway.keys import KeyMirror, VirtualKey
+from shoal.gateway.policy import GatewayPolicy
 from shoal.gateway.record import Recorder
 from shoal.schemas import ToolCalled, new_id
 
@@ -76,8 +77,10 @@ class McpGateway:
         keys: KeyMirror,
         recorder: Recorder,
         genai: GenAI | None = None,
+        policy: GatewayPolicy | None = None,
     ) -> None:
         self.bus = bus
+        self.policy = policy
         self.config = config
         self.kills = kills
         self.keys = keys
@@ -252,6 +255,11 @@ class McpGateway:
             if value is not None and re.fullmatch(pattern, str(value)) is None:
                 reason = f"argument {arg!r} of {name} does not match {pattern!r}"
                 await self._refuse(caller, name, f"argument.{name}.{arg}", reason)
+        if self.policy is not None:  # the same Cedar rules and tiers as the SDK's
+            try:
+                await self.policy.check(caller, "tool.call", name, arguments)
+            except GatewayError as e:  # recorded by the policy as policy.decided
+                raise MCPError(REFUSED, f"refused by {e.rule}: {e.message}") from e
 
     async def _refuse(self, caller: Caller, tool: str, rule: str, reason: str) -> None:
         await self.recorder.refused(caller, "tool.call", tool, rule, reason)

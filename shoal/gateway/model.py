@@ -138,7 +138,7 @@ class ModelGateway:
                 targets, holds = await self._admit(caller, body, requested, call_id)
             except GatewayError as e:
                 span.decided("deny", e.rule)
-                if e.rule is not None:
+                if e.rule is not None and not e.recorded:
                     await self.recorder.refused(caller, "model.call", requested, e.rule, e.message)
                 return _error(e)
             span.decided("allow")

@@ -109,7 +109,13 @@ async def run_gateway(
             from shoal.gateway.mcp import McpGateway
 
             mcp = McpGateway(
-                bus, config, kills=kills, keys=keys, recorder=recorder, genai=gateway.genai
+                bus,
+                config,
+                kills=kills,
+                keys=keys,
+                recorder=recorder,
+                genai=gateway.genai,
+                policy=policy,
             )
             mcp_url = await mcp.start(host, mcp_port)
         yield RunningGateway(f"http://{host}:{bound}/v1", mcp_url, gateway, replica)

@@ -11,6 +11,7 @@ from shoal.bus import Bus, KillSwitch, kill_key
 from shoal.gateway import RunningGateway
 from shoal.gateway.offline import OfflineUpstream
 from shoal.ops import kill as ops_kill
+from shoal.policy import apply_policy
 from shoal.schemas import ModelCalled, PolicyDecided
 from tests.gateway.conftest import MakeKey
 
@@ -186,3 +187,36 @@ async def _until_killed(gateway: RunningGateway, key: str) -> None:
 
 
 _ = KillSwitch
+
+
+async def test_an_applied_policy_denies_in_the_gateway_before_the_upstream(
+    bus: Bus, gateway: RunningGateway, make_key: MakeKey, upstream: tuple[str, OfflineUpstream]
+) -> None:
+    rule = (
+        '@id("interns-not-fast") forbid(principal == Principal::"intern", '
+        'action == Action::"model", resource == Model::"fast");'
+    )
+    await apply_policy(bus, rule, fleet="research", by="olga", reason="test")
+    await asyncio.sleep(0.3)  # the gateway's policy mirror follows the bucket
+    intern_key, intern = await make_key(principal="intern")
+    _, alice = await make_key(principal="alice")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        body = {"model": "fast", "messages": PROMPT, "max_tokens": 20}
+        refused = await http.post(
+            "/chat/completions", json=body, headers={"Authorization": f"Bearer {intern}"}
+        )
+        allowed = await http.post(
+            "/chat/completions", json=body, headers={"Authorization": f"Bearer {alice}"}
+        )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "policy_denied"
+    assert allowed.status_code == 200, allowed.text
+    assert upstream[1].requests == {"offline-small": 1}  # only alice's call went upstream
+    decided = [
+        s.event.data
+        for s in await bus.session_events(intern_key.id)
+        if s.event is not None and isinstance(s.event.data, PolicyDecided)
+    ]
+    assert [(d.decision, d.rule) for d in decided] == [("deny", "interns-not-fast")]
+    assert decided[0].policy_version is not None
+    assert decided[0].policy_version.startswith("fleet.research@")
