@@ -246,7 +246,9 @@ async def provision(js: JetStreamContext, topology: Topology) -> list[str]:
             continue
         info = await js.stream_info(f"KV_{bucket.name}")
         _raise_on_conflict(f"bucket {bucket.name}", bucket.differences(info.config))
-    created += await provision_object_store(js, topology.deadletter_objects)
+    objects = getattr(topology, "deadletter_objects", None)  # a partial topology has none
+    if objects is not None:
+        created += await provision_object_store(js, objects)
     return created
 
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shoal.errors import InvalidSpec, Refused
+from shoal.errors import USAGE_EXIT, InvalidSpec, Refused
 from shoal.schemas.envelope import Token, describe_validation_error
 from shoal.schemas.manifest import CapabilityManifest
 
@@ -83,10 +83,17 @@ def check_version(value: str) -> str:
     return value
 
 
+class OutOfLimits(Refused):
+    """A fleet command beyond the limits every path enforces: refused as a usage error."""
+
+    code = "out_of_limits"
+    exit_code = USAGE_EXIT
+
+
 def check_replicas(agent: str, count: int) -> int:
     """``count`` if it is a replica count within ``0..MAX_REPLICAS``."""
     if not 0 <= count <= MAX_REPLICAS:
-        raise InvalidSpec(f"cannot scale {agent} to {count}: replicas must be 0 to {MAX_REPLICAS}")
+        raise OutOfLimits(f"cannot scale {agent} to {count}: replicas must be 0 to {MAX_REPLICAS}")
     return count
 
 
