@@ -54,6 +54,10 @@ BAD: dict[str, list[str]] = {
     "--by": ["bogus"],
     "--type": ["bogus..type"],
     "--capacity": ["x", "-1"],
+    "--rpm": BAD_COUNT,
+    "--port": ["x"],
+    "--mcp-port": ["x"],
+    "--config": ["/nonexistent/gateway.yaml"],
     "--manifest": ["/nonexistent/manifest.yaml"],
     "--tier": ["bogus"],
     "--event": ["{oops", "[1]", '{"action": "tool.call"}'],
@@ -61,11 +65,11 @@ BAD: dict[str, list[str]] = {
 """Bad values by option name (the same name means the same thing in every command)."""
 
 NAMES = {"--instance", "--session", "--goal", "--fleet", "--tool", "--model", "--principal"}
-NAMES |= {"--origin"}
+NAMES |= {"--origin", "--mcp"}
 """Name options: a value that is not one subject token is refused (kill, unkill, filters)."""
 
 FREE = {"--reason", "--detail", "--signal", "--target", "--id", "--supervisor", "--version"}
-FREE |= {"--consumer", "--agent", "--iid", "--gid"}
+FREE |= {"--consumer", "--agent", "--iid", "--gid", "--note", "--host"}
 # shoal auth: paths, a role, sizes and capabilities, each checked by the command itself.
 FREE |= {"--creds", "--role", "--out", "--capability", "--delegate", "--disk", "--memory"}
 FREE |= {"--streams"}
@@ -97,6 +101,7 @@ ARGS: dict[str, list[str]] = {
     "deadletters show": ["1"],
     "deadletters replay": ["1"],
     "policy test": ["examples/guard.cedar"],
+    "keys create": ["--fleet", "f", "--agent", "a"],
 }
 """Positional arguments (and required options) each command needs to reach its options."""
 

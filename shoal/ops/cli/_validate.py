@@ -123,6 +123,7 @@ BY_NAME: dict[str, Check] = {
             "--model",
             "--principal",
             "--origin",
+            "--mcp",
         )
     },
 }

@@ -101,7 +101,10 @@ def keys_create(
         list[str] | None, typer.Option("--tool", help="A tool the key may call (repeat).")
     ] = None,
     manifest: Annotated[
-        Path | None, typer.Option("--manifest", help="A capability manifest YAML instead.")
+        Path | None,
+        typer.Option(
+            "--manifest", exists=True, dir_okay=False, help="A capability manifest YAML instead."
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
