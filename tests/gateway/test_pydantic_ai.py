@@ -92,7 +92,8 @@ async def test_kill_instance_and_kill_model_refuse_its_next_call(
     _shoal(settings, "unkill", "--instance", "pyd-2")
     await _until(gateway, "instance.pyd-2", present=False)
     assert (await agent.run("three")).output == "ok: three"
-    _shoal(settings, "kill", "--model", "fast")
+    # "fast" is a gateway alias, which the CLI cannot know from the event log: --force.
+    _shoal(settings, "kill", "--model", "fast", "--force")
     await _until(gateway, "model.fast")
     with pytest.raises(ModelHTTPError) as refused:
         await agent.run("four")

@@ -59,7 +59,7 @@ def test_the_demo_at_80_and_200_columns_keeps_every_key_fact(settings: ShoalSett
         gid = re.match(r"goal (\w{26}) goal.completed", lines[0])
         assert gid is not None
         summary = lines[lines.index("summary") :]
-        assert summary[0] == "summary" and len(summary) == 11
+        assert summary[0] == "summary" and len(summary) == 12  # the last: the console
         assert summary[1].startswith("  result   completed in ")
         assert summary[1].endswith("summarised 5 documents (167 words)")
         assert summary[2] == f"  goal     {gid.group(1)}"
