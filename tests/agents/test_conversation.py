@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,28 +14,13 @@ from shoal.bus import Bus, ShoalSettings
 from shoal.errors import NotFound
 from shoal.schemas import CloudEvent, TaskAssigned, TaskCompleted, new_id
 from tests.agents.conftest import of_type, wait_events
+from tests.agents.procs import start_agent
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def start_asker(settings: ShoalSettings, instance: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "NATS_URL": settings.nats_url or "",
-        "SHOAL_PREFIX": settings.prefix,
-        "SHOAL_DATA_DIR": str(settings.data_dir),
-        "SHOAL_TASK_ACK_WAIT_S": "2",
-    }
-    argv = ["agent", "run", "talk", "asker", "--target", "tests.agents.workers:asker_agent"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "shoal", *argv, "--instance", instance],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_agent(settings, "talk", "asker", "tests.agents.workers:asker_agent", instance)
 
 
 async def ingest(settings: ShoalSettings) -> None:

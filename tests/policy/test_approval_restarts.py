@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,28 +13,13 @@ from shoal.bus import Bus, ShoalSettings
 from shoal.policy import Approvals
 from shoal.schemas import CloudEvent, TaskAssigned, TaskCompleted, new_id
 from tests.agents.conftest import of_type, wait_events
+from tests.agents.procs import start_agent
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def start_mailer(settings: ShoalSettings, instance: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "NATS_URL": settings.nats_url or "",
-        "SHOAL_PREFIX": settings.prefix,
-        "SHOAL_DATA_DIR": str(settings.data_dir),
-        "SHOAL_TASK_ACK_WAIT_S": "2",
-    }
-    argv = ["agent", "run", "mail", "mailer", "--target", "tests.agents.workers:mailer_agent"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "shoal", *argv, "--instance", instance],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_agent(settings, "mail", "mailer", "tests.agents.workers:mailer_agent", instance)
 
 
 async def pending(approvals: Approvals, timeout: float = 30) -> list[str]:
