@@ -32,7 +32,9 @@ from shoal.schemas import (
     ToolCalled,
 )
 
-T0 = datetime.now(UTC).replace(microsecond=0)
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 @dataclass
@@ -58,6 +60,9 @@ class Mix:
     model: str = "offline-small"
     prices: PriceTable = field(default_factory=PriceTable.load)
     events: list[CloudEvent] = field(default_factory=list)
+    t0: datetime = field(default_factory=_now)
+    """The mix's clock starts when it is made (not at import: a long suite would otherwise
+    date its events minutes back, and the core's watchdog would find them stuck)."""
     cost: Decimal = Decimal(0)
     model_calls: int = 0
     tool_calls: int = 0
@@ -86,7 +91,7 @@ class Mix:
             agent=by.agent if by else None,
             instance=by.instance if by else kw.pop("instance", None),
             principal=self.principal,
-            clock=lambda: T0 + timedelta(milliseconds=self._n),
+            clock=lambda: self.t0 + timedelta(milliseconds=self._n),
             id=f"ev{self.seed}x{self._n:09d}",
             **kw,
         )

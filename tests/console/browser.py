@@ -118,7 +118,18 @@ class Browser:
         await self.run(lambda d: d.find_element(By.CSS_SELECTOR, css).click())
 
     async def text(self, css: str) -> str:
-        return str(await self.run(lambda d: d.find_element(By.CSS_SELECTOR, css).text))
+        """The element's text; read again if a navigation replaced it mid-read."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def read(d: Any) -> str:
+            for _ in range(50):
+                try:
+                    return str(d.find_element(By.CSS_SELECTOR, css).text)
+                except StaleElementReferenceException:
+                    time.sleep(0.05)  # the page is being replaced: read the new one
+            return str(d.find_element(By.CSS_SELECTOR, css).text)
+
+        return str(await self.run(read))
 
     async def all(self, css: str, attribute: str) -> list[str]:
         return list(

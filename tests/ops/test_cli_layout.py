@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from shoal.bus import ShoalSettings
 from shoal.ops.cli import app
 from shoal.ops.cli.layout import fit, middle
+from tests.natsproc import NatsProcess
 
 IID = "01M8SNSJEWGZ1CG999XM56PQ8W"
 
@@ -45,9 +47,13 @@ def test_a_wide_table_drops_columns_by_priority_at_80_and_keeps_all_at_200() -> 
     assert all(name in out[200] for name in ("capability", "calls", "flags", "fleet"))
 
 
-def test_the_demo_at_80_and_200_columns_keeps_every_key_fact(settings: ShoalSettings) -> None:
+def test_the_demo_at_80_and_200_columns_keeps_every_key_fact(
+    settings: ShoalSettings, nats_process: Callable[..., NatsProcess]
+) -> None:
+    # Its own server: two whole demos, not slowed by what earlier tests left on the shared one.
+    server = nats_process(store="layout")
     env = {
-        "NATS_URL": settings.nats_url or "",
+        "NATS_URL": server.url,
         "SHOAL_PREFIX": settings.prefix,
         "SHOAL_DATA_DIR": str(settings.data_dir),
     }
