@@ -64,6 +64,11 @@ async def test_apply_and_scale_wait_until_replicas_run_and_delete_drains(
     code, out, err = await shoal(settings, "fleet", "delete", "demo")
     assert code == 0, err
     assert out.strip() == "fleet demo deleted (history kept: shoal fleet history demo)"
+    # Drained: no instance reports in; their processes exit moments later (SIGTERM, drain).
+    for _ in range(200):
+        if not agent_procs(settings.prefix):
+            break
+        await asyncio.sleep(0.1)
     assert agent_procs(settings.prefix) == []
     code, out, _ = await shoal(settings, "--json", "fleet", "ls")
     assert (code, json.loads(out)) == (0, [])
