@@ -208,11 +208,14 @@ async def test_fleet_scaled_from_the_page_converges_to_the_new_instance_count(
     async with Browser.start(profile, platform.url) as b:
         await b.sign_in(token)
         await b.get("/fleets/demo")
-        await b.until(
-            lambda d: d.find_element(By.ID, "count-worker").get_attribute("data-actual") == "1",
-            20,
-            "1/1 on the page",
-        )
+
+        def one_live(d: Any) -> bool:
+            # The process is up; its first heartbeat (what the page counts) may come later
+            # on a loaded machine, and the page is not live: reload until it shows.
+            d.refresh()
+            return d.find_element(By.ID, "count-worker").get_attribute("data-actual") == "1"
+
+        await b.until(one_live, 60, "1/1 on the page")
         await b.fill("#replicas-worker", "3")
         await b.click("#scale-worker")
         assert await b.text("h1") == "Scale worker of fleet demo to 3 instance(s)?"
