@@ -182,6 +182,7 @@ def child_session(parent: Session, budget_usd: Decimal | None = None) -> Session
         parentiid=parent.iid,
         principal=parent.principal,
         budget_usd=budget_usd,
+        goal_budget_usd=parent.goal_budget_usd,
     )
 
 
@@ -200,7 +201,12 @@ async def assign_task(
     With ``id`` (a planned child's, from :func:`derived_id`) a second assignment of the
     same child within the streams' duplicate window is dropped by JetStream."""
     event = emitter.event(
-        TaskAssigned(capability=capability, input=input, budget_usd=session.budget_usd),
+        TaskAssigned(
+            capability=capability,
+            input=input,
+            budget_usd=session.budget_usd,
+            goal_budget_usd=session.goal_budget_usd,
+        ),
         session,
         id=id,
     )

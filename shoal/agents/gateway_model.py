@@ -37,6 +37,8 @@ def caller_headers(session: Session) -> tuple[tuple[str, str], ...]:
         headers.append(("X-Shoal-Principal", session.principal))
     if session.budget_usd is not None:
         headers.append(("X-Shoal-Session-Budget", str(session.budget_usd)))
+    if session.gid and session.goal_budget_usd is not None:
+        headers.append(("X-Shoal-Goal-Budget", str(session.goal_budget_usd)))
     return tuple(headers)
 
 

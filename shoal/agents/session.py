@@ -52,6 +52,7 @@ class Session:
     principal: str | None = None
     budget_usd: Decimal | None = None
     spent_usd: Decimal = Decimal(0)
+    goal_budget_usd: Decimal | None = None  # the goal's, stated to the gateway per call
 
     def scope(self, identity: Identity) -> Scope:
         return Scope(

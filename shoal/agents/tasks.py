@@ -91,7 +91,7 @@ class TaskRunner:
         except ValidationError as e:
             await self._reject(msg, f"invalid input: {describe_validation_error(e)}", event)
             return
-        session = self._session(event, data.budget_usd)
+        session = self._session(event, data.budget_usd, data.goal_budget_usd)
         # A recorded completion wins: checked before the attempt count, so the death of the
         # last attempt's instance between reporting and acking is not turned into a failure.
         if attempt > 1 and await self._already_completed(event):
@@ -240,7 +240,7 @@ class TaskRunner:
             self.rt.genai.deadlettered("goals", "invalid_goal")
             await msg.term()
             return
-        session = self._session(event, event.data.budget_usd)
+        session = self._session(event, event.data.budget_usd, event.data.budget_usd)
         if attempt > 1 and await self._goal_finished(event):
             await msg.ack()
             return
@@ -336,13 +336,14 @@ class TaskRunner:
             await msg.in_progress()
         return len(long_running)
 
-    def _session(self, event: CloudEvent, budget: Any) -> Session:
+    def _session(self, event: CloudEvent, budget: Any, goal_budget: Any = None) -> Session:
         return Session(
             iid=event.iid,
             gid=event.gid,
             parentiid=event.parentiid,
             principal=event.principal,
             budget_usd=budget if budget is not None else self.rt.agent.manifest.budget_usd,
+            goal_budget_usd=goal_budget if event.gid else None,
         )
 
     def _attempt(

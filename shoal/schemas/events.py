@@ -121,6 +121,9 @@ class TaskAssigned(EventData):
     capability: str
     input: dict[str, Any] = Field(default_factory=dict)
     budget_usd: Money | None = None
+    goal_budget_usd: Money | None = None
+    """The budget of the goal the task belongs to, carried down from ``goal.submitted`` so
+    the gateway can reserve each call against it (it only tightens: see docs/gateways.md)."""
 
 
 class TaskStarted(EventData):
