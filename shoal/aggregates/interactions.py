@@ -30,12 +30,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shoal.bus import Bus
 from shoal.errors import NotFound, ShoalError
 from shoal.policy import Approvals
-from shoal.schemas import CloudEvent, SessionAsked, SessionMessage, describe_validation_error
+from shoal.schemas import (
+    CloudEvent,
+    EventData,
+    SessionAsked,
+    SessionMessage,
+    describe_validation_error,
+)
 
 __all__ = [
     "INTERACTIONS",
     "InteractionsService",
     "open_questions",
+    "record_on_session",
     "reply_to_session",
     "send_message",
 ]
@@ -53,18 +60,18 @@ async def _session_events(bus: Bus, iid: str) -> list[CloudEvent]:
     return known
 
 
-async def send_message(
-    bus: Bus, iid: str, text: str, *, by: str, reply_to: str | None = None
-) -> CloudEvent:
-    """Append ``text`` to a session that exists on the event log."""
-    known = await _session_events(bus, iid)
-    if any(e.short_type in ("task.completed", "session.killed") for e in known):
-        state = "killed" if any(e.short_type == "session.killed" for e in known) else "done"
-        raise NotFound(f"session {iid} is {state}; a message would reach no one")
+async def record_on_session(bus: Bus, iid: str, data: EventData, *, by: str) -> CloudEvent:
+    """Publish ``data`` from the operator ``by`` on a session that exists on the event log
+    (its goal, parent and fleet copied from the session's events); :class:`NotFound` if not.
+    """
+    return await _record(bus, await _session_events(bus, iid), data, by)
+
+
+async def _record(bus: Bus, known: list[CloudEvent], data: EventData, by: str) -> CloudEvent:
     first = known[0]
     event = CloudEvent.new(
-        SessionMessage(text=text, by=by, reply_to=reply_to),
-        iid=iid,
+        data,
+        iid=first.iid,
         gid=next((e.gid for e in known if e.gid), None),
         parentiid=first.parentiid,
         fleet=first.fleet,
@@ -73,6 +80,17 @@ async def send_message(
     )
     await bus.publish(event)
     return event
+
+
+async def send_message(
+    bus: Bus, iid: str, text: str, *, by: str, reply_to: str | None = None
+) -> CloudEvent:
+    """Append ``text`` to a session that exists on the event log."""
+    known = await _session_events(bus, iid)
+    if any(e.short_type in ("task.completed", "session.killed") for e in known):
+        state = "killed" if any(e.short_type == "session.killed" for e in known) else "done"
+        raise NotFound(f"session {iid} is {state}; a message would reach no one")
+    return await _record(bus, known, SessionMessage(text=text, by=by, reply_to=reply_to), by)
 
 
 async def open_questions(bus: Bus, iid: str) -> list[SessionAsked]:

@@ -7,7 +7,6 @@ from typing import Annotated, Literal, cast
 import typer
 
 from shoal.bus import Bus
-from shoal.errors import NotFound
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
 from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
@@ -28,22 +27,10 @@ async def report_outcome(
     detail: str = "",
 ) -> CloudEvent:
     """Publish ``outcome.reported`` for a session that exists on the event log."""
-    stored = await bus.session_events(iid)
-    known = [s.event for s in stored if s.event is not None]
-    if not known:
-        raise NotFound(f"no session {iid!r} on the event log")
-    first = known[0]
-    event = CloudEvent.new(
-        OutcomeReported(outcome=outcome, signal=signal, detail=detail),
-        iid=iid,
-        gid=next((e.gid for e in known if e.gid), None),
-        parentiid=first.parentiid,
-        fleet=first.fleet,
-        principal=principal,
-        source=f"shoal://cli/{principal}",
-    )
-    await bus.publish(event)
-    return event
+    from shoal.aggregates.interactions import record_on_session
+
+    data = OutcomeReported(outcome=outcome, signal=signal, detail=detail)
+    return await record_on_session(bus, iid, data, by=principal)
 
 
 @outcome_app.command("report")
