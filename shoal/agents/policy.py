@@ -27,8 +27,7 @@ from shoal.agents.errors import (
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.agents.session import Emitter, Identity, Session
 from shoal.policy import Approvals, ApprovalState, CallFacts, PolicyBook, Verdict
-from shoal.policy.approvals import approval_id, deadline_after, request_hash
-from shoal.schemas import ApprovalRequested, PolicyDecided, new_id, utcnow
+from shoal.schemas import ApprovalRequested, PolicyDecided, new_id
 from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = ["Action", "Policy"]
@@ -220,25 +219,23 @@ class Policy:
         verdict: Verdict | None,
         tier: Literal["medium", "high"],
     ) -> ApprovalState:
-        digest = request_hash(action, target, arguments, self.digest_key)
-        return ApprovalState(
-            id=approval_id(session.iid, digest),
+        return ApprovalState.for_request(
             iid=session.iid,
+            action=action,
+            target=target,
+            arguments=arguments,
+            shown=display if display is not None else arguments,
+            tier=tier,
+            rule=verdict.rule if verdict else "manifest.approval",
+            policy_version=verdict.version if verdict else None,
+            timeout_s=self.approval_timeout_s if tier == "high" else None,
+            digest_key=self.digest_key,
             gid=session.gid,
             parentiid=session.parentiid,
             fleet=self.identity.fleet,
             agent=self.identity.agent,
             instance=self.identity.instance,
             principal=session.principal,
-            action=action,
-            target=target,
-            tier=tier,
-            rule=verdict.rule if verdict else "manifest.approval",
-            policy_version=verdict.version if verdict else None,
-            arguments=display if display is not None else arguments,
-            request_hash=digest,
-            requested_at=utcnow(),
-            deadline=deadline_after(self.approval_timeout_s) if tier == "high" else None,
         )
 
     async def _refuse(

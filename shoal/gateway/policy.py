@@ -10,15 +10,13 @@ recorded; ``medium`` also queues a review item.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from shoal.gateway.caller import Caller
 from shoal.gateway.errors import GatewayError
 from shoal.gateway.record import Recorder
 from shoal.policy import Approvals, ApprovalState, CallFacts, PolicyBook, Verdict
-from shoal.policy.approvals import approval_id, request_hash
-from shoal.schemas import PolicyDecided, utcnow
+from shoal.schemas import PolicyDecided
 
 __all__ = ["GatewayPolicy"]
 
@@ -106,24 +104,21 @@ class GatewayPolicy:
         verdict: Verdict,
         timeout: float | None,
     ) -> ApprovalState:
-        digest = request_hash(action, target, arguments, self.digest_key)
-        now = utcnow()
-        return ApprovalState(
-            id=approval_id(caller.iid, digest),
+        return ApprovalState.for_request(
             iid=caller.iid,
+            action=action,
+            target=target,
+            arguments=arguments,
+            shown={},  # model prompts are not shown to approvers by the gateway
+            tier="high" if verdict.outcome == "high" else "medium",
+            rule=verdict.rule,
+            policy_version=verdict.version,
+            timeout_s=timeout,
+            digest_key=self.digest_key,
             gid=caller.gid,
             parentiid=caller.parentiid,
             fleet=caller.key.fleet,
             agent=caller.key.agent,
             instance=caller.instance,
             principal=caller.principal,
-            action=action,
-            target=target,
-            tier="high" if verdict.outcome == "high" else "medium",
-            rule=verdict.rule,
-            policy_version=verdict.version,
-            arguments={},  # model prompts are not shown to approvers by the gateway
-            request_hash=digest,
-            requested_at=now,
-            deadline=now + timedelta(seconds=timeout) if timeout is not None else None,
         )

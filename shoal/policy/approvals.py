@@ -114,6 +114,42 @@ class ApprovalState(BaseModel):
     decided_at: datetime | None = None
     reason: str = ""
 
+    @classmethod
+    def for_request(
+        cls,
+        *,
+        iid: str,
+        action: str,
+        target: str,
+        arguments: dict[str, Any],
+        shown: dict[str, Any],
+        tier: RiskTier,
+        rule: str,
+        policy_version: str | None,
+        timeout_s: float | None,
+        digest_key: bytes | None,
+        **where: str | None,
+    ) -> ApprovalState:
+        """A new pending request for this exact call (``where``: gid, parentiid, fleet,
+        agent, instance, principal); ``shown`` is what approvers see of ``arguments``."""
+        digest = request_hash(action, target, arguments, digest_key)
+        return cls.model_validate(
+            {
+                "id": approval_id(iid, digest),
+                "iid": iid,
+                "action": action,
+                "target": target,
+                "tier": tier,
+                "rule": rule,
+                "policy_version": policy_version,
+                "arguments": shown,
+                "request_hash": digest,
+                "requested_at": utcnow(),
+                "deadline": deadline_after(timeout_s),
+                **where,
+            }
+        )
+
     @property
     def wait_s(self) -> float | None:
         """Seconds from request to decision (``None`` while pending)."""
