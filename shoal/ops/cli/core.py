@@ -49,6 +49,7 @@ def core(
 
 async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     from shoal.aggregates import CORE_CONSUMER, run_core
+    from shoal.aggregates.registry_service import serve_registry
 
     consumer = consumer or CORE_CONSUMER
     url = resolve_url(c.settings)
@@ -60,9 +61,20 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     task = asyncio.create_task(
         run_core(c.settings, url, stop, consumer=consumer, until_idle=until_idle, ready=ready)
     )
+    # The registry's read endpoints live beside the core (docs/registry.md), on their own
+    # connection; their failure ends the core too, so the process exits non-zero.
+    registry_stop = asyncio.Event()
+    registry = asyncio.create_task(serve_registry(c.settings, url, registry_stop))
     await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED")
     if ready.is_set() and not c.json:
         c.err.print(f"core ingesting {c.settings.prefix} events from {url}")
+    await asyncio.wait([task, registry], return_when="FIRST_COMPLETED")
+    if registry.done() and not task.done():
+        stop.set()
+        await asyncio.wait([task])
+        registry.result()  # the registry's failure is the process's
+    registry_stop.set()
+    await registry
     return await task
 
 
