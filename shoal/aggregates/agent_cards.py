@@ -47,7 +47,7 @@ def agent_card(
         AgentProvider,
         AgentSkill,
     )
-    from google.protobuf.json_format import MessageToDict
+    from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 
     if definition.kind != "agent":
         raise NotFound(f"{definition.name} is a tool: only agents have agent cards")
@@ -109,7 +109,8 @@ def agent_card(
             for c in capabilities
         ],
     )
-    return MessageToDict(card)
+    doc: dict[str, Any] = MessageToDict(card)
+    return doc
 
 
 def _json_safe(value: Any) -> Any:

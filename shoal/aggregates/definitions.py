@@ -155,7 +155,11 @@ class Definition(Aggregate):
         known = self.versions.get(reg.version)
         if known is None:
             self._version_registered(
-                version=reg.version, content=content, digest=digest, by=by, reason=reason,
+                version=reg.version,
+                content=content,
+                digest=digest,
+                by=by,
+                reason=reason,
                 at=utcnow(),
             )
             return "added"
@@ -219,7 +223,9 @@ class Definition(Aggregate):
         entry.content, entry.digest = content, digest
         entry.history.append(Transition("draft", by, reason or "revised", at))
 
-    def _enter(self, state: LifecycleState, version: str, by: str, reason: str, at: datetime) -> None:
+    def _enter(
+        self, state: LifecycleState, version: str, by: str, reason: str, at: datetime
+    ) -> None:
         entry = self.versions[version]
         entry.state = state
         entry.history.append(Transition(state, by, reason, at))
@@ -319,7 +325,8 @@ class RegistryApplication(Application[UUID]):
 
     def find(self, name: str) -> Definition:
         """The agent called ``name``, else the tool; :class:`NotFound` if neither."""
-        for kind in ("agent", "tool"):
+        kinds: tuple[Kind, ...] = ("agent", "tool")
+        for kind in kinds:
             if _CLASSES[kind].create_id(name) in self.repository:
                 return self.get(kind, name)
         raise NotFound(f"nothing named {name!r} in the registry (see 'shoal registry ls')")
@@ -329,15 +336,12 @@ class RegistryApplication(Application[UUID]):
         index = self._index()
         if index is None:
             return []
-        return [
-            self.get(kind, name)
-            for kind in ("agent", "tool")
-            for name in sorted(index.names.get(kind, []))
-        ]
+        kinds: tuple[Kind, ...] = ("agent", "tool")
+        return [self.get(kind, name) for kind in kinds for name in sorted(index.names[kind])]
 
     def register(self, reg: Registration, by: str, reason: str = "") -> tuple[Definition, str]:
         """Register one agent or tool version; (the definition, added|revised|unchanged)."""
-        kind = "agent" if isinstance(reg, AgentRegistration) else "tool"
+        kind: Kind = "agent" if isinstance(reg, AgentRegistration) else "tool"
         cls = _CLASSES[kind]
 
         def change() -> tuple[list[Aggregate], tuple[Definition, str]]:

@@ -35,7 +35,7 @@ class RegistryRow:
 def check_state(state: str | None) -> LifecycleState | None:
     """``state`` if it is a lifecycle state; :class:`InvalidOption` naming the choices."""
     if state is None or state in LIFECYCLE:
-        return state  # type: ignore[return-value]
+        return state
     raise InvalidOption(f"--state {state!r} is not one of {', '.join(LIFECYCLE)}")
 
 
@@ -81,8 +81,15 @@ def search(
             last = entry.history[-1]
             rows.append(
                 RegistryRow(
-                    d.kind, d.name, entry.version, entry.state, d.owner, d.purpose, caps,
-                    last.by, last.reason,
+                    d.kind,
+                    d.name,
+                    entry.version,
+                    entry.state,
+                    d.owner,
+                    d.purpose,
+                    caps,
+                    last.by,
+                    last.reason,
                 )
             )
     return rows

@@ -109,9 +109,7 @@ class RegistryService:
 
     # Each runs in a thread: the eventsourcing application is synchronous.
     def _ls(self, r: LsRequest) -> dict[str, Any]:
-        rows = search(
-            self.app.all(), r.text, capability=r.capability, state=r.state, kind=r.kind
-        )
+        rows = search(self.app.all(), r.text, capability=r.capability, state=r.state, kind=r.kind)
         return {"rows": [row.to_json() for row in rows]}
 
     def _show(self, r: ShowRequest) -> dict[str, Any]:
@@ -119,7 +117,9 @@ class RegistryService:
 
     def _card(self, r: CardRequest) -> dict[str, Any]:
         definition = self.app.get("agent", r.name)
-        return agent_card(definition, r.version, prefix=self.bus.settings.prefix, base_url=r.base_url)
+        return agent_card(
+            definition, r.version, prefix=self.bus.settings.prefix, base_url=r.base_url
+        )
 
     def _cards(self, r: CardsRequest) -> dict[str, Any]:
         prefix = self.bus.settings.prefix
