@@ -54,8 +54,10 @@ def sqlite_app(path: Path) -> RegistryApplication:
 def app(tmp_path: Path) -> Iterator[RegistryApplication]:
     application = sqlite_app(tmp_path / "registry.sqlite")
     doc = parse_registration(FILE)
-    for reg in [*doc.tools, *doc.agents]:
-        application.register(reg, "alice", "first registration")
+    for tool in doc.tools:
+        application.register(tool, "alice", "first registration")
+    for agent in doc.agents:
+        application.register(agent, "alice", "first registration")
     yield application
     application.close()
 
@@ -90,7 +92,8 @@ def test_a_transition_out_of_order_or_without_a_reason_is_refused(
     with pytest.raises(Refused) as e:
         app.transition("summarizer", "1.0", "deprecate", "dave", "old")
     assert str(e.value) == (
-        "cannot deprecate agent summarizer version 1.0: it is draft (deprecate applies to certified)"
+        "cannot deprecate agent summarizer version 1.0: it is draft "
+        "(deprecate applies to certified)"
     )
     with pytest.raises(Refused) as e:
         app.transition("summarizer", "1.0", "certify", "carol", "  ")
