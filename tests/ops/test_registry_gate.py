@@ -3,9 +3,16 @@ any other, naming agent, version and state, against a real nats-server and SQLit
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from nats.errors import NoRespondersError
 from nats.js.errors import KeyNotFoundError
 
 from shoal.aggregates.definitions import RegistryApplication
@@ -15,6 +22,7 @@ from shoal.errors import Refused
 from shoal.ops.fleets import apply_fleet, fleet_command, open_fleet_app
 from shoal.ops.registry import open_registry_app
 from shoal.schemas.fleet import parse_fleet_spec
+from shoal.schemas.registry import AgentRegistration
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -159,3 +167,42 @@ async def test_a_fleet_that_is_not_production_runs_a_draft_and_records_it(
     with pytest.raises(Refused) as e:
         await apply_fleet(bus, app, parse_fleet_spec(PROD), by="alice")
     assert "agent worker version 1.0 is draft, not certified" in str(e.value)
+
+
+async def test_shoal_core_serves_the_registry_over_nats_and_stops_cleanly(
+    bus: Bus, settings: ShoalSettings
+) -> None:
+    reg = registry(settings)
+    reg.register(AgentRegistration(name="reviewer", version="7", purpose="Review."), "alice")
+    reg.close()
+    assert settings.nats_url
+    args = ["--nats-url", settings.nats_url, "--prefix", settings.prefix]
+    core = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then only polls it
+        [sys.executable, "-m", "shoal", *args, "--data-dir", str(settings.data_dir), "core"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        subject = bus.subjects.api("registry", "ls")
+        deadline = time.monotonic() + 60
+        while True:
+            assert core.poll() is None, "the core exited early"
+            try:
+                msg = await bus.nc.request(subject, b"{}", timeout=2)
+                break
+            except NoRespondersError:
+                assert time.monotonic() < deadline, "no registry service came up"
+                await asyncio.sleep(0.1)
+        rows = json.loads(msg.data)["rows"]
+        assert [(r["name"], r["version"], r["state"], r["purpose"]) for r in rows] == [
+            ("reviewer", "7", "draft", "Review.")
+        ]
+        core.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(core.communicate, timeout=30)
+    finally:
+        if core.poll() is None:
+            core.kill()
+            core.wait()
+    assert core.returncode == 0, out
+    with pytest.raises(NoRespondersError):
+        await bus.nc.request(subject, b"{}", timeout=2)
