@@ -40,6 +40,7 @@ __all__ = [
     "describe_target",
     "gate_apply",
     "gate_upgrade",
+    "mcp_registrations",
     "open_registry_app",
     "register_file",
 ]
@@ -231,6 +232,56 @@ async def gate_upgrade(
 ) -> None:
     """The same gate for ``fleet upgrade``: the version it rolls to, on the fleet's target."""
     await asyncio.to_thread(_gate_upgrade, settings, fleets, name, agent, version, target, by)
+
+
+async def mcp_registrations(path: str, owner: str = "") -> RegistrationFile:
+    """A ``Tool`` entry (kind ``mcp-server``) for each MCP server of the gateway file at
+    ``path``, and one per tool each lists, with its input and output schemas, all at the
+    version the server reports (``serverInfo.version``, else ``1``).
+
+    Each server is started or connected to as the gateway does. Its ``env`` values are not
+    recorded (they may hold credentials), only their names.
+    """
+    from pathlib import Path
+
+    from shoal.gateway.config import GatewayConfig
+    from shoal.gateway.mcp import _client  # the gateway's own way to reach a server
+
+    config = GatewayConfig.load(Path(path))
+    tools: list[ToolRegistration] = []
+    for name, spec in config.mcp_servers.items():
+        try:
+            async with _client(spec) as client:
+                info = client.server_info
+                version = (info.version if info is not None else None) or "1"
+                listed = (await client.list_tools()).tools
+        except Exception as e:  # a server that will not start or answer: say which and why
+            raise Refused(f"MCP server {name} of {path} did not list its tools: {e}") from e
+        transport: dict[str, Any] = (
+            {"command": spec.command} if spec.command is not None else {"url": spec.url}
+        )
+        if spec.env:
+            transport["env"] = sorted(spec.env)
+        tools.append(
+            ToolRegistration(
+                name=name, version=version, kind="mcp-server", owner=owner, server=transport
+            )
+        )
+        tools += [
+            ToolRegistration(
+                name=t.name,
+                version=version,
+                purpose=t.description or "",
+                owner=owner,
+                input_schema=t.input_schema,
+                output_schema=t.output_schema,
+                server={"mcp_server": name},
+            )
+            for t in listed
+        ]
+    if not tools:
+        raise Refused(f"gateway config {path} has no mcp_servers to register")
+    return RegistrationFile(tools=tools)
 
 
 def register_file(

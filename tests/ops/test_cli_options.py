@@ -61,6 +61,7 @@ BAD: dict[str, list[str]] = {
     "--manifest": ["/nonexistent/manifest.yaml"],
     "--tier": ["bogus"],
     "--kind": ["bogus"],
+    "--gateway-config": ["/nonexistent/gateway.yaml"],
     "--event": ["{oops", "[1]", '{"action": "tool.call"}'],
 }
 """Bad values by option name (the same name means the same thing in every command)."""
@@ -106,7 +107,6 @@ ARGS: dict[str, list[str]] = {
     "registry search": ["text"],
     "registry show": ["a"],
     "registry card": ["a"],
-    "registry register": ["reg.yaml"],
     "registry certify": ["a", "1"],
     "registry deprecate": ["a", "1"],
     "registry retire": ["a", "1"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
@@ -205,30 +206,55 @@ def card(
 @registry_app.command("register")
 def register_cmd(
     ctx: typer.Context,
-    file: Annotated[str, typer.Argument(help="Registration YAML: agents and/or tools.")],
+    file: Annotated[
+        str | None, typer.Argument(help="Registration YAML: agents and/or tools.")
+    ] = None,
+    gateway_config: Annotated[
+        str | None,
+        typer.Option(
+            "--gateway-config",
+            help="Register the MCP servers of this gateway file and the tools each lists.",
+        ),
+    ] = None,
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why: recorded.")] = "",
     as_json: JsonOption = False,
 ) -> None:
     """Register agent and tool versions from a file (new versions start as draft)."""
-    from shoal.ops.registry import register_file
-    from shoal.schemas.registry import parse_registration
+    from shoal.errors import InvalidOption
+    from shoal.ops.registry import mcp_registrations, register_file
+    from shoal.schemas.registry import RegistrationFile, parse_registration
 
     c = cli(ctx, as_json)
-    try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise InvalidSpec(f"cannot read registration {file}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise InvalidSpec(f"registration {file} is not UTF-8 text ({e.reason})") from None
-    doc = parse_registration(text, origin=file)
+    if (file is None) == (gateway_config is None):
+        raise InvalidOption("give a registration FILE or --gateway-config PATH (one of them)")
+    doc: RegistrationFile
+    if file is not None:
+        doc = parse_registration(_read_text(file), origin=file)
+        origin = file
+    else:
+        assert gateway_config is not None
+        from shoal.gateway.config import GatewayConfig
+
+        GatewayConfig.load(Path(gateway_config))  # a bad file is a usage error, before connecting
+        doc = run(c, mcp_registrations(gateway_config))
+        origin = gateway_config
     by = c.settings.principal
-    results = _write(c, "register", file, reason, lambda app: register_file(app, doc, by, reason))
+    results = _write(c, "register", origin, reason, lambda app: register_file(app, doc, by, reason))
     if c.json:
         emit_json([{"kind": k, "name": n, "version": v, "outcome": o} for k, n, v, o in results])
         return
     for kind, name, version, outcome in results:
         c.out.print(f"{kind} [bold]{escape(name)}[/] {escape(version)}: {outcome}")
+
+
+def _read_text(file: str) -> str:
+    try:
+        with open(file, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidSpec(f"cannot read registration {file}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InvalidSpec(f"registration {file} is not UTF-8 text ({e.reason})") from None
 
 
 def _transition(
