@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the core (eventsourcing) loads when a command needs it
 __all__ = [
     "audit",
     "certification_problem",
+    "collaboration_problem",
     "describe_target",
     "gate_apply",
     "gate_upgrade",
@@ -165,6 +166,34 @@ def certification_problem(
     return None
 
 
+def collaboration_problem(
+    app: RegistryApplication, fleet: str, members: dict[str, str]
+) -> str | None:
+    """Why certified ``members`` (agent → version) may not work together, or None: an agent
+    that delegates to a capability another member serves must be in that member's
+    ``called_by`` when it names any."""
+    content: dict[str, dict[str, Any]] = {}
+    for agent, version in members.items():
+        try:
+            content[agent] = app.get("agent", agent).entry(version).content
+        except NotFound:  # not registered: certification_problem says so where it matters
+            continue
+    for caller, c in content.items():
+        for capability in (c.get("manifest") or {}).get("delegates") or []:
+            for callee, d in content.items():
+                serves = {x["name"] for x in d.get("capabilities") or []}
+                allowed = (d.get("collaborators") or {}).get("called_by") or []
+                if callee == caller or capability not in serves or not allowed:
+                    continue
+                if caller not in allowed:
+                    return (
+                        f"fleet {fleet} is production: agent {caller} may not delegate "
+                        f"{capability} to {callee} {members[callee]}, which may be called by "
+                        f"{', '.join(allowed)} only"
+                    )
+    return None
+
+
 def _gate_apply(settings: ShoalSettings, spec: FleetSpec, by: str) -> None:
     app = open_registry_app(settings)
     try:
@@ -181,6 +210,9 @@ def _gate_apply(settings: ShoalSettings, spec: FleetSpec, by: str) -> None:
             )
             if problem:
                 raise Refused(problem)
+        problem = collaboration_problem(app, spec.fleet, {a.name: a.version for a in spec.agents})
+        if problem:
+            raise Refused(problem)
     finally:
         app.close()
 
@@ -213,6 +245,8 @@ def _gate_upgrade(
         _register_quietly(app, reg, by)
         if fleet.spec.production:
             problem = certification_problem(app, name, agent, version, run_target, state.manifest)
+            members = {a: s.version for a, s in fleet.agents.items()} | {agent: version}
+            problem = problem or collaboration_problem(app, name, members)
             if problem:
                 raise Refused(problem)
     finally:

@@ -22,7 +22,7 @@ from shoal.errors import Refused
 from shoal.ops.fleets import apply_fleet, fleet_command, open_fleet_app
 from shoal.ops.registry import open_registry_app
 from shoal.schemas.fleet import parse_fleet_spec
-from shoal.schemas.registry import AgentRegistration
+from shoal.schemas.registry import AgentRegistration, parse_registration
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -206,3 +206,62 @@ async def test_shoal_core_serves_the_registry_over_nats_and_stops_cleanly(
     assert core.returncode == 0, out
     with pytest.raises(NoRespondersError):
         await bus.nc.request(subject, b"{}", timeout=2)
+
+
+COLLABORATION = """
+agents:
+  - name: planner
+    version: "1"
+    target: shoal.agents.demo:orchestrator_agent
+    capabilities: [{name: goals}]
+    manifest: {delegates: [summarize]}
+  - name: worker
+    version: "1"
+    target: shoal.agents.demo:summarizer_agent
+    capabilities: [{name: summarize}]
+    collaborators: {called_by: [reviewer]}
+"""
+
+TEAM = """
+fleet: team
+production: true
+agents:
+  - {name: planner, target: "shoal.agents.demo:orchestrator_agent", version: "1"}
+  - {name: worker, target: "shoal.agents.demo:summarizer_agent", version: "1"}
+"""
+
+
+async def test_a_production_fleet_refuses_a_delegation_the_callee_does_not_accept(
+    bus: Bus, app: FleetApplication, settings: ShoalSettings
+) -> None:
+    reg = registry(settings)
+    doc = parse_registration(COLLABORATION)
+    for agent in doc.agents:
+        reg.register(agent, "alice")
+        reg.transition(agent.name, "1", "certify", "carol", "reviewed")
+    reg.close()
+    with pytest.raises(Refused) as e:
+        await apply_fleet(bus, app, parse_fleet_spec(TEAM), by="alice")
+    assert str(e.value) == (
+        "fleet team is production: agent planner may not delegate summarize to worker 1, "
+        "which may be called by reviewer only"
+    )
+    assert not app.exists("team")
+    allowed = COLLABORATION.replace("called_by: [reviewer]", "called_by: [reviewer, planner]")
+    reg = registry(settings)
+    worker = parse_registration(allowed).agents[1].model_copy(update={"version": "2"})
+    reg.register(worker, "alice")
+    reg.transition("worker", "2", "certify", "carol", "planner may call it")
+    reg.close()
+    desired = await apply_fleet(
+        bus,
+        app,
+        parse_fleet_spec(
+            TEAM.replace('summarizer_agent", version: "1"', 'summarizer_agent", version: "2"')
+        ),
+        by="alice",
+    )
+    assert desired.agents["worker"].version == "2"
+    with pytest.raises(Refused) as e:  # and an upgrade back to the narrower version is refused
+        await fleet_command(bus, app, "team", "upgrade", by="bob", agent="worker", version="1")
+    assert "agent planner may not delegate summarize to worker 1" in str(e.value)
