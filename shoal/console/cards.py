@@ -18,10 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shoal.bus import Bus
 from shoal.console.web import console_of, signed_in
+from shoal.errors import InvalidOption, NotFound, ServiceUnavailable, TimedOut
 from shoal.schemas import is_token
 
-__all__ = ["CARD_ROUTES"]
+__all__ = ["CARD_ROUTES", "ask_registry"]
 
 REGISTRY = "registry"
 
@@ -41,12 +43,8 @@ async def _allowed(request: Request) -> bool:
     return who is not None
 
 
-async def _ask(request: Request, endpoint: str, body: dict[str, Any]) -> Response:
-    """The registry service's answer as JSON, or its error with the matching status."""
-    if not await _allowed(request):
-        return _error(401, "sign in, or send a console token as 'Authorization: Bearer …'")
-    bus = console_of(request).bus
-    body = {**body, "base_url": str(request.base_url).rstrip("/")}
+async def ask_registry(bus: Bus, endpoint: str, body: dict[str, Any]) -> Any:
+    """The registry service's JSON answer; its errors as :class:`ShoalError` subclasses."""
     try:
         msg = await bus.nc.request(
             bus.subjects.api(REGISTRY, endpoint),
@@ -54,14 +52,33 @@ async def _ask(request: Request, endpoint: str, body: dict[str, Any]) -> Respons
             timeout=bus.settings.request_timeout,
         )
     except NoRespondersError:
-        return _error(503, "no registry service answers (it runs in 'shoal core')")
+        raise ServiceUnavailable("no registry service answers (it runs in 'shoal core')") from None
     except (NatsTimeoutError, TimeoutError):
-        return _error(504, "the registry service did not answer in time")
-    code = (msg.headers or {}).get("Nats-Service-Error-Code")
+        raise TimedOut("the registry service did not answer in time") from None
+    headers = msg.headers or {}
+    code = headers.get("Nats-Service-Error-Code")
     if code:
-        status = int(code) if code in ("400", "404") else 502
-        return _error(status, (msg.headers or {}).get("Nats-Service-Error", "registry error"))
-    response = Response(msg.data, media_type="application/json")
+        error = headers.get("Nats-Service-Error", "registry error")
+        raise (NotFound if code == "404" else InvalidOption)(error)
+    return json.loads(msg.data)
+
+
+async def _ask(request: Request, endpoint: str, body: dict[str, Any]) -> Response:
+    """The registry service's answer as JSON, or its error with the matching status."""
+    if not await _allowed(request):
+        return _error(401, "sign in, or send a console token as 'Authorization: Bearer …'")
+    body = {**body, "base_url": str(request.base_url).rstrip("/")}
+    try:
+        answer = await ask_registry(console_of(request).bus, endpoint, body)
+    except NotFound as e:
+        return _error(404, str(e))
+    except InvalidOption as e:
+        return _error(400, str(e))
+    except ServiceUnavailable as e:
+        return _error(503, str(e))
+    except TimedOut as e:
+        return _error(504, str(e))
+    response = JSONResponse(answer)
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -75,7 +75,7 @@ def describe_target(
 
     try:
         agent = resolve_agent("registry", name, target)
-    except (ShoalError, Exception) as e:  # user code: any failure to import is "unknown"
+    except (Exception, SystemExit) as e:  # user code: any failure to import is "unknown"
         log.warning("cannot import %s to describe %s %s: %s", target, name, version, e)
         return (
             AgentRegistration(

@@ -4,6 +4,7 @@ read back by the A2A SDK's own card resolver."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,6 +16,7 @@ from shoal.aggregates.registry_service import RegistryService, open_registry
 from shoal.bus import ShoalSettings
 from shoal.schemas.registry import parse_registration
 from tests.console.conftest import Platform
+from tests.console.test_access import sign_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,3 +123,24 @@ async def test_the_registry_service_answers_over_nats(
     ]
     msg = await bus.nc.request(bus.subjects.api("registry", "ls"), b'{"colour": 1}', timeout=10)
     assert (msg.headers or {}).get("Nats-Service-Error-Code") == "400"
+
+
+async def test_the_registry_page_lists_versions_with_their_state_and_card_links(
+    platform: Platform, registry: RegistryApplication
+) -> None:
+    token = await platform.token("ada", "viewer")
+    async with httpx.AsyncClient(base_url=platform.url, timeout=10) as http:
+        assert (await http.get("/registry")).status_code == 303  # sign in first
+        signed = await sign_in(http, token)
+        assert signed.status_code == 303
+        page = await http.get("/registry", params={"state": "certified"})
+        assert page.status_code == 200
+        rows = re.findall(r'<tr data-name="([^"]+)" data-version="([^"]+)">', page.text)
+        assert rows == [("summarizer", "1.0")]
+        assert 'href="/agents/summarizer/.well-known/agent-card.json?version=1.0"' in page.text
+        every = await http.get("/registry")
+        rows = re.findall(r'<tr data-name="([^"]+)" data-version="([^"]+)">', every.text)
+        assert rows == [("old", "1"), ("planner", "2"), ("summarizer", "1.0"), ("read_file", "1")]
+        # Signed in, the card needs no bearer token.
+        card = await http.get("/agents/planner/.well-known/agent-card.json")
+        assert (card.status_code, card.json()["version"]) == (200, "2")
