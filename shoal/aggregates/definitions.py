@@ -110,13 +110,8 @@ class Definition(Aggregate):
         reason: str
         at: datetime
 
-    class VersionRevised(Aggregate.Event):
-        version: str
-        content: dict[str, Any]
-        digest: str
-        by: str
-        reason: str
-        at: datetime
+    class VersionRevised(VersionRegistered):
+        """A draft's content replaced (the same fields as its registration)."""
 
     class Certified(Aggregate.Event):
         version: str
@@ -124,17 +119,11 @@ class Definition(Aggregate):
         reason: str
         at: datetime
 
-    class Deprecated(Aggregate.Event):
-        version: str
-        by: str
-        reason: str
-        at: datetime
+    class Deprecated(Certified):
+        """A lifecycle step: the same fields as :class:`Certified`."""
 
-    class Retired(Aggregate.Event):
-        version: str
-        by: str
-        reason: str
-        at: datetime
+    class Retired(Certified):
+        """A lifecycle step: the same fields as :class:`Certified`."""
 
     @event(Registered)
     def __init__(self, name: str, purpose: str, owner: str, by: str) -> None:

@@ -10,33 +10,25 @@ service ``shoal-registry``, hosted by ``shoal core``) for the console and any ot
 
 Writes are not offered here: registering and lifecycle changes are operator commands run
 by the CLI on the registry store with a role check, as fleet commands are (docs/registry.md).
-Unknown request fields are refused (400); an unknown name is 404.
+Unknown request fields are refused (400); an unknown name is 404, a bad value 409.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import nats.micro
-from nats.micro.request import Request
 from nats.micro.service import Service
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shoal.aggregates.agent_cards import agent_card
 from shoal.aggregates.definitions import RegistryApplication
+from shoal.aggregates.micro import Endpoints, Strict, start_service
 from shoal.aggregates.persistence import application_env
 from shoal.aggregates.registry_query import search
 from shoal.bus import Bus, ShoalSettings
-from shoal.errors import NotFound, ShoalError
-from shoal.schemas import describe_validation_error
 
 __all__ = ["REGISTRY", "RegistryService", "open_registry", "serve_registry"]
-
-log = logging.getLogger("shoal.registry")
 
 REGISTRY = "registry"
 MICRO_NAME = "shoal-registry"
@@ -47,28 +39,24 @@ def open_registry(settings: ShoalSettings) -> RegistryApplication:
     return RegistryApplication(env=application_env(settings, "registry"))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LsRequest(_Strict):
+class LsRequest(Strict):
     text: str = ""
     capability: str | None = None
     state: str | None = None
     kind: Literal["agent", "tool"] | None = None
 
 
-class ShowRequest(_Strict):
+class ShowRequest(Strict):
     name: str
 
 
-class CardRequest(_Strict):
+class CardRequest(Strict):
     name: str
     version: str | None = None
     base_url: str = ""
 
 
-class CardsRequest(_Strict):
+class CardsRequest(Strict):
     base_url: str = ""
 
 
@@ -81,33 +69,32 @@ class RegistryService:
         self.service: Service | None = None
 
     async def start(self) -> None:
-        self.service = await nats.micro.add_service(
-            self.bus.nc,
-            name=MICRO_NAME,
-            version="0.1.0",
-            description="shoal registry: agents, tools, versions, lifecycle, A2A agent cards",
-            metadata={"prefix": self.bus.settings.prefix},
-        )
-        endpoints: dict[str, tuple[type[_Strict], Callable[[Any], Any]]] = {
-            "ls": (LsRequest, self._ls),
-            "show": (ShowRequest, self._show),
-            "card": (CardRequest, self._card),
-            "cards": (CardsRequest, self._cards),
+        def in_thread(fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+            # The eventsourcing application is synchronous: each read runs in a thread.
+            async def call(request: Any) -> Any:
+                return await asyncio.to_thread(fn, request)
+
+            return call
+
+        endpoints: Endpoints = {
+            "ls": (LsRequest, in_thread(self._ls)),
+            "show": (ShowRequest, in_thread(self._show)),
+            "card": (CardRequest, in_thread(self._card)),
+            "cards": (CardsRequest, in_thread(self._cards)),
         }
-        for name, (model, fn) in endpoints.items():
-            await self.service.add_endpoint(
-                name=name,
-                subject=self.bus.subjects.api(REGISTRY, name),
-                handler=self._endpoint(model, fn),
-                metadata={"request": json.dumps(model.model_json_schema())},
-            )
+        self.service = await start_service(
+            self.bus,
+            name=MICRO_NAME,
+            service=REGISTRY,
+            description="shoal registry: agents, tools, versions, lifecycle, A2A agent cards",
+            endpoints=endpoints,
+        )
 
     async def stop(self) -> None:
         if self.service is not None:
             await self.service.stop()
             self.service = None
 
-    # Each runs in a thread: the eventsourcing application is synchronous.
     def _ls(self, r: LsRequest) -> dict[str, Any]:
         rows = search(self.app.all(), r.text, capability=r.capability, state=r.state, kind=r.kind)
         return {"rows": [row.to_json() for row in rows]}
@@ -117,9 +104,8 @@ class RegistryService:
 
     def _card(self, r: CardRequest) -> dict[str, Any]:
         definition = self.app.get("agent", r.name)
-        return agent_card(
-            definition, r.version, prefix=self.bus.settings.prefix, base_url=r.base_url
-        )
+        prefix = self.bus.settings.prefix
+        return agent_card(definition, r.version, prefix=prefix, base_url=r.base_url)
 
     def _cards(self, r: CardsRequest) -> dict[str, Any]:
         prefix = self.bus.settings.prefix
@@ -129,30 +115,6 @@ class RegistryService:
             if d.kind == "agent" and d.latest is not None and d.latest.state != "retired"
         ]
         return {"cards": cards}
-
-    def _endpoint(
-        self, model: type[_Strict], fn: Callable[[Any], Any]
-    ) -> Callable[[Request], Awaitable[None]]:
-        async def handle(request: Request) -> None:
-            try:
-                body = model.model_validate_json(request.data or b"{}")
-                answer = await asyncio.to_thread(fn, body)
-            except ValidationError as e:
-                await request.respond_error("400", describe_validation_error(e)[:1000])
-                return
-            except NotFound as e:
-                await request.respond_error("404", str(e)[:1000])
-                return
-            except ShoalError as e:
-                await request.respond_error("400", str(e)[:1000])
-                return
-            except Exception as e:
-                log.exception("registry endpoint failed")
-                await request.respond_error("500", f"{type(e).__name__}: {e}"[:1000])
-                return
-            await request.respond(json.dumps(answer, default=str).encode())
-
-        return handle
 
 
 async def serve_registry(

@@ -279,40 +279,26 @@ def _transition(
     )
 
 
-@registry_app.command("certify")
-def certify(
-    ctx: typer.Context,
-    name: NameArg,
-    version: VersionArg,
-    reason: ReasonOption = "",
-    as_json: JsonOption = False,
-) -> None:
-    """Certify a draft version: production fleets may run it."""
-    _transition(ctx, "certify", name, version, reason, as_json)
+def _lifecycle_command(verb: str, doc: str) -> None:
+    def command(
+        ctx: typer.Context,
+        name: NameArg,
+        version: VersionArg,
+        reason: ReasonOption = "",
+        as_json: JsonOption = False,
+    ) -> None:
+        _transition(ctx, verb, name, version, reason, as_json)
+
+    command.__doc__ = doc
+    registry_app.command(verb)(command)
 
 
-@registry_app.command("deprecate")
-def deprecate(
-    ctx: typer.Context,
-    name: NameArg,
-    version: VersionArg,
-    reason: ReasonOption = "",
-    as_json: JsonOption = False,
-) -> None:
-    """Deprecate a certified version: production fleets may no longer apply or upgrade to it."""
-    _transition(ctx, "deprecate", name, version, reason, as_json)
-
-
-@registry_app.command("retire")
-def retire(
-    ctx: typer.Context,
-    name: NameArg,
-    version: VersionArg,
-    reason: ReasonOption = "",
-    as_json: JsonOption = False,
-) -> None:
-    """Retire a version for good (its record stays)."""
-    _transition(ctx, "retire", name, version, reason, as_json)
+for _verb, _doc in (
+    ("certify", "Certify a draft version: production fleets may run it."),
+    ("deprecate", "Deprecate a certified version: production fleets may no longer run it."),
+    ("retire", "Retire a version for good (its record stays)."),
+):
+    _lifecycle_command(_verb, _doc)
 
 
 def register(app: typer.Typer) -> None:
