@@ -165,7 +165,8 @@ def show(ctx: typer.Context, name: NameArg, as_json: JsonOption = False) -> None
     if c.json:
         emit_json(doc)
         return
-    c.out.print(f"{doc['kind']} [bold]{escape(doc['name'])}[/]: {escape(doc['purpose'] or '-')}")
+    purpose = escape(doc["purpose"] or "-")
+    c.out.print(f"{doc['kind']} [bold]{escape(doc['name'])}[/]: {purpose}", soft_wrap=False)
     c.out.print(f"owner: {escape(doc['owner'] or '-')}")
     for v in doc["versions"]:
         c.out.print(f"\n[bold]version {escape(v['version'])}[/]: {v['state']} ({v['digest']})")
