@@ -65,17 +65,24 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     # connection; their failure ends the core too, so the process exits non-zero.
     registry_stop = asyncio.Event()
     registry = asyncio.create_task(serve_registry(c.settings, url, registry_stop))
-    await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED")
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, waiter], return_when="FIRST_COMPLETED")
+    waiter.cancel()
     if ready.is_set() and not c.json:
         c.err.print(f"core ingesting {c.settings.prefix} events from {url}")
     await asyncio.wait([task, registry], return_when="FIRST_COMPLETED")
-    if registry.done() and not task.done():
+    if registry.done():
         stop.set()
-        await asyncio.wait([task])
-        registry.result()  # the registry's failure is the process's
-    registry_stop.set()
-    await registry
-    return await task
+    try:
+        stats = await task
+    finally:
+        # Always collect the registry's outcome (never a "never retrieved" traceback); the
+        # core's own failure, when there is one, is the one reported.
+        registry_stop.set()
+        [outcome] = await asyncio.gather(registry, return_exceptions=True)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return stats
 
 
 def register(app: typer.Typer) -> None:
