@@ -17,26 +17,17 @@ Unknown fields are refused, like every endpoint's.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats.micro
-from nats.micro.request import Request
 from nats.micro.service import Service
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from shoal.aggregates.micro import Endpoints, Strict, start_service
 from shoal.bus import Bus
-from shoal.errors import NotFound, ShoalError
+from shoal.errors import NotFound
 from shoal.policy import Approvals
-from shoal.schemas import (
-    CloudEvent,
-    EventData,
-    SessionAsked,
-    SessionMessage,
-    describe_validation_error,
-)
+from shoal.schemas import CloudEvent, EventData, SessionAsked, SessionMessage
 
 __all__ = [
     "INTERACTIONS",
@@ -115,24 +106,20 @@ async def reply_to_session(
     return event, questions[0]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SendRequest(_Strict):
+class SendRequest(Strict):
     iid: str
     text: str = Field(min_length=1, max_length=100_000)
     by: str = Field(min_length=1)
 
 
-class DecideRequest(_Strict):
+class DecideRequest(Strict):
     approval: str
     grant: bool
     by: str = Field(min_length=1)
     reason: str = ""
 
 
-class PendingRequest(_Strict):
+class PendingRequest(Strict):
     fleet: str | None = None
 
 
@@ -144,26 +131,19 @@ class InteractionsService:
         self.service: Service | None = None
 
     async def start(self) -> None:
-        self.service = await nats.micro.add_service(
-            self.bus.nc,
-            name=MICRO_NAME,
-            version="0.1.0",
-            description="shoal interactions: messages, replies and approvals for sessions",
-            metadata={"prefix": self.bus.settings.prefix},
-        )
-        endpoints: dict[str, tuple[type[_Strict], Callable[[Any], Awaitable[Any]]]] = {
+        endpoints: Endpoints = {
             "send": (SendRequest, self._send),
             "reply": (SendRequest, self._reply),
             "decide": (DecideRequest, self._decide),
             "pending": (PendingRequest, self._pending),
         }
-        for name, (model, fn) in endpoints.items():
-            await self.service.add_endpoint(
-                name=name,
-                subject=self.bus.subjects.api(INTERACTIONS, name),
-                handler=self._endpoint(model, fn),
-                metadata={"request": json.dumps(model.model_json_schema())},
-            )
+        self.service = await start_service(
+            self.bus,
+            name=MICRO_NAME,
+            service=INTERACTIONS,
+            description="shoal interactions: messages, replies and approvals for sessions",
+            endpoints=endpoints,
+        )
 
     async def stop(self) -> None:
         if self.service is not None:
@@ -187,27 +167,3 @@ class InteractionsService:
         approvals = await Approvals.open(self.bus)
         pending = await approvals.list(fleet=r.fleet)
         return {"approvals": [a.model_dump(mode="json") for a in pending]}
-
-    def _endpoint(
-        self, model: type[_Strict], fn: Callable[[Any], Awaitable[Any]]
-    ) -> Callable[[Request], Awaitable[None]]:
-        async def handle(request: Request) -> None:
-            try:
-                body = model.model_validate_json(request.data or b"{}")
-                answer = await fn(body)
-            except ValidationError as e:
-                await request.respond_error("400", describe_validation_error(e)[:1000])
-                return
-            except NotFound as e:
-                await request.respond_error("404", str(e)[:1000])
-                return
-            except ShoalError as e:
-                await request.respond_error("409", str(e)[:1000])
-                return
-            except Exception as e:
-                log.exception("interactions endpoint failed")
-                await request.respond_error("500", f"{type(e).__name__}: {e}"[:1000])
-                return
-            await request.respond(json.dumps(answer, default=str).encode())
-
-        return handle

@@ -16,6 +16,7 @@ from shoal.bus import KILL_SCOPES
 from shoal.console import control
 from shoal.console.data import SessionFilter, sql_literal, token_or_empty
 from shoal.console.live import follow_session
+from shoal.console.registry_page import registry
 from shoal.console.web import console_of, render, require, signed_in
 from shoal.errors import InvalidEvent, InvalidName, NotFound, ShoalError
 from shoal.schemas import is_token, utcnow
@@ -329,5 +330,6 @@ PAGES = (
     ("/kills", kills),
     ("/approvals", approvals),
     ("/gateway", gateway),
+    ("/registry", registry),
     ("/healthz", healthz),
 )

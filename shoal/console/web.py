@@ -54,6 +54,7 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("kills", "/kills", "Kill switches"),
     ("approvals", "/approvals", "Approvals"),
     ("gateway", "/gateway", "Gateway"),
+    ("registry", "/registry", "Registry"),
 )
 """The navigation, in order; approvals and gateway pages slot in when those parts land."""
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from shoal.bus import Bus, Presence, ShoalSettings, kill_key
 from shoal.errors import InvalidSpec, NotFound, Refused, ShoalError
+from shoal.ops.registry import gate_apply, gate_upgrade
 from shoal.ops.slots import SUPERVISOR_KEY_PREFIX, SlotLease, SupervisorLease
 
 if TYPE_CHECKING:  # the core (eventsourcing…) loads when a command needs it, not at CLI start
@@ -167,6 +168,7 @@ async def apply_fleet(
     """Register the fleet or apply the spec to it; return the desired state written."""
     detail = {"agents": {a.name: f"{a.version} x{a.replicas}" for a in spec.agents}}
     try:
+        await gate_apply(bus.settings, spec, by)  # registry drafts; production: certified only
         fleet = await asyncio.to_thread(app.apply_spec, spec, by, reason)
     except (Refused, NotFound) as e:
         await _audit(bus, "apply", spec.fleet, by, reason, e, detail)
@@ -189,6 +191,8 @@ async def fleet_command(
 ) -> FleetDesired:
     """Run start/stop/scale/upgrade/rollback on the aggregate, then publish desired state."""
     try:
+        if verb == "upgrade":
+            await gate_upgrade(bus.settings, app, name, by=by, **args)
         fleet = await asyncio.to_thread(app.command, name, verb, by, reason, **args)
     except (Refused, NotFound) as e:
         await _audit(bus, verb, name, by, reason, e, args)

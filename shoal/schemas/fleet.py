@@ -137,6 +137,11 @@ class FleetSpec(BaseModel):
     fleet: Token
     description: str = ""
     budget_usd: Decimal | None = Field(default=None, ge=0)
+    production: bool = Field(
+        default=False,
+        description="Run only registry-certified agent versions: apply and upgrade refuse "
+        "any other (docs/registry.md).",
+    )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     agents: list[AgentSpec] = Field(min_length=1, max_length=MAX_AGENTS)
 

@@ -60,6 +60,8 @@ BAD: dict[str, list[str]] = {
     "--config": ["/nonexistent/gateway.yaml"],
     "--manifest": ["/nonexistent/manifest.yaml"],
     "--tier": ["bogus"],
+    "--kind": ["bogus"],
+    "--gateway-config": ["/nonexistent/gateway.yaml"],
     "--event": ["{oops", "[1]", '{"action": "tool.call"}'],
 }
 """Bad values by option name (the same name means the same thing in every command)."""
@@ -102,6 +104,12 @@ ARGS: dict[str, list[str]] = {
     "deadletters replay": ["1"],
     "policy test": ["examples/guard.cedar"],
     "keys create": ["--fleet", "f", "--agent", "a"],
+    "registry search": ["text"],
+    "registry show": ["a"],
+    "registry card": ["a"],
+    "registry certify": ["a", "1"],
+    "registry deprecate": ["a", "1"],
+    "registry retire": ["a", "1"],
 }
 """Positional arguments (and required options) each command needs to reach its options."""
 

@@ -106,6 +106,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "approvals": ("approvals", "govern", "Pending approvals: list, show, grant, deny."),
     "fleet": ("fleet", "fleet", "Declare, scale, upgrade and inspect fleets."),
+    "registry": (
+        "registry",
+        "fleet",
+        "The registry of agents and tools: versions, lifecycle, A2A agent cards.",
+    ),
     "cost": ("cost", "data", "Server-side cost of model calls, grouped (default: by model)."),
     "outcomes": ("cost", "data", "Outcomes per fleet, and what each successful outcome cost."),
     "query": (

@@ -131,6 +131,14 @@ BY_NAME: dict[str, Check] = {
 BY_COMMAND: dict[tuple[str, str], Check] = {
     ("session ls", "--status"): _one_of("open", "running", "completed", "failed", "killed"),
     ("goal ls", "--status"): _one_of("open", "running", "completed", "failed"),
+    **{
+        (f"registry {cmd}", option): check
+        for cmd in ("ls", "search")
+        for option, check in (
+            ("--state", _one_of("draft", "certified", "deprecated", "retired")),
+            ("--kind", _one_of("agent", "tool")),
+        )
+    },
 }
 
 

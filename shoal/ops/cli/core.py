@@ -49,6 +49,7 @@ def core(
 
 async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     from shoal.aggregates import CORE_CONSUMER, run_core
+    from shoal.aggregates.registry_service import serve_registry
 
     consumer = consumer or CORE_CONSUMER
     url = resolve_url(c.settings)
@@ -60,10 +61,28 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     task = asyncio.create_task(
         run_core(c.settings, url, stop, consumer=consumer, until_idle=until_idle, ready=ready)
     )
-    await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED")
+    # The registry's read endpoints live beside the core (docs/registry.md), on their own
+    # connection; their failure ends the core too, so the process exits non-zero.
+    registry_stop = asyncio.Event()
+    registry = asyncio.create_task(serve_registry(c.settings, url, registry_stop))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, waiter], return_when="FIRST_COMPLETED")
+    waiter.cancel()
     if ready.is_set() and not c.json:
         c.err.print(f"core ingesting {c.settings.prefix} events from {url}")
-    return await task
+    await asyncio.wait([task, registry], return_when="FIRST_COMPLETED")
+    if registry.done():
+        stop.set()
+    try:
+        stats = await task
+    finally:
+        # Always collect the registry's outcome (never a "never retrieved" traceback); the
+        # core's own failure, when there is one, is the one reported.
+        registry_stop.set()
+        [outcome] = await asyncio.gather(registry, return_exceptions=True)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return stats
 
 
 def register(app: typer.Typer) -> None:
