@@ -10,6 +10,7 @@ from shoal.projections.answers import (
     CostRow,
 )
 from shoal.projections.ratio import ZERO
+from shoal.projections.rollups import CALL_DIMENSIONS, hourly_source
 
 if TYPE_CHECKING:  # duckdb loads where queries run, not in every CLI process
     from shoal.projections.recorder import DuckDBDatastore
@@ -28,8 +29,12 @@ _COST_COLUMN = {
 }
 
 
-def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
-    """Server-side cost of model calls in the range, grouped by ``p.by``."""
+def cost(ds: DuckDBDatastore, p: CostParams, *, rollups: bool = True) -> CostAnswer:
+    """Server-side cost of model calls in the range, grouped by ``p.by``.
+
+    Read from the hourly rollups (:mod:`shoal.projections.rollups`) where they carry the
+    dimensions asked for; ``rollups=False`` reads the raw rows only (the same answer).
+    """
     per_session = p.since is None and p.until is None and set(p.by) <= {"goal", "outcome"}
     bare = "m" if per_session else "s"  # where a bare session's own outcome is found
     columns = [_COST_COLUMN[d].format(bare=bare) for d in p.by]
@@ -39,22 +44,34 @@ def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
     # Per call by default; but goal and outcome are attributes of the session, whose row
     # already sums its calls: without a time range, a tenth of the rows give the same sums.
     calls, source, join = "count(*)", "model_calls m", ""
+    dims = set(p.by)
     if per_session:
         calls, source, where = "sum(m.model_calls)", "session_outcomes m", "m.model_calls > 0"
-    if "outcome" in p.by:
+    elif rollups and (dims <= set(CALL_DIMENSIONS) or dims == {"goal"}):
+        # The hourly sums (and raw rows for a range's partial hours): a few rows per hour.
+        table = "unit_cost_hourly" if dims == {"goal"} else "cost_hourly"
+        sql, params = hourly_source(table, p.since, p.until)
+        calls, source, where = "sum(m.calls)", f"({sql}) m", "TRUE"
+    if "outcome" in dims:
         # A goal's sessions take the goal's outcome; a bare session (no goal) its own.
         join = "LEFT JOIN goal_outcomes g ON g.gid = m.gid"
         if not per_session:
             # Sum the calls per goal (or bare session) first, then join the few sums.
-            inner = sorted({_COST_COLUMN[d] for d in p.by if d != "outcome"} | {"m.gid"})
+            if rollups and dims <= {"goal", "outcome"}:
+                sql, params = hourly_source("unit_cost_hourly", p.since, p.until)
+                inner, counted = "gid, iid", "sum(m.calls)"
+            else:
+                sql = f"SELECT * FROM model_calls m WHERE {where}"
+                names = sorted({_COST_COLUMN[d] for d in p.by if d != "outcome"} | {"m.gid"})
+                inner = ", ".join(f"{c} AS {c[2:]}" for c in names)
+                inner += ", CASE WHEN m.gid IS NULL THEN m.iid END AS iid"
+                counted = "count(*)"
             source = f"""(
-                SELECT {", ".join(f"{c} AS {c[2:]}" for c in inner)},
-                       CASE WHEN m.gid IS NULL THEN m.iid END AS iid,
-                       count(*) AS model_calls, sum(m.input_tokens) AS input_tokens,
+                SELECT {inner}, {counted} AS model_calls, sum(m.input_tokens) AS input_tokens,
                        sum(m.output_tokens) AS output_tokens,
                        sum(m.cached_tokens) AS cached_tokens, sum(m.cost_usd) AS cost_usd,
                        sum(m.reported_cost_usd) AS reported_cost_usd
-                FROM model_calls m WHERE {where} GROUP BY ALL
+                FROM ({sql}) m GROUP BY ALL
             ) m"""
             calls, where = "sum(m.model_calls)", "TRUE"
             join += " LEFT JOIN session_outcomes s ON s.iid = m.iid"
