@@ -22,9 +22,10 @@ from nats.aio.msg import Msg
 from shoal.aggregates.fold import actor, apply_event, open_session
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.session import Session
-from shoal.bus import Bus, Stored, to_stored
+from shoal.bus import Bus, Stored
 from shoal.errors import InvalidEvent, NotFound
 from shoal.schemas import CloudEvent, ModelCalled, PolicyDecided, TaskFailed, ToolCalled
+from shoal.schemas.decode import decode_event
 
 __all__ = [
     "Replay",
@@ -137,11 +138,13 @@ async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> 
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    received: list[Msg] = []
+    received: list[Stored] = []
 
     async def collect(msg: Msg) -> None:
-        received.append(msg)
-        if msg.metadata.num_pending == 0 and not done.done():
+        # Decoded as it arrives (between network reads), not in a second pass at the end.
+        meta = msg.metadata
+        received.append(_stored(msg, meta))
+        if meta.num_pending == 0 and not done.done():
             done.set_result(None)
 
     sub = await bus.js.subscribe(
@@ -154,7 +157,17 @@ async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> 
         await asyncio.wait_for(done, timeout)
     finally:
         await sub.unsubscribe()
-    return [to_stored(m) for m in received]
+    return received
+
+
+def _stored(msg: Msg, meta: Msg.Metadata) -> Stored:
+    """``to_stored``, with the one-pass decoder (:func:`~shoal.schemas.decode.decode_event`)."""
+    try:
+        event: CloudEvent | None = decode_event(msg.data)
+        error = None
+    except InvalidEvent as e:
+        event, error = None, str(e)
+    return Stored(meta.sequence.stream, msg.subject, meta.timestamp, event, error, msg.data)
 
 
 async def read_replay(bus: Bus, iid: str) -> list[Stored]:
