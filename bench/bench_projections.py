@@ -251,7 +251,7 @@ def generate(path: Path, events: int) -> dict[str, int]:
             's' || ((i * 3) % {n_sessions}) AS iid, 'success' AS outcome
         FROM range({counts["outcomes"]}) t(i)
     """)
-    # The rollups, from the rows just made, by the projection's own upsert statements (what
+    # The rollups, from the rows just made, by the projection's own backfill statements (what
     # a projection built from these events would hold: tests/projections/test_rollups.py).
     for statement in rollups.backfill_statements():
         con.execute(statement)

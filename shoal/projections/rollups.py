@@ -77,7 +77,7 @@ def create_statements() -> list[str]:
     return out
 
 
-def _upsert(table: str, source: str) -> str:
+def _upsert(table: str, source: str, *, conflicts: bool = True) -> str:
     keys = _KEYS[table]
     select = ", ".join(
         [f"{_HOUR} AS hour"]
@@ -86,10 +86,8 @@ def _upsert(table: str, source: str) -> str:
     )
     adds = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m, _, _ in _MEASURES)
     conflict = ", ".join(["hour", *(k for k, _ in keys)])
-    return (
-        f"INSERT INTO {table} SELECT {select} FROM {source} GROUP BY ALL "
-        f"ON CONFLICT ({conflict}) DO UPDATE SET {adds}"
-    )
+    insert = f"INSERT INTO {table} SELECT {select} FROM {source} GROUP BY ALL"
+    return f"{insert} ON CONFLICT ({conflict}) DO UPDATE SET {adds}" if conflicts else insert
 
 
 def upserts(source: str = "staging") -> list[str]:
@@ -98,8 +96,9 @@ def upserts(source: str = "staging") -> list[str]:
 
 
 def backfill_statements() -> list[str]:
-    """Statements filling empty rollups from ``model_calls`` (a view made before them)."""
-    return upserts("model_calls")
+    """Statements filling *empty* rollups from ``model_calls`` (a view made before them):
+    plain inserts, each key once (no conflict to look for)."""
+    return [_upsert(table, "model_calls", conflicts=False) for table in _KEYS]
 
 
 def hour_bounds(

@@ -76,7 +76,7 @@ def test_cost_from_the_rollups_is_the_raw_rows_answer_to_the_cent(
     compared = 0
     for since, until in RANGES:
         for by in DIMENSIONS:
-            p = CostParams(by=by, since=since, until=until, limit=10_000)  # type: ignore[arg-type]
+            p = CostParams(by=by, since=since, until=until, limit=10_000)
             from_rollups, from_rows = cost(built, p), cost(built, p, rollups=False)
             assert from_rollups == from_rows, (by, since, until)
             assert from_rows.calls > 0
