@@ -35,7 +35,11 @@ def cost(ds: DuckDBDatastore, p: CostParams, *, rollups: bool = True) -> CostAns
     Read from the hourly rollups (:mod:`shoal.projections.rollups`) where they carry the
     dimensions asked for; ``rollups=False`` reads the raw rows only (the same answer).
     """
-    per_session = p.since is None and p.until is None and set(p.by) <= {"goal", "outcome"}
+    dims = set(p.by)
+    by_unit = rollups and dims <= {"goal", "outcome"}  # the per-unit rollup, any range
+    per_session = (
+        not by_unit and p.since is None and p.until is None and dims <= {"goal", "outcome"}
+    )
     bare = "m" if per_session else "s"  # where a bare session's own outcome is found
     columns = [_COST_COLUMN[d].format(bare=bare) for d in p.by]
     where, params = p.where("m.ts")
@@ -44,7 +48,6 @@ def cost(ds: DuckDBDatastore, p: CostParams, *, rollups: bool = True) -> CostAns
     # Per call by default; but goal and outcome are attributes of the session, whose row
     # already sums its calls: without a time range, a tenth of the rows give the same sums.
     calls, source, join = "count(*)", "model_calls m", ""
-    dims = set(p.by)
     if per_session:
         calls, source, where = "sum(m.model_calls)", "session_outcomes m", "m.model_calls > 0"
     elif rollups and (dims <= set(CALL_DIMENSIONS) or dims == {"goal"}):
@@ -57,9 +60,13 @@ def cost(ds: DuckDBDatastore, p: CostParams, *, rollups: bool = True) -> CostAns
         join = "LEFT JOIN goal_outcomes g ON g.gid = m.gid"
         if not per_session:
             # Sum the calls per goal (or bare session) first, then join the few sums.
-            if rollups and dims <= {"goal", "outcome"}:
+            sessions = "session_outcomes"
+            if by_unit:
                 sql, params = hourly_source("unit_cost_hourly", p.since, p.until)
                 inner, counted = "gid, iid", "sum(m.calls)"
+                # Only bare sessions are joined (``m.iid`` is NULL for a goal's calls): a
+                # small build side instead of every session.
+                sessions = "(SELECT * FROM session_outcomes WHERE gid IS NULL)"
             else:
                 sql = f"SELECT * FROM model_calls m WHERE {where}"
                 names = sorted({_COST_COLUMN[d] for d in p.by if d != "outcome"} | {"m.gid"})
@@ -74,7 +81,7 @@ def cost(ds: DuckDBDatastore, p: CostParams, *, rollups: bool = True) -> CostAns
                 FROM ({sql}) m GROUP BY ALL
             ) m"""
             calls, where = "sum(m.model_calls)", "TRUE"
-            join += " LEFT JOIN session_outcomes s ON s.iid = m.iid"
+            join += f" LEFT JOIN {sessions} s ON s.iid = m.iid"
     rows = ds.rows(
         f"""
         SELECT {keys}, {calls} AS calls, sum(m.input_tokens) AS input_tokens,
