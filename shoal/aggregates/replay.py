@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from shoal.aggregates.fold import actor, apply_event, open_session
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.session import Session
-from shoal.bus import Bus, Stored
+from shoal.bus import Bus, Stored, to_stored
 from shoal.errors import InvalidEvent, NotFound
 from shoal.schemas import CloudEvent, ModelCalled, PolicyDecided, TaskFailed, ToolCalled
 from shoal.schemas.decode import decode_event
@@ -142,9 +142,8 @@ async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> 
 
     async def collect(msg: Msg) -> None:
         # Decoded as it arrives (between network reads), not in a second pass at the end.
-        meta = msg.metadata
-        received.append(_stored(msg, meta))
-        if meta.num_pending == 0 and not done.done():
+        received.append(to_stored(msg, decode_event))
+        if msg.metadata.num_pending == 0 and not done.done():
             done.set_result(None)
 
     sub = await bus.js.subscribe(
@@ -158,16 +157,6 @@ async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> 
     finally:
         await sub.unsubscribe()
     return received
-
-
-def _stored(msg: Msg, meta: Msg.Metadata) -> Stored:
-    """``to_stored``, with the one-pass decoder (:func:`~shoal.schemas.decode.decode_event`)."""
-    try:
-        event: CloudEvent | None = decode_event(msg.data)
-        error = None
-    except InvalidEvent as e:
-        event, error = None, str(e)
-    return Stored(meta.sequence.stream, msg.subject, meta.timestamp, event, error, msg.data)
 
 
 async def read_replay(bus: Bus, iid: str) -> list[Stored]:

@@ -141,18 +141,17 @@ def hourly_source(
     hours, params = ["TRUE"], []
     edges: list[str] = []
     edge_params: list[Any] = []
-    if first is not None:
-        hours.append("hour >= ?")
-        params.append(first)
-        if since != first:
+    for bound, test, edge in (
+        (first, "hour >= ?", (since, first)),
+        (last, "hour < ?", (last, until)),
+    ):
+        if bound is None:
+            continue
+        hours.append(test)
+        params.append(bound)
+        if edge[0] != edge[1]:  # a partial hour at this end: its raw rows
             edges.append("(ts >= ? AND ts < ?)")
-            edge_params += [since, first]
-    if last is not None:
-        hours.append("hour < ?")
-        params.append(last)
-        if until != last:
-            edges.append("(ts >= ? AND ts < ?)")
-            edge_params += [last, until]
+            edge_params += list(edge)
     sql = f"SELECT {rolled} FROM {table} WHERE {' AND '.join(hours)}"
     if edges:
         sql += f" UNION ALL SELECT {raw} FROM model_calls WHERE {' OR '.join(edges)}"
