@@ -265,12 +265,8 @@ def generate(path: Path, events: int) -> dict[str, int]:
     # a projection built from these events would hold: tests/projections/test_rollups.py).
     for statement in rollups.backfill_statements():
         con.execute(statement)
-    counts.update(
-        {
-            t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-            for t in rollups.ROLLUP_TABLES
-        }  # type: ignore[index]
-    )
+    for t in rollups.ROLLUP_TABLES:
+        counts[t] = len(con.execute(f"SELECT 1 FROM {t}").fetchall())
     con.close()
     return counts
 
