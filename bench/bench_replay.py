@@ -10,7 +10,8 @@ agent run — is published, then:
 2. The session ingested by the core, then loaded from the SQLite store through the
    repository (a snapshot every 200 events, then the tail) — what ``session show`` costs.
 
-Run: ``uv run python bench/bench_replay.py [--events 10000]``. Target: replay < 1 s.
+Run: ``uv run python bench/bench_replay.py [--events 1000,10000,100000]``. Targets: replay
+< 1 s and <= 2x the raw read at 10k events, the ratio not growing with the size.
 Starts its own nats-server in a temporary directory.
 """
 
@@ -75,7 +76,12 @@ async def raw_read(bus: Bus) -> tuple[float, int]:
     return elapsed, seen
 
 
-async def main(events: int) -> None:
+async def main(sizes: list[int]) -> None:
+    for events in sizes:
+        await one_size(events)
+
+
+async def one_size(events: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-replay-"))
     server = NatsProcess(root / "js").start()
     try:
@@ -116,6 +122,6 @@ async def main(events: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--events", default="1000,10000,100000", help="session sizes")
     args = parser.parse_args()
-    asyncio.run(main(args.events))
+    asyncio.run(main([int(n) for n in args.events.split(",") if n]))

@@ -56,8 +56,8 @@ from shoal.schemas import (
     SessionKilled,
     SessionMessage,
     ToolCalled,
-    parse_event,
 )
+from shoal.schemas.decode import decode_event
 
 __all__ = [
     "CORE_SOURCE",
@@ -147,7 +147,7 @@ class CoreProcessor:
     def _fold_one(self, msg: RawMessage, result: FoldResult) -> None:
         # 1. parse
         try:
-            ev = parse_event(msg.data)
+            ev = decode_event(msg.data)
             check_subject(self.subjects, msg.subject, ev)
         except (InvalidEvent, InvalidName) as e:
             result.dead_letters.append(DeadLetter(msg.seq, msg.subject, msg.data, str(e)))

@@ -24,7 +24,9 @@ from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.session import Session
 from shoal.bus import Bus, Stored, to_stored
 from shoal.errors import InvalidEvent, NotFound
+from shoal.gcpolicy import fewer_collections
 from shoal.schemas import CloudEvent, ModelCalled, PolicyDecided, TaskFailed, ToolCalled
+from shoal.schemas.decode import decode_event
 
 __all__ = [
     "Replay",
@@ -137,24 +139,35 @@ async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> 
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    received: list[Msg] = []
+    received: list[Stored] = []
 
     async def collect(msg: Msg) -> None:
-        received.append(msg)
+        # Decoded as it arrives (between network reads), not in a second pass at the end.
+        received.append(to_stored(msg, decode_event))
         if msg.metadata.num_pending == 0 and not done.done():
             done.set_result(None)
 
-    sub = await bus.js.subscribe(
-        filter_subject, stream=bus.topology.events.name, ordered_consumer=True, cb=collect
-    )
-    try:
-        info = await sub.consumer_info()
-        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
-            return []
-        await asyncio.wait_for(done, timeout)
-    finally:
-        await sub.unsubscribe()
-    return [to_stored(m) for m in received]
+    # Every message read is kept (decoded) until the end: at the default GC threshold the
+    # collector would rescan the growing list every few dozen messages.
+    with fewer_collections():
+        sub = await bus.js.subscribe(
+            filter_subject, stream=bus.topology.events.name, ordered_consumer=True, cb=collect
+        )
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+                return []
+            while True:  # ``timeout`` bounds a silence, not a long read that is progressing
+                seen = len(received)
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), timeout)
+                    break
+                except TimeoutError:
+                    if len(received) == seen:
+                        raise
+        finally:
+            await sub.unsubscribe()
+    return received
 
 
 async def read_replay(bus: Bus, iid: str) -> list[Stored]:
@@ -176,6 +189,11 @@ def build_replay(
     stored: list[Stored], iid: str, prices: PriceTable, at: int | datetime | None = None
 ) -> Replay:
     """Re-fold ``stored`` into fresh sessions and arrange the tree under ``iid``."""
+    with fewer_collections():  # the fold allocates a dozen short-lived objects an event
+        return _build(stored, iid, prices, at)
+
+
+def _build(stored: list[Stored], iid: str, prices: PriceTable, at: int | datetime | None) -> Replay:
     events: dict[str, list[tuple[int, CloudEvent]]] = defaultdict(list)
     parents: dict[str, str] = {}
     malformed = 0

@@ -8,7 +8,7 @@ filter, and dead-letters what cannot be processed. Domain logic lives elsewhere.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -278,11 +278,14 @@ class Bus:
         return await self.js.key_value(name)
 
 
-def to_stored(msg: Msg) -> Stored:
-    """Decode a JetStream message; a malformed one keeps its error instead of an event."""
+def to_stored(msg: Msg, decode: Callable[[bytes], CloudEvent] = parse_event) -> Stored:
+    """Decode a JetStream message; a malformed one keeps its error instead of an event.
+
+    ``decode`` must raise :class:`InvalidEvent` as ``parse_event`` does (replay passes the
+    one-pass :func:`~shoal.schemas.decode.decode_event`)."""
     meta = msg.metadata
     try:
-        event: CloudEvent | None = parse_event(msg.data)
+        event: CloudEvent | None = decode(msg.data)
         error = None
     except InvalidEvent as e:
         event, error = None, str(e)

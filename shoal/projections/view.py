@@ -14,6 +14,7 @@ from uuid import UUID
 import pyarrow as pa  # type: ignore[import-untyped]
 from eventsourcing.persistence import Tracking
 
+from shoal.projections import rollups
 from shoal.projections.batch import Batch
 from shoal.projections.recorder import DuckDBDatastore, DuckDBTrackingRecorder
 from shoal.projections.schema import TABLES, create_statements
@@ -41,7 +42,27 @@ class DuckDBCostView(DuckDBTrackingRecorder):
     """Sessions, goals, model and tool calls, decisions, approvals and outcomes in DuckDB."""
 
     def construct_create_table_statements(self) -> list[str]:
-        return super().construct_create_table_statements() + create_statements()
+        return (
+            super().construct_create_table_statements()
+            + create_statements()
+            + rollups.create_statements()
+        )
+
+    def create_table(self) -> None:
+        """Create what is missing; fill the rollups of a view made before them."""
+        super().create_table()
+        if self.datastore.read_only:
+            return
+        with self.datastore.transaction() as c:
+            tables = [f"(SELECT count(*) FROM {t} LIMIT 1)" for t in rollups.ROLLUP_TABLES]
+            found = c.execute(
+                f"SELECT (SELECT count(*) FROM model_calls LIMIT 1), {', '.join(tables)}"
+            ).fetchone()
+            if found is not None and found[0] and not all(found[1:]):
+                for t in rollups.ROLLUP_TABLES:
+                    c.execute(f"DELETE FROM {t}")
+                for statement in rollups.backfill_statements():
+                    c.execute(statement)
 
     def write(self, batch: Batch, tracking: Tracking) -> None:
         """Store the batch's rows and ``tracking`` atomically (``IntegrityError`` if tracked)."""
@@ -58,7 +79,11 @@ class DuckDBCostView(DuckDBTrackingRecorder):
         for rows in batch.facts.values():
             if len(rows):
                 insert = f"INSERT INTO {rows.table.name} SELECT * FROM staging"
-                staged.append(Staged(insert, rows.to_arrow()))
+                arrow = rows.to_arrow()
+                staged.append(Staged(insert, arrow))
+                if rows.table.name == "model_calls":
+                    # The hourly sums of the same rows, in the same transaction.
+                    staged += [Staged(sql, arrow) for sql in rollups.upserts("staging")]
         for patches in batch.states.values():
             if patches.created:
                 insert = f"INSERT INTO {patches.table.name} SELECT * FROM staging"
