@@ -145,13 +145,16 @@ class ShoalCore(Application[UUID]):
         return found if isinstance(found, FleetSpend) else None
 
 
-def open_core(settings: ShoalSettings, *, dbname: str = "core") -> ShoalCore:
-    """The core application on the persistence the settings name (SQLite file or PostgreSQL).
+def open_core(
+    settings: ShoalSettings, *, dbname: str = "core", part: str | None = None
+) -> ShoalCore:
+    """The core application on the persistence the settings name (SQLite file or PostgreSQL);
+    with ``part`` (``p0of2``), one core partition's store.
 
     Two processes opening a fresh store at once (the core starting, a CLI reading) both
     create its tables; the loser of that race sees an integrity error and simply retries.
     """
-    env = application_env(settings, dbname)
+    env = application_env(settings, dbname, part)
     for attempt in range(3):
         try:
             return ShoalCore(env=env)
