@@ -25,7 +25,7 @@ import time
 import uuid
 from decimal import Decimal
 
-from shoal.aggregates.application import ShoalCore, open_core
+from shoal.aggregates.application import ShoalCore, open_application, open_core
 from shoal.aggregates.effects import SideEffects
 from shoal.aggregates.fleet_caps import FleetCaps
 from shoal.aggregates.ingestion import CORE_CONSUMER, CoreStats, Ingestion, processor_for
@@ -58,7 +58,7 @@ def open_partitions(settings: ShoalSettings, count: int) -> list[ShoalCore]:
 
 def open_spend(settings: ShoalSettings, count: int) -> ShoalSpend:
     """The spend aggregator's store (fleet spend records of a partitioned core)."""
-    return ShoalSpend(env=application_env(settings, "core", spend_name(count)))
+    return open_application(ShoalSpend, application_env(settings, "core", spend_name(count)))
 
 
 class PartitionedCore:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
 from shoal.aggregates import open_core, run_core
+from shoal.aggregates.ownership import core_lease_key
 from shoal.aggregates.partitioned import open_partitions, open_spend, run_partitioned
 from shoal.aggregates.partitions import Owner, Partition, fnv1a32
 from shoal.bus import Bus, ShoalSettings
-from tests.aggregates.eventmix import publish_all
+from tests.aggregates.eventmix import chunks, publish_all
 from tests.aggregates.partitioned import answers, mixed, with_fleet_cap
 
 EQUIVALENCE_EVENTS = 30_000
@@ -72,3 +82,139 @@ async def test_two_partitions_give_the_single_cores_answers_to_the_cent(
     assert stats.dead_lettered == 0 and stats.budget_crossings == 1
     # Every partition held some sessions: the map spreads the work.
     assert all(len(p.session_iids()) > mix.sessions // 4 for p in parts)
+
+
+KILLS = 10
+"""SIGKILLs of partition owners in the fault test (the issue's figure), as many as fit in
+KILL_BUDGET_S: each takes the lease TTL plus a replacement process's boot, 5-10 s on a busy
+2-core machine, so 5-9 fit; at least 4 must."""
+
+KILL_BUDGET_S = 45.0
+
+
+def _core_process(settings: ShoalSettings, log: Path) -> subprocess.Popen[bytes]:
+    assert settings.nats_url and settings.price_table
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shoal",
+                "--nats-url",
+                settings.nats_url,
+                "--prefix",
+                settings.prefix,
+                "--data-dir",
+                str(settings.data_dir),
+                "core",
+                "--partitions",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "SHOAL_LEASE_TTL_S": str(settings.lease_ttl_s),
+                "SHOAL_CORE_BATCH": "500",
+                "SHOAL_PRICE_TABLE": str(settings.price_table),
+            },
+        )
+
+
+def _positions(settings: ShoalSettings, stream: str) -> list[int]:
+    apps = [*open_partitions(settings, 2), open_spend(settings, 2)]
+    try:
+        return [a.max_tracking_id(stream) for a in apps]
+    finally:
+        for a in apps:
+            a.close()
+
+
+async def _owner_pid(leases: KeyValue, name: str) -> int | None:
+    try:
+        entry = await leases.get(core_lease_key(name))
+    except KeyNotFoundError:
+        return None
+    return int((entry.value or b"").decode().rsplit("-", 2)[1])
+
+
+@pytest.mark.timeout(300)
+async def test_two_core_processes_lose_and_double_nothing_through_sigkills_of_partition_owners(
+    settings: ShoalSettings, tmp_path: Path
+) -> None:
+    mix = mixed(seed=43, total=20_000)
+    capped = with_fleet_cap(
+        settings.model_copy(update={"lease_ttl_s": 2.0, "data_dir": tmp_path / "parted"}),
+        "docs",
+        (mix.cost / 2).quantize(Decimal("0.01")),
+        tmp_path / "p.yaml",
+    )
+    assert capped.nats_url
+    log = tmp_path / "cores.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    async with Bus.connect(capped.nats_url, capped, name="test-partitions") as bus:
+        await bus.provision()
+        stream = bus.topology.events.name
+        leases = await bus.kv(bus.topology.leases.name)
+
+        async def publish() -> None:  # ~40 s of traffic, so the kills land mid-ingestion
+            for part in chunks(mix.events, 500):
+                await bus.publish_many(part)
+                await asyncio.sleep(0.8)
+
+        publisher = asyncio.create_task(publish())
+        try:
+            # Two core processes share the three leases (two partitions, the aggregator); a
+            # replacement is started after every kill, and whichever process is alive first
+            # takes the dead owner's leases over.
+            procs += [_core_process(capped, log) for _ in range(2)]
+            kills, started = 0, time.monotonic()
+            while kills < KILLS and time.monotonic() - started < KILL_BUDGET_S:
+                index = kills % 2
+                pid = await _owner_pid(leases, Partition(index, 2).name)
+                victim = next((p for p in procs if p.pid == pid and p.poll() is None), None)
+                if victim is None:
+                    await asyncio.sleep(0.2)  # not yet claimed after the last kill
+                    continue
+                before = (await asyncio.to_thread(_positions, capped, stream))[index]
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(10)
+                kills += 1
+                procs.append(_core_process(capped, log))
+                # Another process takes the partition over and moves it on.
+                while not publisher.done():
+                    now = (await asyncio.to_thread(_positions, capped, stream))[index]
+                    owner = await _owner_pid(leases, Partition(index, 2).name)
+                    if now > before and owner not in (None, victim.pid):
+                        break
+                    assert time.monotonic() - started < 120, log.read_text()[-3000:]
+                    await asyncio.sleep(0.3)
+            print(f"{kills} SIGKILLs in {time.monotonic() - started:.1f}s")
+            await publisher
+            total = len(mix.events) + 1  # and the fleet's budget.exceeded, published once
+            deadline = time.monotonic() + 60
+            while await asyncio.to_thread(_positions, capped, stream) != [total] * 3:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                assert sum(p.poll() is None for p in procs) == 2, log.read_text()[-3000:]
+                await asyncio.sleep(0.2)
+            assert (await bus.js.stream_info(stream)).state.last_seq == total
+        finally:
+            publisher.cancel()
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    assert kills >= 4, f"only {kills} SIGKILLs fitted in {KILL_BUDGET_S:.0f}s"
+
+    single = capped.model_copy(update={"data_dir": tmp_path / "single"})
+    await asyncio.wait_for(run_core(single, capped.nats_url, asyncio.Event(), until_idle=True), 120)
+    one = open_core(single)
+    expected = answers([one], one, "docs")
+    got = answers(open_partitions(capped, 2), open_spend(capped, 2), "docs")
+    assert got["cost"] == expected["cost"] == mix.cost
+    assert len(got["sessions"]) == mix.sessions
+    assert got == expected
