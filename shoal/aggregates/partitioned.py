@@ -106,7 +106,13 @@ class PartitionedCore:
                     self._start(name)
                 self._reap()
                 if self.until_idle and self.done == set(self.names):
-                    break
+                    if not await self._log_grew():
+                        break
+                    # The aggregator published (budget.exceeded) after the partitions went
+                    # idle: one more round folds it.
+                    self.done.clear()
+                    for name in self.names:
+                        self._start(name)
                 try:
                     await asyncio.wait_for(stop.wait(), tick)
                 except TimeoutError:
@@ -205,6 +211,20 @@ class PartitionedCore:
             for app in parts:
                 await asyncio.to_thread(app.close)
             await asyncio.to_thread(spend.close)
+
+    async def _log_grew(self) -> bool:
+        """True when the stream holds events past some partition's position."""
+        last = (await self.bus.js.stream_info(self.bus.topology.events.name)).state.last_seq
+
+        def lowest() -> int:
+            parts = open_partitions(self.settings, self.count)
+            try:
+                return min(p.max_tracking_id(self.bus.topology.events.name) for p in parts)
+            finally:
+                for p in parts:
+                    p.close()
+
+        return last > await asyncio.to_thread(lowest)
 
     def _partitions_done(self) -> bool:
         return all(n in self.done for n in self.names[:-1])

@@ -219,3 +219,17 @@ async def test_two_core_processes_lose_and_double_nothing_through_sigkills_of_pa
     assert got["cost"] == expected["cost"] == mix.cost
     assert len(got["sessions"]) == mix.sessions
     assert got == expected
+
+
+def test_a_consumer_name_with_partitions_is_refused_in_one_line(settings: ShoalSettings) -> None:
+    from typer.testing import CliRunner
+
+    from shoal.ops.cli import app
+
+    assert settings.nats_url
+    args = ["--nats-url", settings.nats_url, "--prefix", settings.prefix]
+    result = CliRunner().invoke(app, [*args, "core", "--partitions", "2", "--consumer", "x"])
+
+    assert result.exit_code == 2
+    assert "--consumer names the one core's consumer" in result.output
+    assert "Traceback" not in result.output
