@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -123,12 +125,22 @@ def _core_process(settings: ShoalSettings, log: Path) -> subprocess.Popen[bytes]
 
 
 def _positions(settings: ShoalSettings, stream: str) -> list[int]:
-    parts, spend = open_partitions(settings, 2), open_spend(settings, 2)
-    try:
-        return [*(p.max_tracking_id(stream) for p in parts), spend.max_tracking_id(stream)]
-    finally:
-        for a in [*parts, spend]:
-            a.close()
+    """Each partition's and the aggregator's tracking position, read straight from SQLite
+    (read-only: opening the applications every poll would take write locks the cores need)."""
+    names = [Partition(k, 2).name for k in range(2)] + ["spendof2"]
+    out = []
+    for name in names:
+        path = settings.store_dir / f"core-{name}.sqlite"
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                row = db.execute(
+                    "SELECT max(notification_id) FROM tracking WHERE application_name = ?",
+                    (stream,),
+                ).fetchone()
+        except sqlite3.OperationalError:  # not created yet
+            row = None
+        out.append(row[0] or 0 if row else 0)
+    return out
 
 
 async def _owner_pid(leases: KeyValue, name: str) -> int | None:
