@@ -24,6 +24,7 @@ from shoal.aggregates.partitions import Owner, Partition, fnv1a32
 from shoal.bus import Bus, ShoalSettings
 from tests.aggregates.eventmix import chunks, publish_all
 from tests.aggregates.partitioned import answers, mixed, with_fleet_cap
+from tests.ops.test_core_cli import shoal_args
 
 EQUIVALENCE_EVENTS = 20_000
 """Log size of the in-process comparison (the issue's 100k runs in bench_ingest, which checks
@@ -99,20 +100,7 @@ def _core_process(settings: ShoalSettings, log: Path) -> subprocess.Popen[bytes]
     assert settings.nats_url and settings.price_table
     with log.open("ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shoal",
-                "--nats-url",
-                settings.nats_url,
-                "--prefix",
-                settings.prefix,
-                "--data-dir",
-                str(settings.data_dir),
-                "core",
-                "--partitions",
-                "2",
-            ],
+            [sys.executable, "-m", "shoal", *shoal_args(settings), "core", "--partitions", "2"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={
@@ -238,9 +226,8 @@ def test_a_consumer_name_with_partitions_is_refused_in_one_line(settings: ShoalS
 
     from shoal.ops.cli import app
 
-    assert settings.nats_url
-    args = ["--nats-url", settings.nats_url, "--prefix", settings.prefix]
-    result = CliRunner().invoke(app, [*args, "core", "--partitions", "2", "--consumer", "x"])
+    args = [*shoal_args(settings), "core", "--partitions", "2", "--consumer", "x"]
+    result = CliRunner().invoke(app, args)
 
     assert result.exit_code == 2
     assert "--consumer names the one core's consumer" in result.output
