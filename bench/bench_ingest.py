@@ -13,8 +13,17 @@ runs, and the time from each event's publish to the commit of the batch that fol
 p50/p99 per rate. The publisher runs in the same process (its share of the CPU is counted
 against the core on 2 cores). Target: p99 < 100 ms at every rate.
 
-Run: ``uv run python bench/bench_ingest.py [--events 100000] [--batch 1000] [--rates ...]``.
-Starts its own nats-server in a temporary directory.
+Partitions (``--partitions 1,2,4``): the same log folded by N partitions, each in its own
+process (as N ``shoal core --partitions N`` processes would hold one lease each), started
+together once every process has opened its store. Printed per N: events/s of the log from
+the start to the last partition's last commit, and events per CPU-second summed over the N
+processes (on 2 cores the wall-clock rate cannot scale past 2; the CPU cost per event says
+what more cores would give). Then the spend aggregator folds the partitions' model calls,
+and the answers (every session, goal and instance, costs to the cent) are checked identical
+to the one core's (N=1) on the same log.
+
+Run: ``uv run python bench/bench_ingest.py [--events 100000] [--batch 1000] [--rates ...]
+[--partitions 1,2,4]``. Starts its own nats-server in a temporary directory.
 """
 
 from __future__ import annotations
@@ -22,17 +31,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing as mp
 import tempfile
 import time
+from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import api
 
 from shoal.aggregates import open_core
-from shoal.aggregates.ingestion import Ingestion, processor_for
+from shoal.aggregates.ingestion import CORE_CONSUMER, Ingestion, processor_for
+from shoal.aggregates.partitioned import open_partitions, open_spend
+from shoal.aggregates.partitions import Partition
+from shoal.aggregates.pricing import PriceTable
+from shoal.aggregates.spendagg import SpendAggregator
 from shoal.bus import Bus, ShoalSettings
 from tests.aggregates.eventmix import Mix, publish_all
+from tests.aggregates.partitioned import answers
 from tests.natsproc import NatsProcess
 
 
@@ -115,6 +132,91 @@ async def core_ingest(bus: Bus, settings: ShoalSettings, total: int) -> tuple[fl
     return total / elapsed, total / cpu, recorded
 
 
+def partition_worker(
+    settings: dict[str, Any],
+    index: int,
+    count: int,
+    total: int,
+    ready: Any,
+    go: MpEvent,
+    results: Any,
+) -> None:
+    """One partition in its own process: open, signal ready, wait for go, fold to the end."""
+    asyncio.run(_partition(ShoalSettings(**settings), index, count, total, ready, go, results))
+
+
+async def _partition(
+    settings: ShoalSettings, index: int, count: int, total: int, ready: Any, go: MpEvent, out: Any
+) -> None:
+    part = Partition(index, count) if count > 1 else None
+    async with Bus.connect(settings.nats_url or "", settings, name=f"bench-p{index}") as bus:
+        app = open_core(settings, part=part.name if part else None)
+        processor = processor_for(app, settings, bus, part)
+        consumer = part.consumer(CORE_CONSUMER) if part else CORE_CONSUMER
+        ingestion = Ingestion(
+            bus, app, processor, batch=settings.core_batch, consumer=consumer, stuck_after_s=3600
+        )
+        ready.put(index)
+        await asyncio.to_thread(go.wait)
+        started, cpu_started = time.time(), time.process_time()
+        await ingestion.attach()
+        while ingestion.stats.messages < total:
+            fetched = await ingestion.fetch(timeout=5)
+            assert fetched is not None, "the stream ran dry before every event was ingested"
+            await ingestion.process(fetched)
+        out.put((index, started, time.time(), time.process_time() - cpu_started))
+        await ingestion.detach()
+        app.close()
+
+
+def partitioned(settings: ShoalSettings, count: int, total: int) -> tuple[float, float, float]:
+    """Events/s (wall, first start to last commit), events per CPU-second (all partitions),
+    and the spend aggregator's model calls per second, for ``count`` partition processes."""
+    ctx = mp.get_context("spawn")
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    dump = settings.model_dump()
+    procs = [
+        ctx.Process(target=partition_worker, args=(dump, k, count, total, ready, go, results))
+        for k in range(count)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    go.set()
+    done = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(30)
+    start = min(d[1] for d in done)
+    end = max(d[2] for d in done)
+    cpu = sum(d[3] for d in done)
+    calls = 0.0
+    if count > 1:  # the aggregator from a cold start: read every partition's calls, fold
+        spend, parts = open_spend(settings, count), open_partitions(settings, count)
+        began = time.perf_counter()
+        caps = dict(PriceTable.load(settings.price_table).fleet_budgets)
+        agg = SpendAggregator(spend, parts, settings.stream_prefix + "_EVENTS", caps)
+        step = agg.step()
+        agg.record(step)
+        elapsed = time.perf_counter() - began
+        calls = step.folded / elapsed if elapsed else 0.0
+        for a in [*parts, spend]:
+            a.close()
+    return total / (end - start), total / cpu, calls
+
+
+def same_answers(root: Path, settings: ShoalSettings, count: int) -> bool:
+    """The N partitions' answers equal the one core's (``--partitions`` run with 1 first)."""
+    one = open_core(settings.model_copy(update={"data_dir": root / "p1"}))
+    parted = settings.model_copy(update={"data_dir": root / f"p{count}"})
+    parts, spend = open_partitions(parted, count), open_spend(parted, count)
+    try:
+        return answers([one], one, "docs") == answers(parts, spend, "docs")
+    finally:
+        for a in [one, *parts, spend]:
+            a.close()
+
+
 async def steady(server: NatsProcess, root: Path, rate: int, seconds: float, batch: int) -> str:
     """Publish at ``rate`` events/s for ``seconds`` while the core ingests; latency p50/p99."""
     settings = ShoalSettings(
@@ -165,7 +267,9 @@ async def steady(server: NatsProcess, root: Path, rate: int, seconds: float, bat
     )
 
 
-async def main(events: int, batch: int, rates: list[int], seconds: float) -> None:
+async def main(
+    events: int, batch: int, rates: list[int], seconds: float, partitions: list[int]
+) -> None:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-ingest-"))
     server = NatsProcess(root / "js").start()
     try:
@@ -191,6 +295,21 @@ async def main(events: int, batch: int, rates: list[int], seconds: float) -> Non
         print(f"ratio: {rate / push:.0%} of the raw consume rate; target >= 10,000 events/s")
         print(f"aggregate events recorded: {recorded} ({recorded / total:.2f} per bus event)")
         print(f"check: total cost ${cost} == generated ${mix.cost}: {cost == mix.cost}")
+        for count in partitions:
+            data = root / f"p{count}"
+            each = settings.model_copy(update={"data_dir": data})
+            rate, cpu_rate, calls = await asyncio.to_thread(partitioned, each, count, total)
+            line = (
+                f"{count} partition{'s' if count > 1 else ' '} ({count} process"
+                f"{'es' if count > 1 else ''}): {rate:10,.0f} events/s, "
+                f"{cpu_rate:10,.0f} events per CPU-second ({rate / push:.0%} of raw push)"
+            )
+            if count > 1:
+                same = 1 in partitions and await asyncio.to_thread(
+                    same_answers, root, settings, count
+                )
+                line += f"; aggregator {calls:,.0f} calls/s; answers == 1 partition: {same}"
+            print(line)
         for rate in rates:
             print(await steady(server, root, rate, seconds, batch))
     finally:
@@ -203,6 +322,8 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rates", default="100,1000,10000", help="steady rates, events/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="per steady rate")
+    parser.add_argument("--partitions", default="", help="partition counts, e.g. 1,2,4")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
-    asyncio.run(main(args.events, args.batch, rates, args.seconds))
+    counts = [int(n) for n in args.partitions.split(",") if n]
+    asyncio.run(main(args.events, args.batch, rates, args.seconds, counts))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -35,10 +35,12 @@ from shoal.aggregates.transcoder import OrjsonTranscoder
 from shoal.bus import ShoalSettings
 from shoal.errors import NotFound
 
-__all__ = ["CORE_APPLICATION_NAME", "ShoalCore", "open_core"]
+__all__ = ["CORE_APPLICATION_NAME", "ShoalCore", "open_application", "open_core"]
 
 CORE_APPLICATION_NAME = "ShoalCore"
 """The application's name (the PostgreSQL tables are ``shoalcore_events`` and so on)."""
+
+_App = TypeVar("_App", bound=Application[UUID])
 
 SNAPSHOT_EVERY = 200
 """Snapshot a Session or Goal every this many events, so a long session loads fast."""
@@ -158,16 +160,23 @@ class ShoalCore(Application[UUID]):
         return found if isinstance(found, FleetSpend) else None
 
 
-def open_core(settings: ShoalSettings, *, dbname: str = "core") -> ShoalCore:
-    """The core application on the persistence the settings name (SQLite file or PostgreSQL).
+def open_core(
+    settings: ShoalSettings, *, dbname: str = "core", part: str | None = None
+) -> ShoalCore:
+    """The core application on the persistence the settings name (SQLite file or PostgreSQL);
+    with ``part`` (``p0of2``), one core partition's store.
 
     Two processes opening a fresh store at once (the core starting, a CLI reading) both
     create its tables; the loser of that race sees an integrity error and simply retries.
     """
-    env = application_env(settings, dbname)
+    return open_application(ShoalCore, application_env(settings, dbname, part))
+
+
+def open_application(cls: type[_App], env: dict[str, str]) -> _App:
+    """``cls(env=env)``, retried when another process creates the same tables at once."""
     for attempt in range(3):
         try:
-            return ShoalCore(env=env)
+            return cls(env=env)
         except IntegrityError:
             if attempt == 2:
                 raise

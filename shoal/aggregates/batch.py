@@ -70,6 +70,8 @@ class FoldResult:
     applied: int = 0
     rejected: int = 0
     skipped: int = 0
+    foreign: int = 0
+    """Messages stepped over because another partition owns them."""
 
 
 @dataclass

@@ -1,55 +1,45 @@
 """The core's ingestion: the event log, folded into aggregates exactly once.
 
-A durable JetStream pull consumer on ``SHOAL_EVENTS`` hands over batches. Each batch is
-folded (:class:`~shoal.aggregates.processor.CoreProcessor`, in a worker thread), its side
-effects are carried out, and then every new aggregate event plus one
-``Tracking(<stream>, <last seq of the batch>)`` is written in **one transaction** by the
-library's process recorder; only then is the batch acknowledged (``AckPolicy.ALL``: one ack
-for the batch). The store, not the consumer, is the source of truth: at start the consumer
-is re-created at ``max_tracking_id + 1`` whenever its ack floor disagrees with the store,
+A durable JetStream consumer on ``SHOAL_EVENTS`` hands over batches
+(:class:`~shoal.aggregates.receiver.Receiver`). Each batch is folded
+(:class:`~shoal.aggregates.processor.CoreProcessor`, in a worker thread), its side effects are
+carried out (:class:`~shoal.aggregates.effects.SideEffects`), and then every new aggregate
+event plus one ``Tracking(<stream>, <last seq of the batch>)`` is written in **one
+transaction** by the library's process recorder; only then is the batch acknowledged
+(``AckPolicy.ALL``: one ack for the batch). The store, not the consumer, is the source of
+truth: at start the consumer is re-created at ``max_tracking_id + 1`` whatever its ack floor,
 and any message at or below the recorded position is skipped. So a crash at any point —
 before the write, between write and ack — loses nothing and applies nothing twice.
 
-Side effects (dead letters, ``budget.exceeded`` / ``session.flagged`` on the bus, kill
-switches) happen *before* the write: a batch folded again after a crash produces them again
-with the same deterministic ids, which JetStream de-duplicates, and a kill switch written
-twice is the same switch.
+Side effects happen *before* the write: a batch folded again after a crash produces them
+again with the same deterministic ids, which JetStream de-duplicates.
+
+One core runs one :class:`Ingestion` over the whole log (:func:`run_core`); a partitioned
+core runs one per partition it holds (:mod:`shoal.aggregates.partitioned`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
-from nats.js.kv import KeyValue
-
 from shoal.aggregates.application import ShoalCore, open_core
-from shoal.aggregates.budgets import BudgetCrossing
+from shoal.aggregates.effects import SideEffects
 from shoal.aggregates.fleet_caps import FleetCaps
 from shoal.aggregates.interactions import InteractionsService
+from shoal.aggregates.partitions import Partition
 from shoal.aggregates.pricing import PriceTable
-from shoal.aggregates.processor import (
-    CORE_SOURCE,
-    CoreLimits,
-    CoreProcessor,
-    FoldResult,
-    PoisonMessage,
-    RawMessage,
-)
+from shoal.aggregates.processor import CoreLimits, CoreProcessor, FoldResult, PoisonMessage
+from shoal.aggregates.receiver import Fetched, Receiver
 from shoal.aggregates.watchdog import flag_stuck
-from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
-from shoal.gcpolicy import YOUNG_GC_THRESHOLD, raise_gc_threshold
-from shoal.schemas import BudgetExceeded, CloudEvent, SessionFlagged, utcnow
+from shoal.bus import Bus, ShoalSettings
+from shoal.schemas import utcnow
 
-__all__ = ["CORE_CONSUMER", "CoreStats", "Ingestion", "run_core"]
+__all__ = ["CORE_CONSUMER", "CoreStats", "Fetched", "Ingestion", "processor_for", "run_core"]
 
 log = logging.getLogger("shoal.core")
 
@@ -58,27 +48,6 @@ CORE_CONSUMER = "core"
 
 STALL_AFTER_IDLE = 3
 """Idle receive rounds with messages still pending before the core re-attaches."""
-
-QUIET_S = 0.02
-"""A batch closes when no message arrived for this long (a trickle is not held back)."""
-
-BATCH_WINDOW_S = 0.02
-"""A batch closes at the latest this long after its first message arrived, whatever the rate:
-the bound on arrival-to-fold time that keeps budget kills prompt under steady load."""
-
-REFETCH_LIMIT = 2000
-"""Most missing sequences fetched one by one to close a gap; past it the core re-attaches."""
-
-CONSUMING_GC_THRESHOLD = YOUNG_GC_THRESHOLD
-"""Young-generation threshold of the cyclic GC while the core consumes (see ``attach``)."""
-
-
-class ConsumerStalled(Exception):
-    """The consumer holds messages but delivers none (e.g. after a server restart)."""
-
-
-class DeliveryGap(Exception):
-    """Too many deliveries were lost to fetch one by one: re-attach at the store's position."""
 
 
 @dataclass
@@ -91,6 +60,7 @@ class CoreStats:
     rejected: int = 0
     dead_lettered: int = 0
     skipped: int = 0
+    foreign: int = 0
     budget_crossings: int = 0
     flags: int = 0
     position: int = 0
@@ -103,20 +73,13 @@ class CoreStats:
         self.rejected += result.rejected
         self.dead_lettered += len(result.dead_letters)
         self.skipped += result.skipped
+        self.foreign += result.foreign
         self.budget_crossings += len(result.crossings)
         self.flags += len(result.flags)
 
 
-@dataclass(frozen=True)
-class Fetched:
-    """One fetched batch and the message whose ack acknowledges all of it."""
-
-    messages: list[RawMessage]
-    last: Msg
-
-
 class Ingestion:
-    """One core's consumption loop over the event log."""
+    """One core's (or one partition's) consumption loop over the event log."""
 
     def __init__(
         self,
@@ -132,157 +95,27 @@ class Ingestion:
         self.bus = bus
         self.app = app
         self.processor = processor
-        self.batch = batch
         self.consumer = consumer
         self.stuck_after_s = stuck_after_s
         self.clock = clock
         self.stats = CoreStats()
-        self.stream = bus.topology.events.name
-        self._sub: JetStreamContext.PushSubscription | None = None
-        self._buffer: list[Msg] = []
-        self._first_at = 0.0
-        self._arrived = asyncio.Event()
-        self.window = BATCH_WINDOW_S
+        self.receiver = Receiver(bus, lambda: processor.position, batch=batch, consumer=consumer)
+        self.effects = SideEffects(bus)
         self._last_watch = 0.0
-        self._gc_threshold: tuple[int, int, int] | None = None
 
-    # -- the consumer ---------------------------------------------------------------------------
     async def attach(self) -> None:
-        """(Re)create the durable consumer at the store's position and start receiving.
-
-        The store is the source of truth, the consumer only a cursor: it is created afresh at
-        ``max_tracking_id + 1`` on every start, whatever an earlier run left acknowledged. It
-        is a push consumer with flow control (measured 3-5x faster here than pull ``fetch``);
-        ``max_ack_pending`` bounds what JetStream sends ahead of the acknowledged batch.
-
-        Until :meth:`detach`, the cyclic GC's young generation may grow to
-        :data:`CONSUMING_GC_THRESHOLD` objects: every message received and folded allocates
-        a dozen short-lived objects (``Msg``, parsed CloudEvent, aggregate events, their
-        dicts, stored rows), all freed by reference counting; at the default 700 the
-        collector ran every few dozen events and rescanned the cached sessions each time.
-        Measured +20-40 % events/s (docs/core.md).
-        """
-        await self.detach()
-        self._gc_threshold = raise_gc_threshold(CONSUMING_GC_THRESHOLD)
-        js, position = self.bus.js, self.processor.position
-        try:
-            await js.delete_consumer(self.stream, self.consumer)
-        except NotFoundError:
-            pass
-        config = api.ConsumerConfig(
-            durable_name=self.consumer,
-            description="shoal core ingestion",
-            deliver_subject=self.bus.nc.new_inbox(),
-            filter_subject=self.bus.subjects.all_events,
-            ack_policy=api.AckPolicy.ALL,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
-            if position
-            else api.DeliverPolicy.ALL,
-            opt_start_seq=position + 1 if position else None,
-            max_ack_pending=self.batch * 2,
-            ack_wait=60.0,
-            flow_control=True,
-            idle_heartbeat=5.0,
-        )
-        await js.add_consumer(self.stream, config)
-        self._buffer.clear()
-        self._sub = await js.subscribe_bind(
-            self.stream, config, self.consumer, cb=self._receive, manual_ack=True
-        )
-        log.info("core consumer %s created at seq %d", self.consumer, position + 1)
-
-    async def _receive(self, msg: Msg) -> None:
-        if not self._buffer:
-            self._first_at = time.monotonic()
-            self._buffer.append(msg)
-            self._arrived.set()
-            return
-        self._buffer.append(msg)
-        if len(self._buffer) >= self.batch:
-            self._arrived.set()
+        """(Re)create the durable consumer at the store's position and start receiving."""
+        await self.receiver.attach()
 
     async def fetch(self, timeout: float = 1.0) -> Fetched | None:
-        """The next batch, sorted by sequence and gap-free; ``None`` if nothing came in ``timeout``.
+        """The next gap-free batch, or ``None`` if nothing came in ``timeout``."""
+        fetched = await self.receiver.fetch(timeout)
+        self.stats.refetched = self.receiver.refetched
+        return fetched
 
-        A batch closes when ``batch`` messages are buffered, when the flow pauses for
-        :data:`QUIET_S`, or :attr:`window` after its first message arrived — so under a steady
-        rate that never pauses, an event still waits at most ``window`` before it is folded.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            held = len(self._buffer)
-            if held >= self.batch:
-                break
-            now = time.monotonic()
-            if held:
-                left = self._first_at + self.window - now
-                if left <= 0:
-                    break
-                pause = min(QUIET_S, left)
-            else:
-                pause = deadline - now
-                if pause <= 0:
-                    return None
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), pause)
-            except TimeoutError:
-                if held and len(self._buffer) == held:
-                    break  # quiet: nothing more arrived
-        msgs, self._buffer = self._buffer, []
-        raw = sorted(
-            (RawMessage(m.metadata.sequence.stream, m.subject, m.data) for m in msgs),
-            key=lambda r: r.seq,
-        )
-        last = max(msgs, key=lambda m: m.metadata.sequence.stream)
-        return Fetched(await self._close_gaps(raw), last)
-
-    async def _close_gaps(self, raw: list[RawMessage]) -> list[RawMessage]:
-        """Fetch from the stream every sequence missing between the store's position and the
-        batch's last message.
-
-        The consumer acknowledges with ``AckPolicy.ALL``: acking the batch's last message also
-        acknowledges any delivery that was lost on the way (a connection cut while messages
-        were in flight), so a gap left unfilled would be a lost event. The core's consumer
-        sees the whole stream (its filter is every event subject), so every sequence in the
-        range is either stored — fetched here — or was deleted (limits, purge), which the
-        ``next`` lookup steps over.
-        """
-        expected = self.processor.position + 1
-        have = {r.seq for r in raw if r.seq >= expected}
-        top = raw[-1].seq
-        if len(have) == top - expected + 1:
-            return raw  # contiguous: the usual case, at no cost
-        filled: list[RawMessage] = []
-        seq = expected
-        while seq < top:
-            if seq in have:
-                seq += 1
-                continue
-            if len(filled) >= REFETCH_LIMIT:
-                raise DeliveryGap(
-                    f"more than {REFETCH_LIMIT} events missing between #{expected} and #{top}"
-                )
-            try:
-                found = await self.bus.js.get_msg(
-                    self.stream, seq=seq, subject=self.bus.subjects.all_events, next=True
-                )
-            except NotFoundError:
-                break  # nothing stored from here to the end of the stream
-            if found.seq is None or found.seq >= top:
-                break  # the rest of the range was deleted (limits or purge)
-            filled.append(RawMessage(found.seq, found.subject or "", found.data or b""))
-            have.add(found.seq)
-            seq = found.seq + 1
-        if filled:
-            log.warning(
-                "core delivery gap: fetched %d lost events between #%d and #%d from the stream",
-                len(filled),
-                expected,
-                top,
-            )
-        self.stats.refetched += len(filled)
-        return sorted(raw + filled, key=lambda r: r.seq)
+    async def detach(self) -> None:
+        """Stop receiving (un-acknowledged messages are read again by the next run)."""
+        await self.receiver.detach()
 
     # -- one batch ------------------------------------------------------------------------------
     async def process(self, fetched: Fetched) -> FoldResult:
@@ -310,7 +143,7 @@ class Ingestion:
                     log.error("core failed on message #%d; dead-lettering it: %s", e.seq, e)
                     self.processor.poisoned[e.seq] = e.reason
                     await asyncio.to_thread(self.processor.reset)
-            await self._side_effects(result)
+            await self.effects.apply(result.dead_letters, result.crossings, result.flags)
             if result.processing.tracking is not None:
                 await asyncio.to_thread(self.app.record, result.processing, result.snapshot_from)
             self.processor.committed(result)
@@ -318,38 +151,6 @@ class Ingestion:
             await asyncio.to_thread(self.processor.reset)
             raise
         return result
-
-    async def _side_effects(self, result: FoldResult) -> None:
-        for dl in result.dead_letters:
-            log.warning("dead-lettered #%d on %s: %s", dl.seq, dl.subject, dl.reason)
-            await self.bus.deadletter("events", dl.data, dl.reason, dl.subject)
-        if result.crossings:
-            kill = await self.bus.kv(self.bus.topology.kill.name)
-            for c in result.crossings:
-                await self._budget_exceeded(c, kill)
-        for f in result.flags:
-            data = SessionFlagged(flag="looping", reason=f.reason)
-            await self.bus.publish(
-                CloudEvent.new(data, iid=f.iid, gid=f.gid, source=CORE_SOURCE, id=f.event_id)
-            )
-
-    async def _budget_exceeded(self, c: BudgetCrossing, kill: KeyValue) -> None:
-        log.warning("budget exceeded: %s %s (%s > %s)", c.scope, c.key, c.spent_usd, c.budget_usd)
-        data = BudgetExceeded(
-            scope=c.scope, key=c.key, budget_usd=c.budget_usd, spent_usd=c.spent_usd
-        )
-        event = CloudEvent.new(
-            data, iid=c.iid, gid=c.gid, fleet=c.fleet, source=CORE_SOURCE, id=c.event_id
-        )
-        await self.bus.publish(event)
-        switch = KillSwitch(
-            scope=c.scope,
-            name=c.key,
-            reason=f"budget ${c.budget_usd} exceeded: spent ${c.spent_usd}",
-            by=CORE_SOURCE,
-            at=event.time,
-        )
-        await kill.put(kill_key(c.scope, c.key), switch.model_dump_json().encode())
 
     # -- the watchdog --------------------------------------------------------------------------
     async def watch(self) -> int:
@@ -385,7 +186,7 @@ class Ingestion:
                         await self.process(fetched)
                     else:
                         idle += 1
-                        if await self._drained(stalled=idle >= STALL_AFTER_IDLE):
+                        if await self.receiver.drained(stalled=idle >= STALL_AFTER_IDLE):
                             idle = 0
                             if until_idle:
                                 break
@@ -413,37 +214,10 @@ class Ingestion:
                 log.warning("core cannot re-attach yet (%s); retrying in %.1fs", e, delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _drained(self, *, stalled: bool) -> bool:
-        """True when nothing is left to deliver; raise if delivery stalled with work pending.
 
-        A push subscription can go quiet after a server restart while the consumer still
-        holds messages: after a few idle rounds with work pending, re-attaching fixes it.
-        """
-        info = await self.bus.js.consumer_info(self.stream, self.consumer)
-        if not info.num_pending and not info.num_ack_pending and not self._buffer:
-            return True
-        if stalled:
-            raise ConsumerStalled(
-                f"{info.num_pending} pending and {info.num_ack_pending} unacknowledged, "
-                "nothing delivered"
-            )
-        return False
-
-    async def detach(self) -> None:
-        """Stop receiving (un-acknowledged messages are read again by the next run)."""
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
-            self._gc_threshold = None
-        if self._sub is not None:
-            psub, self._sub = self._sub, None
-            try:
-                timeout = self.bus.settings.request_timeout
-                await asyncio.wait_for(psub.unsubscribe(), timeout=timeout)
-            except Exception as e:  # the connection may already be gone; the run is over
-                log.debug("core consumer unsubscribe failed: %s", e)
-
-
-def processor_for(app: ShoalCore, settings: ShoalSettings, bus: Bus) -> CoreProcessor:
+def processor_for(
+    app: ShoalCore, settings: ShoalSettings, bus: Bus, partition: Partition | None = None
+) -> CoreProcessor:
     """A processor configured from the settings (price table, loop thresholds)."""
     return CoreProcessor(
         app,
@@ -451,6 +225,7 @@ def processor_for(app: ShoalCore, settings: ShoalSettings, bus: Bus) -> CoreProc
         bus.subjects,
         bus.topology.events.name,
         CoreLimits(loop_repeats=settings.loop_repeats, loop_model_calls=settings.loop_model_calls),
+        partition=partition,
     )
 
 

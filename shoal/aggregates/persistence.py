@@ -38,19 +38,29 @@ def ensure_schema(env: dict[str, str]) -> None:
         )
 
 
-def application_env(settings: ShoalSettings, dbname: str = "core") -> dict[str, str]:
-    """The ``env`` to give an eventsourcing Application built from these settings."""
+def application_env(
+    settings: ShoalSettings, dbname: str = "core", part: str | None = None
+) -> dict[str, str]:
+    """The ``env`` to give an eventsourcing Application built from these settings.
+
+    ``part`` names one core partition (``p0of2``): its own SQLite file
+    (``core-p0of2.sqlite``), or with PostgreSQL its own schema in the same database
+    (``shoal_<prefix>_p0of2``: the same table names, its own tracking rows).
+    """
     env = {"PERSISTENCE_MODULE": settings.persistence_module}
     if settings.persistence_module == "eventsourcing.sqlite":
         settings.store_dir.mkdir(parents=True, exist_ok=True)
-        env["SQLITE_DBNAME"] = str((settings.store_dir / f"{dbname}.sqlite").resolve())
+        name = f"{dbname}-{part}" if part else dbname
+        env["SQLITE_DBNAME"] = str((settings.store_dir / f"{name}.sqlite").resolve())
         env["SQLITE_LOCK_TIMEOUT"] = "10"
     else:
         # The library reads POSTGRES_* from the environment; pass them through explicitly so
         # an Application built with this env sees the same values in any thread.
         env.update({k: v for k, v in os.environ.items() if k.startswith("POSTGRES_")})
-        if settings.prefix != DEFAULT_PREFIX:
-            # One schema per tenant: the same table names, never the same rows.
-            env["POSTGRES_SCHEMA"] = tenant_schema(settings.prefix)
+        if settings.prefix != DEFAULT_PREFIX or part:
+            # One schema per tenant (and per partition): the same table names, never the
+            # same rows.
+            schema = tenant_schema(settings.prefix)
+            env["POSTGRES_SCHEMA"] = f"{schema}_{part}" if part else schema
             ensure_schema(env)
     return env

@@ -40,6 +40,7 @@ from shoal.aggregates.batch import (
 from shoal.aggregates.fold import apply_event
 from shoal.aggregates.goals import apply_goal_event, touches_goal
 from shoal.aggregates.loops import after_model_call, after_tool_call
+from shoal.aggregates.partitions import Owner, Partition
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.registry import LIFECYCLE_TYPES, apply_lifecycle
 from shoal.aggregates.session import Session
@@ -93,8 +94,12 @@ class CoreProcessor:
         upstream: str,
         limits: CoreLimits | None = None,
         cache_size: int = 20_000,
+        partition: Partition | None = None,
     ) -> None:
         self.app = app
+        # None: the whole log is this core's (one partition, today's behaviour).
+        self.partition = partition
+        self._owners: dict[str, Owner] = {}
         self.prices = prices
         self.subjects = subjects
         self.upstream = upstream
@@ -124,19 +129,39 @@ class CoreProcessor:
                 result.skipped += 1
                 continue
             last = msg.seq
+            owner = Owner.MINE if self.partition is None else self._owner(msg.subject)
+            if owner is Owner.FOREIGN:
+                result.foreign += 1  # another partition's: its seq still advances tracking
+                continue
+            letters = len(result.dead_letters)
             poisoned = self.poisoned.get(msg.seq)
             if poisoned is not None:
                 result.dead_letters.append(DeadLetter(msg.seq, msg.subject, msg.data, poisoned))
-                continue
-            try:
-                self._fold_one(msg, result)
-            except Exception as e:
-                raise PoisonMessage(
-                    msg.seq, f"the core failed on it: {type(e).__name__}: {e}"
-                ) from e
+            else:
+                try:
+                    self._fold_one(msg, result)
+                except Exception as e:
+                    raise PoisonMessage(
+                        msg.seq, f"the core failed on it: {type(e).__name__}: {e}"
+                    ) from e
+            if owner is Owner.SHARED and not self._primary:
+                del result.dead_letters[letters:]  # partition 0 sends a shared event's letters
         if last > self.position:
             result.processing.tracking = Tracking(self.upstream, last)
         return result
+
+    @property
+    def _primary(self) -> bool:
+        return self.partition is None or self.partition.primary
+
+    def _owner(self, subject: str) -> Owner:
+        assert self.partition is not None
+        owner = self._owners.get(subject)
+        if owner is None:
+            if len(self._owners) >= 100_000:
+                self._owners.clear()
+            owner = self._owners[subject] = self.partition.owner(subject)
+        return owner
 
     def committed(self, result: FoldResult) -> None:
         """The batch is in the store: advance the position."""

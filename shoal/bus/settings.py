@@ -151,6 +151,12 @@ class ShoalSettings(BaseSettings):
         description="How long a high-risk call waits for a human before it fails as timed out.",
     )
     core_batch: int = Field(default=1000, ge=1, le=10000, description="Events per core write.")
+    core_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Partitions the core folds the log in (1: one core, docs/scale.md).",
+    )
     stuck_after_s: float = Field(
         default=300.0, gt=0, description="A running session silent this long is flagged stuck."
     )

@@ -506,7 +506,7 @@ async def test_a_steady_flow_is_folded_in_small_batches_not_held_until_one_fills
 
     async def feed_steadily() -> None:
         for msg in msgs:  # one message every 5 ms: never quiet for QUIET_S
-            await ingestion._receive(msg)
+            await ingestion.receiver._receive(msg)
             await asyncio.sleep(0.005)
 
     feeder = asyncio.create_task(feed_steadily())

@@ -30,6 +30,7 @@ BAD: dict[str, list[str]] = {
     "--until": BAD_TIME,
     "--limit": BAD_COUNT,
     "--batch": BAD_COUNT,
+    "--partitions": [*BAD_COUNT, "65"],
     "--max-lag": ["x", "-1"],
     "--concurrency": BAD_COUNT,
     "--crashloop-after": BAD_COUNT,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, run
 from shoal.ops.connect import resolve_url
 
 if TYPE_CHECKING:  # eventsourcing loads when the core runs, not at every CLI start
@@ -25,6 +25,16 @@ def core(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit once every stored event is ingested.")
     ] = False,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            min=1,
+            max=64,
+            help="Fold the log as N partitions, shared by every core process started with "
+            "the same N (default: settings, 1). docs/scale.md.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the core: ingest the event log into sessions and goals, exactly once.
@@ -36,7 +46,10 @@ def core(
     logging.basicConfig(
         level=c.settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    stats = run(c, _core(c, consumer, until_idle), bounded=False)
+    count = partitions or c.settings.core_partitions
+    if count > 1 and consumer:
+        raise fail(c, "--consumer names the one core's consumer; partitions name their own")
+    stats = run(c, _core(c, consumer, until_idle, count), bounded=False)
     if c.json:
         emit_json(vars(stats))
     else:
@@ -47,8 +60,9 @@ def core(
         )
 
 
-async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
+async def _core(c: Cli, consumer: str | None, until_idle: bool, count: int) -> CoreStats:
     from shoal.aggregates import CORE_CONSUMER, run_core
+    from shoal.aggregates.partitioned import run_partitioned
     from shoal.aggregates.registry_service import serve_registry
 
     consumer = consumer or CORE_CONSUMER
@@ -58,9 +72,13 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
-    task = asyncio.create_task(
-        run_core(c.settings, url, stop, consumer=consumer, until_idle=until_idle, ready=ready)
-    )
+    if count > 1:
+        work = run_partitioned(c.settings, url, stop, count, until_idle=until_idle, ready=ready)
+    else:
+        work = run_core(
+            c.settings, url, stop, consumer=consumer, until_idle=until_idle, ready=ready
+        )
+    task = asyncio.create_task(work)
     # The registry's read endpoints live beside the core (docs/registry.md), on their own
     # connection; their failure ends the core too, so the process exits non-zero.
     registry_stop = asyncio.Event()
@@ -69,7 +87,8 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     await asyncio.wait([task, waiter], return_when="FIRST_COMPLETED")
     waiter.cancel()
     if ready.is_set() and not c.json:
-        c.err.print(f"core ingesting {c.settings.prefix} events from {url}")
+        shape = f" as a share of {count} partitions" if count > 1 else ""
+        c.err.print(f"core ingesting {c.settings.prefix} events from {url}{shape}")
     await asyncio.wait([task, registry], return_when="FIRST_COMPLETED")
     if registry.done():
         stop.set()
