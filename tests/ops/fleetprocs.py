@@ -83,9 +83,12 @@ def process_env(settings: ShoalSettings) -> dict[str, str]:
 class Supervisors:
     """Starts ``python -m shoal supervisor`` processes; stops them and their instances."""
 
-    def __init__(self, settings: ShoalSettings, log_dir: Path) -> None:
+    def __init__(
+        self, settings: ShoalSettings, log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.env = env or {}  # added to every supervisor's environment
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, sup_id: str, *args: str) -> subprocess.Popen[bytes]:
@@ -93,7 +96,7 @@ class Supervisors:
         with (self.log_dir / f"{sup_id}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shoal", "supervisor", "--id", sup_id, *args],
-                env=process_env(self.settings),
+                env={**process_env(self.settings), **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
