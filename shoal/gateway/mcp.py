@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from shoal.agents.gateways import redact
 from shoal.agents.killswitch import KillWatcher, kill_keys
+from shoal.aggregates.trust import GATEWAY_CALL_PREFIX
 from shoal.bus import Bus, kill_key
 from shoal.bus.genai import GenAI, ToolCall
 from shoal.errors import PortInUse
@@ -179,7 +180,7 @@ class McpGateway:
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
     ) -> CallToolResult:
         caller = await self._caller(ctx)
-        call_id = f"gw-{new_id()}"  # the same id on the span and on tool.called
+        call_id = f"{GATEWAY_CALL_PREFIX}{new_id()}"  # the same id on the span and on tool.called
         attrs = caller.span_attributes() if self.genai.enabled else {}
         with self.genai.execute_tool(params.name, attrs, call_id=call_id) as span:
             return await self._traced_call(span, call_id, caller, params)

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.aggregates.pricing import PriceTable
+from shoal.aggregates.trust import GATEWAY_CALL_PREFIX
 from shoal.bus.genai import ChatCall, GenAI
 from shoal.gateway.cache import CachedAnswer, ResponseCache, cache_key
 from shoal.gateway.caller import Caller
@@ -133,7 +134,7 @@ class ModelGateway:
         requested: str = body["model"]
         attrs = caller.span_attributes() if self.genai.enabled else {}
         with self.genai.chat(requested, attrs) as span:
-            call_id = f"gw-{new_id()}"
+            call_id = f"{GATEWAY_CALL_PREFIX}{new_id()}"
             try:
                 targets, holds = await self._admit(caller, body, requested, call_id)
             except GatewayError as e:
