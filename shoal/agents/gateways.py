@@ -129,6 +129,8 @@ class ModelGateway:
             raise
         if completion.cost_usd is not None:
             self.session.spent_usd += completion.cost_usd
+        if completion.provider != client.provider:  # a gateway names the provider it chose
+            call.provider(completion.provider)
         call.response(
             model=completion.model,
             input_tokens=completion.input_tokens,

@@ -24,11 +24,13 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+from opentelemetry import context as context_api
 
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.trust import GATEWAY_CALL_PREFIX
 from shoal.bus.genai import ChatCall, GenAI
+from shoal.bus.tracecontext import TRACEPARENT, extract_context
 from shoal.gateway.cache import CachedAnswer, ResponseCache, cache_key
 from shoal.gateway.caller import Caller
 from shoal.gateway.config import GatewayConfig, Target
@@ -132,6 +134,23 @@ class ModelGateway:
         except GatewayError as e:
             return _error(e)
         requested: str = body["model"]
+        # A caller's trace context (W3C ``traceparent``) parents the call's span and record.
+        parent = extract_context(request.headers) if TRACEPARENT in request.headers else None
+        token = context_api.attach(parent) if parent is not None else None
+        try:
+            return await self._chat(request, caller, body, requested, started)
+        finally:
+            if token is not None:
+                context_api.detach(token)
+
+    async def _chat(
+        self,
+        request: web.Request,
+        caller: Caller,
+        body: dict[str, Any],
+        requested: str,
+        started: float,
+    ) -> web.StreamResponse:
         attrs = caller.span_attributes() if self.genai.enabled else {}
         with self.genai.chat(requested, attrs) as span:
             call_id = f"{GATEWAY_CALL_PREFIX}{new_id()}"
