@@ -21,10 +21,9 @@ import contextlib
 import logging
 import re
 import socket
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
 from mcp import Client
@@ -39,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from shoal.agents.gateways import redact
 from shoal.agents.killswitch import KillWatcher, kill_keys
+from shoal.agents.toolrecord import ToolCallRecord
 from shoal.aggregates.trust import GATEWAY_CALL_PREFIX
 from shoal.bus import Bus, kill_key
 from shoal.bus.genai import GenAI, ToolCall
@@ -49,7 +49,7 @@ from shoal.gateway.errors import GatewayError
 from shoal.gateway.keys import KeyMirror, VirtualKey
 from shoal.gateway.policy import GatewayPolicy
 from shoal.gateway.record import Recorder
-from shoal.schemas import ToolCalled, new_id
+from shoal.schemas import new_id
 
 __all__ = ["McpGateway"]
 
@@ -201,32 +201,17 @@ class McpGateway:
         assert grant is not None
         redacted = redact(arguments, grant)
         span.arguments(redacted)
-        started = time.perf_counter()
-        result_class: Literal["ok", "error", "timeout"] = "ok"
-        error: str | None = None
+        record = ToolCallRecord(call_id, name, upstream.version, redacted, grant)
         result: Any = None
         try:
             result = await upstream.client.call_tool(name, arguments)
         except Exception as e:
-            result_class, error = "error", f"{type(e).__name__}: {e}"[:500]
-            raise MCPError(-32603, f"tool {name} failed: {error}") from e
+            record.ended("error", f"{type(e).__name__}: {e}")
+            raise MCPError(-32603, f"tool {name} failed: {record.error}") from e
         finally:
             if getattr(result, "is_error", False):
-                result_class = "error"
-            await self.recorder.emit(
-                ToolCalled(
-                    call_id=call_id,
-                    tool=name,
-                    version=upstream.version,
-                    arguments=redacted,
-                    sensitivity=grant.sensitivity,
-                    result_class=result_class,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
-                    side_effects=list(grant.side_effects),
-                    error=error,
-                ),
-                caller,
-            )
+                record.result_class = "error"
+            await self.recorder.emit(record.event(), caller)
         assert isinstance(result, CallToolResult)
         return result
 
