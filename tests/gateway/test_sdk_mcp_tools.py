@@ -34,6 +34,9 @@ MANIFEST = CapabilityManifest.model_validate(
 )
 
 
+REDACTED_TO = "[redacted 14 chars]"  # bo@example.com, confidential
+
+
 @pytest.fixture
 async def mcp_gateway(bus: Bus) -> AsyncIterator[RunningGateway]:
     config = GatewayConfig.from_dict(
@@ -47,7 +50,7 @@ async def test_ctx_tools_reach_mcp_tools_through_the_gateway_which_enforces_and_
     bus: Bus, settings: ShoalSettings, mcp_gateway: RunningGateway, make_key: MakeKey
 ) -> None:
     assert mcp_gateway.mcp_url is not None
-    key, secret = await make_key(fleet="sdk", agent="worker", instance="sdk-1", manifest=MANIFEST)
+    _, secret = await make_key(fleet="sdk", agent="worker", instance="sdk-1", manifest=MANIFEST)
     through = settings.model_copy(
         update={"gateway_mcp_url": mcp_gateway.mcp_url, "gateway_key": secret}
     )
@@ -99,7 +102,7 @@ async def test_ctx_tools_reach_mcp_tools_through_the_gateway_which_enforces_and_
         for e in called
     ] == [
         ("gateway", "add", {"a": 2, "b": 3}, "sdk-1"),
-        ("gateway", "send_email", {"to": "[redacted 14 chars]", "body": "[redacted 11 chars]"}, "sdk-1"),
+        ("gateway", "send_email", {"to": REDACTED_TO, "body": "[redacted 11 chars]"}, "sdk-1"),
         ("sdk", "list_files", {}, "sdk-1"),
     ]
     assert all(isinstance(e.data, ToolCalled) for e in called)
