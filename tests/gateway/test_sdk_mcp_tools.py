@@ -108,7 +108,7 @@ async def test_ctx_tools_reach_mcp_tools_through_the_gateway_which_enforces_and_
     assert all(isinstance(e.data, ToolCalled) for e in called)
     assert [e.data.call_id[:3] for e in called[:2]] == ["gw-", "gw-"]  # type: ignore[attr-defined]
     refused = [
-        (e.source.split("/")[2], e.data.target, e.data.rule)  # type: ignore[attr-defined]
+        (e.source.split("/")[2], e.data.target, e.data.rule)
         for e in of_type(events, "policy.decided")
         if isinstance(e.data, PolicyDecided) and e.data.decision == "deny"
     ]
