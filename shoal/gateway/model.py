@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
-from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +39,7 @@ from shoal.gateway.ledger import Hold, Ledger
 from shoal.gateway.policy import GatewayPolicy
 from shoal.gateway.record import Recorder
 from shoal.gateway.request import DEFAULT_MAX_TOKENS, needs, parse_body, prompt_bound
+from shoal.gateway.settle import CallSettler
 from shoal.gateway.upstream import Answer, Upstreams
 from shoal.schemas import ModelCalled, new_id
 
@@ -81,6 +81,8 @@ class ModelGateway:
         self.genai = genai
         self.default_max_tokens = default_max_tokens
         self.policy = policy
+        self.settler = CallSettler(prices, ledger, recorder)
+        self._priced, self._settle = self.settler.priced, self.settler.settle
         self._pending: set[asyncio.Task[None]] = set()
         self.failures = 0  # background records that failed (logged too)
 
@@ -369,59 +371,6 @@ class ModelGateway:
             self._settle(caller, holds, call_id, usage, answer.target, started, finish, error)
         )
         return out
-
-    # -- after the call ---------------------------------------------------------------------
-    def _priced(
-        self, span: ChatCall, target: Target, usage: dict[str, Any], finish: str
-    ) -> Decimal:
-        tokens_in, tokens_out, cached = _tokens(usage)
-        cost = self.prices.cost(target.model, tokens_in, tokens_out, cached)
-        span.response(
-            model=target.model,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
-            finish_reason=finish,
-            cost_usd=cost,
-        )
-        return cost
-
-    async def _settle(
-        self,
-        caller: Caller,
-        holds: list[Hold],
-        call_id: str,
-        usage: dict[str, Any] | None,
-        target: Target,
-        started: float,
-        finish: str = "stop",
-        error: GatewayError | None = None,
-    ) -> None:
-        tokens_in, tokens_out, cached = _tokens(usage or {})
-        cost = self.prices.cost(target.model, tokens_in, tokens_out, cached) if usage else None
-        data = ModelCalled(
-            call_id=call_id,
-            model=target.model,
-            provider=target.provider,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
-            cached_tokens=cached,
-            latency_ms=_ms(started),
-            finish_reason="error" if error is not None and usage is None else finish,
-            reported_cost_usd=cost,
-            error=str(error)[:500] if error is not None else None,
-        )
-        await asyncio.gather(
-            self.ledger.settle(call_id, holds, cost, lazy=True), self.recorder.emit(data, caller)
-        )
-
-
-def _tokens(usage: dict[str, Any]) -> tuple[int, int, int]:
-    details = usage.get("prompt_tokens_details") or {}
-    return (
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-        int(details.get("cached_tokens") or 0),
-    )
 
 
 def _ms(started: float) -> float:
