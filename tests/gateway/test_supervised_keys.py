@@ -3,18 +3,13 @@ gateway's records (in ``shoal cost`` with its figures), and the key dies with th
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from shoal.aggregates import run_core
 from shoal.aggregates.fleet import FleetApplication
-from shoal.aggregates.pricing import PriceTable
 from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import GatewayConfig, KeyStore, RunningGateway, run_gateway
 from shoal.gateway.offline import OfflineUpstream
@@ -23,9 +18,9 @@ from shoal.ops.fleets import apply_fleet, open_fleet_app
 from shoal.schemas import ModelCalled
 from shoal.schemas.fleet import parse_fleet_spec
 from tests.agents.conftest import of_type, submit_task, wait_events
-from tests.gateway.test_pydantic_ai import _shoal
+from tests.gateway.conftest import cost_by_agent, gateway_price
 from tests.natsproc import NatsProcess
-from tests.ops.fleetprocs import Supervisors, eventually, procs_now
+from tests.ops.fleetprocs import Supervisors, eventually, fleet_settings, procs_now
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -38,14 +33,7 @@ agents:
 
 @pytest.fixture
 def settings(nats_server: NatsProcess, prefix: str, tmp_path: Path) -> ShoalSettings:
-    return ShoalSettings(
-        nats_url=nats_server.url,
-        prefix=prefix,
-        data_dir=tmp_path / "data",
-        principal="tester",
-        lease_ttl_s=3.0,
-        presence_ttl_s=3.0,
-    )
+    return fleet_settings(nats_server, prefix, tmp_path)
 
 
 @pytest.fixture
@@ -132,18 +120,8 @@ async def test_a_supervised_instances_model_calls_are_the_gateways_and_its_key_d
         assert called[0].instance == proc.instance
         assert isinstance(called[0].data, ModelCalled)
         calls.append(called[0].data)
-    prices = PriceTable.load(None)
-    expected = sum(
-        prices.cost(c.model, c.input_tokens, c.output_tokens, c.cached_tokens) for c in calls
-    )
-    assert expected == sum(c.reported_cost_usd or 0 for c in calls) and expected > 0
-    await asyncio.wait_for(
-        run_core(settings, settings.nats_url or "", asyncio.Event(), until_idle=True), 60
-    )
-    answer = json.loads(_shoal(settings, "cost", "--by", "agent", "--json"))
-    rows = {tuple(r["key"]): r for r in answer["rows"]}
-    assert Decimal(rows[("chatter",)]["cost_usd"]) == expected
-    assert Decimal(answer["total_usd"]) == expected
+    expected = gateway_price(calls)
+    assert await cost_by_agent(settings) == ({"chatter": expected}, expected)
 
     await ops_kill.kill(bus, "instance", proc.instance, by="tester")
     assert (await status_with(served.url, secret))[0] in (401, 403)  # refused at once

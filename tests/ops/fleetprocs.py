@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shoal.bus import ShoalSettings
+from tests.natsproc import NatsProcess
 
 T = TypeVar("T")
 
@@ -63,6 +64,20 @@ def agent_procs(prefix: str) -> list[AgentProc]:
             )
         )
     return sorted(out, key=lambda p: p.slot)
+
+
+def fleet_settings(
+    nats_server: NatsProcess, prefix: str, tmp_path: Path, lease_ttl_s: float = 3.0
+) -> ShoalSettings:
+    """Short leases and heartbeats, so take-over and liveness happen within a test's time."""
+    return ShoalSettings(
+        nats_url=nats_server.url,
+        prefix=prefix,
+        data_dir=tmp_path / "data",
+        principal="tester",
+        lease_ttl_s=lease_ttl_s,
+        presence_ttl_s=3.0,
+    )
 
 
 def process_env(settings: ShoalSettings) -> dict[str, str]:
