@@ -36,6 +36,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from shoal.agents.digest import arguments_digest
 from shoal.agents.gateways import redact
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.agents.toolrecord import ToolCallRecord
@@ -79,8 +80,10 @@ class McpGateway:
         recorder: Recorder,
         genai: GenAI | None = None,
         policy: GatewayPolicy | None = None,
+        digest_key: bytes | None = None,
     ) -> None:
         self.bus = bus
+        self.digest_key = digest_key  # keys tool.called's arguments digest, as the SDK's does
         self.policy = policy
         self.config = config
         self.kills = kills
@@ -201,7 +204,12 @@ class McpGateway:
         assert grant is not None
         redacted = redact(arguments, grant)
         span.arguments(redacted)
-        record = ToolCallRecord(call_id, name, upstream.version, redacted, grant)
+        digest = (
+            arguments_digest(self.digest_key, caller.iid, name, arguments)
+            if self.digest_key is not None
+            else None
+        )
+        record = ToolCallRecord(call_id, name, upstream.version, redacted, grant, (), digest)
         result: Any = None
         try:
             result = await upstream.client.call_tool(name, arguments)

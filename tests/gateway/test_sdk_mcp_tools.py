@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, TaskContext
+from shoal.agents.digest import arguments_digest, load_digest_key
 from shoal.agents.errors import Killed, PolicyDenied
 from shoal.agents.fstools import list_files
 from shoal.agents.mcp_tools import McpGatewayTools
@@ -106,6 +107,10 @@ async def test_ctx_tools_reach_mcp_tools_through_the_gateway_which_enforces_and_
         ("sdk", "list_files", {}, "sdk-1"),
     ]
     assert all(isinstance(e.data, ToolCalled) for e in called)
+    # Keyed as the SDK keys its own: the core tells two different confidential calls apart.
+    sent = {"to": "bo@example.com", "body": "secret plan"}
+    digest = arguments_digest(load_digest_key(settings), first.iid, "send_email", sent)
+    assert called[1].data.arguments_digest == digest  # type: ignore[attr-defined]
     assert [e.data.call_id[:3] for e in called[:2]] == ["gw-", "gw-"]  # type: ignore[attr-defined]
     refused = [
         (e.source.split("/")[2], e.data.target, e.data.rule)
