@@ -49,6 +49,7 @@ class GatewayModelClient:
     api_key: str
     timeout_s: float = 120.0
     provider: str = "shoal-gateway"
+    records_calls: bool = True  # the gateway records every call it answers, failed ones too
     _http: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
 
     def serves(self, model: str) -> bool:

@@ -117,6 +117,8 @@ class ModelGateway:
         except PolicyDenied:
             raise  # the gateway refused it, and recorded that itself
         except Exception as e:
+            if getattr(client, "records_calls", False):
+                raise  # a gateway recorded the failed call itself: no second row
             await self.emitter.emit(
                 ModelCalled(
                     call_id=new_id(),
