@@ -167,6 +167,8 @@ async def offline_gateway(
             {
                 "providers": {"offline": {"base_url": url, "timeout_s": 30}},
                 "models": {m: {"targets": [f"offline/{m}"]} for m in OFFLINE_MODELS},
+                # Every run calls the model: a demo run again shows its own calls and cost.
+                "cache": {"enabled": False},
             }
         )
         async with run_gateway(bus, config, genai=genai) as running:
