@@ -207,7 +207,10 @@ async def main(args: argparse.Namespace) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("kept", tmp)
 
 
 async def start_litellm(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from shoal.agents.errors import BudgetExhausted, Killed, ModelError, PolicyDenied
 from shoal.agents.http_model import chat_body, parse_completion
 from shoal.agents.models import ChatRequest, Completion
+from shoal.bus.tracecontext import inject_headers
 
 if TYPE_CHECKING:
     import httpx
@@ -50,6 +51,7 @@ class GatewayModelClient:
     api_key: str
     timeout_s: float = 120.0
     provider: str = "shoal-gateway"
+    records_calls: bool = True  # the gateway records every call it answers, failed ones too
     _http: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
 
     def serves(self, model: str) -> bool:
@@ -65,9 +67,9 @@ class GatewayModelClient:
                 timeout=httpx.Timeout(self.timeout_s),
             )
         try:
-            r = await self._http.post(
-                "chat/completions", json=chat_body(request), headers=dict(request.caller)
-            )
+            # The trace context rides along, so the gateway's record joins the call's trace.
+            headers = inject_headers(dict(request.caller))
+            r = await self._http.post("chat/completions", json=chat_body(request), headers=headers)
         except httpx.HTTPError as e:
             raise ModelError(f"gateway {self.base_url}: {type(e).__name__}: {e}") from e
         if r.status_code != 200:

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from shoal.agents.digest import arguments_digest
 from shoal.agents.errors import (
@@ -26,10 +26,14 @@ from shoal.agents.gateway_model import caller_headers
 from shoal.agents.models import ChatMessage, ChatRequest, Completion, ModelClient
 from shoal.agents.policy import Action, Policy
 from shoal.agents.session import Emitter, Session
+from shoal.agents.toolrecord import ToolCallRecord
 from shoal.agents.tools import Tool, ToolEnv
 from shoal.bus.genai import Attributes, Call, ChatCall, GenAI, ToolCall, session_attributes
-from shoal.schemas import ModelCalled, ToolCalled, new_id
+from shoal.schemas import ModelCalled, new_id
 from shoal.schemas.manifest import ToolGrant
+
+if TYPE_CHECKING:
+    from shoal.agents.mcp_tools import McpGatewayTools
 
 __all__ = ["ModelGateway", "ToolGateway", "redact", "redact_error", "span_attributes"]
 
@@ -113,6 +117,8 @@ class ModelGateway:
         except PolicyDenied:
             raise  # the gateway refused it, and recorded that itself
         except Exception as e:
+            if getattr(client, "records_calls", False):
+                raise  # a gateway recorded the failed call itself: no second row
             await self.emitter.emit(
                 ModelCalled(
                     call_id=new_id(),
@@ -129,6 +135,8 @@ class ModelGateway:
             raise
         if completion.cost_usd is not None:
             self.session.spent_usd += completion.cost_usd
+        if completion.provider != client.provider:  # a gateway names the provider it chose
+            call.provider(completion.provider)
         call.response(
             model=completion.model,
             input_tokens=completion.input_tokens,
@@ -167,10 +175,12 @@ class ToolGateway:
         session: Session,
         timeout_s: float = 30.0,
         genai: GenAI | None = None,
+        mcp: McpGatewayTools | None = None,
     ) -> None:
         self.policy = policy
         self.emitter = emitter
         self.tools = tools
+        self.mcp = mcp  # the MCP gateway, for tools this agent does not implement itself
         self.env = env
         self.session = session
         self.timeout_s = timeout_s
@@ -190,6 +200,11 @@ class ToolGateway:
     async def _call(
         self, call: ToolCall, call_id: str, name: str, arguments: dict[str, Any]
     ) -> Any:
+        impl = self.tools.get(name)
+        if impl is None and self.mcp is not None:
+            # Not one of this agent's Python tools: an MCP server's, behind the MCP gateway,
+            # which checks, records and refuses by itself (one enforcement point).
+            return await self.mcp.call(call, name, arguments, self.session)
         grant = self.policy.manifest.grant(name)
         await checked(
             self.policy,
@@ -203,7 +218,6 @@ class ToolGateway:
             side_effects=grant.side_effects if grant is not None else (),
         )
         assert grant is not None  # the policy check refused tools without a grant
-        impl = self.tools.get(name)
         if impl is None:
             raise PolicyDenied(
                 f"tool {name!r} is granted but {self.policy.identity.agent} has no implementation",
@@ -212,18 +226,25 @@ class ToolGateway:
             )
         redacted = redact(arguments, grant)
         call.arguments(redacted)
-        started = time.perf_counter()
-        result_class: Literal["ok", "error", "timeout"] = "ok"
-        error: str | None = None
+        record = ToolCallRecord(
+            call_id,
+            name,
+            impl.version,
+            redacted,
+            grant,
+            tuple(impl.side_effects),
+            arguments_digest(self.env.digest_key, self.session.iid, name, arguments),
+        )
         hidden: ToolFailed | None = None
         result: Any = None
         try:
             result = await asyncio.wait_for(impl.fn(self.env, **arguments), self.timeout_s)
         except TimeoutError as e:
-            result_class, error = "timeout", f"no result within {self.timeout_s:g}s"
-            raise TimeoutError(f"tool {name}: {error}") from e
+            record.ended("timeout", f"no result within {self.timeout_s:g}s")
+            raise TimeoutError(f"tool {name}: {record.error}") from e
         except Exception as e:
-            result_class, error = "error", redact_error(e, arguments, grant)[:500]
+            error = redact_error(e, arguments, grant)[:500]
+            record.ended("error", error)
             if grant.sensitivity in SENSITIVE or error != f"{type(e).__name__}: {e}"[:500]:
                 # The handler gets the redacted text too, raised below, outside this block
                 # (so no __context__ leads back to the original).
@@ -233,23 +254,7 @@ class ToolGateway:
             else:
                 raise
         finally:
-            await self.emitter.emit(
-                ToolCalled(
-                    call_id=call_id,
-                    tool=name,
-                    version=impl.version,
-                    arguments=redacted,
-                    sensitivity=grant.sensitivity,
-                    result_class=result_class,
-                    latency_ms=_ms(started),
-                    side_effects=list(impl.side_effects or grant.side_effects),
-                    error=error,
-                    arguments_digest=arguments_digest(
-                        self.env.digest_key, self.session.iid, name, arguments
-                    ),
-                ),
-                self.session,
-            )
+            await self.emitter.emit(record.event(), self.session)
         if hidden is not None:
             raise hidden
         call.result(result, grant.sensitivity)

@@ -18,6 +18,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.js import api
@@ -40,7 +41,10 @@ from shoal.policy import Approvals, PolicyBook
 from shoal.schemas import AgentStarted, AgentStopped, new_id, utcnow
 from shoal.schemas.pricing import PriceTable
 
-__all__ = ["AgentRuntime", "default_model_clients", "ensure_consumer"]
+if TYPE_CHECKING:
+    from shoal.agents.mcp_tools import McpGatewayTools
+
+__all__ = ["AgentRuntime", "default_mcp_tools", "default_model_clients", "ensure_consumer"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,15 @@ def default_model_clients(settings: ShoalSettings) -> list[ModelClient]:
             ),
         )
     return clients
+
+
+def default_mcp_tools(settings: ShoalSettings) -> McpGatewayTools | None:
+    """The MCP gateway, for tools served by MCP servers, when settings name it and a key."""
+    if settings.gateway_mcp_url and settings.gateway_key:
+        from shoal.agents.mcp_tools import McpGatewayTools
+
+        return McpGatewayTools(settings.gateway_mcp_url, settings.gateway_key)
+    return None
 
 
 async def ensure_consumer(
@@ -148,6 +161,7 @@ class AgentRuntime:
         self.policy = Policy(self.identity, agent.manifest, self.kills, self.emitter)
         self.model_clients = list(model_clients or default_model_clients(self.settings))
         self.tool_env = ToolEnv.for_settings(self.settings)
+        self.mcp_tools = default_mcp_tools(self.settings)
         self.runner = TaskRunner(self)
         self.consumers: list[PullConsumer] = []
         self.started_at: datetime = utcnow()

@@ -368,7 +368,13 @@ class TaskRunner:
             attempt=attempt,
             model=ModelGateway(policy, rt.emitter, rt.model_clients, session, rt.genai),
             tools=ToolGateway(
-                policy, rt.emitter, rt.agent.tools, rt.tool_env, session, genai=rt.genai
+                policy,
+                rt.emitter,
+                rt.agent.tools,
+                rt.tool_env,
+                session,
+                genai=rt.genai,
+                mcp=rt.mcp_tools,
             ),
             delegator=Delegator(rt.bus, rt.emitter, policy, session, resume=attempt > 1),
             settings=rt.settings,

@@ -5,6 +5,12 @@ its sender is the core, the CLI, a supervisor, or an agent instance the core saw
 not killed. Everything else is refused with a reason (recorded on its session when it has
 one, dead-lettered when it has none; see :mod:`shoal.aggregates.processor`).
 
+The gateways record the calls they carry themselves, under call ids of their own
+(:data:`GATEWAY_CALL_PREFIX`, returned to the caller in ``x-shoal-call-id``). Only a gateway
+issues such an id, so an agent's ``model.called`` or ``tool.called`` that carries one claims
+a call the gateway records: it is refused whatever it says and in whichever order it
+arrives, and the gateway's own record is the one counted, once.
+
 Until connections are authenticated per principal, a source is what the envelope claims;
 the broker's permissions are what make these claims unforgeable (docs/security.md).
 """
@@ -17,15 +23,26 @@ from shoal.aggregates.instance import Instance
 from shoal.bus import Subjects
 from shoal.bus.subjects import NO_GID, publisher_tokens
 from shoal.errors import InvalidEvent
-from shoal.schemas import AgentKilled, AgentStarted, CloudEvent, GoalFailed, TaskFailed
+from shoal.schemas import (
+    AgentKilled,
+    AgentStarted,
+    CloudEvent,
+    GoalFailed,
+    ModelCalled,
+    TaskFailed,
+    ToolCalled,
+)
 
-__all__ = ["CORE_SOURCE", "check_subject", "distrust"]
+__all__ = ["CORE_SOURCE", "GATEWAY_CALL_PREFIX", "GATEWAY_SOURCE", "check_subject", "distrust"]
 
 CORE_SOURCE = "shoal://core"
 SUPERVISOR_SOURCE = "shoal://supervisor/"
 GATEWAY_SOURCE = "shoal://gateway/"
 """The gateways record the calls they saw themselves (shoal.gateway.record)."""
 _SERVICE_PREFIXES = (CORE_SOURCE, "shoal://cli/", SUPERVISOR_SOURCE, GATEWAY_SOURCE)
+GATEWAY_CALL_PREFIX = "gw-"
+"""The call ids only a gateway issues: ``model.called``/``tool.called`` under one of them
+count only from the gateway itself."""
 
 
 def check_subject(subjects: Subjects, subject: str, ev: CloudEvent) -> None:
@@ -61,6 +78,11 @@ _publisher = lru_cache(maxsize=65_536)(publisher_tokens)
 
 def distrust(ev: CloudEvent, instances: dict[str, Instance]) -> str | None:
     """Why the core refuses this event, or ``None`` if it is believed."""
+    if ev.source.startswith(GATEWAY_SOURCE):
+        return None
+    d = ev.data
+    if isinstance(d, ModelCalled | ToolCalled) and d.call_id.startswith(GATEWAY_CALL_PREFIX):
+        return f"call {d.call_id} went through a gateway: its record counts, not this claim"
     if ev.source.startswith(_SERVICE_PREFIXES):
         return None
     if not ev.instance:

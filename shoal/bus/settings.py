@@ -135,8 +135,13 @@ class ShoalSettings(BaseSettings):
     gateway_url: str | None = Field(
         default=None, description="Model gateway base URL (…/v1) agents are given."
     )
+    gateway_mcp_url: str | None = Field(
+        default=None, description="MCP gateway endpoint (…/mcp) agents are given."
+    )
     gateway_key: str | None = Field(
-        default=None, description="This instance's gateway key (its model calls then go there)."
+        default=None,
+        description="This instance's gateway key (its model calls, and its MCP tools' calls "
+        "with SHOAL_GATEWAY_MCP_URL, then go there).",
     )
     gateway_cache_ttl_s: float = Field(
         default=300.0, gt=0, description="Longest a cached gateway response is kept."

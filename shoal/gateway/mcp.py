@@ -21,10 +21,9 @@ import contextlib
 import logging
 import re
 import socket
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
 from mcp import Client
@@ -37,8 +36,11 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from shoal.agents.digest import arguments_digest
 from shoal.agents.gateways import redact
 from shoal.agents.killswitch import KillWatcher, kill_keys
+from shoal.agents.toolrecord import ToolCallRecord
+from shoal.aggregates.trust import GATEWAY_CALL_PREFIX
 from shoal.bus import Bus, kill_key
 from shoal.bus.genai import GenAI, ToolCall
 from shoal.errors import PortInUse
@@ -48,7 +50,7 @@ from shoal.gateway.errors import GatewayError
 from shoal.gateway.keys import KeyMirror, VirtualKey
 from shoal.gateway.policy import GatewayPolicy
 from shoal.gateway.record import Recorder
-from shoal.schemas import ToolCalled, new_id
+from shoal.schemas import new_id
 
 __all__ = ["McpGateway"]
 
@@ -78,8 +80,10 @@ class McpGateway:
         recorder: Recorder,
         genai: GenAI | None = None,
         policy: GatewayPolicy | None = None,
+        digest_key: bytes | None = None,
     ) -> None:
         self.bus = bus
+        self.digest_key = digest_key  # keys tool.called's arguments digest, as the SDK's does
         self.policy = policy
         self.config = config
         self.kills = kills
@@ -179,7 +183,7 @@ class McpGateway:
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
     ) -> CallToolResult:
         caller = await self._caller(ctx)
-        call_id = f"gw-{new_id()}"  # the same id on the span and on tool.called
+        call_id = f"{GATEWAY_CALL_PREFIX}{new_id()}"  # the same id on the span and on tool.called
         attrs = caller.span_attributes() if self.genai.enabled else {}
         with self.genai.execute_tool(params.name, attrs, call_id=call_id) as span:
             return await self._traced_call(span, call_id, caller, params)
@@ -200,32 +204,22 @@ class McpGateway:
         assert grant is not None
         redacted = redact(arguments, grant)
         span.arguments(redacted)
-        started = time.perf_counter()
-        result_class: Literal["ok", "error", "timeout"] = "ok"
-        error: str | None = None
+        digest = (
+            arguments_digest(self.digest_key, caller.iid, name, arguments)
+            if self.digest_key is not None
+            else None
+        )
+        record = ToolCallRecord(call_id, name, upstream.version, redacted, grant, (), digest)
         result: Any = None
         try:
             result = await upstream.client.call_tool(name, arguments)
         except Exception as e:
-            result_class, error = "error", f"{type(e).__name__}: {e}"[:500]
-            raise MCPError(-32603, f"tool {name} failed: {error}") from e
+            record.ended("error", f"{type(e).__name__}: {e}")
+            raise MCPError(-32603, f"tool {name} failed: {record.error}") from e
         finally:
             if getattr(result, "is_error", False):
-                result_class = "error"
-            await self.recorder.emit(
-                ToolCalled(
-                    call_id=call_id,
-                    tool=name,
-                    version=upstream.version,
-                    arguments=redacted,
-                    sensitivity=grant.sensitivity,
-                    result_class=result_class,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
-                    side_effects=list(grant.side_effects),
-                    error=error,
-                ),
-                caller,
-            )
+                record.result_class = "error"
+            await self.recorder.emit(record.event(), caller)
         assert isinstance(result, CallToolResult)
         return result
 

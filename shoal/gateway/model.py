@@ -20,14 +20,16 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
-from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+from opentelemetry import context as context_api
 
 from shoal.agents.killswitch import KillWatcher, kill_keys
 from shoal.aggregates.pricing import PriceTable
+from shoal.aggregates.trust import GATEWAY_CALL_PREFIX
 from shoal.bus.genai import ChatCall, GenAI
+from shoal.bus.tracecontext import TRACEPARENT, extract_context
 from shoal.gateway.cache import CachedAnswer, ResponseCache, cache_key
 from shoal.gateway.caller import Caller
 from shoal.gateway.config import GatewayConfig, Target
@@ -37,6 +39,7 @@ from shoal.gateway.ledger import Hold, Ledger
 from shoal.gateway.policy import GatewayPolicy
 from shoal.gateway.record import Recorder
 from shoal.gateway.request import DEFAULT_MAX_TOKENS, needs, parse_body, prompt_bound
+from shoal.gateway.settle import CallSettler
 from shoal.gateway.upstream import Answer, Upstreams
 from shoal.schemas import ModelCalled, new_id
 
@@ -78,6 +81,8 @@ class ModelGateway:
         self.genai = genai
         self.default_max_tokens = default_max_tokens
         self.policy = policy
+        self.settler = CallSettler(prices, ledger, recorder)
+        self._priced, self._settle = self.settler.priced, self.settler.settle
         self._pending: set[asyncio.Task[None]] = set()
         self.failures = 0  # background records that failed (logged too)
 
@@ -131,9 +136,26 @@ class ModelGateway:
         except GatewayError as e:
             return _error(e)
         requested: str = body["model"]
+        # A caller's trace context (W3C ``traceparent``) parents the call's span and record.
+        parent = extract_context(request.headers) if TRACEPARENT in request.headers else None
+        token = context_api.attach(parent) if parent is not None else None
+        try:
+            return await self._chat(request, caller, body, requested, started)
+        finally:
+            if token is not None:
+                context_api.detach(token)
+
+    async def _chat(
+        self,
+        request: web.Request,
+        caller: Caller,
+        body: dict[str, Any],
+        requested: str,
+        started: float,
+    ) -> web.StreamResponse:
         attrs = caller.span_attributes() if self.genai.enabled else {}
         with self.genai.chat(requested, attrs) as span:
-            call_id = f"gw-{new_id()}"
+            call_id = f"{GATEWAY_CALL_PREFIX}{new_id()}"
             try:
                 targets, holds = await self._admit(caller, body, requested, call_id)
             except GatewayError as e:
@@ -349,59 +371,6 @@ class ModelGateway:
             self._settle(caller, holds, call_id, usage, answer.target, started, finish, error)
         )
         return out
-
-    # -- after the call ---------------------------------------------------------------------
-    def _priced(
-        self, span: ChatCall, target: Target, usage: dict[str, Any], finish: str
-    ) -> Decimal:
-        tokens_in, tokens_out, cached = _tokens(usage)
-        cost = self.prices.cost(target.model, tokens_in, tokens_out, cached)
-        span.response(
-            model=target.model,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
-            finish_reason=finish,
-            cost_usd=cost,
-        )
-        return cost
-
-    async def _settle(
-        self,
-        caller: Caller,
-        holds: list[Hold],
-        call_id: str,
-        usage: dict[str, Any] | None,
-        target: Target,
-        started: float,
-        finish: str = "stop",
-        error: GatewayError | None = None,
-    ) -> None:
-        tokens_in, tokens_out, cached = _tokens(usage or {})
-        cost = self.prices.cost(target.model, tokens_in, tokens_out, cached) if usage else None
-        data = ModelCalled(
-            call_id=call_id,
-            model=target.model,
-            provider=target.provider,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
-            cached_tokens=cached,
-            latency_ms=_ms(started),
-            finish_reason="error" if error is not None and usage is None else finish,
-            reported_cost_usd=cost,
-            error=str(error)[:500] if error is not None else None,
-        )
-        await asyncio.gather(
-            self.ledger.settle(call_id, holds, cost, lazy=True), self.recorder.emit(data, caller)
-        )
-
-
-def _tokens(usage: dict[str, Any]) -> tuple[int, int, int]:
-    details = usage.get("prompt_tokens_details") or {}
-    return (
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-        int(details.get("cached_tokens") or 0),
-    )
 
 
 def _ms(started: float) -> float:

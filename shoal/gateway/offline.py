@@ -6,6 +6,10 @@ For the demo and tests without a network, and as the benches' upstream: ``POST
 ``cached_tokens`` reports a fixed share of the prompt as cached (to exercise cached pricing).
 ``fail`` maps a model name to an HTTP status it answers with (fallback tests); ``requests``
 counts what reached it, so a test can show a refused call never did.
+
+:func:`offline_gateway` puts a gateway in front of one (both in this process): what
+``shoal demo`` runs its model calls through, so the demo's ``model.called`` are the
+gateway's records, as in production.
 """
 
 from __future__ import annotations
@@ -17,13 +21,21 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from shoal.agents.models import ChatMessage, ChatRequest, OfflineModelClient
 
-__all__ = ["OfflineUpstream", "serve_offline_upstream"]
+if TYPE_CHECKING:
+    from shoal.bus import Bus
+    from shoal.bus.genai import GenAI
+    from shoal.gateway.service import RunningGateway
+
+__all__ = ["OFFLINE_MODELS", "OfflineUpstream", "offline_gateway", "serve_offline_upstream"]
+
+OFFLINE_MODELS = ("offline-small", "offline-large")
+"""The offline models :func:`offline_gateway` serves under their own names."""
 
 
 @dataclass
@@ -138,3 +150,26 @@ async def serve_offline_upstream(
         yield f"http://{host}:{runner.addresses[0][1]}/v1", upstream
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def offline_gateway(
+    bus: Bus, *, latency_s: float = 0.0, genai: GenAI | None = None
+) -> AsyncIterator[RunningGateway]:
+    """A gateway on a free port in front of an offline upstream answering after
+    ``latency_s``: the models of :data:`OFFLINE_MODELS`, priced by the core's table."""
+    from shoal.gateway.config import GatewayConfig
+    from shoal.gateway.service import run_gateway
+
+    upstream = OfflineUpstream(delay_s=latency_s, keep_bodies=False)
+    async with serve_offline_upstream(upstream) as (url, _):
+        config = GatewayConfig.from_dict(
+            {
+                "providers": {"offline": {"base_url": url, "timeout_s": 30}},
+                "models": {m: {"targets": [f"offline/{m}"]} for m in OFFLINE_MODELS},
+                # Every run calls the model: a demo run again shows its own calls and cost.
+                "cache": {"enabled": False},
+            }
+        )
+        async with run_gateway(bus, config, genai=genai) as running:
+            yield running

@@ -71,12 +71,13 @@ async def run_gateway(
     cache = ResponseCache(await bus.kv(bus.topology.responses.name), config.cache.ttl_s)
     recorder = Recorder(bus, replica)
     book = await PolicyBook.open(bus, bus.settings.request_timeout)
+    digest_key = load_digest_key(bus.settings)
     policy = GatewayPolicy(
         book,
         await Approvals.open(bus),
         recorder,
         approval_timeout_s=bus.settings.approval_timeout_s,
-        digest_key=load_digest_key(bus.settings),
+        digest_key=digest_key,
     )
     gateway = ModelGateway(
         config=config,
@@ -116,6 +117,7 @@ async def run_gateway(
                 recorder=recorder,
                 genai=gateway.genai,
                 policy=policy,
+                digest_key=digest_key,
             )
             mcp_url = await mcp.start(host, mcp_port)
         yield RunningGateway(f"http://{host}:{bound}/v1", mcp_url, gateway, replica)

@@ -5,6 +5,12 @@ stopped in reverse order after it ends: the demo fleet's instances come first, a
 adds its own (the core, a query service) through ``services``. The fleet runs as asyncio
 tasks in this process (one connection, no process start-up cost); ``shoal agent run`` is the
 same runtime in its own process.
+
+The model calls go through a model gateway started for the demo in this process, in front of
+an offline upstream (:func:`shoal.gateway.offline.offline_gateway`): each instance holds a
+gateway key of its own, as a supervised instance does, and the ``model.called`` in the log
+are the gateway's records. The tools are the demo's in-process Python tools (see
+docs/gateways.md, "Which tools go where").
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +27,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from shoal.agents.agent import Agent
 from shoal.agents.demo import (
     DEMO_FLEET,
     DEMO_GOAL,
@@ -28,15 +35,18 @@ from shoal.agents.demo import (
     share_one_document,
     write_workspace,
 )
-from shoal.agents.models import OfflineModelClient
+from shoal.agents.gateway_model import GatewayModelClient
+from shoal.agents.models import ModelClient, OfflineModelClient
 from shoal.agents.runtime import AgentRuntime
 from shoal.agents.tools import ToolEnv
 from shoal.bus import Bus, ShoalSettings, Stored
 from shoal.bus.genai import GenAI
 from shoal.errors import InvalidEvent, Refused
+from shoal.gateway.keys import KeyStore
+from shoal.gateway.offline import offline_gateway
 from shoal.ops.goals import build_goal, submit_goal
 from shoal.policy import Approvals, ApprovalState, NotPending
-from shoal.schemas import CloudEvent, GoalCompleted, GoalFailed, GoalPlanned, parse_event
+from shoal.schemas import CloudEvent, GoalCompleted, GoalFailed, GoalPlanned, new_id, parse_event
 
 __all__ = [
     "DemoResult",
@@ -116,14 +126,18 @@ def fleet_services(
     instances: dict[str, int] | None = None,
     model_latency_s: float = DEMO_MODEL_LATENCY_S,
     genai: GenAI | None = None,
+    gateway_url: str | None = None,
 ) -> list[ServiceFactory]:
-    """One factory per demo instance (runtimes sharing the demo's connection)."""
+    """One factory per demo instance (runtimes sharing the demo's connection): through the
+    gateway at ``gateway_url`` with a key of its own, else on the in-process offline model."""
     factories: list[ServiceFactory] = []
     for name, count in (instances or DEMO_INSTANCES).items():
         for _ in range(count):
 
             def factory(bus: Bus, name: str = name) -> AbstractAsyncContextManager[Any]:
                 agent = demo_agents(fleet)[name]
+                if gateway_url is not None:
+                    return _gateway_instance(bus, agent, gateway_url, genai)
                 clients = [OfflineModelClient(latency_s=model_latency_s)]
                 return AgentRuntime(
                     bus, agent, model_clients=clients, concurrency=4, genai=genai
@@ -131,6 +145,33 @@ def fleet_services(
 
             factories.append(factory)
     return factories
+
+
+@contextlib.asynccontextmanager
+async def _gateway_instance(
+    bus: Bus, agent: Agent, gateway_url: str, genai: GenAI | None
+) -> AsyncIterator[AgentRuntime]:
+    """One instance whose model calls go through the gateway with a key bound to it, revoked
+    when it stops (what a supervisor does for the instances it starts)."""
+    instance, store = new_id(), KeyStore(bus)
+    key, secret = await store.create(
+        fleet=agent.fleet,
+        agent=agent.name,
+        instance=instance,
+        manifest=agent.manifest,
+        by=bus.settings.principal,
+    )
+    client = GatewayModelClient(gateway_url, secret)
+    clients: list[ModelClient] = [client]
+    runtime = AgentRuntime(
+        bus, agent, instance=instance, model_clients=clients, concurrency=4, genai=genai
+    )
+    try:
+        async with runtime.running() as running:
+            yield running
+    finally:
+        await client.aclose()
+        await store.revoke(key.id, by=bus.settings.principal)
 
 
 async def run_demo(
@@ -175,7 +216,12 @@ async def run_demo(
         bus.nc, bus.settings.model_copy(update={"approval_timeout_s": approval_timeout_s})
     )
     async with AsyncExitStack() as stack:
-        for factory in fleet_services(fleet, genai=genai):
+        # The gateway's own spans stay off: the SDK's chat span is the call's span in the
+        # goal's trace (the gateway's record links to it through the traceparent header).
+        gateway = await stack.enter_async_context(
+            offline_gateway(fleet_bus, latency_s=DEMO_MODEL_LATENCY_S)
+        )
+        for factory in fleet_services(fleet, genai=genai, gateway_url=gateway.url):
             await stack.enter_async_context(factory(fleet_bus))
         for factory in services:
             await stack.enter_async_context(factory(bus))

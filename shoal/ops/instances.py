@@ -114,6 +114,8 @@ def instance_env(settings: ShoalSettings, url: str) -> dict[str, str]:
     if gateway is not None and gateway["url"]:  # the key is per instance: gateway_env()
         env.setdefault("SHOAL_GATEWAY_URL", gateway["url"])
         env.setdefault("OPENAI_BASE_URL", gateway["url"])
+        if gateway["mcp_url"]:
+            env.setdefault("SHOAL_GATEWAY_MCP_URL", gateway["mcp_url"])
     if env.pop("PYTHONDONTWRITEBYTECODE", ""):
         # Without cached bytecode every instance compiles shoal and its dependencies from
         # source: about half its CPU before the first heartbeat, times every replica. The

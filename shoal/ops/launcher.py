@@ -6,6 +6,12 @@ manifest the fleet spec gives the agent, written to a file the instance reads), 
 after a drain, upgrade or kill; otherwise a restart after an exponential back-off, or, after
 ``crashloop_after`` exits at start in a row, the ``crashloop`` state and an
 ``agent.crashlooping`` event.
+
+When a gateway serves this host (``SHOAL_GATEWAY_URL`` in the instances' environment), each
+instance gets a gateway key of its own, minted before its process starts and bound to its
+fleet, agent, instance and manifest: the secret is only in the child's environment. The key
+is revoked once the instance is gone (stopped, killed, replaced or crashed), so it never
+opens a call for anyone else.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal.bus import Bus, presence_key
+from shoal.ops.gatewaykeys import GatewayKeyError, InstanceKeys
 from shoal.ops.instances import (
     Launch,
     Launcher,
@@ -73,11 +80,12 @@ class InstanceLauncher:
         self.logs_dir = data_dir / "logs"
         self.manifests_dir = data_dir / "manifests"
         self.launched = 0  # processes started over this supervisor's life
+        self.gateway_keys = InstanceKeys(bus, supervisor_id)
 
     def log_path(self, slot: HeldSlot) -> Path:
         return self.logs_dir / f"{slot.key}.log"
 
-    def launch(self, slot: HeldSlot, agent: DesiredAgent) -> None:
+    async def launch(self, slot: HeldSlot, agent: DesiredAgent) -> None:
         """Start a new instance (a new instance id) of ``agent`` in ``slot``."""
         slot.instance = new_id()
         slot.version, slot.target, slot.run = agent.version, agent.target, agent.fingerprint()
@@ -95,8 +103,10 @@ class InstanceLauncher:
                 manifest=manifest,
             )
             env = scoped_env(self.env, launch, self.bus.settings)  # its own credentials
+            env = await self.gateway_keys.add(env, launch, agent.manifest)
             slot.proc = spawn(self.launcher(launch), env, self.log_path(slot))
-        except OSError as e:
+        except (OSError, GatewayKeyError) as e:
+            self.gateway_keys.revoke(slot.instance)
             self.crashed(slot, time.monotonic(), None, f"cannot start: {e}")
             return
         self.launched += 1
@@ -138,16 +148,17 @@ class InstanceLauncher:
         killed: Callable[[str, str | None], str | None],
     ) -> tuple[list[HeldSlot], list[str]]:
         """Notice exits: returns the orphans still alive and the presence keys of the gone."""
-        gone = [
-            presence_key(s.fleet, s.agent, s.instance)
-            for s in orphans
-            if not s.alive and s.instance
-        ]
+        gone = []
+        for s in orphans:
+            if not s.alive and s.instance:
+                gone.append(presence_key(s.fleet, s.agent, s.instance))
+                self.gateway_keys.revoke(s.instance)
         for slot in held:
             if slot.proc is None or slot.proc.poll() is None:
                 continue
             code, reason = slot.proc.returncode, slot.stop_reason
             slot.proc, slot.exit_code = None, code
+            self.gateway_keys.revoke(slot.instance)
             if reason is None and killed(slot.fleet, slot.instance):
                 reason = "kill"  # the instance saw its kill switch first and stopped itself
             if slot.instance:
@@ -216,6 +227,7 @@ class InstanceLauncher:
             if slot.proc is not None:
                 signal_process(slot.proc, signal.SIGKILL)
                 await asyncio.to_thread(slot.proc.wait)
+        await self.gateway_keys.revoke_all()
 
 
 def _digest(body: bytes) -> str:

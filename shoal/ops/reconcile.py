@@ -81,7 +81,7 @@ class SlotReconciler:
                 return
             slot.failures, slot.crashed_on = 0, None  # desired changed: try the new one
         if now >= slot.retry_at and not self.mirrors.killed(slot.fleet, None):
-            self.launcher.launch(slot, agent)
+            await self.launcher.launch(slot, agent)
 
     def _check_health(self, slot: HeldSlot, want: Want, now: float) -> None:
         assert slot.instance is not None

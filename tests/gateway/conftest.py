@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from shoal.bus import Bus
+from shoal.aggregates import run_core
+from shoal.aggregates.pricing import PriceTable
+from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import GatewayConfig, KeyStore, RunningGateway, VirtualKey, run_gateway
 from shoal.gateway.offline import OfflineUpstream, serve_offline_upstream
 from shoal.schemas import ModelCalled
@@ -89,3 +94,33 @@ async def model_calls(bus: Bus, iid: str, n: int) -> list[ModelCalled]:
             return found
         await asyncio.sleep(0.05)
     raise AssertionError(f"fewer than {n} model.called in {iid}")
+
+
+def shoal_cli(settings: ShoalSettings, *args: str) -> str:
+    """``python -m shoal`` on the test's server, prefix and data dir; its stdout (exit 0)."""
+    base = [sys.executable, "-m", "shoal", "--nats-url", settings.nats_url or ""]
+    base += ["--prefix", settings.prefix, "--data-dir", str(settings.data_dir)]
+    done = subprocess.run([*base, *args], capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return done.stdout.decode()
+
+
+def gateway_price(calls: Sequence[ModelCalled]) -> Decimal:
+    """What the core's table charges for ``calls``, checked equal to the gateway's figures."""
+    prices = PriceTable.load(None)
+    expected = sum(
+        (prices.cost(c.model, c.input_tokens, c.output_tokens, c.cached_tokens) for c in calls),
+        Decimal(0),
+    )
+    assert expected == sum(c.reported_cost_usd or 0 for c in calls) and expected > 0
+    return expected
+
+
+async def cost_by_agent(settings: ShoalSettings) -> tuple[dict[str, Decimal], Decimal]:
+    """Run the core until idle, then ``shoal cost --by agent``: cost per agent, and total."""
+    await asyncio.wait_for(
+        run_core(settings, settings.nats_url or "", asyncio.Event(), until_idle=True), 60
+    )
+    answer = json.loads(shoal_cli(settings, "cost", "--by", "agent", "--json"))
+    rows = {r["key"][0]: Decimal(r["cost_usd"]) for r in answer["rows"]}
+    return rows, Decimal(answer["total_usd"])

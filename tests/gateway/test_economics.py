@@ -14,8 +14,7 @@ from shoal.aggregates import run_core
 from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import RunningGateway, run_gateway
 from shoal.gateway.offline import OfflineUpstream
-from tests.gateway.conftest import MakeKey, config_for, model_calls
-from tests.gateway.test_pydantic_ai import _shoal
+from tests.gateway.conftest import MakeKey, config_for, model_calls, shoal_cli
 
 PROMPT = [{"role": "user", "content": "hello there"}]
 
@@ -108,13 +107,13 @@ async def test_the_cache_answers_an_identical_request_per_fleet_and_shoal_cost_s
     await asyncio.wait_for(
         run_core(settings, settings.nats_url or "", asyncio.Event(), until_idle=True), 60
     )
-    answer = json.loads(_shoal(settings, "cost", "--cache", "--json"))
+    answer = json.loads(shoal_cli(settings, "cost", "--cache", "--json"))
     rows = {r["fleet"]: r for r in answer["rows"]}
     assert (rows["research"]["calls"], rows["research"]["hits"]) == (3, 1)
     assert Decimal(rows["research"]["saved_usd"]) == saved
     assert (rows["elsewhere"]["calls"], rows["elsewhere"]["hits"]) == (1, 0)
     total = answer["total"]
     assert (total["calls"], total["hits"], Decimal(total["hit_rate"])) == (4, 1, Decimal("0.25"))
-    by_provider = json.loads(_shoal(settings, "cost", "--by", "provider", "--json"))
+    by_provider = json.loads(shoal_cli(settings, "cost", "--by", "provider", "--json"))
     costs = {r["key"][0]: Decimal(r["cost_usd"]) for r in by_provider["rows"]}
     assert costs == {"fake": 3 * saved, "cache": Decimal(0)}

@@ -15,7 +15,7 @@ from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import KeyStore, RunningGateway
 from shoal.gateway.keys import KeyMirror
 from tests.agents.conftest import eventually
-from tests.gateway.test_pydantic_ai import _shoal
+from tests.gateway.conftest import shoal_cli
 from tests.natsproc import NatsProcess
 
 PROMPT = [{"role": "user", "content": "hi"}]
@@ -25,7 +25,7 @@ async def test_create_list_and_revoke_a_key(
     settings: ShoalSettings, gateway: RunningGateway
 ) -> None:
     created = json.loads(
-        _shoal(
+        shoal_cli(
             settings,
             "keys",
             "create",
@@ -49,14 +49,14 @@ async def test_create_list_and_revoke_a_key(
         60,
         ["fast"],
     )
-    listed = _shoal(settings, "keys", "ls", "--json")
+    listed = shoal_cli(settings, "keys", "ls", "--json")
     assert secret not in listed and "secret_sha256" not in listed
     assert [k["id"] for k in json.loads(listed)] == [key_id]
     body = {"model": "fast", "messages": PROMPT, "max_tokens": 5}
     auth = {"Authorization": f"Bearer {secret}"}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
         assert (await http.post("/chat/completions", json=body, headers=auth)).status_code == 200
-        _shoal(settings, "keys", "revoke", key_id)
+        shoal_cli(settings, "keys", "revoke", key_id)
         for _ in range(100):  # the replica's mirror follows the bucket
             r = await http.post("/chat/completions", json=body, headers=auth)
             if r.status_code == 401:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
@@ -15,13 +12,12 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.settings import ModelSettings
 
-from shoal.aggregates import run_core
 from shoal.aggregates.pricing import PriceTable
 from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import RunningGateway
 from shoal.gateway.offline import OfflineUpstream
 from shoal.gateway.request import prompt_bound
-from tests.gateway.conftest import MakeKey, model_calls
+from tests.gateway.conftest import MakeKey, cost_by_agent, gateway_price, model_calls, shoal_cli
 
 SETTINGS: ModelSettings = {"max_tokens": 20}
 
@@ -32,14 +28,6 @@ def _agent(monkeypatch: pytest.MonkeyPatch, url: str, secret: str) -> Agent[None
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     model = OpenAIChatModel("fast", provider=OpenAIProvider())
     return Agent(model, output_type=str, model_settings=SETTINGS)
-
-
-def _shoal(settings: ShoalSettings, *args: str) -> str:
-    base = [sys.executable, "-m", "shoal", "--nats-url", settings.nats_url or ""]
-    base += ["--prefix", settings.prefix, "--data-dir", str(settings.data_dir)]
-    done = subprocess.run([*base, *args], capture_output=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    return done.stdout.decode()
 
 
 async def test_its_calls_and_stream_appear_in_shoal_cost_with_the_gateways_figures(
@@ -59,19 +47,8 @@ async def test_its_calls_and_stream_appear_in_shoal_cost_with_the_gateways_figur
     calls = await model_calls(bus, key.id, 2)
     assert [c.finish_reason for c in calls] == ["stop", "stop"]
     assert all(c.error is None and c.output_tokens > 0 for c in calls)
-    prices = PriceTable.load(None)
-    expected = sum(
-        prices.cost(c.model, c.input_tokens, c.output_tokens, c.cached_tokens) for c in calls
-    )
-    assert expected == sum(c.reported_cost_usd or 0 for c in calls)
-
-    await asyncio.wait_for(
-        run_core(settings, settings.nats_url or "", asyncio.Event(), until_idle=True), 60
-    )
-    answer = json.loads(_shoal(settings, "cost", "--by", "agent", "--json"))
-    rows = {tuple(r["key"]): r for r in answer["rows"]}
-    assert Decimal(rows[("helper",)]["cost_usd"]) == expected
-    assert Decimal(answer["total_usd"]) == expected
+    expected = gateway_price(calls)
+    assert await cost_by_agent(settings) == ({"helper": expected}, expected)
 
 
 async def test_kill_instance_and_kill_model_refuse_its_next_call(
@@ -84,16 +61,16 @@ async def test_kill_instance_and_kill_model_refuse_its_next_call(
     _, secret = await make_key(fleet="pyd", agent="helper", instance="pyd-2")
     agent = _agent(monkeypatch, gateway.url, secret)
     assert (await agent.run("one")).output == "ok: one"
-    _shoal(settings, "kill", "--instance", "pyd-2", "--reason", "test")
+    shoal_cli(settings, "kill", "--instance", "pyd-2", "--reason", "test")
     await _until(gateway, "instance.pyd-2")
     with pytest.raises(ModelHTTPError) as refused:
         await agent.run("two")
     assert refused.value.status_code == 403
-    _shoal(settings, "unkill", "--instance", "pyd-2")
+    shoal_cli(settings, "unkill", "--instance", "pyd-2")
     await _until(gateway, "instance.pyd-2", present=False)
     assert (await agent.run("three")).output == "ok: three"
     # "fast" is a gateway alias, which the CLI cannot know from the event log: --force.
-    _shoal(settings, "kill", "--model", "fast", "--force")
+    shoal_cli(settings, "kill", "--model", "fast", "--force")
     await _until(gateway, "model.fast")
     with pytest.raises(ModelHTTPError) as refused:
         await agent.run("four")

@@ -7,12 +7,13 @@ from typing import Any
 import pytest
 
 from shoal.agents import Agent, AgentRuntime, CapabilityManifest, Killed, TaskContext
+from shoal.agents.errors import ModelError
 from shoal.agents.gateway_model import caller_headers
 from shoal.agents.models import ChatMessage, ChatRequest
 from shoal.agents.runtime import default_model_clients
 from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import GatewayConfig, run_gateway
-from shoal.gateway.offline import OfflineUpstream
+from shoal.gateway.offline import OfflineUpstream, serve_offline_upstream
 from shoal.ops import kill as ops_kill
 from shoal.schemas import ModelCalled, PolicyDecided
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
@@ -91,3 +92,46 @@ async def test_ctx_model_goes_through_the_gateway_which_records_it_and_refuses_b
     assert all(isinstance(d, PolicyDecided) for d in refusals)
     # The SDK's refusal (from the instance), then the gateway's (of the bypass).
     assert [e.source.split("/")[2] for e in of_type(events, "policy.decided")] == ["sdk", "gateway"]
+
+
+async def test_a_call_the_upstream_fails_is_recorded_once_by_the_gateway_not_by_the_sdk(
+    bus: Bus, settings: ShoalSettings, make_key: MakeKey
+) -> None:
+    manifest = CapabilityManifest(models=("offline-small",))
+    _, secret = await make_key(fleet="sdk", agent="worker", instance="sdk-2", manifest=manifest)
+    agent = Agent("worker", fleet="sdk", manifest=manifest)
+    errors: list[str] = []
+
+    @agent.handler("chat")
+    async def chat(ctx: TaskContext, task: dict[str, Any]) -> dict[str, Any]:
+        try:
+            await ctx.model.complete(task["text"])
+        except ModelError as e:
+            errors.append(type(e).__name__)
+        return {}
+
+    failing = OfflineUpstream(fail={"offline-small": 500})
+    async with serve_offline_upstream(failing) as (url, _):
+        config = GatewayConfig.from_dict(
+            {
+                "providers": {"fake": {"base_url": url}},
+                "models": {"offline-small": {"targets": ["fake/offline-small"]}},
+            }
+        )
+        async with run_gateway(bus, config) as gw:
+            through = settings.model_copy(update={"gateway_url": gw.url, "gateway_key": secret})
+            clients = default_model_clients(through)
+            runtime = AgentRuntime(bus, agent, instance="sdk-2", model_clients=clients)
+            async with runtime.running():
+                task = await submit_task(bus, "sdk", "chat", {"text": "hello"})
+                await wait_events(
+                    bus,
+                    bus.subjects.session_events(task.iid),
+                    lambda e: of_type(e, "task.completed"),
+                )
+            await gw.model.drain()
+    assert errors == ["ModelError"]
+    called = of_type(await bus.session_events(task.iid), "model.called")
+    assert [(e.source.split("/")[2], e.data.error is not None) for e in called] == [  # type: ignore[attr-defined]
+        ("gateway", True)
+    ]

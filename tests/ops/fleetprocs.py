@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shoal.bus import ShoalSettings
+from tests.natsproc import NatsProcess
 
 T = TypeVar("T")
 
@@ -65,6 +66,20 @@ def agent_procs(prefix: str) -> list[AgentProc]:
     return sorted(out, key=lambda p: p.slot)
 
 
+def fleet_settings(
+    nats_server: NatsProcess, prefix: str, tmp_path: Path, lease_ttl_s: float = 3.0
+) -> ShoalSettings:
+    """Short leases and heartbeats, so take-over and liveness happen within a test's time."""
+    return ShoalSettings(
+        nats_url=nats_server.url,
+        prefix=prefix,
+        data_dir=tmp_path / "data",
+        principal="tester",
+        lease_ttl_s=lease_ttl_s,
+        presence_ttl_s=3.0,
+    )
+
+
 def process_env(settings: ShoalSettings) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -83,9 +98,12 @@ def process_env(settings: ShoalSettings) -> dict[str, str]:
 class Supervisors:
     """Starts ``python -m shoal supervisor`` processes; stops them and their instances."""
 
-    def __init__(self, settings: ShoalSettings, log_dir: Path) -> None:
+    def __init__(
+        self, settings: ShoalSettings, log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.env = env or {}  # added to every supervisor's environment
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, sup_id: str, *args: str) -> subprocess.Popen[bytes]:
@@ -93,7 +111,7 @@ class Supervisors:
         with (self.log_dir / f"{sup_id}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shoal", "supervisor", "--id", sup_id, *args],
-                env=process_env(self.settings),
+                env={**process_env(self.settings), **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -37,7 +37,7 @@ def gateway(
     logging.basicConfig(
         level=c.settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    run(c, _serve(c, config, host, port, mcp_port))
+    run(c, _serve(c, config, host, port, mcp_port), bounded=False)  # a service: until SIGTERM
 
 
 async def _serve(
