@@ -108,3 +108,28 @@ def test_a_console_killed_outright_is_not_reported_as_running(settings: ShoalSet
     assert console_hint(settings, "G1") == "console: 'shoal up' serves it at http://127.0.0.1:8470"
     record.write_text(json.dumps({"url": "http://127.0.0.1:1", "pid": os.getpid()}))
     assert console_hint(settings, "G1") == "console: http://127.0.0.1:1/goals/G1"
+
+
+def test_the_console_serves_past_the_command_timeout_until_sigterm(
+    settings: ShoalSettings,
+) -> None:
+    # --timeout bounds a command's waits for the server, not a service's life.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "--timeout", "1", "console", "--port", "0"],
+        env=env_of(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not url_record(settings).exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        url = json.loads(url_record(settings).read_text())["url"]
+        time.sleep(3)  # three times the command timeout
+        assert proc.poll() is None
+        assert httpx.get(f"{url}/login", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0

@@ -81,7 +81,7 @@ def console(
     if ctx.invoked_subcommand is not None:
         return
     c = cli(ctx)
-    run(c, _serve(c, _console_settings(host, port)))
+    run(c, _serve(c, _console_settings(host, port)), bounded=False)  # a service: until SIGTERM
 
 
 async def _serve(c: Cli, settings: ConsoleSettings) -> None:
