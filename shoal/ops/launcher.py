@@ -93,6 +93,8 @@ class InstanceLauncher:
                 concurrency=agent.concurrency,
                 supervisor=self.supervisor_id,
                 manifest=manifest,
+                command=agent.command,
+                capabilities=agent.capabilities,
             )
             env = scoped_env(self.env, launch, self.bus.settings)  # its own credentials
             slot.proc = spawn(self.launcher(launch), env, self.log_path(slot))
