@@ -12,8 +12,8 @@
 //
 // Lifecycle (section 3): register (agent.started) -> heartbeat presence -> pull tasks and
 // report events -> on SIGTERM drain and send agent.stopped; on a kill of this instance, its
-// fleet or everything, release what runs, acknowledge with agent.killed and exit 0 (a killed
-// instance id is never trusted again: a new process registers under a new id).
+// fleet or everything, release what runs and exit 0 (a killed instance id is never trusted
+// again: a new process registers under a new id).
 // Exit codes: 0 stopped or killed, 1 connection lost or a fatal error, 2 bad configuration.
 
 import { readFileSync } from "node:fs";
@@ -175,20 +175,17 @@ async function watchKills() {
 }
 
 // Killed (instance, fleet or all): the worker stops, the work is released to another
-// instance (task.failed Killed, final false, nak without delay), the kill is acknowledged.
+// instance (task.failed Killed, final false, nak without delay), and the process exits.
+// The operator's agent.killed is the kill's record; an instance's credentials may not
+// publish kills (docs/agents.md section 3, "After a kill").
 async function killed(key) {
+  if (stopping === "kill") return;
   stopping = "kill";
   const kill = kills.get(key) || {};
-  const interrupted = [];
-  for (const [iid, work] of running) {
-    interrupted.push(iid);
+  for (const work of [...running.values()]) {
     await settle(work, `killed by ${kill.by || "?"}: ${kill.reason || ""}`, "Killed", false);
   }
-  await report(lifecycle, "shoal.agent.killed", {
-    by: kill.by || "",
-    reason: kill.reason || "",
-    interrupted,
-  });
+  console.log(`killed (${key}) by ${kill.by || "?"}: ${kill.reason || ""}`);
   await shutdown(0);
 }
 
@@ -325,10 +322,28 @@ async function shutdown(code) {
   process.exit(code);
 }
 
+// The key of a kill that stops this instance, read from the bucket itself (a supervisor's
+// SIGTERM for a kill may arrive before this process's own watch delivers the key).
+async function stopKill() {
+  for (const key of stopKeys) {
+    const entry = await killBucket.get(key);
+    if (entry && entry.operation === "PUT") {
+      kills.set(key, entry.value.length ? JSON.parse(dec.decode(entry.value)) : {});
+      return key;
+    }
+  }
+  return null;
+}
+
 process.on("SIGTERM", () => {
   if (stopping) return;
   stopping = "drain";
   void Promise.allSettled(loops).then(async () => {
+    const key = await stopKill().catch(() => null);
+    if (key) {
+      await killed(key); // a kill, not a drain: acknowledged as such, and exits
+      return;
+    }
     await report(lifecycle, "shoal.agent.stopped", { reason: "SIGTERM" });
     await shutdown(0);
   });
