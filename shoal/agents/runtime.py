@@ -131,6 +131,7 @@ class AgentRuntime:
         slot: int | None = None,
         drain_timeout_s: float | None = None,
         genai: GenAI | None = None,
+        consume: bool = True,
     ) -> None:
         self.bus = bus
         self.genai = genai or GenAI.disabled()  # spans and metrics (setup_telemetry)
@@ -150,6 +151,9 @@ class AgentRuntime:
         self.tool_env = ToolEnv.for_settings(self.settings)
         self.runner = TaskRunner(self)
         self.consumers: list[PullConsumer] = []
+        # False: deliveries come from elsewhere (a FastStream subscriber) and are handed to
+        # ``runner.handle_task``; the runtime still provisions the shared consumers.
+        self.consume = consume
         self.started_at: datetime = utcnow()
         self.killed = asyncio.Event()
         self.stop_reason = ""
@@ -327,6 +331,8 @@ class AgentRuntime:
             return await ensure_consumer(self.bus, stream, durable, subject)
 
         await recreate()
+        if not self.consume:
+            return
         self.consumers.append(
             PullConsumer(
                 self.bus.nc,

@@ -171,7 +171,9 @@ class AgentSpec(BaseModel):
         if self.command is not None and not self.capabilities:
             raise ValueError("'capabilities' is required with 'command': what it serves")
         if self.target is not None and self.capabilities is not None:
-            raise ValueError("'capabilities' is only for a 'command' agent (a target declares its own)")
+            raise ValueError(
+                "'capabilities' is only for a 'command' agent (a target declares its own)"
+            )
         return self
 
 
