@@ -81,9 +81,10 @@ async def test_a_faststream_worker_completes_a_goal_beside_sdk_agents(
         outputs = done.data.result["outputs"]
         assert sorted(o["text"] for o in outputs.values()) == ["LAZY DOG", "QUICK FOX", "THE END"]
         completed = of_type(events, "task.completed")
-        assert sorted((e.agent, e.instance, e.parentiid) for e in completed) == [
-            ("fs-shouter", "FS1", goal.iid)
-        ] * 3
+        assert (
+            sorted((e.agent, e.instance, e.parentiid) for e in completed)
+            == [("fs-shouter", "FS1", goal.iid)] * 3
+        )
 
         # Everything the goal left on the log is believed.
         url = resolve_url(local, start=False)
@@ -114,6 +115,7 @@ async def test_a_faststream_worker_completes_a_goal_beside_sdk_agents(
                 call.model, call.input_tokens, call.output_tokens, call.cached_tokens
             )
             assert session.cost_usd == call.reported_cost_usd  # the offline client's estimate
-        assert core.instance("FS1").status == "killed"
+        fs1 = core.instance("FS1")
+        assert fs1 is not None and fs1.status == "killed"
     finally:
         core.close()
