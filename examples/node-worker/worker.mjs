@@ -182,8 +182,13 @@ async function killed(key) {
   if (stopping === "kill") return;
   stopping = "kill";
   const kill = kills.get(key) || {};
-  for (const work of [...running.values()]) {
-    await settle(work, `killed by ${kill.by || "?"}: ${kill.reason || ""}`, "Killed", false);
+  try {
+    for (const work of [...running.values()]) {
+      await settle(work, `killed by ${kill.by || "?"}: ${kill.reason || ""}`, "Killed", false);
+    }
+  } catch (e) {
+    // The warden revokes a killed identity at once: the task is redelivered after ack_wait.
+    console.error(`warning: could not release the work in flight: ${e.message}`);
   }
   console.log(`killed (${key}) by ${kill.by || "?"}: ${kill.reason || ""}`);
   await shutdown(0);
@@ -318,7 +323,11 @@ async function shutdown(code) {
   } catch {
     // the key expires with its TTL anyway
   }
-  await nc.drain();
+  try {
+    await nc.drain();
+  } catch {
+    // already closed (revoked credentials): nothing left to flush
+  }
   process.exit(code);
 }
 
