@@ -39,9 +39,11 @@ What each piece is, and where it comes from (nothing here re-implements the cont
 - **Registration and presence** come from :class:`~shoal.agents.runtime.AgentRuntime`
   started with ``consume=False``: ``agent.started`` before the first task, heartbeats,
   ``agent.stopped`` on a drain.
-- **Kill switches**: while ``instance.<id>``, ``fleet.<name>`` or ``all`` is set the
-  subscribers are stopped (no delivery burns an attempt on a paused instance) and started
-  again when the switch is lifted; an ``instance.<id>`` kill ends :meth:`serve`.
+- **Kill switches**: the moment ``instance.<id>``, ``fleet.<name>`` or ``all`` is set the
+  subscribers stop (no delivery burns an attempt on a killed instance) and :meth:`serve`
+  ends: a killed instance id is final for the core (docs/agents.md §3, "After a kill"), so
+  the process exits and a new one registers under a new id. Inside :meth:`running` (no
+  ``serve``) they start again when the switch is lifted.
 
 Throughput is FastStream's pull path (DESIGN.md: ~7-8k msg/s per handler), below the SDK's
 own consumer; the SDK's runtime stays the measured fast path.
@@ -127,6 +129,9 @@ class FastStreamWorker:
         self._subscribers: list[Any] = []
         self._paused = False
         self._pausing: asyncio.Task[None] | None = None
+        self.killed = asyncio.Event()
+        """Set when a kill stops this instance (``instance``, ``fleet`` or ``all``)."""
+        self.kill_reason = ""
 
     def subscriber(self, capability: str) -> Callable[[HandlerFn], HandlerFn]:
         """Serve ``capability`` with an SDK-style handler ``async def fn(ctx, task)``,
@@ -175,7 +180,8 @@ class FastStreamWorker:
             concurrency=self.concurrency,
         )
         await self.runtime.start()
-        self._paused = self.runtime.paused()
+        self._paused = False
+        self._pause_changed()
 
     async def stop(self) -> None:
         """Stop taking tasks, let the runner settle what runs, ``agent.stopped``. Call it
@@ -206,13 +212,12 @@ class FastStreamWorker:
         """Run until ``stop`` is set or this instance is killed; return why it ended."""
         stop = stop or asyncio.Event()
         async with self.running() as worker:
-            assert worker.runtime is not None
-            killed = asyncio.create_task(worker.runtime.killed.wait())
+            killed = asyncio.create_task(worker.killed.wait())
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({killed, stopped}, return_when=asyncio.FIRST_COMPLETED)
             for task in (killed, stopped):
                 task.cancel()
-            return worker.runtime.stop_reason or "stopped"
+            return worker.kill_reason or "stopped"
 
     # -- kill switches --------------------------------------------------------------------------
     def _pause_changed(self) -> None:
@@ -220,6 +225,13 @@ class FastStreamWorker:
         if runtime is None or runtime.paused() == self._paused:
             return
         self._paused = runtime.paused()
+        found = runtime.pausing_kill()
+        if found is not None and not self.killed.is_set():
+            key, switch = found
+            self.kill_reason = f"killed ({key}) by {switch.by}" + (
+                f": {switch.reason}" if switch.reason else ""
+            )
+            self.killed.set()
         previous = self._pausing
 
         async def apply(paused: bool) -> None:

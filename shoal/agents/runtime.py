@@ -261,7 +261,11 @@ class AgentRuntime:
     # -- kill switches ----------------------------------------------------------------------
     def paused(self) -> bool:
         """No new tasks while the instance, its fleet or the platform is killed."""
-        return self.kills.match(self._pause_keys) is not None
+        return self.pausing_kill() is not None
+
+    def pausing_kill(self) -> tuple[str, KillSwitch] | None:
+        """The ``instance``, ``fleet`` or ``all`` switch that stops this instance, if set."""
+        return self.kills.match(self._pause_keys)
 
     def _on_kill(self, key: str, switch: KillSwitch | None) -> None:
         if switch is not None:

@@ -93,7 +93,7 @@ async def test_a_faststream_worker_completes_a_goal_beside_sdk_agents(
 
         # Its kill switch ends it, as it ends an SDK instance.
         await kill(admin, "instance", "FS1", by="tester", reason="test")
-        assert await asyncio.wait_for(serving, 30) == "killed by tester: test"
+        assert await asyncio.wait_for(serving, 30) == "killed (instance.FS1) by tester: test"
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.shield(serving), 30)

@@ -20,13 +20,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from shoal.aggregates import open_core, run_core
 from shoal.auth import KeyStore
 from shoal.bus import Bus, Presence, ShoalSettings
+from shoal.ops.cli import app as cli_app
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.fleets import apply_fleet, describe_fleet, fleet_command, kv_snapshot, open_fleet_app
-from shoal.ops.kill import kill
 from shoal.schemas import GoalCompleted, TaskAssigned
 from shoal.schemas.fleet import parse_fleet_spec
 from shoal.schemas.pricing import builtin_prices
@@ -192,7 +193,10 @@ async def test_a_node_worker_is_supervised_counted_scaled_killed_and_replaced(
 
         # Killed through its instance's kill switch: it exits; its slot stays empty while
         # the switch is set.
-        await kill(admin, "instance", first.instance, by="tester", reason="test")
+        argv = ["kill", "--instance", first.instance, "--reason", "test"]
+        env = {**process_env(local), "NATS_URL": ""}  # the embedded server, as `shoal up` runs
+        killed = await asyncio.to_thread(CliRunner().invoke, cli_app, argv, env=env)
+        assert killed.exit_code == 0, killed.output
         await eventually(
             lambda: asyncio.to_thread(node_procs, prefix), lambda ps: ps == [second], 30, "kill"
         )
