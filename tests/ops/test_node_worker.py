@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -33,7 +32,8 @@ from shoal.schemas.fleet import parse_fleet_spec
 from shoal.schemas.pricing import builtin_prices
 from tests.agents.conftest import of_type, shout_goal
 from tests.auth.conftest import local, secured, secured_dir  # noqa: F401
-from tests.ops.fleetprocs import eventually, process_env
+from tests.auth.test_supervised import start_supervisor
+from tests.ops.fleetprocs import eventually, live_procs, process_env
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -82,23 +82,14 @@ class NodeProc:
 
 def node_procs(prefix: str) -> list[NodeProc]:
     """Live ``node worker.mjs`` processes of this test's prefix, from ``/proc``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode().split("\0")
-            raw = (entry / "environ").read_bytes().split(b"\0")
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        if not argv[0].endswith("node") or not any(a.endswith("worker.mjs") for a in argv):
-            continue
-        env = dict(e.decode(errors="replace").split("=", 1) for e in raw if b"=" in e)
-        if env.get("SHOAL_PREFIX") != prefix or "State:\tZ" in status:
-            continue
-        out.append(NodeProc(int(entry.name), env.get("SHOAL_INSTANCE", "")))
-    return sorted(out, key=lambda p: p.instance)
+    return sorted(
+        (
+            NodeProc(pid, env.get("SHOAL_INSTANCE", ""))
+            for pid, argv, env in live_procs(prefix)
+            if argv[0].endswith("node") and any(a.endswith("worker.mjs") for a in argv)
+        ),
+        key=lambda p: p.instance,
+    )
 
 
 async def present(bus: Bus) -> list[Presence]:
@@ -115,20 +106,14 @@ async def admin(local: ShoalSettings) -> AsyncIterator[Bus]:  # noqa: F811
         yield bus
 
 
-def start_supervisor(local: ShoalSettings, log_path: Path) -> subprocess.Popen[bytes]:  # noqa: F811
+def supervisor(local: ShoalSettings, log_path: Path) -> subprocess.Popen[bytes]:  # noqa: F811
     store = KeyStore.for_data_dir(local.data_dir)
     env = {
         **process_env(local),
         "NATS_URL": resolve_url(local, start=False),
         "NATS_CREDS": str(store.creds_path("supervisor")),  # as `shoal up` starts it
     }
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "shoal", "supervisor", "--id", "sup-node"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return start_supervisor(env, log_path)
 
 
 async def shout(admin: Bus, words: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -154,7 +139,7 @@ async def test_a_node_worker_is_supervised_counted_scaled_killed_and_replaced(
     tmp_path: Path,
 ) -> None:
     prefix = local.prefix
-    sup = start_supervisor(local, tmp_path / "sup.log")
+    sup = supervisor(local, tmp_path / "sup.log")
     app = open_fleet_app(local)
 
     def log_tail() -> str:
