@@ -213,6 +213,22 @@ function tokens(text) {
   return Math.ceil(text.length / 4) + 4;
 }
 
+// Is this task's completion already on the log? (A redelivery after a crash between the
+// report and the ack.) An ordered consumer on the event log, filtered to the session.
+async function alreadyCompleted(task) {
+  try {
+    const consumer = await js.consumers.get(`${P}_EVENTS`, {
+      filter_subjects: [`${prefix}.events.*.${task.iid}.task.completed.>`],
+    });
+    const found = await consumer.next({ expires: 1000 });
+    await consumer.delete().catch(() => {});
+    return found !== null;
+  } catch (e) {
+    console.error(`warning: could not read the log for ${task.iid}: ${e.message}`);
+    return false;
+  }
+}
+
 async function handle(capability, msg) {
   let task;
   try {
@@ -237,6 +253,11 @@ async function handle(capability, msg) {
   if (kill) {
     const stops = stopKeys.includes(kill);
     await settle(work, `killed: ${kill}`, "Killed", !stops);
+    return;
+  }
+  if (attempt > 1 && (await alreadyCompleted(task))) {
+    running.delete(task.iid);
+    await msg.ackAck(); // a recorded completion wins: the previous attempt died before its ack
     return;
   }
   if (attempt > 3) {
