@@ -144,6 +144,7 @@ class AgentRuntime:
         slot: int | None = None,
         drain_timeout_s: float | None = None,
         genai: GenAI | None = None,
+        consume: bool = True,
     ) -> None:
         self.bus = bus
         self.genai = genai or GenAI.disabled()  # spans and metrics (setup_telemetry)
@@ -164,6 +165,9 @@ class AgentRuntime:
         self.mcp_tools = default_mcp_tools(self.settings)
         self.runner = TaskRunner(self)
         self.consumers: list[PullConsumer] = []
+        # False: deliveries come from elsewhere (a FastStream subscriber) and are handed to
+        # ``runner.handle_task``; the runtime still provisions the shared consumers.
+        self.consume = consume
         self.started_at: datetime = utcnow()
         self.killed = asyncio.Event()
         self.stop_reason = ""
@@ -271,7 +275,11 @@ class AgentRuntime:
     # -- kill switches ----------------------------------------------------------------------
     def paused(self) -> bool:
         """No new tasks while the instance, its fleet or the platform is killed."""
-        return self.kills.match(self._pause_keys) is not None
+        return self.pausing_kill() is not None
+
+    def pausing_kill(self) -> tuple[str, KillSwitch] | None:
+        """The ``instance``, ``fleet`` or ``all`` switch that stops this instance, if set."""
+        return self.kills.match(self._pause_keys)
 
     def _on_kill(self, key: str, switch: KillSwitch | None) -> None:
         if switch is not None:
@@ -341,6 +349,8 @@ class AgentRuntime:
             return await ensure_consumer(self.bus, stream, durable, subject)
 
         await recreate()
+        if not self.consume:
+            return
         self.consumers.append(
             PullConsumer(
                 self.bus.nc,

@@ -46,14 +46,22 @@ class AgentState:
         replicas: int,
         concurrency: int,
         manifest: CapabilityManifest | None = None,
+        command: tuple[str, ...] | None = None,
     ) -> None:
         self.target = target
         self.version = version
         self.replicas = replicas
         self.concurrency = concurrency
         self.manifest = manifest
-        # (version, target) pairs this agent ran before, oldest first: rollback pops the last.
-        self.previous: list[tuple[str, str]] = []
+        self.command = command  # a non-Python agent's argv (then target is "")
+        self.capabilities: tuple[str, ...] = ()
+        # (version, target, command) this agent ran before, oldest first: rollback pops the
+        # last. The events carry version and target; the command comes from the spec applied.
+        self.previous: list[tuple[str, str, tuple[str, ...] | None]] = []
+
+    def remember(self) -> None:
+        """Keep what runs now as the version a rollback returns to."""
+        self.previous.append((self.version, self.target, self.command))
 
 
 class Fleet(Aggregate):
@@ -144,6 +152,11 @@ class Fleet(Aggregate):
         state = self._agent(agent)
         check_version(version)
         if target is not None:
+            if state.command is not None:
+                raise Refused(
+                    f"{self.name}/{agent} runs a command, not a Python target: "
+                    "apply a spec to change what it runs"
+                )
             check_target(target)
         if version == state.version and (target is None or target == state.target):
             raise Refused(f"{self.name}/{agent} already runs version {version}")
@@ -155,7 +168,7 @@ class Fleet(Aggregate):
         state = self._agent(agent)
         if not state.previous:
             raise Refused(f"{self.name}/{agent} has no previous version to roll back to")
-        version, target = state.previous[-1]
+        version, target, _ = state.previous[-1]
         self._rolled_back(agent=agent, version=version, target=target, by=by, reason=reason)
 
     # -- events: the only place state changes -----------------------------------------------
@@ -184,14 +197,14 @@ class Fleet(Aggregate):
     @event(Upgraded)
     def _upgraded(self, agent: str, version: str, target: str, by: str, reason: str) -> None:
         state = self.agents[agent]
-        state.previous.append((state.version, state.target))
+        state.remember()
         state.version, state.target = version, target
         self.updated_by = by
 
     @event(RolledBack)
     def _rolled_back(self, agent: str, version: str, target: str, by: str, reason: str) -> None:
         state = self.agents[agent]
-        state.previous.pop()
+        _, _, state.command = state.previous.pop()
         state.version, state.target = version, target
         self.updated_by = by
 
@@ -210,6 +223,8 @@ class Fleet(Aggregate):
                     concurrency=s.concurrency,
                     manifest=s.manifest,
                     previous_version=s.previous[-1][0] if s.previous else None,
+                    command=s.command,
+                    capabilities=s.capabilities,
                 )
                 for name, s in self.agents.items()
             },
@@ -229,17 +244,19 @@ class Fleet(Aggregate):
 
     def _take_spec(self, spec: FleetSpec) -> None:
         # Applying a spec is declarative: replicas and versions become what it says; a
-        # changed version or target counts as an upgrade (the old one can be rolled back to).
+        # changed version, target or command counts as an upgrade (the old one can be rolled
+        # back to).
         agents: dict[str, AgentState] = {}
         for a in spec.agents:
+            target = a.target or ""
             state = self.agents.get(a.name) or AgentState(
-                a.target, a.version, a.replicas, a.concurrency
+                target, a.version, a.replicas, a.concurrency, command=a.command
             )
-            if (state.version, state.target) != (a.version, a.target):
-                state.previous.append((state.version, state.target))
-            state.version, state.target = a.version, a.target
+            if (state.version, state.target, state.command) != (a.version, target, a.command):
+                state.remember()
+            state.version, state.target, state.command = a.version, target, a.command
             state.replicas, state.concurrency = a.replicas, a.concurrency
-            state.manifest = a.manifest
+            state.manifest, state.capabilities = a.manifest, a.capabilities or ()
             agents[a.name] = state
         self.agents = agents
 

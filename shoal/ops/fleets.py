@@ -409,7 +409,7 @@ def _view(
 ) -> FleetView:
     now = utcnow()
     agents = {
-        name: AgentView(name, desired.replicas(name), d.version, d.target, d.previous_version)
+        name: AgentView(name, desired.replicas(name), d.version, d.runs, d.previous_version)
         for name, d in desired.agents.items()
     }
     for entry in presence.values():

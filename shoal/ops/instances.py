@@ -1,6 +1,9 @@
 """Agent instance processes as the supervisor starts them: command line, environment, and
 the tie that makes an instance die with its supervisor.
 
+A fleet spec's ``command:`` agent (any language) runs its own argv instead, as is (no
+shell), supervised the same way; it learns who it is from :func:`identity_env`.
+
 Each instance is ``python -m shoal agent run FLEET AGENT --target … --instance … --version …
 --slot … --supervisor … [--manifest FILE]`` (``--manifest``: the fleet spec's manifest for
 the agent, which replaces the one its code declares) through the lean entry point
@@ -36,6 +39,7 @@ __all__ = [
     "Launch",
     "Launcher",
     "bytecode_cache_dir",
+    "identity_env",
     "instance_command",
     "instance_env",
     "mint",
@@ -62,6 +66,8 @@ class Launch:
     concurrency: int
     supervisor: str
     manifest: Path | None = None  # the spec's manifest override, as a JSON file
+    command: tuple[str, ...] | None = None  # a non-Python agent's argv (then target is "")
+    capabilities: tuple[str, ...] = ()  # what a command agent serves (its credentials' scope)
 
 
 Launcher = Callable[[Launch], list[str]]
@@ -70,7 +76,10 @@ Launcher = Callable[[Launch], list[str]]
 
 def instance_command(launch: Launch) -> list[str]:
     """``python -m shoal agent run`` for one slot (``shoal/__main__.py`` routes it to the lean
-    :mod:`shoal.agents.__main__`; the words ``shoal agent run`` name it in process lists)."""
+    :mod:`shoal.agents.__main__`; the words ``shoal agent run`` name it in process lists), or
+    the spec's ``command`` as written for a non-Python agent."""
+    if launch.command is not None:
+        return list(launch.command)
     manifest = ["--manifest", str(launch.manifest)] if launch.manifest is not None else []
     return [
         sys.executable,
@@ -125,15 +134,42 @@ def instance_env(settings: ShoalSettings, url: str) -> dict[str, str]:
     return env
 
 
+def identity_env(launch: Launch) -> dict[str, str]:
+    """Who one instance is, as environment variables (docs/agents.md, "Non-Python agents in
+    a fleet spec"): what a ``command`` agent has instead of ``shoal agent run``'s options."""
+    env = {
+        "SHOAL_FLEET": launch.fleet,
+        "SHOAL_AGENT": launch.agent,
+        "SHOAL_INSTANCE": launch.instance,
+        "SHOAL_VERSION": launch.version,
+        "SHOAL_SLOT": str(launch.slot),
+        "SHOAL_CONCURRENCY": str(launch.concurrency),
+        "SHOAL_SUPERVISOR": launch.supervisor,
+        "SHOAL_CAPABILITIES": ",".join(launch.capabilities),
+    }
+    if launch.manifest is not None:
+        env["SHOAL_MANIFEST"] = str(launch.manifest)
+    return env
+
+
 def scoped_env(env: dict[str, str], launch: Launch, settings: ShoalSettings) -> dict[str, str]:
-    """``env`` with ``NATS_CREDS`` naming credentials minted for this one instance.
+    """``env`` with ``NATS_CREDS`` naming credentials minted for this one instance, and, for
+    a ``command`` agent, its identity (:func:`identity_env`).
 
     Only when this supervisor connects with credentials of the key store in its data dir
     (the local installation) can it sign them; otherwise instances inherit ``env`` as is.
     The secret travels as a 0600 file's path, never on the command line.
     """
+    if launch.command is not None:
+        env = {**env, **identity_env(launch)}
     path = mint(
-        settings, launch.fleet, launch.agent, launch.target, launch.instance, launch.manifest
+        settings,
+        launch.fleet,
+        launch.agent,
+        launch.target,
+        launch.instance,
+        launch.manifest,
+        capabilities=launch.capabilities if launch.command is not None else None,
     )
     return env if path is None else {**env, "NATS_CREDS": str(path)}
 
@@ -153,15 +189,20 @@ def mint(
     target: str | None,
     instance: str,
     manifest: Path | None = None,
+    capabilities: tuple[str, ...] | None = None,
 ) -> Path | None:
     """Credentials for one instance, if these settings connect with the local key store's
     credentials (so this process may sign them); None elsewhere. ``manifest`` is a fleet
-    spec's override of the declared manifest (its delegations then apply)."""
+    spec's override of the declared manifest (its delegations then apply); ``capabilities``
+    what a command agent serves (a Python target is asked instead)."""
     store = KeyStore.for_data_dir(settings.data_dir)
     creds = settings.effective_creds
     if creds is None or not store.exists or not creds.resolve().is_relative_to(store.home):
         return None
-    scope = instance_scope(fleet, agent, target, instance)
+    if capabilities is not None:  # a command: nothing to import, and it delegates nothing
+        scope = InstanceScope(fleet, agent, instance, capabilities, ())  # unless its manifest
+    else:
+        scope = instance_scope(fleet, agent, target, instance)
     if manifest is not None:
         try:
             delegates = CapabilityManifest.model_validate_json(manifest.read_text()).delegates

@@ -101,6 +101,8 @@ class InstanceLauncher:
                 concurrency=agent.concurrency,
                 supervisor=self.supervisor_id,
                 manifest=manifest,
+                command=agent.command,
+                capabilities=agent.capabilities,
             )
             env = scoped_env(self.env, launch, self.bus.settings)  # its own credentials
             env = await self.gateway_keys.add(env, launch, agent.manifest)

@@ -1,7 +1,8 @@
 """Fleet specs (what an operator applies) and desired fleet state (what supervisors watch).
 
 A :class:`FleetSpec` is the declarative YAML document of ``shoal fleet apply``: the fleet's
-name, its agents (each an image-free run target ``module:attr``, a version label, a replica
+name, its agents (each an image-free run target: a Python ``target: module:attr``, or a
+``command: [executable, args…]`` for an agent in any language; a version label, a replica
 count, a capability manifest) and a budget. Unknown fields are refused, so a typo such as
 ``replica: 3`` names the field instead of being silently ignored. Every accepted field takes
 effect (docs/operations.md lists where); the limits below hold on every path that sets a
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -35,6 +37,7 @@ __all__ = [
     "TARGET_PATTERN",
     "VERSION_PATTERN",
     "AgentSpec",
+    "Command",
     "DesiredAgent",
     "FleetDesired",
     "FleetSpec",
@@ -103,6 +106,23 @@ Target = Annotated[
 """A Python entry point ``package.module:attribute`` that ``shoal agent run`` loads."""
 
 
+def _check_command(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value[0]:
+        raise ValueError("the executable (its first word) must not be empty")
+    if any("\0" in word for word in value):
+        raise ValueError("a command word cannot contain a NUL byte")
+    return value
+
+
+Command = Annotated[
+    tuple[str, ...],
+    Field(min_length=1, max_length=256),
+    AfterValidator(_check_command),
+]
+"""An executable and its arguments, run as is (no shell): a non-Python agent. It learns its
+identity from the environment (docs/agents.md, "Non-Python agents in a fleet spec")."""
+
+
 class RolloutSpec(BaseModel):
     """How ``fleet upgrade`` replaces instances: ``batch`` at a time, each new one must
     report presence within ``first_heartbeat_s`` or the rollout stops."""
@@ -115,11 +135,22 @@ class RolloutSpec(BaseModel):
 
 
 class AgentSpec(BaseModel):
-    """One agent of a fleet: what to run, which version, how many instances."""
+    """One agent of a fleet: what to run, which version, how many instances.
+
+    What to run is exactly one of ``target`` (a Python ``Agent``) or ``command`` (any
+    executable speaking the wire contract). A command cannot be imported to learn what it
+    serves, so it names its ``capabilities`` itself: its credentials are scoped to them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: Token
-    target: Target
+    target: Target | None = None
+    command: Command | None = None
+    capabilities: tuple[Token, ...] | None = Field(
+        default=None,
+        description="What a command agent serves (required with command; a Python target "
+        "declares its own).",
+    )
     version: str = Field(default="1", min_length=1, max_length=64, pattern=VERSION_PATTERN)
     replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
     concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
@@ -128,6 +159,22 @@ class AgentSpec(BaseModel):
         description="Replaces the manifest the agent's code declares (validated like it): "
         "the instances' gateways enforce this one.",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> AgentSpec:
+        if (self.target is None) == (self.command is None):
+            which = "both" if self.target is not None else "neither"
+            raise ValueError(
+                f"give exactly one of 'target' (a Python module:attr) or 'command' "
+                f"(an executable and its arguments), not {which}"
+            )
+        if self.command is not None and not self.capabilities:
+            raise ValueError("'capabilities' is required with 'command': what it serves")
+        if self.target is not None and self.capabilities is not None:
+            raise ValueError(
+                "'capabilities' is only for a 'command' agent (a target declares its own)"
+            )
+        return self
 
 
 class FleetSpec(BaseModel):
@@ -166,25 +213,37 @@ class DesiredAgent(BaseModel):
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    target: str
+    target: str = ""
     version: str
     replicas: int = Field(ge=0, le=MAX_REPLICAS)
     concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
     manifest: CapabilityManifest | None = None
     previous_version: str | None = None
+    command: tuple[str, ...] | None = None
+    """Set for a non-Python agent (then ``target`` is empty): its argv."""
+    capabilities: tuple[str, ...] = ()
+    """What a command agent serves (its credentials are scoped to these)."""
+
+    @property
+    def runs(self) -> str:
+        """What its instances run, for people: the target, or the command line."""
+        return shlex.join(self.command) if self.command is not None else self.target
 
     def fingerprint(self) -> str:
-        """What an instance of this agent runs: target, version, concurrency and manifest.
+        """What an instance of this agent runs: target or command, version, concurrency and
+        manifest.
 
         An instance started from another fingerprint is replaced by a rolling upgrade, so a
         changed manifest or concurrency reaches running instances, not only new ones.
         """
-        run = {
+        run: dict[str, Any] = {
             "target": self.target,
             "version": self.version,
             "concurrency": self.concurrency,
             "manifest": None if self.manifest is None else self.manifest.model_dump(mode="json"),
         }
+        if self.command is not None:  # absent for Python agents: their fingerprints stay
+            run.update(command=list(self.command), capabilities=list(self.capabilities))
         digest = hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()
         return digest[:16]
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -38,31 +38,38 @@ def _arg(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1] if name in argv else ""
 
 
-def agent_procs(prefix: str) -> list[AgentProc]:
-    """Live ``shoal agent run`` processes of this test's prefix (zombies excluded)."""
-    out = []
+def live_procs(prefix: str) -> Iterator[tuple[int, list[str], dict[str, str]]]:
+    """``(pid, argv, environment)`` of live processes whose ``SHOAL_PREFIX`` is ``prefix``
+    (zombies excluded)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().decode().split("\0")
-            if "agent" not in argv or "run" not in argv or "shoal" not in argv:
-                continue
             environ = (entry / "environ").read_bytes().split(b"\0")
+            if f"SHOAL_PREFIX={prefix}".encode() not in environ:
+                continue
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if f"SHOAL_PREFIX={prefix}".encode() not in environ or "State:\tZ" in status:
-            continue
-        out.append(
-            AgentProc(
-                pid=int(entry.name),
-                instance=_arg(argv, "--instance"),
-                supervisor=_arg(argv, "--supervisor"),
-                slot=int(_arg(argv, "--slot") or -1),
-                version=_arg(argv, "--version"),
-            )
+        if "State:\tZ" not in status:
+            env = dict(e.decode(errors="replace").split("=", 1) for e in environ if b"=" in e)
+            yield int(entry.name), argv, env
+
+
+def agent_procs(prefix: str) -> list[AgentProc]:
+    """Live ``shoal agent run`` processes of this test's prefix (zombies excluded)."""
+    out = [
+        AgentProc(
+            pid=pid,
+            instance=_arg(argv, "--instance"),
+            supervisor=_arg(argv, "--supervisor"),
+            slot=int(_arg(argv, "--slot") or -1),
+            version=_arg(argv, "--version"),
         )
+        for pid, argv, _ in live_procs(prefix)
+        if "agent" in argv and "run" in argv and "shoal" in argv
+    ]
     return sorted(out, key=lambda p: p.slot)
 
 
