@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
@@ -65,14 +67,36 @@ def _schema(annotation: Any) -> dict[str, Any] | None:
     return schema
 
 
+def runs_of(target: str | None, command: Sequence[str] | None) -> str:
+    """What a version runs, as the registry pins it: the target, or the command line."""
+    return shlex.join(command) if command is not None else target or ""
+
+
 def describe_target(
-    name: str, version: str, target: str, manifest: CapabilityManifest | None
+    name: str,
+    version: str,
+    target: str,
+    manifest: CapabilityManifest | None,
+    *,
+    command: Sequence[str] | None = None,
+    serves: Sequence[str] = (),
 ) -> tuple[AgentRegistration, list[ToolRegistration]]:
     """What the registry records of a spec's agent: the code's declaration when ``target``
     imports here (capabilities with input and output schemas, purpose, tools), else the
-    target and manifest alone."""
+    target and manifest alone. A ``command`` agent (not Python) is its command line and the
+    capabilities its spec names."""
     from shoal.agents.serve import resolve_agent
 
+    if command is not None:
+        caps = [CapabilitySpec(name=c) for c in serves]
+        reg = AgentRegistration(
+            name=name,
+            version=version,
+            target=runs_of(None, command),
+            capabilities=caps,
+            manifest=manifest or CapabilityManifest(),
+        )
+        return reg, []
     try:
         agent = resolve_agent("registry", name, target)
     except (Exception, SystemExit) as e:  # user code: any failure to import is "unknown"
@@ -198,7 +222,14 @@ def _gate_apply(settings: ShoalSettings, spec: FleetSpec, by: str) -> None:
     app = open_registry_app(settings)
     try:
         for a in spec.agents:
-            reg, tools = describe_target(a.name, a.version, a.target, a.manifest)
+            reg, tools = describe_target(
+                a.name,
+                a.version,
+                a.target or "",
+                a.manifest,
+                command=a.command,
+                serves=a.capabilities or (),
+            )
             for tool in tools:
                 _register_quietly(app, tool, by)
             _register_quietly(app, reg, by)
@@ -206,7 +237,7 @@ def _gate_apply(settings: ShoalSettings, spec: FleetSpec, by: str) -> None:
             return
         for a in spec.agents:
             problem = certification_problem(
-                app, spec.fleet, a.name, a.version, a.target, a.manifest
+                app, spec.fleet, a.name, a.version, runs_of(a.target, a.command), a.manifest
             )
             if problem:
                 raise Refused(problem)
@@ -237,9 +268,13 @@ def _gate_upgrade(
     if state is None:
         return  # the aggregate refuses an unknown agent, naming the ones it has
     run_target = target or state.target
+    command = None if target else state.command
     app = open_registry_app(settings)
     try:
-        reg, tools = describe_target(agent, version, run_target, state.manifest)
+        reg, tools = describe_target(
+            agent, version, run_target, state.manifest, command=command, serves=state.capabilities
+        )
+        run_target = runs_of(run_target, command)
         for tool in tools:
             _register_quietly(app, tool, by)
         _register_quietly(app, reg, by)
