@@ -189,6 +189,11 @@ def asyncapi_document(
     doc: dict[str, Any] = spec.to_jsonable()
     _link_replies(doc)
     _describe_parameters(doc)
+    # FastStream lists channels in registration-set order; sorted, two exports diff cleanly.
+    for part in (doc, doc.get("components", {})):
+        for key in ("channels", "operations", "messages", "schemas"):
+            if isinstance(part.get(key), dict):
+                part[key] = dict(sorted(part[key].items()))
     return doc
 
 

@@ -11,6 +11,7 @@ code that answers.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -108,13 +109,28 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class KVDocument:
-    """The value of every key of one key-value bucket (``bucket`` is the Topology field)."""
+    """The value of the keys of one key-value bucket that match ``keys``.
 
+    ``bucket`` is the bucket's field in the topology (``presence``), ``name`` the schema's
+    name (a bucket holding two kinds of value has two documents), ``keys`` the key patterns
+    (``<fleet>.<agent>.<instance>``: each ``<…>`` stands for one token).
+    """
+
+    name: str
     bucket: str
     model: type[BaseModel]
-    key: str
+    keys: tuple[str, ...]
     description: str = ""
 
     @property
     def id(self) -> str:
-        return schema_id("kv", self.bucket)
+        return schema_id("kv", self.name)
+
+    def matches(self, key: str) -> bool:
+        """True when ``key`` has one of this document's key patterns."""
+        return any(_key_pattern(k).fullmatch(key) for k in self.keys)
+
+
+def _key_pattern(pattern: str) -> re.Pattern[str]:
+    parts = re.split(r"(<[^>]+>)", pattern)
+    return re.compile("".join("[^.]+" if p.startswith("<") else re.escape(p) for p in parts))

@@ -40,7 +40,7 @@ def contract_schemas(
     ``api/<service>.<endpoint>.request.json`` and ``….reply.json``."""
     out = {f"{t}.json": event_json_schema(t) for t in sorted(EVENT_TYPES)}
     for doc in documents:
-        out[f"kv/{doc.bucket}.json"] = model_schema(doc.model, doc.id, mode="serialization")
+        out[f"kv/{doc.name}.json"] = model_schema(doc.model, doc.id, mode="serialization")
     for ep in endpoints:
         stem = f"api/{ep.service}.{ep.name}"
         out[f"{stem}.request.json"] = model_schema(ep.request, ep.request_id)
