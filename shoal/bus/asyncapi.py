@@ -167,6 +167,13 @@ def _link_replies(doc: dict[str, Any]) -> None:
             op["reply"] = {"channel": reply["channel"], "messages": reply["messages"]}
 
 
+def _name_streams(doc: dict[str, Any], streams: dict[str, str]) -> None:
+    # ``x-shoal-stream``: the stream that captures the channel ("" for request/reply), so a
+    # reader (and a test against a live server) knows where a message is kept.
+    for title, channel in doc.get("channels", {}).items():
+        channel["x-shoal-stream"] = streams.get(title.removesuffix(":Publisher"), "")
+
+
 def _describe_parameters(doc: dict[str, Any]) -> None:
     for channel in doc.get("channels", {}).values():
         names = re.findall(r"{(\w+)}", channel.get("address") or "")
@@ -178,7 +185,7 @@ def asyncapi_document(
     settings: ShoalSettings, endpoints: Sequence[Endpoint] = ()
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the contract, as JSON-ready data."""
-    broker, _ = contract_broker(settings, endpoints)
+    broker, streams = contract_broker(settings, endpoints)
     spec = AsyncAPI(
         broker,
         title="shoal",
@@ -188,6 +195,7 @@ def asyncapi_document(
     ).to_specification()
     doc: dict[str, Any] = spec.to_jsonable()
     _link_replies(doc)
+    _name_streams(doc, streams)
     _describe_parameters(doc)
     # FastStream lists channels in registration-set order; sorted, two exports diff cleanly.
     for part in (doc, doc.get("components", {})):
