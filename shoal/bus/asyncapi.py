@@ -42,11 +42,12 @@ _DESCRIPTION = (
 def typed_event(data: type[EventData]) -> type[CloudEvent]:
     """The envelope whose ``type`` is ``data``'s and whose ``data`` is a ``data``."""
     name = "".join(part.capitalize() for part in data.short_type().split(".")) + "Event"
+    literal: Any = Literal[data.type]  # a type made at run time, one per event type
     model: type[CloudEvent] = create_model(
         name,
         __base__=CloudEvent,
         __doc__=f"A {data.type} event: {data.__doc__ or ''}".strip(),
-        type=(Literal[data.type], data.type),  # type: ignore[valid-type]
+        type=(literal, data.type),
         data=(data, ...),
     )
     return model
@@ -203,5 +204,3 @@ def asyncapi_document(
             if isinstance(part.get(key), dict):
                 part[key] = dict(sorted(part[key].items()))
     return doc
-
-

@@ -21,7 +21,6 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["CachedAnswer", "CachedResponse", "ResponseCache", "cache_key"]
@@ -36,6 +35,7 @@ class CachedResponse(BaseModel):
     model: str
     provider: str
     expires: float = Field(description="Unix time after which the entry is a miss")
+
 
 _TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user"})
 

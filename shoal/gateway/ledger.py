@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["BudgetDocument", "Hold", "Ledger", "LedgerRefusal"]
@@ -45,6 +44,7 @@ class BudgetDocument(BaseModel):
     window: int = Field(default=0, description="the current rate window (its number; 0: none)")
     calls: int = Field(default=0, ge=0, description="calls in the rate window")
     limit: str | None = Field(default=None, pattern=_USD, description="the budget, USD")
+
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,7 @@ class PolicyDocument(BaseModel):
     reason: str
     at: AwareDatetime
 
+
 _RANK = {"allow": 0, "low": 1, "medium": 2, "high": 3, "deny": 4}
 
 

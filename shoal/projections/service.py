@@ -31,9 +31,9 @@ from pydantic import BaseModel, ValidationError
 from shoal.bus import Bus, ShoalSettings, Subjects
 from shoal.errors import NotFound, QueryFailed, Refused, ShoalError
 from shoal.projections.client import FRESH_HEADER, QUERY_SERVICE
+from shoal.projections.endpoints import QUERY_ENDPOINTS, ExportParams
 from shoal.projections.export import export_parquet
 from shoal.projections.host import ProjectionHost
-from shoal.projections.endpoints import QUERY_ENDPOINTS, ExportParams
 from shoal.projections.queries import NAMED_QUERIES, NamedQuery
 from shoal.projections.recorder import DuckDBDatastore
 from shoal.projections.sql import run_sql

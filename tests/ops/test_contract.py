@@ -15,8 +15,8 @@ from shoal.gateway.cache import CachedAnswer
 from shoal.gateway.ledger import _Doc
 from shoal.ops.contract import KV_DOCUMENTS, contract_json_schemas, export_contract, kv_document_for
 from shoal.policy.store import AppliedPolicy
-from shoal.schemas import EVENT_TYPES, BadRequest, parse_request
 from shoal.projections.endpoints import ExportParams
+from shoal.schemas import EVENT_TYPES, BadRequest, parse_request
 
 
 def test_every_schema_has_the_2020_12_dialect_and_a_unique_urn_id() -> None:
@@ -78,7 +78,10 @@ def test_the_ad_hoc_bucket_writers_write_what_their_schemas_declare() -> None:
     ledger = _Doc(Decimal("1.25"), {"c1": ["0.5", 1764547200.0]}, 29408, 3, Decimal("10"))
     _validate("kv/budgets.json", json.loads(ledger.dump()))
     at = datetime(2026, 12, 1, tzinfo=UTC)
-    _validate("kv/policies.json", json.loads(AppliedPolicy("global", "rules: []", "ann", "", at).to_json()))
+    _validate(
+        "kv/policies.json",
+        json.loads(AppliedPolicy("global", "rules: []", "ann", "", at).to_json()),
+    )
     cached = CachedAnswer({"choices": []}, Decimal("0.001"), "m", "p")
     doc = {"body": cached.body, "cost": str(cached.cost_usd), "model": "m", "provider": "p"}
     _validate("kv/responses.json", {**doc, "expires": 1.5})

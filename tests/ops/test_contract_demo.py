@@ -42,7 +42,7 @@ def _validators(directory: Path) -> dict[str, jsonschema.protocols.Validator]:
     registry: Registry[Any] = Registry().with_resources(
         (s["$id"], Resource.from_contents(s)) for s in schemas
     )
-    out = {}
+    out: dict[str, jsonschema.protocols.Validator] = {}
     for s in schemas:
         jsonschema.Draft202012Validator.check_schema(s)
         out[s["$id"]] = jsonschema.Draft202012Validator(
@@ -52,7 +52,9 @@ def _validators(directory: Path) -> dict[str, jsonschema.protocols.Validator]:
 
 
 def _problems(validator: jsonschema.protocols.Validator, doc: Any, where: str) -> list[str]:
-    return [f"{where}: {list(e.absolute_path)}: {e.message[:200]}" for e in validator.iter_errors(doc)]
+    return [
+        f"{where}: {list(e.absolute_path)}: {e.message[:200]}" for e in validator.iter_errors(doc)
+    ]
 
 
 async def _stream_messages(url: str, stream: str) -> list[tuple[str, bytes]]:
@@ -68,7 +70,7 @@ async def _stream_messages(url: str, stream: str) -> list[tuple[str, bytes]]:
                 msg = await js.get_msg(stream, seq)
             except NotFoundError:  # deleted (a work-queue ack, a limit)
                 continue
-            out.append((msg.subject, msg.data or b""))
+            out.append((msg.subject or "", msg.data or b""))
         return out
     finally:
         await nc.close()
