@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,22 +17,15 @@ from typing import Any
 import jsonschema
 import nats
 import pytest
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from referencing import Registry, Resource
 
-from shoal.bus import ShoalSettings, Topology
+from shoal.bus import Bus, ShoalSettings, Topology
 from shoal.ops.contract import KV_DOCUMENTS, kv_document_for
 from tests.natsproc import NatsProcess
 
 pytestmark = pytest.mark.timeout(400)
-
-
-def _shoal(settings: ShoalSettings, *args: str) -> str:
-    base = [sys.executable, "-m", "shoal", "--nats-url", settings.nats_url or ""]
-    base += ["--prefix", settings.prefix, "--data-dir", str(settings.data_dir)]
-    done = subprocess.run([*base, *args], capture_output=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    return done.stdout.decode()
 
 
 def _validators(directory: Path) -> dict[str, jsonschema.protocols.Validator]:
@@ -76,43 +68,87 @@ async def _stream_messages(url: str, stream: str) -> list[tuple[str, bytes]]:
         await nc.close()
 
 
-async def _bucket_documents(url: str, bucket: str) -> list[tuple[str, bytes]]:
-    nc = await nats.connect(url)
+class BucketRecorder:
+    """Every value written to the topology's buckets while it runs (an ordered consumer on
+    each bucket's stream): presence keys come and go with their instances, so reading the
+    buckets afterwards would miss them."""
+
+    def __init__(self, url: str, buckets: dict[str, str]) -> None:
+        self.url = url
+        self.buckets = buckets  # topology field -> bucket name
+        self.seen: list[tuple[str, str, bytes]] = []  # (field, key, value)
+        self.last: dict[str, int] = {}
+
+    async def __aenter__(self) -> BucketRecorder:
+        self.nc = await nats.connect(self.url)
+        js = self.nc.jetstream()
+        for field, bucket in self.buckets.items():
+
+            async def record(msg: Msg, field: str = field, bucket: str = bucket) -> None:
+                self.last[bucket] = msg.metadata.sequence.stream
+                if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                    return
+                key = (msg.subject or "").removeprefix(f"$KV.{bucket}.")
+                self.seen.append((field, key, msg.data or b""))
+
+            await js.subscribe(f"$KV.{bucket}.>", cb=record, ordered_consumer=True)
+        return self
+
+    async def drained(self) -> None:
+        """Wait until every value written so far has been recorded."""
+        js = self.nc.jetstream()
+        for _ in range(200):
+            infos = {b: await js.stream_info(f"KV_{b}") for b in self.buckets.values()}
+            if all(self.last.get(b, 0) >= i.state.last_seq for b, i in infos.items()):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the bucket recorder did not catch up")
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+
+
+async def _shoal_async(settings: ShoalSettings, *args: str) -> None:
+    base = [sys.executable, "-m", "shoal", "--nats-url", settings.nats_url or ""]
+    base += ["--prefix", settings.prefix, "--data-dir", str(settings.data_dir)]
+    proc = await asyncio.create_subprocess_exec(
+        *base, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     try:
-        kv = await nc.jetstream().key_value(bucket)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
-        out = []
-        for key in keys:
-            entry = await kv.get(key)
-            out.append((key, entry.value or b""))
-        return out
+        _, err = await asyncio.wait_for(proc.communicate(), 300)
     finally:
-        await nc.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
 
 
-def test_every_message_and_document_a_demo_leaves_validates_against_the_exported_schemas(
+async def test_every_message_and_document_a_demo_writes_validates_against_the_exported_schemas(
     nats_server: NatsProcess, prefix: str, tmp_path: Path
 ) -> None:
     settings = ShoalSettings(
         nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "data", principal="tester"
     )
-    _shoal(settings, "demo", "--json")
-    # An operator command after it: a kill switch in its bucket and an audit record.
-    _shoal(settings, "kill", "--fleet", "demo", "--reason", "contract check", "--force")
-    exported = tmp_path / "schemas"
-    _shoal(settings, "schemas", "export", str(exported))
-    validators = _validators(exported)
     top = Topology.for_settings(settings)
     url = nats_server.url
+    async with Bus.connect(url, settings, name="contract-test") as bus:
+        await bus.provision()  # what the demo does first; the buckets exist to be watched
+    fields = sorted({d.bucket for d in KV_DOCUMENTS})
+    recorder = BucketRecorder(url, {f: getattr(top, f).name for f in fields})
+    async with recorder:
+        await _shoal_async(settings, "demo", "--json")
+        # An operator command after it: a kill switch in its bucket and an audit record.
+        await _shoal_async(settings, "kill", "--fleet", "demo", "--reason", "check", "--force")
+        await recorder.drained()
+    exported = tmp_path / "schemas"
+    await _shoal_async(settings, "schemas", "export", str(exported))
+    validators = _validators(exported)
     problems: list[str] = []
 
     types: Counter[str] = Counter()
     on_stream: Counter[str] = Counter()
     for spec in top.streams:
-        for subject, raw in asyncio.run(_stream_messages(url, spec.name)):
+        for subject, raw in await _stream_messages(url, spec.name):
             on_stream[spec.name] += 1
             event = json.loads(raw)
             types[event.get("type")] += 1
@@ -124,15 +160,13 @@ def test_every_message_and_document_a_demo_leaves_validates_against_the_exported
             assert subject.split(".")[1] in {"goals", "tasks", "events", "control"}
 
     documents: Counter[str] = Counter()
-    for field in sorted({d.bucket for d in KV_DOCUMENTS}):
-        bucket = getattr(top, field).name
-        for key, raw in asyncio.run(_bucket_documents(url, bucket)):
-            doc = kv_document_for(field, key)
-            if doc is None:
-                problems.append(f"{bucket}/{key}: no declared document for this key")
-                continue
-            documents[doc.name] += 1
-            problems += _problems(validators[doc.id], json.loads(raw), f"{bucket}/{key}")
+    for field, key, raw in recorder.seen:
+        doc = kv_document_for(field, key)
+        if doc is None:
+            problems.append(f"{field}/{key}: no declared document for this key")
+            continue
+        documents[doc.name] += 1
+        problems += _problems(validators[doc.id], json.loads(raw), f"{field}/{key}")
 
     assert problems == []
     # What was checked: the demo's whole run, the kill, and nothing dead-lettered.
@@ -143,4 +177,8 @@ def test_every_message_and_document_a_demo_leaves_validates_against_the_exported
     assert types["shoal.control.accepted"] == 1
     assert types["shoal.model.called"] > 0 and types["shoal.goal.completed"] == 1
     assert sum(on_stream.values()) == sum(types.values())
-    assert documents == {"approvals": 1, "kill": 1}
+    # Buckets: the instances' heartbeats (each of the 3 agents, at least once), the approval
+    # the demo asks for, and the kill switch.
+    assert set(documents) == {"presence", "approvals", "kill"} and documents["kill"] == 1
+    presence = {key for field, key, _ in recorder.seen if field == "presence"}
+    assert len(presence) == types["shoal.agent.started"] == 3
