@@ -43,10 +43,13 @@ def typed_event(data: type[EventData]) -> type[CloudEvent]:
     """The envelope whose ``type`` is ``data``'s and whose ``data`` is a ``data``."""
     name = "".join(part.capitalize() for part in data.short_type().split(".")) + "Event"
     literal: Any = Literal[data.type]  # a type made at run time, one per event type
+    version: Any = Literal["1.0"]
     model: type[CloudEvent] = create_model(
         name,
         __base__=CloudEvent,
         __doc__=f"A {data.type} event: {data.__doc__ or ''}".strip(),
+        # Required on the wire (CloudEvents 1.0), though a Python producer gets it by default.
+        specversion=(version, ...),
         type=(literal, data.type),
         data=(data, ...),
     )

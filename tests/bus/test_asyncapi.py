@@ -60,6 +60,7 @@ def test_every_event_type_and_endpoint_has_its_channel_typed_with_its_model() ->
         message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
         payload = schemas[message["payload"]["$ref"].rsplit("/", 1)[1]]
         assert payload["properties"]["type"]["const"] == event_type
+        assert payload["required"][0] == "specversion"
         data_ref = payload["properties"]["data"]["$ref"].rsplit("/", 1)[1]
         assert data_ref == model.__name__
     for ep in ENDPOINTS:

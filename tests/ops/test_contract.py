@@ -10,9 +10,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from shoal.gateway.cache import CachedAnswer
 from shoal.gateway.ledger import _Doc
+from shoal.ops.cli import app
 from shoal.ops.contract import KV_DOCUMENTS, contract_json_schemas, export_contract, kv_document_for
 from shoal.policy.store import AppliedPolicy
 from shoal.projections.endpoints import ExportParams
@@ -93,3 +96,18 @@ def test_parse_request_names_the_unknown_field() -> None:
     with pytest.raises(BadRequest, match=r"^directroy: Extra inputs are not permitted$"):
         parse_request(ExportParams, b'{"directroy": "x"}')
     assert parse_request(ExportParams, b"").directory == "."
+
+
+def test_shoal_schemas_asyncapi_prints_yaml_and_writes_json(tmp_path: Path) -> None:
+    runner = CliRunner()
+    printed = runner.invoke(app, ["--prefix", "acme", "schemas", "asyncapi"])
+    assert printed.exit_code == 0, printed.output
+    doc = yaml.safe_load(printed.output)
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["channels"]["goals"]["address"] == "acme.goals.{fleet}"
+    out = tmp_path / "asyncapi.json"
+    written = runner.invoke(app, ["schemas", "asyncapi", "--format", "json", "--out", str(out)])
+    assert written.exit_code == 0, written.output
+    assert json.loads(out.read_text())["channels"]["goals"]["address"] == "shoal.goals.{fleet}"
+    bad = runner.invoke(app, ["schemas", "asyncapi", "--format", "xml"])
+    assert bad.exit_code == 2
