@@ -156,7 +156,7 @@ PARAMETERS = {
     "scope": "What a command acts on: fleet, instance, session, goal, tool, model, all…",
     "verb": "The command: apply, scale, stop, delete, kill, unkill…",
     "origin": "Where the unprocessable message was read: events, goals, tasks…",
-    "inbox": "The requester's inbox (nats clients: _INBOX.<id>).",
+    "inbox": "The rest of the requester's reply subject (shoal credentials: <user key>.<id>).",
 }
 """The channel parameters (``{name}`` tokens) and what they stand for."""
 

@@ -1,6 +1,6 @@
 """Everything a demo run puts on the wire validates against the exported schemas.
 
-``shoal demo`` (and a kill after it) run end to end while every value written to every bucket
+On the embedded default (authentication on), ``shoal demo`` and a kill after it run end to end while every value written to every bucket
 is recorded; then every message on every stream of the topology and every recorded bucket
 value is checked with ``jsonschema`` against the files that ``shoal schemas export`` wrote
 (read back from disk, as a client in another language would).
@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import nats
 import pytest
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from referencing import Registry, Resource
 
 from shoal.bus import Bus, ShoalSettings, Topology
 from shoal.ops.contract import KV_DOCUMENTS, kv_document_for
-from tests.natsproc import NatsProcess
+from shoal.ops.server import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -50,23 +52,18 @@ def _problems(validator: jsonschema.protocols.Validator, doc: Any, where: str) -
     ]
 
 
-async def _stream_messages(url: str, stream: str) -> list[tuple[str, bytes]]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        out: list[tuple[str, bytes]] = []
-        if not info.state.messages:
-            return out
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            try:
-                msg = await js.get_msg(stream, seq)
-            except NotFoundError:  # deleted (a work-queue ack, a limit)
-                continue
-            out.append((msg.subject or "", msg.data or b""))
+async def _stream_messages(js: JetStreamContext, stream: str) -> list[tuple[str, bytes]]:
+    info = await js.stream_info(stream)
+    out: list[tuple[str, bytes]] = []
+    if not info.state.messages:
         return out
-    finally:
-        await nc.close()
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except NotFoundError:  # deleted (a work-queue ack, a limit)
+            continue
+        out.append((msg.subject or "", msg.data or b""))
+    return out
 
 
 class BucketRecorder:
@@ -74,15 +71,14 @@ class BucketRecorder:
     each bucket's stream): presence keys come and go with their instances, so reading the
     buckets afterwards would miss them."""
 
-    def __init__(self, url: str, buckets: dict[str, str]) -> None:
-        self.url = url
+    def __init__(self, bus: Bus, buckets: dict[str, str]) -> None:
+        self.js = bus.js
         self.buckets = buckets  # topology field -> bucket name
         self.seen: list[tuple[str, str, bytes]] = []  # (field, key, value)
         self.last: dict[str, int] = {}
+        self.subs: list[Any] = []
 
     async def __aenter__(self) -> BucketRecorder:
-        self.nc = await nats.connect(self.url)
-        js = self.nc.jetstream()
         for field, bucket in self.buckets.items():
 
             async def record(msg: Msg, field: str = field, bucket: str = bucket) -> None:
@@ -92,28 +88,34 @@ class BucketRecorder:
                 key = (msg.subject or "").removeprefix(f"$KV.{bucket}.")
                 self.seen.append((field, key, msg.data or b""))
 
-            await js.subscribe(f"$KV.{bucket}.>", cb=record, ordered_consumer=True)
+            sub = await self.js.subscribe(f"$KV.{bucket}.>", cb=record, ordered_consumer=True)
+            self.subs.append(sub)
         return self
 
     async def drained(self) -> None:
         """Wait until every value written so far has been recorded."""
-        js = self.nc.jetstream()
         for _ in range(200):
-            infos = {b: await js.stream_info(f"KV_{b}") for b in self.buckets.values()}
+            infos = {b: await self.js.stream_info(f"KV_{b}") for b in self.buckets.values()}
             if all(self.last.get(b, 0) >= i.state.last_seq for b, i in infos.items()):
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the bucket recorder did not catch up")
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.nc.close()
+        for sub in self.subs:
+            await sub.unsubscribe()
 
 
-async def _shoal_async(settings: ShoalSettings, *args: str) -> None:
-    base = [sys.executable, "-m", "shoal", "--nats-url", settings.nats_url or ""]
-    base += ["--prefix", settings.prefix, "--data-dir", str(settings.data_dir)]
+async def _shoal(env: dict[str, str], *args: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *base, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "shoal",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+        cwd=Path(env["SHOAL_DATA_DIR"]).parent,
     )
     try:
         _, err = await asyncio.wait_for(proc.communicate(), 300)
@@ -124,33 +126,46 @@ async def _shoal_async(settings: ShoalSettings, *args: str) -> None:
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[ShoalSettings]:
+    """The embedded default, authentication on; the test's server is stopped after it."""
+    settings = ShoalSettings(data_dir=tmp_path / "data", nats_url=None)
+    yield settings
+    EmbeddedServer(settings).stop()
+
+
 async def test_every_message_and_document_a_demo_writes_validates_against_the_exported_schemas(
-    nats_server: NatsProcess, prefix: str, tmp_path: Path
+    embedded: ShoalSettings, tmp_path: Path
 ) -> None:
-    settings = ShoalSettings(
-        nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "data", principal="tester"
-    )
-    top = Topology.for_settings(settings)
-    url = nats_server.url
-    async with Bus.connect(url, settings, name="contract-test") as bus:
-        await bus.provision()  # what the demo does first; the buckets exist to be watched
+    env = {
+        "SHOAL_DATA_DIR": str(embedded.data_dir),
+        "NATS_URL": "",
+        "SHOAL_GATEWAY_PORT": "0",
+        "SHOAL_GATEWAY_MCP_PORT": "0",
+    }
+    await _shoal(env, "up", "--no-services")  # the server (auth on) and the topology
+    record = EmbeddedServer(embedded).running()
+    assert record is not None
+    top = Topology.for_settings(embedded)
     fields = sorted({d.bucket for d in KV_DOCUMENTS})
-    recorder = BucketRecorder(url, {f: getattr(top, f).name for f in fields})
-    async with recorder:
-        await _shoal_async(settings, "demo", "--json")
-        # An operator command after it: a kill switch in its bucket and an audit record.
-        await _shoal_async(settings, "kill", "--fleet", "demo", "--reason", "check", "--force")
-        await recorder.drained()
+    async with Bus.connect(record.url, embedded, name="contract-test") as bus:
+        assert embedded.effective_creds is not None  # the local admin's: auth is on
+        async with BucketRecorder(bus, {f: getattr(top, f).name for f in fields}) as recorder:
+            await _shoal(env, "demo", "--json")
+            # An operator command after it: a kill switch in its bucket and an audit record.
+            await _shoal(env, "kill", "--fleet", "demo", "--reason", "check", "--force")
+            await recorder.drained()
+        stored = {spec.name: await _stream_messages(bus.js, spec.name) for spec in top.streams}
     exported = tmp_path / "schemas"
-    await _shoal_async(settings, "schemas", "export", str(exported))
+    await _shoal(env, "schemas", "export", str(exported))
     validators = _validators(exported)
     problems: list[str] = []
 
     types: Counter[str] = Counter()
     on_stream: Counter[str] = Counter()
-    for spec in top.streams:
-        for subject, raw in await _stream_messages(url, spec.name):
-            on_stream[spec.name] += 1
+    for name, messages in stored.items():
+        for subject, raw in messages:
+            on_stream[name] += 1
             event = json.loads(raw)
             types[event.get("type")] += 1
             validator = validators.get(f"urn:shoal:schema:event:{event.get('type')}")
