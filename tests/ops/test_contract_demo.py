@@ -1,9 +1,10 @@
 """Everything a demo run puts on the wire validates against the exported schemas.
 
 On the embedded default (authentication on), ``shoal demo`` and a kill after it run end to
-end while every value written to every bucket is recorded; then every message on every stream
-of the topology and every recorded bucket value is checked with ``jsonschema`` against the files that ``shoal schemas export`` wrote
-(read back from disk, as a client in another language would).
+end while every value written to every bucket is recorded; then every message on every
+stream of the topology and every recorded bucket value is checked with ``jsonschema``
+against the files ``shoal schemas export`` wrote (read back from disk, as a client in
+another language would).
 """
 
 from __future__ import annotations
