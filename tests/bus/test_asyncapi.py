@@ -80,8 +80,11 @@ async def test_channels_are_captured_by_exactly_the_streams_shoal_provisions(bus
     # ``bus`` provisioned the topology as ``shoal up`` does; ask the server, not the code.
     doc = _document(bus.settings)
     js = bus.js
-    names = [s.config.name or "" for s in await js.streams_info()]
-    provisioned = {n for n in names if n.startswith(f"{bus.settings.stream_prefix}_")}
+    # The server's own list of the streams that capture any subject under the prefix.
+    listed = await bus.nc.request(
+        "$JS.API.STREAM.NAMES", json.dumps({"subject": f"{bus.settings.prefix}.>"}).encode()
+    )
+    provisioned = set(json.loads(listed.data)["streams"] or [])
     covered: set[str] = set()
     for title, channel in doc["channels"].items():
         address = channel["address"]
