@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.aggregates.interactions import INTERACTION_ENDPOINTS
+from shoal.aggregates.registry_service import REGISTRY_ENDPOINTS
 from shoal.bus import KillSwitch, Presence, ShoalSettings
 from shoal.bus.asyncapi import asyncapi_document
 from shoal.gateway.cache import CachedResponse
@@ -34,7 +35,7 @@ __all__ = [
     "kv_document_for",
 ]
 
-ENDPOINTS: tuple[Endpoint, ...] = (*QUERY_ENDPOINTS, *INTERACTION_ENDPOINTS)
+ENDPOINTS: tuple[Endpoint, ...] = (*QUERY_ENDPOINTS, *INTERACTION_ENDPOINTS, *REGISTRY_ENDPOINTS)
 """Every NATS micro endpoint shoal serves."""
 
 KV_DOCUMENTS: tuple[KVDocument, ...] = (
