@@ -194,8 +194,9 @@ async def test_every_message_and_document_a_demo_writes_validates_against_the_ex
     assert types["shoal.control.accepted"] == 1
     assert types["shoal.model.called"] > 0 and types["shoal.goal.completed"] == 1
     assert sum(on_stream.values()) == sum(types.values())
-    # Buckets: the instances' heartbeats (each of the 3 agents, at least once), the approval
-    # the demo asks for, and the kill switch.
-    assert set(documents) == {"presence", "approvals", "kill"} and documents["kill"] == 1
+    # Buckets: the instances' heartbeats (each of the 3 agents, at least once), their gateway
+    # keys, the approval the demo asks for, and the kill switch.
+    assert set(documents) == {"presence", "keys", "approvals", "kill"}
+    assert documents["kill"] == 1
     presence = {key for field, key, _ in recorder.seen if field == "presence"}
     assert len(presence) == types["shoal.agent.started"] == 3
