@@ -18,19 +18,20 @@ Unknown fields are refused, like every endpoint's.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from nats.micro.service import Service
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from shoal.aggregates.micro import Endpoints, Strict, start_service
+from shoal.aggregates.micro import Handlers, Strict, start_service
 from shoal.bus import Bus
 from shoal.errors import NotFound
 from shoal.policy import Approvals
-from shoal.schemas import CloudEvent, EventData, SessionAsked, SessionMessage
+from shoal.policy.approvals import ApprovalState
+from shoal.schemas import CloudEvent, Endpoint, EventData, SessionAsked, SessionMessage
 
 __all__ = [
     "INTERACTIONS",
+    "INTERACTION_ENDPOINTS",
     "InteractionsService",
     "open_questions",
     "record_on_session",
@@ -123,6 +124,34 @@ class PendingRequest(Strict):
     fleet: str | None = None
 
 
+class SendReply(BaseModel):
+    """The recorded ``session.message`` event's id."""
+
+    id: str
+    iid: str
+
+
+class ReplyReply(SendReply):
+    """The recorded message's id and the question it answered."""
+
+    question_id: str
+
+
+class PendingReply(BaseModel):
+    """Pending approvals, oldest first."""
+
+    approvals: list[ApprovalState]
+
+
+INTERACTION_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(INTERACTIONS, "send", SendRequest, SendReply, "append a message to a session"),
+    Endpoint(INTERACTIONS, "reply", SendRequest, ReplyReply, "answer the oldest open question"),
+    Endpoint(INTERACTIONS, "decide", DecideRequest, ApprovalState, "grant or deny an approval"),
+    Endpoint(INTERACTIONS, "pending", PendingRequest, PendingReply, "pending approvals"),
+)
+"""Every endpoint of ``shoal-interactions``: request and reply bodies."""
+
+
 class InteractionsService:
     """The interactions endpoints on one connection."""
 
@@ -131,18 +160,18 @@ class InteractionsService:
         self.service: Service | None = None
 
     async def start(self) -> None:
-        endpoints: Endpoints = {
-            "send": (SendRequest, self._send),
-            "reply": (SendRequest, self._reply),
-            "decide": (DecideRequest, self._decide),
-            "pending": (PendingRequest, self._pending),
+        handlers: Handlers = {
+            "send": self._send,
+            "reply": self._reply,
+            "decide": self._decide,
+            "pending": self._pending,
         }
         self.service = await start_service(
             self.bus,
             name=MICRO_NAME,
-            service=INTERACTIONS,
             description="shoal interactions: messages, replies and approvals for sessions",
-            endpoints=endpoints,
+            endpoints=INTERACTION_ENDPOINTS,
+            handlers=handlers,
         )
 
     async def stop(self) -> None:
@@ -150,20 +179,18 @@ class InteractionsService:
             await self.service.stop()
             self.service = None
 
-    async def _send(self, r: SendRequest) -> dict[str, Any]:
+    async def _send(self, r: SendRequest) -> SendReply:
         event = await send_message(self.bus, r.iid, r.text, by=r.by)
-        return {"id": event.id, "iid": r.iid}
+        return SendReply(id=event.id, iid=r.iid)
 
-    async def _reply(self, r: SendRequest) -> dict[str, Any]:
+    async def _reply(self, r: SendRequest) -> ReplyReply:
         event, question = await reply_to_session(self.bus, r.iid, r.text, by=r.by)
-        return {"id": event.id, "iid": r.iid, "question_id": question.question_id}
+        return ReplyReply(id=event.id, iid=r.iid, question_id=question.question_id)
 
-    async def _decide(self, r: DecideRequest) -> dict[str, Any]:
+    async def _decide(self, r: DecideRequest) -> ApprovalState:
         approvals = await Approvals.open(self.bus)
-        state = await approvals.decide(r.approval, grant=r.grant, by=r.by, reason=r.reason)
-        return state.model_dump(mode="json")
+        return await approvals.decide(r.approval, grant=r.grant, by=r.by, reason=r.reason)
 
-    async def _pending(self, r: PendingRequest) -> dict[str, Any]:
+    async def _pending(self, r: PendingRequest) -> PendingReply:
         approvals = await Approvals.open(self.bus)
-        pending = await approvals.list(fleet=r.fleet)
-        return {"approvals": [a.model_dump(mode="json") for a in pending]}
+        return PendingReply(approvals=list(await approvals.list(fleet=r.fleet)))

@@ -1,28 +1,31 @@
 """What every NATS micro service of the core shares: strict request models, one endpoint per
 operation on ``<p>.api.<service>.<endpoint>``, and errors as micro error codes.
 
-A request that fails validation is ``400`` (the fields named), :class:`NotFound` ``404``,
-another :class:`ShoalError` ``409`` (understood, cannot apply), anything else ``500`` (and
-logged). The request model's JSON Schema is each endpoint's ``request`` metadata.
+Each service declares its endpoints as :class:`~shoal.schemas.Endpoint` (request and reply
+models); the request is read by :func:`~shoal.schemas.parse_request`, the one parser every
+endpoint shares. A request that fails it is ``400`` (the fields named, an unknown one
+included), :class:`NotFound` ``404``, another :class:`ShoalError` ``409`` (understood,
+cannot apply), anything else ``500`` (and logged). Each endpoint's metadata names its
+request and reply schema ids (``shoal schemas export``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats.micro
 from nats.micro.request import Request
 from nats.micro.service import Service
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from shoal.bus import Bus
 from shoal.errors import NotFound, ShoalError
-from shoal.schemas import describe_validation_error
+from shoal.schemas import BadRequest, Endpoint, parse_request
 
-__all__ = ["Endpoints", "Strict", "start_service"]
+__all__ = ["Handlers", "Strict", "start_service"]
 
 
 class Strict(BaseModel):
@@ -31,14 +34,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Endpoints = dict[str, tuple[type[Strict], Callable[[Any], Awaitable[Any]]]]
-"""Endpoint name → (its request model, the coroutine answering one parsed request)."""
+Handlers = dict[str, Callable[[Any], Awaitable[Any]]]
+"""Endpoint name → the coroutine answering one parsed request (a model, or JSON data)."""
 
 
 async def start_service(
-    bus: Bus, *, name: str, service: str, description: str, endpoints: Endpoints
+    bus: Bus,
+    *,
+    name: str,
+    description: str,
+    endpoints: Sequence[Endpoint],
+    handlers: Handlers,
 ) -> Service:
-    """Add the micro service ``name`` and its endpoints under ``<p>.api.<service>.*``."""
+    """Add the micro service ``name`` and its declared endpoints under ``<p>.api.<service>.*``."""
     micro = await nats.micro.add_service(
         bus.nc,
         name=name,
@@ -46,26 +54,25 @@ async def start_service(
         description=description,
         metadata={"prefix": bus.settings.prefix},
     )
-    log = logging.getLogger(f"shoal.{service}")
-    for endpoint, (model, fn) in endpoints.items():
+    for ep in endpoints:
+        log = logging.getLogger(f"shoal.{ep.service}")
         await micro.add_endpoint(
-            name=endpoint,
-            subject=bus.subjects.api(service, endpoint),
-            handler=_handler(model, fn, log),
-            metadata={"request": json.dumps(model.model_json_schema())},
+            name=ep.name,
+            subject=bus.subjects.api(ep.service, ep.name),
+            handler=_handler(ep.request, handlers[ep.name], log),
+            metadata=ep.metadata(),
         )
     return micro
 
 
 def _handler(
-    model: type[Strict], fn: Callable[[Any], Awaitable[Any]], log: logging.Logger
+    model: type[BaseModel], fn: Callable[[Any], Awaitable[Any]], log: logging.Logger
 ) -> Callable[[Request], Awaitable[None]]:
     async def handle(request: Request) -> None:
         try:
-            body = model.model_validate_json(request.data or b"{}")
-            answer = await fn(body)
-        except ValidationError as e:
-            await request.respond_error("400", describe_validation_error(e)[:1000])
+            answer = await fn(parse_request(model, request.data))
+        except BadRequest as e:
+            await request.respond_error("400", str(e)[:1000])
             return
         except NotFound as e:
             await request.respond_error("404", str(e)[:1000])
@@ -77,6 +84,9 @@ def _handler(
             log.exception("%s endpoint failed", model.__name__)
             await request.respond_error("500", f"{type(e).__name__}: {e}"[:1000])
             return
-        await request.respond(json.dumps(answer, default=str).encode())
+        if isinstance(answer, BaseModel):
+            await request.respond(answer.model_dump_json().encode())
+        else:
+            await request.respond(json.dumps(answer, default=str).encode())
 
     return handle

@@ -20,15 +20,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from nats.micro.service import Service
+from pydantic import BaseModel, RootModel
 
 from shoal.aggregates.agent_cards import agent_card
 from shoal.aggregates.definitions import RegistryApplication
-from shoal.aggregates.micro import Endpoints, Strict, start_service
+from shoal.aggregates.micro import Handlers, Strict, start_service
 from shoal.aggregates.persistence import application_env
 from shoal.aggregates.registry_query import search
 from shoal.bus import Bus, ShoalSettings
+from shoal.schemas import Endpoint
 
-__all__ = ["REGISTRY", "RegistryService", "open_registry", "serve_registry"]
+__all__ = [
+    "REGISTRY",
+    "REGISTRY_ENDPOINTS",
+    "RegistryService",
+    "open_registry",
+    "serve_registry",
+]
 
 REGISTRY = "registry"
 MICRO_NAME = "shoal-registry"
@@ -60,6 +68,35 @@ class CardsRequest(Strict):
     base_url: str = ""
 
 
+class RowsReply(BaseModel):
+    """One row per version that matched (name, kind, version, state, …: docs/registry.md)."""
+
+    rows: list[dict[str, Any]]
+
+
+class DefinitionReply(RootModel[dict[str, Any]]):
+    """A definition: purpose, owner, every version and its history (docs/registry.md)."""
+
+
+class CardReply(RootModel[dict[str, Any]]):
+    """An A2A agent card (the a2a-sdk ``AgentCard`` as JSON)."""
+
+
+class CardsReply(BaseModel):
+    """Every agent with a live version, as A2A agent cards."""
+
+    cards: list[dict[str, Any]]
+
+
+REGISTRY_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(REGISTRY, "ls", LsRequest, RowsReply, "search agents and tools"),
+    Endpoint(REGISTRY, "show", ShowRequest, DefinitionReply, "one definition and its versions"),
+    Endpoint(REGISTRY, "card", CardRequest, CardReply, "an agent's A2A agent card"),
+    Endpoint(REGISTRY, "cards", CardsRequest, CardsReply, "every live agent's card"),
+)
+"""Every endpoint of ``shoal-registry``: request and reply bodies."""
+
+
 class RegistryService:
     """The registry endpoints on one connection, reading one registry application."""
 
@@ -76,18 +113,18 @@ class RegistryService:
 
             return call
 
-        endpoints: Endpoints = {
-            "ls": (LsRequest, in_thread(self._ls)),
-            "show": (ShowRequest, in_thread(self._show)),
-            "card": (CardRequest, in_thread(self._card)),
-            "cards": (CardsRequest, in_thread(self._cards)),
+        handlers: Handlers = {
+            "ls": in_thread(self._ls),
+            "show": in_thread(self._show),
+            "card": in_thread(self._card),
+            "cards": in_thread(self._cards),
         }
         self.service = await start_service(
             self.bus,
             name=MICRO_NAME,
-            service=REGISTRY,
             description="shoal registry: agents, tools, versions, lifecycle, A2A agent cards",
-            endpoints=endpoints,
+            endpoints=REGISTRY_ENDPOINTS,
+            handlers=handlers,
         )
 
     async def stop(self) -> None:

@@ -21,8 +21,21 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CachedAnswer", "ResponseCache", "cache_key"]
+__all__ = ["CachedAnswer", "CachedResponse", "ResponseCache", "cache_key"]
+
+
+class CachedResponse(BaseModel):
+    """The bucket document of one cached answer (what :meth:`ResponseCache.put` writes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    body: dict[str, Any]
+    cost: str = Field(pattern=r"^-?\d+(\.\d+)?$", description="USD, a decimal string")
+    model: str
+    provider: str
+    expires: float = Field(description="Unix time after which the entry is a miss")
+
 
 _TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user"})
 

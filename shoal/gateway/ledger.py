@@ -26,8 +26,25 @@ from typing import Any, Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Hold", "Ledger", "LedgerRefusal"]
+__all__ = ["BudgetDocument", "Hold", "Ledger", "LedgerRefusal"]
+
+_USD = r"^-?\d+(\.\d+)?$"
+
+
+class BudgetDocument(BaseModel):
+    """The bucket document of one scope's ledger (what ``_Doc.dump`` writes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    spent: str = Field(pattern=_USD, description="USD recorded as spent, a decimal string")
+    held: dict[str, tuple[str, float]] = Field(
+        description="call id -> [USD held (decimal string), expiry (Unix time)]"
+    )
+    window: int = Field(default=0, description="the current rate window (its number; 0: none)")
+    calls: int = Field(default=0, ge=0, description="calls in the rate window")
+    limit: str | None = Field(default=None, pattern=_USD, description="the budget, USD")
+
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nats.js.kv import KeyValue
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shoal.bus import Bus
 from shoal.bus.kvmirror import KvMirror
@@ -30,7 +31,19 @@ from shoal.policy.engine import (
 )
 from shoal.schemas import CloudEvent, PolicyApplied, is_token, new_id, utcnow
 
-__all__ = ["AppliedPolicy", "PolicyBook", "apply_policy", "policy_key"]
+__all__ = ["AppliedPolicy", "PolicyBook", "PolicyDocument", "apply_policy", "policy_key"]
+
+
+class PolicyDocument(BaseModel):
+    """The bucket document of one applied policy (what :meth:`AppliedPolicy.to_json` writes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    scope: str
+    text: str = Field(description="the policy file as applied (YAML)")
+    by: str
+    reason: str
+    at: AwareDatetime
+
 
 _RANK = {"allow": 0, "low": 1, "medium": 2, "high": 3, "deny": 4}
 

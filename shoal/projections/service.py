@@ -31,12 +31,13 @@ from pydantic import BaseModel, ValidationError
 from shoal.bus import Bus, ShoalSettings, Subjects
 from shoal.errors import NotFound, QueryFailed, Refused, ShoalError
 from shoal.projections.client import FRESH_HEADER, QUERY_SERVICE
+from shoal.projections.endpoints import QUERY_ENDPOINTS, ExportParams
 from shoal.projections.export import export_parquet
 from shoal.projections.host import ProjectionHost
-from shoal.projections.queries import NAMED_QUERIES, run_named
+from shoal.projections.queries import NAMED_QUERIES, NamedQuery
 from shoal.projections.recorder import DuckDBDatastore
-from shoal.projections.sql import SqlParams, run_sql
-from shoal.schemas import describe_validation_error
+from shoal.projections.sql import run_sql
+from shoal.schemas import describe_validation_error, parse_request
 
 __all__ = [
     "MICRO_NAME",
@@ -51,7 +52,7 @@ log = logging.getLogger("shoal.projections")
 MICRO_NAME = "shoal-query"
 REBUILT_NAME = "projections.rebuild.duckdb"
 """The one file ``swap`` accepts: the rebuild's output beside the live database."""
-SERVICE_ENDPOINTS = (*NAMED_QUERIES, "sql", "status", "sync", "export", "swap")
+SERVICE_ENDPOINTS = tuple(ep.name for ep in QUERY_ENDPOINTS)
 
 _ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
     (Refused, "403"),
@@ -74,27 +75,29 @@ class QueryService:
         self.subjects = Subjects(settings.prefix)
         self.service: Service | None = None
 
-    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    def _handlers(self) -> dict[str, Callable[[Any], Any]]:
         def ds() -> DuckDBDatastore:
             return self.host.datastore  # looked up per request: a swap replaces it
 
-        def named(name: str) -> Callable[[dict[str, Any]], Any]:
-            return lambda body: run_named(ds(), name, body)
+        def named(query: NamedQuery[Any, Any]) -> Callable[[Any], Any]:
+            return lambda params: query.run(ds(), params)
 
-        handlers = {name: named(name) for name in NAMED_QUERIES}
-        handlers["sql"] = lambda body: run_sql(ds(), SqlParams.model_validate(body))
+        handlers: dict[str, Callable[[Any], Any]] = {
+            name: named(q) for name, q in NAMED_QUERIES.items()
+        }
+        handlers["sql"] = lambda params: run_sql(ds(), params)
         handlers["status"] = lambda _: self.host.status()
         handlers["sync"] = lambda _: asdict(self.host.sync())
-        handlers["export"] = lambda body: [
-            t.model_dump() for t in export_parquet(ds(), self._export_dir(body))
+        handlers["export"] = lambda params: [
+            t.model_dump() for t in export_parquet(ds(), self._export_dir(params))
         ]
-        handlers["swap"] = lambda body: self._swap(Path(str(body.get("path", ""))))
+        handlers["swap"] = lambda params: self._swap(Path(params.path))
         return handlers
 
-    def _export_dir(self, body: dict[str, Any]) -> Path:
+    def _export_dir(self, params: ExportParams) -> Path:
         """The requested directory, if under the export root (never anywhere the caller says)."""
         root = (self.settings.export_root or Path.cwd()).resolve()
-        wanted = (root / str(body.get("directory") or ".")).resolve()
+        wanted = (root / (params.directory or ".")).resolve()
         if not wanted.is_relative_to(root):
             raise Refused(f"export writes only under {root} (SHOAL_EXPORT_ROOT), not {wanted}")
         return wanted
@@ -118,12 +121,14 @@ class QueryService:
             description="shoal DuckDB projections: cost and outcome queries",
             metadata={"prefix": self.settings.prefix, "path": str(self.host.path)},
         )
-        for name, fn in self._handlers().items():
+        handlers = self._handlers()
+        for ep in QUERY_ENDPOINTS:
+            kind = "named" if ep.name in NAMED_QUERIES else "admin"
             await self.service.add_endpoint(
-                name=name,
-                subject=self.subjects.api(QUERY_SERVICE, name),
-                handler=self._endpoint(nc, fn),
-                metadata={"kind": "named" if name in NAMED_QUERIES else "admin"},
+                name=ep.name,
+                subject=self.subjects.api(QUERY_SERVICE, ep.name),
+                handler=self._endpoint(nc, ep.request, handlers[ep.name]),
+                metadata={"kind": kind, **ep.metadata()},
             )
 
     async def stop(self) -> None:
@@ -131,21 +136,18 @@ class QueryService:
             await self.service.stop()
             self.service = None
 
-    def _endpoint(self, nc: NATS, fn: Callable[[dict[str, Any]], Any]) -> Callable[[Request], Any]:
+    def _endpoint(
+        self, nc: NATS, model: type[BaseModel], fn: Callable[[Any], Any]
+    ) -> Callable[[Request], Any]:
         async def handle(request: Request) -> None:
             try:
-                body = json.loads(request.data) if request.data else {}
-                if not isinstance(body, dict):
-                    raise QueryFailed("the request must be a JSON object of parameters")
+                params = parse_request(model, request.data)
                 if (request.headers or {}).get(FRESH_HEADER) == "1":
                     await asyncio.to_thread(self.host.sync)
-                answer = await asyncio.to_thread(fn, body)
+                answer = await asyncio.to_thread(fn, params)
                 payload = _to_json(answer)
-            except ValidationError as e:
+            except ValidationError as e:  # an answer the code built wrong: a 400 all the same
                 await request.respond_error("400", _one_line(describe_validation_error(e)))
-                return
-            except json.JSONDecodeError as e:
-                await request.respond_error("400", _one_line(f"the request is not JSON: {e}"))
                 return
             except Exception as e:
                 code = next((c for t, c in _ERROR_CODES if isinstance(e, t)), "500")

@@ -230,9 +230,15 @@ async def test_events_tail_follow_sees_new_events_then_stops_when_idle(
     assert result.exit_code == 0 and ids == [before.id, after.id]
 
 
-def test_schemas_export_writes_one_file_per_type(external: dict[str, str], tmp_path: Path) -> None:
+def test_schemas_export_writes_every_event_bucket_and_endpoint_schema(
+    external: dict[str, str], tmp_path: Path
+) -> None:
+    from shoal.ops.contract import ENDPOINTS, KV_DOCUMENTS
     from shoal.schemas import EVENT_TYPES
 
     code, out, _ = shoal(external, "schemas", "export", str(tmp_path / "s"))
-    assert code == 0 and out.strip() == f"wrote {len(EVENT_TYPES)} schemas to {tmp_path / 's'}"
+    total = len(EVENT_TYPES) + len(KV_DOCUMENTS) + 2 * len(ENDPOINTS)
+    assert code == 0 and out.strip() == f"wrote {total} schemas to {tmp_path / 's'}"
     assert len(list((tmp_path / "s").glob("shoal.*.json"))) == len(EVENT_TYPES)
+    assert len(list((tmp_path / "s" / "kv").glob("*.json"))) == len(KV_DOCUMENTS) == 10
+    assert len(list((tmp_path / "s" / "api").glob("*.json"))) == 2 * len(ENDPOINTS) == 46

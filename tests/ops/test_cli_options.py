@@ -64,6 +64,7 @@ BAD: dict[str, list[str]] = {
     "--kind": ["bogus"],
     "--gateway-config": ["/nonexistent/gateway.yaml"],
     "--event": ["{oops", "[1]", '{"action": "tool.call"}'],
+    "--format": ["bogus"],
 }
 """Bad values by option name (the same name means the same thing in every command)."""
 

@@ -218,3 +218,48 @@ async def test_swap_takes_only_the_rebuilt_file_in_the_data_dir(
         await service.client.ask("swap", {"path": str(forged)})
     assert forged.exists()
     assert await service.client.query("cost", {"by": ["fleet"]}) == before
+
+
+async def test_every_endpoint_refuses_an_unknown_field_the_same_way_naming_it(
+    service: Running,
+) -> None:
+    # ``export`` used to ignore an unknown field and write to the default directory.
+    for endpoint, body in (
+        ("export", {"directroy": "x"}),
+        ("cost", {"by": ["model"], "bye": 1}),
+        ("status", {"verbose": True}),
+        ("sql", {"sql": "SELECT 1", "rows": 5}),
+    ):
+        unknown = next(k for k in body if k not in ("by", "sql"))
+        with pytest.raises(QueryFailed) as refused:
+            await service.client.ask(endpoint, body)
+        assert str(refused.value) == f"{unknown}: Extra inputs are not permitted", endpoint
+    with pytest.raises(QueryFailed, match=r"^the request must be a JSON object of parameters$"):
+        await _raw(service, b"[1]")
+    with pytest.raises(QueryFailed, match=r"^the request is not JSON: "):
+        await _raw(service, b"{oops")
+
+
+async def _raw(service: Running, payload: bytes) -> None:
+    reply = await service.nc.request(
+        f"{service.settings.prefix}.api.query.cost", payload, timeout=5
+    )
+    headers = reply.headers or {}
+    assert headers.get("Nats-Service-Error-Code") == "400"
+    raise QueryFailed(headers["Nats-Service-Error"])
+
+
+async def test_each_endpoint_lists_its_request_and_reply_schema_ids_in_its_metadata(
+    service: Running,
+) -> None:
+    info = json.loads((await service.nc.request(f"$SRV.INFO.{MICRO_NAME}", b"", timeout=5)).data)
+    metadata = {e["name"]: e["metadata"] for e in info["endpoints"]}
+    assert metadata["export"] == {
+        "kind": "admin",
+        "request_schema": "urn:shoal:schema:api:query.export.request",
+        "reply_schema": "urn:shoal:schema:api:query.export.reply",
+    }
+    assert metadata["cost"]["request_schema"] == "urn:shoal:schema:api:query.cost.request"
+    assert {m["reply_schema"] for m in metadata.values()} == {
+        f"urn:shoal:schema:api:query.{name}.reply" for name in SERVICE_ENDPOINTS
+    }

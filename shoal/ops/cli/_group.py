@@ -130,7 +130,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "The DuckDB projections: serve queries, rebuild by replay.",
     ),
     "export": ("projections", "data", "Export the projection's tables."),
-    "schemas": ("schemas", "data", "The wire contract as JSON Schema."),
+    "schemas": ("schemas", "data", "The wire contract: JSON Schema and AsyncAPI."),
 }
 """Every top-level command, loaded only when it runs (``shoal --help`` imports none of them).
 
