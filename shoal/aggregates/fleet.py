@@ -1,6 +1,7 @@
 """The event-sourced Fleet: every lifecycle command an operator gives a fleet, as an event.
 
-Commands (apply, start, stop, scale, upgrade, rollback) are validated against the fleet's
+Commands (apply, start, stop, scale, upgrade, rollback, and a canary's promote or abort) are
+validated against the fleet's
 current state first and refused with :class:`~shoal.errors.Refused` when they cannot apply;
 only then is an event triggered. Each event carries who (``by``) and why (``reason``); the
 library stamps when. The fleets KV document that supervisors watch is derived from this
@@ -9,19 +10,13 @@ aggregate's state (:meth:`Fleet.desired`), never written from anywhere else.
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import IntegrityError
 
-from shoal.errors import NotFound, Refused
+from shoal.aggregates.fleet_state import DEFAULT_CANARY_SAMPLES, AgentState, CanaryState
+from shoal.errors import Refused
 from shoal.schemas.fleet import (
     DesiredAgent,
     FleetDesired,
@@ -30,30 +25,8 @@ from shoal.schemas.fleet import (
     check_target,
     check_version,
 )
-from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = ["AgentState", "Fleet", "FleetApplication", "FleetHistoryEntry"]
-
-
-class AgentState:
-    """What the fleet knows of one of its agents: run target, version, replicas, manifest
-    override, history."""
-
-    def __init__(
-        self,
-        target: str,
-        version: str,
-        replicas: int,
-        concurrency: int,
-        manifest: CapabilityManifest | None = None,
-    ) -> None:
-        self.target = target
-        self.version = version
-        self.replicas = replicas
-        self.concurrency = concurrency
-        self.manifest = manifest
-        # (version, target) pairs this agent ran before, oldest first: rollback pops the last.
-        self.previous: list[tuple[str, str]] = []
 
 
 class Fleet(Aggregate):
@@ -94,6 +67,36 @@ class Fleet(Aggregate):
         agent: str
         version: str
         target: str
+        by: str
+        reason: str
+
+    class CanaryStarted(Aggregate.Event):
+        """``replicas`` slots of ``agent`` run ``version``; the rest keep theirs."""
+
+        agent: str
+        version: str
+        target: str
+        replicas: int
+        min_samples: int
+        by: str
+        reason: str
+
+    class CanaryPromoted(Aggregate.Event):
+        """The canary cohort was not worse: every slot runs ``version`` now."""
+
+        agent: str
+        version: str
+        evidence: dict[str, Any]
+        by: str
+        reason: str
+
+    class CanaryRolledBack(Aggregate.Event):
+        """The canary of ``version`` ended (worse, or an operator's rollback): its slots run
+        the agent's version again."""
+
+        agent: str
+        version: str
+        evidence: dict[str, Any]
         by: str
         reason: str
 
@@ -139,20 +142,80 @@ class Fleet(Aggregate):
         self._scaled(replicas=dict(replicas), by=by, reason=reason)
 
     def upgrade(
-        self, agent: str, version: str, by: str, reason: str = "", target: str | None = None
+        self,
+        agent: str,
+        version: str,
+        by: str,
+        reason: str = "",
+        target: str | None = None,
+        canary: int | None = None,
+        min_samples: int = DEFAULT_CANARY_SAMPLES,
     ) -> None:
+        """Roll ``agent`` to ``version``; with ``canary``, only that many slots until the
+        core's verdict (docs/canary.md)."""
         state = self._agent(agent)
         check_version(version)
         if target is not None:
             check_target(target)
+        if state.canary is not None:
+            raise Refused(
+                f"{self.name}/{agent} has a canary of {state.canary.version} in progress: "
+                f"wait for its verdict or 'shoal fleet rollback {self.name} {agent}'"
+            )
         if version == state.version and (target is None or target == state.target):
             raise Refused(f"{self.name}/{agent} already runs version {version}")
+        if canary is not None:
+            if not 1 <= canary < state.replicas:
+                raise Refused(
+                    f"a canary of {self.name}/{agent} needs 1 to {state.replicas - 1} slots "
+                    f"(it has {state.replicas} replicas), not {canary}"
+                )
+            if min_samples < 1:
+                raise Refused(f"--min-samples must be at least 1, not {min_samples}")
+            self._canary_started(
+                agent=agent,
+                version=version,
+                target=target or state.target,
+                replicas=canary,
+                min_samples=min_samples,
+                by=by,
+                reason=reason,
+            )
+            return
         self._upgraded(
             agent=agent, version=version, target=target or state.target, by=by, reason=reason
         )
 
+    def promote(
+        self, agent: str, version: str, evidence: dict[str, Any], by: str, reason: str = ""
+    ) -> None:
+        """End the canary of ``version`` by rolling every slot to it."""
+        self._open_canary(agent, version)
+        self._canary_promoted(agent=agent, version=version, evidence=evidence, by=by, reason=reason)
+
+    def abort_canary(
+        self, agent: str, version: str, evidence: dict[str, Any], by: str, reason: str = ""
+    ) -> None:
+        """End the canary of ``version``: its slots go back to the agent's version."""
+        self._open_canary(agent, version)
+        self._canary_rolled_back(
+            agent=agent, version=version, evidence=evidence, by=by, reason=reason
+        )
+
+    def _open_canary(self, agent: str, version: str) -> CanaryState:
+        canary = self._agent(agent).canary
+        if canary is None or canary.version != version:
+            raise Refused(f"{self.name}/{agent} has no canary of {version} in progress")
+        return canary
+
     def rollback(self, agent: str, by: str, reason: str = "") -> None:
         state = self._agent(agent)
+        if state.canary is not None:  # rolling back a canary ends it; the rest never moved
+            version = state.canary.version
+            self._canary_rolled_back(
+                agent=agent, version=version, evidence={}, by=by, reason=reason
+            )
+            return
         if not state.previous:
             raise Refused(f"{self.name}/{agent} has no previous version to roll back to")
         version, target = state.previous[-1]
@@ -195,6 +258,37 @@ class Fleet(Aggregate):
         state.version, state.target = version, target
         self.updated_by = by
 
+    @event(CanaryStarted)
+    def _canary_started(
+        self,
+        agent: str,
+        version: str,
+        target: str,
+        replicas: int,
+        min_samples: int,
+        by: str,
+        reason: str,
+    ) -> None:
+        self.agents[agent].canary = CanaryState(version, target, replicas, min_samples)
+        self.updated_by = by
+
+    @event(CanaryPromoted)
+    def _canary_promoted(
+        self, agent: str, version: str, evidence: dict[str, Any], by: str, reason: str
+    ) -> None:
+        state = self.agents[agent]
+        assert state.canary is not None
+        state.previous.append((state.version, state.target))
+        state.version, state.target, state.canary = version, state.canary.target, None
+        self.updated_by = by
+
+    @event(CanaryRolledBack)
+    def _canary_rolled_back(
+        self, agent: str, version: str, evidence: dict[str, Any], by: str, reason: str
+    ) -> None:
+        self.agents[agent].canary = None
+        self.updated_by = by
+
     # -- derived ------------------------------------------------------------------------------
     def desired(self) -> FleetDesired:
         """The fleets-bucket document supervisors reconcile to."""
@@ -210,6 +304,7 @@ class Fleet(Aggregate):
                     concurrency=s.concurrency,
                     manifest=s.manifest,
                     previous_version=s.previous[-1][0] if s.previous else None,
+                    canary=s.canary.desired() if s.canary else None,
                 )
                 for name, s in self.agents.items()
             },
@@ -240,121 +335,11 @@ class Fleet(Aggregate):
             state.version, state.target = a.version, a.target
             state.replicas, state.concurrency = a.replicas, a.concurrency
             state.manifest = a.manifest
+            state.canary = None  # the spec says what runs: applying it ends a canary
             agents[a.name] = state
         self.agents = agents
 
 
-@dataclass(frozen=True)
-class FleetHistoryEntry:
-    """One recorded command: what, who, when, why, and its details."""
-
-    version: int
-    at: datetime
-    command: str
-    by: str
-    reason: str
-    detail: dict[str, Any]
-
-
-_COMMANDS: dict[type[Aggregate.Event], str] = {
-    Fleet.Registered: "apply",
-    Fleet.Applied: "apply",
-    Fleet.Started: "start",
-    Fleet.Stopped: "stop",
-    Fleet.Scaled: "scale",
-    Fleet.Upgraded: "upgrade",
-    Fleet.RolledBack: "rollback",
-}
-
-
-class FleetApplication(Application[UUID]):
-    """Fleets, persisted with the ``eventsourcing`` library (SQLite or PostgreSQL).
-
-    Synchronous, like the library; async callers cross with ``asyncio.to_thread``.
-    """
-
-    name = "fleets"
-
-    def get_fleet(self, name: str) -> Fleet:
-        """The fleet called ``name``; :class:`NotFound` if it was never applied."""
-        try:
-            fleet: Aggregate = self.repository.get(Fleet.create_id(name))
-        except AggregateNotFoundError:
-            raise NotFound(f"no fleet named {name!r}: apply a spec first") from None
-        assert isinstance(fleet, Fleet)
-        return fleet
-
-    def exists(self, name: str) -> bool:
-        return Fleet.create_id(name) in self.repository
-
-    def apply_spec(self, spec: FleetSpec, by: str, reason: str = "") -> Fleet:
-        """Register a new fleet, or apply the spec to the existing one."""
-
-        def change() -> Fleet:
-            if not self.exists(spec.fleet):
-                return Fleet(spec.fleet, spec.model_dump(mode="json"), by, reason)
-            fleet = self.get_fleet(spec.fleet)
-            fleet.apply(spec, by, reason)
-            return fleet
-
-        return self._save_fresh(spec.fleet, change)
-
-    def command(self, name: str, verb: str, by: str, reason: str = "", **args: Any) -> Fleet:
-        """Run one lifecycle command (start, stop, scale, upgrade, rollback) and save it."""
-
-        def change() -> Fleet:
-            fleet = self.get_fleet(name)
-            if verb == "start":
-                fleet.start(by, reason)
-            elif verb == "stop":
-                fleet.stop(by, reason)
-            elif verb == "scale":
-                fleet.scale(args["replicas"], by, reason)
-            elif verb == "upgrade":
-                target = args.get("target")
-                fleet.upgrade(args["agent"], args["version"], by, reason, target=target)
-            elif verb == "rollback":
-                fleet.rollback(args["agent"], by, reason)
-            else:
-                raise ValueError(f"unknown fleet command {verb!r}")
-            return fleet
-
-        return self._save_fresh(name, change)
-
-    def _save_fresh(self, name: str, change: Callable[[], Fleet], attempts: int = 10) -> Fleet:
-        # Two operators commanding one fleet at once: the second save conflicts on the
-        # aggregate's version. Re-read and re-validate against the new state, then retry
-        # after a jittered back-off, so two retrying writers stop colliding in lockstep.
-        for attempt in range(attempts):
-            fleet = change()
-            try:
-                self.save(fleet)
-            except IntegrityError:
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))
-                continue
-            return fleet
-        raise Refused(f"fleet {name} kept changing under this command; try again")
-
-    def history(self, name: str) -> list[FleetHistoryEntry]:
-        """Every command recorded on the fleet, oldest first."""
-        fleet_id = Fleet.create_id(name)
-        entries = []
-        for e in self.events.get(fleet_id):
-            assert isinstance(e, Aggregate.Event)
-            data = {k: v for k, v in e.__dict__.items() if k not in _ENVELOPE}
-            entries.append(
-                FleetHistoryEntry(
-                    version=e.originator_version,
-                    at=e.timestamp,
-                    command=_COMMANDS.get(type(e), type(e).__name__),
-                    by=str(data.pop("by", "")),
-                    reason=str(data.pop("reason", "")),
-                    detail=data,
-                )
-            )
-        if not entries:
-            raise NotFound(f"no fleet named {name!r}: apply a spec first")
-        return entries
-
-
-_ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+# The application lives in its own module; importing it here keeps
+# ``from shoal.aggregates.fleet import FleetApplication`` working (it needs Fleet, defined above).
+from shoal.aggregates.fleet_app import FleetApplication, FleetHistoryEntry  # noqa: E402

@@ -36,6 +36,7 @@ __all__ = [
     "VERSION_PATTERN",
     "AgentSpec",
     "DesiredAgent",
+    "DesiredCanary",
     "FleetDesired",
     "FleetSpec",
     "RolloutSpec",
@@ -153,6 +154,18 @@ class FleetSpec(BaseModel):
         return next((a for a in self.agents if a.name == name), None)
 
 
+class DesiredCanary(BaseModel):
+    """A canary in progress (``fleet upgrade --canary``): slots ``0..replicas-1`` run this
+    version and target, the others keep the agent's; the core judges the two cohorts once
+    each has ``min_samples`` outcomes, then promotes or rolls back (docs/canary.md)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    version: str
+    target: str
+    replicas: int = Field(ge=1, le=MAX_REPLICAS)
+    min_samples: int = Field(ge=1)
+
+
 class DesiredAgent(BaseModel):
     """Desired state of one agent of a fleet, as supervisors read it.
 
@@ -167,6 +180,14 @@ class DesiredAgent(BaseModel):
     concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
     manifest: CapabilityManifest | None = None
     previous_version: str | None = None
+    canary: DesiredCanary | None = None
+
+    def for_slot(self, index: int) -> DesiredAgent:
+        """What slot ``index`` runs: the canary's version and target in a canary slot."""
+        c = self.canary
+        if c is None or index >= c.replicas:
+            return self
+        return self.model_copy(update={"version": c.version, "target": c.target, "canary": None})
 
     def fingerprint(self) -> str:
         """What an instance of this agent runs: target, version, concurrency and manifest.
