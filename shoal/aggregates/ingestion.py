@@ -10,10 +10,12 @@ is re-created at ``max_tracking_id + 1`` whenever its ack floor disagrees with t
 and any message at or below the recorded position is skipped. So a crash at any point —
 before the write, between write and ack — loses nothing and applies nothing twice.
 
-Side effects (dead letters, ``budget.exceeded`` / ``session.flagged`` on the bus, kill
-switches) happen *before* the write: a batch folded again after a crash produces them again
-with the same deterministic ids, which JetStream de-duplicates, and a kill switch written
-twice is the same switch.
+Side effects (dead letters, ``budget.exceeded`` / ``session.flagged`` /
+``evaluation.regressed|passed`` on the bus, kill switches, a canary's promotion or roll-back)
+happen *before* the write: a batch folded again after a crash produces them again
+with the same deterministic ids, which JetStream de-duplicates, a kill switch written
+twice is the same switch, and a canary already promoted or rolled back refuses a second
+verdict.
 """
 
 from __future__ import annotations
@@ -29,15 +31,11 @@ from datetime import datetime
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
-from nats.js.kv import KeyValue
 
-from shoal.aggregates.application import ShoalCore, open_core
-from shoal.aggregates.budgets import BudgetCrossing
-from shoal.aggregates.fleet_caps import FleetCaps
-from shoal.aggregates.interactions import InteractionsService
+from shoal.aggregates.application import ShoalCore
+from shoal.aggregates.effects import SideEffects, VerdictHandler
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import (
-    CORE_SOURCE,
     CoreLimits,
     CoreProcessor,
     FoldResult,
@@ -45,11 +43,14 @@ from shoal.aggregates.processor import (
     RawMessage,
 )
 from shoal.aggregates.watchdog import flag_stuck
-from shoal.bus import Bus, KillSwitch, ShoalSettings, kill_key
+from shoal.bus import Bus, ShoalSettings
 from shoal.gcpolicy import YOUNG_GC_THRESHOLD, raise_gc_threshold
-from shoal.schemas import BudgetExceeded, CloudEvent, SessionFlagged, utcnow
+from shoal.schemas import (
+    utcnow,
+)
 
-__all__ = ["CORE_CONSUMER", "CoreStats", "Ingestion", "run_core"]
+__all__ = ["CORE_CONSUMER", "CoreStats", "Ingestion", "processor_for"]
+
 
 log = logging.getLogger("shoal.core")
 
@@ -93,6 +94,7 @@ class CoreStats:
     skipped: int = 0
     budget_crossings: int = 0
     flags: int = 0
+    verdicts: int = 0
     position: int = 0
     failures: int = 0
     refetched: int = 0
@@ -105,6 +107,7 @@ class CoreStats:
         self.skipped += result.skipped
         self.budget_crossings += len(result.crossings)
         self.flags += len(result.flags)
+        self.verdicts += len(result.verdicts)
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,10 @@ class Ingestion:
         consumer: str = CORE_CONSUMER,
         stuck_after_s: float = 300.0,
         clock: Callable[[], datetime] = utcnow,
+        on_verdicts: VerdictHandler | None = None,
     ) -> None:
         self.bus = bus
+        self.effects = SideEffects(bus, on_verdicts)
         self.app = app
         self.processor = processor
         self.batch = batch
@@ -310,7 +315,7 @@ class Ingestion:
                     log.error("core failed on message #%d; dead-lettering it: %s", e.seq, e)
                     self.processor.poisoned[e.seq] = e.reason
                     await asyncio.to_thread(self.processor.reset)
-            await self._side_effects(result)
+            await self.effects.carry_out(result)
             if result.processing.tracking is not None:
                 await asyncio.to_thread(self.app.record, result.processing, result.snapshot_from)
             self.processor.committed(result)
@@ -318,38 +323,6 @@ class Ingestion:
             await asyncio.to_thread(self.processor.reset)
             raise
         return result
-
-    async def _side_effects(self, result: FoldResult) -> None:
-        for dl in result.dead_letters:
-            log.warning("dead-lettered #%d on %s: %s", dl.seq, dl.subject, dl.reason)
-            await self.bus.deadletter("events", dl.data, dl.reason, dl.subject)
-        if result.crossings:
-            kill = await self.bus.kv(self.bus.topology.kill.name)
-            for c in result.crossings:
-                await self._budget_exceeded(c, kill)
-        for f in result.flags:
-            data = SessionFlagged(flag="looping", reason=f.reason)
-            await self.bus.publish(
-                CloudEvent.new(data, iid=f.iid, gid=f.gid, source=CORE_SOURCE, id=f.event_id)
-            )
-
-    async def _budget_exceeded(self, c: BudgetCrossing, kill: KeyValue) -> None:
-        log.warning("budget exceeded: %s %s (%s > %s)", c.scope, c.key, c.spent_usd, c.budget_usd)
-        data = BudgetExceeded(
-            scope=c.scope, key=c.key, budget_usd=c.budget_usd, spent_usd=c.spent_usd
-        )
-        event = CloudEvent.new(
-            data, iid=c.iid, gid=c.gid, fleet=c.fleet, source=CORE_SOURCE, id=c.event_id
-        )
-        await self.bus.publish(event)
-        switch = KillSwitch(
-            scope=c.scope,
-            name=c.key,
-            reason=f"budget ${c.budget_usd} exceeded: spent ${c.spent_usd}",
-            by=CORE_SOURCE,
-            at=event.time,
-        )
-        await kill.put(kill_key(c.scope, c.key), switch.model_dump_json().encode())
 
     # -- the watchdog --------------------------------------------------------------------------
     async def watch(self) -> int:
@@ -452,44 +425,3 @@ def processor_for(app: ShoalCore, settings: ShoalSettings, bus: Bus) -> CoreProc
         bus.topology.events.name,
         CoreLimits(loop_repeats=settings.loop_repeats, loop_model_calls=settings.loop_model_calls),
     )
-
-
-async def run_core(
-    settings: ShoalSettings,
-    url: str,
-    stop: asyncio.Event,
-    *,
-    consumer: str = CORE_CONSUMER,
-    until_idle: bool = False,
-    ready: asyncio.Event | None = None,
-) -> CoreStats:
-    """Run the core in this event loop until ``stop`` is set; return its counters.
-
-    This is what ``shoal core`` runs; ``shoal demo`` can run it as a task beside the agents.
-    """
-    async with Bus.connect(url, settings, name="shoal-core") as bus:
-        await bus.provision()
-        app = await asyncio.to_thread(open_core, settings)
-        try:
-            processor = await asyncio.to_thread(processor_for, app, settings, bus)
-            ingestion = Ingestion(
-                bus,
-                app,
-                processor,
-                batch=settings.core_batch,
-                consumer=consumer,
-                stuck_after_s=settings.stuck_after_s,
-            )
-            # Fleet specs' budget_usd, read before the first fold and followed after.
-            fleets = await bus.kv(bus.topology.fleets.name)
-            caps = FleetCaps(fleets, processor.fleet_caps, processor.prices.fleet_budgets)
-            await caps.start(settings.request_timeout)
-            interactions = InteractionsService(bus)
-            await interactions.start()
-            try:
-                return await ingestion.run(stop, until_idle=until_idle, ready=ready)
-            finally:
-                await interactions.stop()
-                await caps.stop()
-        finally:
-            app.close()
