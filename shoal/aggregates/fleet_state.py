@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shoal.schemas.fleet import DesiredCanary
+from shoal.schemas.fleet import DEFAULT_CANARY_SAMPLES, DesiredCanary, canary_count
 from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = ["DEFAULT_CANARY_SAMPLES", "AgentState", "CanaryState", "canary_count"]
-
-DEFAULT_CANARY_SAMPLES = 20
-"""Outcomes each cohort needs before the core judges a canary: below about 20 a success rate
-of 1.0 against 0.4 is still too few expected failures for the normal test (shoal.stats)."""
 
 
 @dataclass(frozen=True)
@@ -55,20 +51,3 @@ class AgentState:
         # (version, target) pairs this agent ran before, oldest first: rollback pops the last.
         self.previous: list[tuple[str, str]] = []
         self.canary: CanaryState | None = None
-
-
-def canary_count(canary: str, replicas: int) -> int:
-    """``"2"`` or ``"25%"`` of ``replicas`` as a slot count (a percentage rounds up).
-
-    Raises :class:`ValueError` naming the value when it is neither.
-    """
-    text = canary.strip()
-    try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not 0 < pct < 100:
-                raise ValueError
-            return max(1, -(-int(pct * replicas) // 100))
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--canary {canary!r} is not a count (2) or a percentage (25%)") from None

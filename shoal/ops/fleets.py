@@ -29,7 +29,7 @@ from shoal.ops.slots import SUPERVISOR_KEY_PREFIX, SlotLease, SupervisorLease
 if TYPE_CHECKING:  # the core (eventsourcing…) loads when a command needs it, not at CLI start
     from shoal.aggregates.fleet import FleetApplication, FleetHistoryEntry
 from shoal.schemas import CloudEvent, ControlAccepted, ControlRefused, EventData, new_id, utcnow
-from shoal.schemas.fleet import FleetDesired, FleetSpec, parse_fleet_spec
+from shoal.schemas.fleet import DesiredCanary, FleetDesired, FleetSpec, parse_fleet_spec
 
 __all__ = [
     "AgentView",
@@ -272,6 +272,7 @@ class AgentView:
     instances: list[InstanceView] = field(default_factory=list)
     slots: list[SlotView] = field(default_factory=list)
     pending_reason: str = ""
+    canary: DesiredCanary | None = None
 
     @property
     def actual(self) -> int:
@@ -330,6 +331,7 @@ class FleetView:
                     "slots": [s.__dict__ for s in a.slots],
                     "pending": a.pending,
                     "pending_reason": a.pending_reason if a.pending else "",
+                    "canary": None if a.canary is None else a.canary.model_dump(mode="json"),
                 }
                 for a in self.agents
             ],
@@ -405,7 +407,9 @@ def _view(
 ) -> FleetView:
     now = utcnow()
     agents = {
-        name: AgentView(name, desired.replicas(name), d.version, d.target, d.previous_version)
+        name: AgentView(
+            name, desired.replicas(name), d.version, d.target, d.previous_version, canary=d.canary
+        )
         for name, d in desired.agents.items()
     }
     for entry in presence.values():

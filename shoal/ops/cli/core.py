@@ -49,6 +49,7 @@ def core(
 
 async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
     from shoal.aggregates import CORE_CONSUMER, run_core
+    from shoal.ops.canary import canary_controller
 
     consumer = consumer or CORE_CONSUMER
     url = resolve_url(c.settings)
@@ -58,7 +59,15 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool) -> CoreStats:
         loop.add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
     task = asyncio.create_task(
-        run_core(c.settings, url, stop, consumer=consumer, until_idle=until_idle, ready=ready)
+        run_core(
+            c.settings,
+            url,
+            stop,
+            consumer=consumer,
+            until_idle=until_idle,
+            ready=ready,
+            verdicts=canary_controller,
+        )
     )
     await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED")
     if ready.is_set() and not c.json:
