@@ -40,7 +40,7 @@ def evaluate(
     verdict, test = decided
     if cohorts.verdict(verdict, c.from_version, c.to_version) is not None:
         return None  # recorded already: once per (verdict, from, to)
-    figures = evidence(c, test)
+    figures = {**evidence(c, test), "seq": seq}
     cohorts.judged(seq, verdict, figures, timestamp=ev.time)
     ws.collect(cohorts)
     return Verdict(verdict, fleet, agent, figures, seq)

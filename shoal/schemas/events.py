@@ -356,10 +356,14 @@ class CohortComparison(EventData):
     n_a: int
     successes_b: int
     n_b: int
-    z: float | None
-    p_value: float | None
+    rate_a: float | None = None
+    rate_b: float | None = None
+    z: float | None = None  # None: the test does not apply (no variance, too few expected)
+    p_value: float | None = None
     alpha: float
+    min_samples: int
     canary: bool = False
+    seq: int = Field(description="Event-log sequence of the outcome that decided it.")
 
 
 class EvaluationRegressed(CohortComparison):
