@@ -15,6 +15,7 @@ to it. Readers ignore fields they do not know (newer writers may add some).
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import re
 from datetime import datetime
@@ -94,7 +95,7 @@ of 1.0 against 0.4 is still too few expected failures for the normal test (shoal
 def canary_count(canary: str, replicas: int) -> int:
     """``"2"`` or ``"25%"`` of ``replicas`` as a slot count (a percentage rounds up).
 
-    Raises :class:`ValueError` naming the value when it is neither.
+    Raises :class:`ValueError` naming the value when it is neither, or below one slot.
     """
     text = canary.strip()
     try:
@@ -102,8 +103,11 @@ def canary_count(canary: str, replicas: int) -> int:
             pct = float(text[:-1])
             if not 0 < pct < 100:
                 raise ValueError
-            return max(1, -(-int(pct * replicas) // 100))
-        return int(text)
+            return max(1, math.ceil(pct * replicas / 100))
+        count = int(text)
+        if count < 1:
+            raise ValueError
+        return count
     except ValueError:
         raise ValueError(f"--canary {canary!r} is not a count (2) or a percentage (25%)") from None
 

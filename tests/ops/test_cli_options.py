@@ -61,6 +61,8 @@ BAD: dict[str, list[str]] = {
     "--manifest": ["/nonexistent/manifest.yaml"],
     "--tier": ["bogus"],
     "--event": ["{oops", "[1]", '{"action": "tool.call"}'],
+    "--canary": ["x", "0", "-1", "0%", "100%"],
+    "--min-samples": BAD_COUNT,
 }
 """Bad values by option name (the same name means the same thing in every command)."""
 
