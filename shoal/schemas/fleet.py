@@ -15,8 +15,8 @@ to it. Readers ignore fields they do not know (newer writers may add some).
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import re
 from datetime import datetime
 from decimal import Decimal
