@@ -107,6 +107,13 @@ async def recount(bus: Bus, up_to: int) -> dict[str, tuple[int, int]]:
     return counts
 
 
+async def ended(bus: Bus, n: int) -> None:
+    def enough(o: list[tuple[int, str, bool]]) -> bool:
+        return len(o) >= n
+
+    await eventually(lambda: outcomes(bus), enough, 60, f"{n} outcomes")
+
+
 async def feed_until(
     bus: Bus, app: FleetApplication, command: str, rounds: int = 40
 ) -> FleetHistoryEntry:
@@ -115,11 +122,8 @@ async def feed_until(
         history = await asyncio.to_thread(app.history, "demo")
         if history[-1].command == command:
             return history[-1]
-        want = len(await outcomes(bus)) + 10
         await submit(bus, 10)
-        await eventually(
-            lambda: outcomes(bus), lambda o, want=want: len(o) >= want, 60, f"{want} outcomes"
-        )
+        await ended(bus, len(await outcomes(bus)) + 10)
     raise AssertionError(f"no {command} after {rounds * 10} more tasks: {history[-1]}")
 
 
@@ -139,7 +143,7 @@ async def canary(settings: ShoalSettings, version: str, slots: str) -> str:
 
 async def check_verdict(bus: Bus, entry: FleetHistoryEntry, kind: str) -> dict[str, Any]:
     """The history's figures are the log's, the test's, and the published event's."""
-    e = entry.detail["evidence"]
+    e: dict[str, Any] = entry.detail["evidence"]
     counts = await recount(bus, e["seq"])
     assert (e["successes_a"], e["n_a"]) == counts[e["from_version"]]
     assert (e["successes_b"], e["n_b"]) == counts[e["to_version"]]
@@ -169,7 +173,7 @@ async def test_a_worse_canary_rolls_back_by_itself_and_a_good_one_is_promoted(
     code, _, err = await shoal(settings, "fleet", "apply", str(spec_file), "--wait")
     assert code == 0, err
     await submit(bus, 20)  # the baseline: version 1 always succeeds
-    await eventually(lambda: outcomes(bus), lambda o: len(o) == 20, 60, "20 outcomes")
+    await ended(bus, 20)
 
     # A canary of the version that fails 60 %: one slot of two, the other holds version 1.
     line = await canary(settings, "2", "1")
