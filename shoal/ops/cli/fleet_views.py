@@ -64,6 +64,11 @@ def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) ->
             f"\n[bold]{a.name}[/]: [{colour}]{a.actual}/{a.desired}[/] "
             f"version {a.version}{prev} (running: {versions})  {escape(a.target)}"
         )
+        if a.canary is not None:
+            c.out.print(
+                f"  [yellow]canary[/]: {a.canary.replicas} slot(s) on {escape(a.canary.version)}, "
+                f"judged by the core at {a.canary.min_samples} sessions of each version"
+            )
         table = Table("slot")
         table.add_column("instance", no_wrap=True)  # ids are copied into `shoal kill`
         for column in ("version", "host", "pid", "uptime", "heartbeat", "session"):
