@@ -10,8 +10,7 @@ import asyncio
 import time
 
 from shoal.bus import Bus
-from shoal.errors import NotFound
-from shoal.ops.fleets import RolloutResult, describe_fleet
+from shoal.ops.fleets import RolloutResult, describe_agent
 
 __all__ = ["wait_canary"]
 
@@ -29,16 +28,12 @@ async def wait_canary(
     """Wait until ``slots`` instances of ``agent`` run ``version`` (or one fails to start)."""
     deadline = time.monotonic() + timeout
     while True:
-        view = await describe_fleet(bus, name)
-        a = next((x for x in view.agents if x.name == agent), None)
-        if a is None:
-            raise NotFound(f"fleet {name} has no agent {agent!r}")
+        view, a = await describe_agent(bus, name, agent)
         if a.canary is None or a.canary.version != version:
             settled = f"the canary of {version} is settled already: 'shoal fleet history {name}'"
             return RolloutResult(a.version == version, settled, view)
-        failed = [s for s in a.problems if s.version == version]
-        if failed:
-            s = failed[0]
+        s = a.failing(version)
+        if s is not None:
             return RolloutResult(
                 False,
                 f"canary stopped: slot {s.slot} on {s.host} ({s.state}) at version {version}: "

@@ -39,6 +39,7 @@ __all__ = [
     "SlotView",
     "apply_fleet",
     "control_event",
+    "describe_agent",
     "describe_fleet",
     "fleet_command",
     "fleet_history",
@@ -295,6 +296,10 @@ class AgentView:
     def problems(self) -> list[SlotView]:
         return [s for s in self.slots if s.state in ("backoff", "crashloop", "failed", "killed")]
 
+    def failing(self, version: str) -> SlotView | None:
+        """The first slot whose instance of ``version`` fails to start, if any."""
+        return next((s for s in self.problems if s.version == version), None)
+
 
 @dataclass
 class FleetView:
@@ -474,21 +479,26 @@ class RolloutResult:
     view: FleetView
 
 
+async def describe_agent(bus: Bus, name: str, agent: str) -> tuple[FleetView, AgentView]:
+    """The fleet's view and its agent's; :class:`NotFound` when the fleet lacks the agent."""
+    view = await describe_fleet(bus, name)
+    a = next((x for x in view.agents if x.name == agent), None)
+    if a is None:
+        raise NotFound(f"fleet {name} has no agent {agent!r}")
+    return view, a
+
+
 async def wait_rollout(
     bus: Bus, name: str, agent: str, version: str, *, timeout: float, poll_s: float = 0.5
 ) -> RolloutResult:
     """Follow a rolling upgrade until every replica runs ``version`` or one fails to start."""
     deadline = time.monotonic() + timeout
     while True:
-        view = await describe_fleet(bus, name)
-        a = next((x for x in view.agents if x.name == agent), None)
-        if a is None:
-            raise NotFound(f"fleet {name} has no agent {agent!r}")
+        view, a = await describe_agent(bus, name, agent)
         if a.version != version:
             return RolloutResult(False, f"desired version is now {a.version}, not {version}", view)
-        failed = [s for s in a.problems if s.version == version]
-        if failed:
-            s = failed[0]
+        s = a.failing(version)
+        if s is not None:
             return RolloutResult(
                 False,
                 f"rollout stopped: slot {s.slot} on {s.host} ({s.state}) at version {version}: "

@@ -8,7 +8,7 @@ rolled back by the core, or any later upgrade closes it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,39 +22,25 @@ from shoal.schemas.fleet import FleetDesired
 __all__ = ["Regression", "open_regressions"]
 
 CORE_SOURCE = "shoal://core"
-_FIGURES = (
-    "fleet", "agent", "from_version", "to_version", "successes_a", "n_a", "successes_b", "n_b",
-    "p_value", "canary",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Regression:
-    """One open regression, with the figures the core decided on."""
+    """One open regression: the core's verdict with its figures, and when it was made."""
 
-    fleet: str
-    agent: str
-    from_version: str
-    to_version: str
-    successes_a: int
-    n_a: int
-    successes_b: int
-    n_b: int
-    p_value: float | None
-    canary: bool
+    verdict: EvaluationRegressed
     at: datetime
 
     def line(self) -> str:
+        v = self.verdict
+        p = "n/a" if v.p_value is None else f"{v.p_value:.2g}"
         return (
-            f"{self.fleet}/{self.agent} {self.to_version}: {self.successes_b}/{self.n_b} "
-            f"succeeded against {self.from_version} {self.successes_a}/{self.n_a} "
-            f"(p={self.p_value:.2g})"
-            if self.p_value is not None
-            else f"{self.fleet}/{self.agent} {self.to_version}"
+            f"{v.fleet}/{v.agent} {v.to_version}: {v.successes_b}/{v.n_b} succeeded against "
+            f"{v.from_version} {v.successes_a}/{v.n_a} (p={p})"
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "at": self.at.isoformat()}
+        return {**self.verdict.model_dump(mode="json"), "at": self.at.isoformat()}
 
 
 async def open_regressions(bus: Bus) -> list[Regression]:
@@ -83,6 +69,5 @@ async def open_regressions(bus: Bus) -> list[Regression]:
         d = ev.data
         if d.to_version not in running.get((d.fleet, d.agent), set()):
             continue  # rolled back or upgraded since
-        figures = d.model_dump(include=set(_FIGURES))
-        out.append(Regression(**figures, at=ev.time))
+        out.append(Regression(d, ev.time))
     return out

@@ -136,7 +136,8 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
     if h.sessions:
         c.out.print("sessions: " + ", ".join(f"{n} {s}" for s, n in h.sessions.items()))
     for r in h.regressions:
-        c.out.print(f"[red]regression:[/] {escape(r.line())} (shoal fleet history {r.fleet})")
+        hint = f"shoal fleet history {r.verdict.fleet}"
+        c.out.print(f"[red]regression:[/] {escape(r.line())} ({hint})")
     table = Table("stream", "messages", "bytes", "consumers", box=None)
     for column in table.columns[1:]:
         column.justify = "right"
