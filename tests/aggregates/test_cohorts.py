@@ -3,6 +3,7 @@ with the figures — against a real nats-server and a real SQLite file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from shoal.bus import Bus, ShoalSettings
@@ -20,6 +21,7 @@ from shoal.schemas.fleet import DesiredAgent, FleetDesired
 from shoal.stats import two_proportion
 from tests.aggregates.eventmix import Agent, Mix, publish_all
 from tests.aggregates.test_ingestion import dead_letter_reasons, ingest
+from tests.ops.test_cli_health import invoke
 
 OLD = Agent("docs", "summarizer", "inst-v1")
 NEW = Agent("docs", "summarizer", "inst-v2")
@@ -105,13 +107,17 @@ async def test_an_upgrade_that_fails_more_is_flagged_once_with_its_figures(
     assert fresh.cohorts("docs", "summarizer").verdicts == cohorts.verdicts  # type: ignore[union-attr]
     assert len(await bus.read(bus.subjects.events_filter(short_type="evaluation.regressed"))) == 1
 
-    # Open while version 2 runs; closed by the roll-back.
+    # Open while version 2 runs, in `shoal status`; closed by the roll-back.
     [open_one] = await open_regressions(bus)
-    assert open_one.line() == (
-        f"docs/summarizer 2: {good}/{n} succeeded against 1 30/30 (p={evidence['p_value']:.2g})"
-    )
+    line = f"docs/summarizer 2: {good}/{n} succeeded against 1 30/30 (p={evidence['p_value']:.2g})"
+    assert open_one.line() == line
+    status = json.loads((await invoke(settings, "status", "--json")).stdout)
+    [shown] = status["regressions"]
+    assert (shown["to_version"], shown["successes_b"], shown["n_b"]) == ("2", good, n)
+    assert f"regression: {line}" in (await invoke(settings, "status")).stdout
     await upgraded(bus, version="1", previous=None)
     assert await open_regressions(bus) == []
+    assert json.loads((await invoke(settings, "status", "--json")).stdout)["regressions"] == []
 
 
 async def test_too_few_sessions_of_the_new_version_flag_nothing(
