@@ -12,10 +12,11 @@ The API other parts use (projections, the CLI, the demo):
 from shoal.aggregates.application import CORE_APPLICATION_NAME, ShoalCore, open_core
 from shoal.aggregates.budgets import FleetSpend
 from shoal.aggregates.goal import Goal
-from shoal.aggregates.ingestion import CORE_CONSUMER, CoreStats, run_core
+from shoal.aggregates.ingestion import CORE_CONSUMER, CoreStats
 from shoal.aggregates.instance import Instance
 from shoal.aggregates.persistence import application_env
 from shoal.aggregates.pricing import PriceTable
+from shoal.aggregates.service import run_core
 from shoal.aggregates.session import Session
 
 __all__ = [

@@ -27,6 +27,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 
 from shoal.aggregates.budgets import FleetSpend, fleet_spend_id
+from shoal.aggregates.cohorts import Cohorts, cohorts_id
 from shoal.aggregates.goal import Goal, goal_id
 from shoal.aggregates.instance import Instance, instance_id
 from shoal.aggregates.persistence import application_env
@@ -86,7 +87,7 @@ class ShoalCore(Application[UUID]):
         snapshots = []
         for aggregate_id, before in snapshot_from.items():
             aggregate = processing_event.aggregates.get(aggregate_id)
-            if aggregate is None or not isinstance(aggregate, Session | Goal):
+            if aggregate is None or not isinstance(aggregate, Session | Goal | Cohorts):
                 continue
             if aggregate.version // SNAPSHOT_EVERY > before // SNAPSHOT_EVERY:
                 snapshots.append(Aggregate.Snapshot.take(aggregate))
@@ -153,6 +154,11 @@ class ShoalCore(Application[UUID]):
         """The registered instance with this id, or ``None``."""
         found = self.find(instance_id(instance))
         return found if isinstance(found, Instance) else None
+
+    def cohorts(self, fleet: str, agent: str) -> Cohorts | None:
+        """The agent's outcome counts per version and verdicts, or ``None`` (no outcome yet)."""
+        found = self.find(cohorts_id(fleet, agent))
+        return found if isinstance(found, Cohorts) else None
 
     def fleet_spend(self, fleet: str) -> FleetSpend | None:
         """The fleet's spend record (created at its first budget crossing), or ``None``."""

@@ -12,6 +12,7 @@ from uuid import UUID
 from eventsourcing.application import ProcessingEvent
 
 from shoal.aggregates.budgets import BudgetCrossing
+from shoal.aggregates.cohorts import Verdict
 
 __all__ = ["CoreLimits", "DeadLetter", "Flag", "FoldResult", "PoisonMessage", "RawMessage"]
 
@@ -67,6 +68,7 @@ class FoldResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     crossings: list[BudgetCrossing] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
     applied: int = 0
     rejected: int = 0
     skipped: int = 0

@@ -11,11 +11,15 @@ truth: at start the consumer is re-created at ``max_tracking_id + 1`` whatever i
 and any message at or below the recorded position is skipped. So a crash at any point —
 before the write, between write and ack — loses nothing and applies nothing twice.
 
-Side effects happen *before* the write: a batch folded again after a crash produces them
-again with the same deterministic ids, which JetStream de-duplicates.
+Side effects (dead letters, ``budget.exceeded`` / ``session.flagged`` /
+``evaluation.regressed|passed`` on the bus, kill switches, a canary's promotion or roll-back)
+happen *before* the write: a batch folded again after a crash produces them again
+with the same deterministic ids, which JetStream de-duplicates, a kill switch written
+twice is the same switch, and a canary already promoted or rolled back refuses a second
+verdict.
 
-One core runs one :class:`Ingestion` over the whole log (:func:`run_core`); a partitioned
-core runs one per partition it holds (:mod:`shoal.aggregates.partitioned`).
+One core runs one :class:`Ingestion` over the whole log (:func:`shoal.aggregates.service.run_core`);
+a partitioned core runs one per partition it holds (:mod:`shoal.aggregates.partitioned`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from shoal.aggregates.application import ShoalCore, open_core
-from shoal.aggregates.effects import SideEffects
-from shoal.aggregates.fleet_caps import FleetCaps
-from shoal.aggregates.interactions import InteractionsService
+from shoal.aggregates.application import ShoalCore
+from shoal.aggregates.effects import SideEffects, VerdictHandler
 from shoal.aggregates.partitions import Partition
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import CoreLimits, CoreProcessor, FoldResult, PoisonMessage
@@ -39,7 +41,7 @@ from shoal.aggregates.watchdog import flag_stuck
 from shoal.bus import Bus, ShoalSettings
 from shoal.schemas import utcnow
 
-__all__ = ["CORE_CONSUMER", "CoreStats", "Fetched", "Ingestion", "processor_for", "run_core"]
+__all__ = ["CORE_CONSUMER", "CoreStats", "Fetched", "Ingestion", "processor_for"]
 
 log = logging.getLogger("shoal.core")
 
@@ -63,6 +65,7 @@ class CoreStats:
     foreign: int = 0
     budget_crossings: int = 0
     flags: int = 0
+    verdicts: int = 0
     position: int = 0
     failures: int = 0
     refetched: int = 0
@@ -76,6 +79,7 @@ class CoreStats:
         self.foreign += result.foreign
         self.budget_crossings += len(result.crossings)
         self.flags += len(result.flags)
+        self.verdicts += len(result.verdicts)
 
 
 class Ingestion:
@@ -91,8 +95,10 @@ class Ingestion:
         consumer: str = CORE_CONSUMER,
         stuck_after_s: float = 300.0,
         clock: Callable[[], datetime] = utcnow,
+        on_verdicts: VerdictHandler | None = None,
     ) -> None:
         self.bus = bus
+        self.effects = SideEffects(bus, on_verdicts)
         self.app = app
         self.processor = processor
         self.consumer = consumer
@@ -100,7 +106,6 @@ class Ingestion:
         self.clock = clock
         self.stats = CoreStats()
         self.receiver = Receiver(bus, lambda: processor.position, batch=batch, consumer=consumer)
-        self.effects = SideEffects(bus)
         self._last_watch = 0.0
 
     async def attach(self) -> None:
@@ -143,7 +148,7 @@ class Ingestion:
                     log.error("core failed on message #%d; dead-lettering it: %s", e.seq, e)
                     self.processor.poisoned[e.seq] = e.reason
                     await asyncio.to_thread(self.processor.reset)
-            await self.effects.apply(result.dead_letters, result.crossings, result.flags)
+            await self.effects.carry_out(result)
             if result.processing.tracking is not None:
                 await asyncio.to_thread(self.app.record, result.processing, result.snapshot_from)
             self.processor.committed(result)
@@ -227,44 +232,3 @@ def processor_for(
         CoreLimits(loop_repeats=settings.loop_repeats, loop_model_calls=settings.loop_model_calls),
         partition=partition,
     )
-
-
-async def run_core(
-    settings: ShoalSettings,
-    url: str,
-    stop: asyncio.Event,
-    *,
-    consumer: str = CORE_CONSUMER,
-    until_idle: bool = False,
-    ready: asyncio.Event | None = None,
-) -> CoreStats:
-    """Run the core in this event loop until ``stop`` is set; return its counters.
-
-    This is what ``shoal core`` runs; ``shoal demo`` can run it as a task beside the agents.
-    """
-    async with Bus.connect(url, settings, name="shoal-core") as bus:
-        await bus.provision()
-        app = await asyncio.to_thread(open_core, settings)
-        try:
-            processor = await asyncio.to_thread(processor_for, app, settings, bus)
-            ingestion = Ingestion(
-                bus,
-                app,
-                processor,
-                batch=settings.core_batch,
-                consumer=consumer,
-                stuck_after_s=settings.stuck_after_s,
-            )
-            # Fleet specs' budget_usd, read before the first fold and followed after.
-            fleets = await bus.kv(bus.topology.fleets.name)
-            caps = FleetCaps(fleets, processor.fleet_caps, processor.prices.fleet_budgets)
-            await caps.start(settings.request_timeout)
-            interactions = InteractionsService(bus)
-            await interactions.start()
-            try:
-                return await ingestion.run(stop, until_idle=until_idle, ready=ready)
-            finally:
-                await interactions.stop()
-                await caps.stop()
-        finally:
-            app.close()

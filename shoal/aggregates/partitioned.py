@@ -12,7 +12,7 @@ fleet caps are enforced there, not in the partitions.
 When a lease is lost, that partition stops at once; when a process dies, its leases expire
 and the others claim them: the new owner re-attaches at the partition store's position, so
 nothing is lost or applied twice. With one partition (the default) none of this runs: the
-core is :func:`~shoal.aggregates.ingestion.run_core`, exactly as before.
+core is :func:`~shoal.aggregates.service.run_core`, exactly as before.
 """
 
 from __future__ import annotations

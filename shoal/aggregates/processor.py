@@ -18,7 +18,13 @@ Each message goes through the same steps, in order:
 4. **fold** into the goal (:mod:`~shoal.aggregates.goals`) and the session
    (:mod:`~shoal.aggregates.fold`);
 5. **charge** a model call's cost against the budgets (:mod:`~shoal.aggregates.spending`);
-6. **watch** for loops (:mod:`~shoal.aggregates.loops`) and note activity for the watchdog.
+6. **watch** for loops (:mod:`~shoal.aggregates.loops`) and note activity for the watchdog;
+7. **evaluate**: a session that ended counts for its instance's version, and the comparison
+   the fleet's desired state calls for is judged (:mod:`~shoal.aggregates.evaluate`).
+
+``evaluation.*`` events are the core's own verdicts coming back from the log: recorded
+already (on :class:`~shoal.aggregates.cohorts.Cohorts`), they change nothing; from any
+other source they are dead-lettered.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from shoal.aggregates.batch import (
     PoisonMessage,
     RawMessage,
 )
+from shoal.aggregates.comparisons import Comparison
+from shoal.aggregates.evaluate import OUTCOME_TYPES, evaluate
 from shoal.aggregates.fold import apply_event
 from shoal.aggregates.goals import apply_goal_event, touches_goal
 from shoal.aggregates.loops import after_model_call, after_tool_call
@@ -52,6 +60,8 @@ from shoal.errors import InvalidEvent, InvalidName
 from shoal.schemas import (
     BudgetExceeded,
     CloudEvent,
+    EvaluationPassed,
+    EvaluationRegressed,
     OutcomeReported,
     SessionFlagged,
     SessionKilled,
@@ -82,6 +92,9 @@ REFERRING_TYPES = frozenset(
 )
 """Types that say something about an existing session and never open one."""
 
+EVALUATION_TYPES = frozenset({EvaluationRegressed.type, EvaluationPassed.type})
+"""The core's verdicts (source ``shoal://core`` only): never a session."""
+
 
 class CoreProcessor:
     """Folds batches of raw event-log messages into the core's aggregates."""
@@ -109,6 +122,8 @@ class CoreProcessor:
         self.poisoned: dict[int, str] = {}
         # Fleet spend caps: the price table's, overridden by fleet specs' (kept by FleetCaps).
         self.fleet_caps: dict[str, Decimal] = dict(prices.fleet_budgets)
+        # What to compare per (fleet, agent), from desired state (kept by FleetComparisons).
+        self.comparisons: dict[tuple[str, str], Comparison] = {}
         self.ws = WorkingSet(app, cache_size)
         self.position = app.max_tracking_id(upstream)
 
@@ -185,6 +200,11 @@ class CoreProcessor:
         # 3. route
         if ev.type in LIFECYCLE_TYPES:
             apply_lifecycle(self.ws, ev, msg.seq)
+        elif ev.type in EVALUATION_TYPES:
+            if ev.source != CORE_SOURCE:
+                why = f"{ev.type} is recorded by the core only, not {ev.source!r}"
+                result.dead_letters.append(DeadLetter(msg.seq, msg.subject, msg.data, why))
+                return
         elif ev.type in REFERRING_TYPES and not self.ws.has_session(ev.iid):
             why = f"{ev.type} names session {ev.iid!r}, which the core has never seen"
             result.dead_letters.append(DeadLetter(msg.seq, msg.subject, msg.data, why))
@@ -218,6 +238,7 @@ class CoreProcessor:
         s = self.ws.session(ev, seq)
         if touches_goal(self.ws, ev, seq):
             apply_goal_event(self.ws, ev, seq)
+        was_ended = s.ended
         cost = apply_event(s, ev, seq, self.prices)
         # 5. charge, 6. watch
         flag: Flag | None = None
@@ -230,6 +251,12 @@ class CoreProcessor:
             result.flags.append(flag)
         self.ws.note_activity(s, ev.time)
         self.ws.collect(s)
+        # 7. evaluate
+        if not was_ended and ev.type in OUTCOME_TYPES and s.status in ("completed", "failed"):
+            succeeded = s.status == "completed"
+            verdict = evaluate(self.ws, ev, seq, succeeded, self.comparisons)
+            if verdict is not None:
+                result.verdicts.append(verdict)
 
     # -- queries for the watchdog -------------------------------------------------------------
     def silent_since(self, older_than: datetime) -> list[str]:

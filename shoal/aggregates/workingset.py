@@ -1,10 +1,11 @@
 """The core's working set: the aggregates a fold touches, held in memory between batches.
 
 Recently used sessions (an LRU of ``cache_size``), goals and the IIDs listed on them,
-registered instances, fleet spend records, which IIDs and GIDs exist at all, running
-sessions with the time of their last event (the watchdog's input) and spend totals. It is
-rebuilt from the store at start and after any failed batch (:meth:`WorkingSet.load`), so
-what is in memory is always what the store holds plus the batch being folded.
+registered instances, fleet spend records, outcome cohorts per agent, which IIDs and GIDs
+exist at all, running sessions with the time of their last event (the watchdog's input)
+and spend totals. It is rebuilt from the store at start and after any failed batch
+(:meth:`WorkingSet.load`), so what is in memory is always what the store holds plus the
+batch being folded.
 
 Every aggregate a step changes is handed to :meth:`WorkingSet.collect`, which appends its
 new events to the batch in the order they happened (the notification log then keeps the
@@ -24,6 +25,7 @@ from eventsourcing.utils import get_topic
 from shoal.aggregates.application import ShoalCore
 from shoal.aggregates.batch import FoldResult
 from shoal.aggregates.budgets import FleetSpend, SpendTotals
+from shoal.aggregates.cohorts import Cohorts, cohorts_id
 from shoal.aggregates.fold import open_session
 from shoal.aggregates.goal import Goal, goal_id
 from shoal.aggregates.instance import Instance
@@ -57,6 +59,7 @@ class WorkingSet:
         self.goal_iids: dict[str, set[str]] = {}
         self.instances: dict[str, Instance] = {}
         self.fleet_spend: dict[str, FleetSpend] = {}
+        self.cohorts: dict[tuple[str, str], Cohorts] = {}
         self.known_iids: set[str] = set()
         self.known_gids: set[str] = set()
         self.totals = SpendTotals()
@@ -185,6 +188,20 @@ class WorkingSet:
             spend = FleetSpend(fleet=fleet, timestamp=at)
         self.fleet_spend[fleet] = spend
         return spend
+
+    def cohorts_of(self, fleet: str, agent: str, at: datetime) -> Cohorts:
+        """The agent's outcome counts per version, created at its first outcome."""
+        c = self.cohorts.get((fleet, agent))
+        if c is None:
+            found = self.app.find(cohorts_id(fleet, agent))
+            c = (
+                found
+                if isinstance(found, Cohorts)
+                else Cohorts(fleet=fleet, agent=agent, timestamp=at)
+            )
+            self.cohorts[(fleet, agent)] = c
+        self.batch.snapshot_from.setdefault(c.id, c.version)
+        return c
 
     # -- the batch ------------------------------------------------------------------------------
     def collect(self, aggregate: Aggregate) -> None:

@@ -171,6 +171,12 @@ class ShoalSettings(BaseSettings):
     loop_model_calls: int = Field(
         default=25, ge=2, description="Model calls in a row with no tool/task progress: looping."
     )
+    regression_min_samples: int = Field(
+        default=20,
+        ge=1,
+        description="Sessions each version needs before the core tests an upgrade for a "
+        "regression (a canary carries its own --min-samples).",
+    )
     # -- telemetry (OpenTelemetry: the standard OTEL_* variables) -------------------------
     otel_sdk_disabled: bool = Field(
         default=False,

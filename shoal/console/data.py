@@ -21,6 +21,7 @@ from shoal.aggregates.ingestion import CORE_CONSUMER
 from shoal.bus import Bus, Presence
 from shoal.console import control
 from shoal.errors import ShoalError
+from shoal.ops.regressions import Regression, open_regressions
 from shoal.projections.client import QueryClient
 from shoal.projections.sql import SqlAnswer
 from shoal.schemas import is_token, utcnow
@@ -99,6 +100,7 @@ class Overview:
     deadletters: int
     health: list[Health]
     fleets: list[control.FleetView]
+    regressions: list[Regression] = field(default_factory=list)
     deadletter_stream: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -180,6 +182,7 @@ class ConsoleData:
             presence,
             deadletters,
             health,
+            regressions,
         ) = await asyncio.gather(
             soft(self._overview_counts(today), None),
             soft(self._sessions("stuck", now, stuck_after_s), None),
@@ -189,6 +192,7 @@ class ConsoleData:
             self._presence(),
             self._deadletters(),
             self.health(),
+            open_regressions(self.bus),
         )
         counts = counts or {"active": [], "spend": 0, "calls": 0, "denials": 0, "awaiting": []}
         active_by_fleet = {str(r["fleet"]): int(r["n"]) for r in counts["active"] or []}
@@ -213,6 +217,7 @@ class ConsoleData:
             deadletters=deadletters,
             health=health,
             fleets=fleets,
+            regressions=regressions,
             deadletter_stream=self.bus.topology.deadletter.name,
             errors=errors,
         )

@@ -30,7 +30,7 @@ from shoal.ops.slots import SUPERVISOR_KEY_PREFIX, SlotLease, SupervisorLease
 if TYPE_CHECKING:  # the core (eventsourcing…) loads when a command needs it, not at CLI start
     from shoal.aggregates.fleet import FleetApplication, FleetHistoryEntry
 from shoal.schemas import CloudEvent, ControlAccepted, ControlRefused, EventData, new_id, utcnow
-from shoal.schemas.fleet import FleetDesired, FleetSpec, parse_fleet_spec
+from shoal.schemas.fleet import DesiredCanary, FleetDesired, FleetSpec, parse_fleet_spec
 
 __all__ = [
     "AgentView",
@@ -40,6 +40,7 @@ __all__ = [
     "SlotView",
     "apply_fleet",
     "control_event",
+    "describe_agent",
     "describe_fleet",
     "fleet_command",
     "fleet_history",
@@ -276,6 +277,7 @@ class AgentView:
     instances: list[InstanceView] = field(default_factory=list)
     slots: list[SlotView] = field(default_factory=list)
     pending_reason: str = ""
+    canary: DesiredCanary | None = None
 
     @property
     def actual(self) -> int:
@@ -297,6 +299,10 @@ class AgentView:
     @property
     def problems(self) -> list[SlotView]:
         return [s for s in self.slots if s.state in ("backoff", "crashloop", "failed", "killed")]
+
+    def failing(self, version: str) -> SlotView | None:
+        """The first slot whose instance of ``version`` fails to start, if any."""
+        return next((s for s in self.problems if s.version == version), None)
 
 
 @dataclass
@@ -334,6 +340,7 @@ class FleetView:
                     "slots": [s.__dict__ for s in a.slots],
                     "pending": a.pending,
                     "pending_reason": a.pending_reason if a.pending else "",
+                    "canary": None if a.canary is None else a.canary.model_dump(mode="json"),
                 }
                 for a in self.agents
             ],
@@ -409,7 +416,9 @@ def _view(
 ) -> FleetView:
     now = utcnow()
     agents = {
-        name: AgentView(name, desired.replicas(name), d.version, d.runs, d.previous_version)
+        name: AgentView(
+            name, desired.replicas(name), d.version, d.runs, d.previous_version, canary=d.canary
+        )
         for name, d in desired.agents.items()
     }
     for entry in presence.values():
@@ -474,21 +483,26 @@ class RolloutResult:
     view: FleetView
 
 
+async def describe_agent(bus: Bus, name: str, agent: str) -> tuple[FleetView, AgentView]:
+    """The fleet's view and its agent's; :class:`NotFound` when the fleet lacks the agent."""
+    view = await describe_fleet(bus, name)
+    a = next((x for x in view.agents if x.name == agent), None)
+    if a is None:
+        raise NotFound(f"fleet {name} has no agent {agent!r}")
+    return view, a
+
+
 async def wait_rollout(
     bus: Bus, name: str, agent: str, version: str, *, timeout: float, poll_s: float = 0.5
 ) -> RolloutResult:
     """Follow a rolling upgrade until every replica runs ``version`` or one fails to start."""
     deadline = time.monotonic() + timeout
     while True:
-        view = await describe_fleet(bus, name)
-        a = next((x for x in view.agents if x.name == agent), None)
-        if a is None:
-            raise NotFound(f"fleet {name} has no agent {agent!r}")
+        view, a = await describe_agent(bus, name, agent)
         if a.version != version:
             return RolloutResult(False, f"desired version is now {a.version}, not {version}", view)
-        failed = [s for s in a.problems if s.version == version]
-        if failed:
-            s = failed[0]
+        s = a.failing(version)
+        if s is not None:
             return RolloutResult(
                 False,
                 f"rollout stopped: slot {s.slot} on {s.host} ({s.state}) at version {version}: "

@@ -5,7 +5,8 @@
   ``status`` over NATS);
 - lag: the core's consumer against the event stream (messages not yet ingested), and the
   projection against the bus (the core's lag plus the projection's own behind the core);
-- dead letters by origin; sessions stuck or looping (from the query service); versions.
+- dead letters by origin; sessions stuck or looping (from the query service); open
+  regressions (:mod:`shoal.ops.regressions`); versions.
 
 :func:`problems` lists what makes the platform unhealthy (a service down, a lag over the
 threshold): ``shoal status`` exits 1 when there is any, so it can serve as a probe.
@@ -21,6 +22,7 @@ from typing import Any
 from nats.js.errors import NotFoundError
 
 from shoal.bus import Bus
+from shoal.ops.regressions import Regression, open_regressions
 
 __all__ = ["Health", "check_health", "server_version"]
 
@@ -39,6 +41,7 @@ class Health:
     deadletters: dict[str, int] = field(default_factory=dict)
     sessions: dict[str, int] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    regressions: list[Regression] = field(default_factory=list)
 
     def problems(
         self, services: dict[str, int | None], max_lag: int, *, local: bool = True
@@ -84,6 +87,7 @@ class Health:
             "deadletters_by_origin": self.deadletters,
             "sessions": self.sessions,
             "versions": self.versions,
+            "regressions": [r.to_json() for r in self.regressions],
         }
 
 
@@ -116,6 +120,7 @@ async def check_health(bus: Bus) -> Health:
         health.core_state = "absent"
     health.deadletters = await count_by_origin(bus)
     health.supervisor_last_renewed = await _last_lease_renewal(bus)
+    health.regressions = await open_regressions(bus)
     await _ask_query_service(bus, health)
     return health
 

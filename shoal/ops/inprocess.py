@@ -18,6 +18,7 @@ from shoal.aggregates import run_core
 from shoal.aggregates.application import open_core
 from shoal.bus import Bus
 from shoal.errors import Refused
+from shoal.ops.canary import canary_controller
 from shoal.ops.connect import resolve_url
 from shoal.ops.services import CORE, QUERY
 from shoal.projections.service import serving
@@ -60,7 +61,10 @@ async def local_platform(bus: Bus) -> AsyncIterator[LocalPlatform]:
     async with AsyncExitStack() as stack:
         if CORE.pid(settings) is None:
             stop, ready = asyncio.Event(), asyncio.Event()
-            core = asyncio.create_task(run_core(settings, resolve_url(settings), stop, ready=ready))
+            run = run_core(
+                settings, resolve_url(settings), stop, ready=ready, verdicts=canary_controller
+            )
+            core = asyncio.create_task(run)
 
             async def stop_core() -> None:
                 stop.set()

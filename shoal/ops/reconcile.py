@@ -53,7 +53,7 @@ class SlotReconciler:
         if want is None or slot.index >= want.replicas:
             await self._drain_or_release(slot, now)
             return
-        agent = want.agent
+        agent = want.agent.for_slot(slot.index)  # a canary slot runs the canary's version
         killed = self.mirrors.killed(slot.fleet, slot.instance)
         if killed:
             if slot.alive:

@@ -23,8 +23,11 @@ __all__ = [
     "ApprovalGranted",
     "ApprovalRequested",
     "BudgetExceeded",
+    "CohortComparison",
     "ControlAccepted",
     "ControlRefused",
+    "EvaluationPassed",
+    "EvaluationRegressed",
     "EventData",
     "GoalCompleted",
     "GoalFailed",
@@ -339,6 +342,46 @@ class SessionFlagged(EventData):
     reason: str
 
 
+class CohortComparison(EventData):
+    """The core's two-proportion test of a version's success rate against the one before it.
+
+    Cohort A is ``from_version`` (the baseline), B is ``to_version`` (the candidate); a
+    session counts for the version of the instance that ended it (``task.completed`` is a
+    success, a final ``task.failed`` a failure). ``canary`` is true when B ran as the canary
+    of ``fleet upgrade --canary`` (docs/canary.md).
+    """
+
+    fleet: str
+    agent: str
+    from_version: str
+    to_version: str
+    successes_a: int
+    n_a: int
+    successes_b: int
+    n_b: int
+    rate_a: float | None = None
+    rate_b: float | None = None
+    z: float | None = None  # None: the test does not apply (no variance, too few expected)
+    p_value: float | None = None
+    alpha: float
+    min_samples: int
+    canary: bool = False
+    seq: int = Field(description="Event-log sequence of the outcome that decided it.")
+
+
+class EvaluationRegressed(CohortComparison):
+    """B's success rate is significantly lower than A's: recorded once per fleet, agent,
+    from and to version, by the core only."""
+
+    type: ClassVar[str] = "shoal.evaluation.regressed"
+
+
+class EvaluationPassed(CohortComparison):
+    """A canary cohort with enough samples is not significantly worse: it may be promoted."""
+
+    type: ClassVar[str] = "shoal.evaluation.passed"
+
+
 class BudgetExceeded(EventData):
     """Recorded spend crossed a budget; the core sets the scope's kill switch."""
 
@@ -408,6 +451,8 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         SessionFlagged,
         SessionMessage,
         SessionAsked,
+        EvaluationRegressed,
+        EvaluationPassed,
         BudgetExceeded,
         OutcomeReported,
         ControlAccepted,

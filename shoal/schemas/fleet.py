@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shlex
 from datetime import datetime
@@ -31,6 +32,7 @@ from shoal.schemas.envelope import Token, describe_validation_error
 from shoal.schemas.manifest import CapabilityManifest
 
 __all__ = [
+    "DEFAULT_CANARY_SAMPLES",
     "MAX_AGENTS",
     "MAX_CONCURRENCY",
     "MAX_REPLICAS",
@@ -39,10 +41,12 @@ __all__ = [
     "AgentSpec",
     "Command",
     "DesiredAgent",
+    "DesiredCanary",
     "FleetDesired",
     "FleetSpec",
     "RolloutSpec",
     "Target",
+    "canary_count",
     "check_replicas",
     "check_target",
     "check_version",
@@ -84,6 +88,31 @@ def check_version(value: str) -> str:
     if not 1 <= len(value) <= 64 or not re.match(VERSION_PATTERN, value):
         raise Refused(f"{value!r} is not a version label: 1 to 64 characters, no whitespace")
     return value
+
+
+DEFAULT_CANARY_SAMPLES = 20
+"""Outcomes each cohort needs before the core judges a canary: below about 20 a success rate
+of 1.0 against 0.4 is still too few expected failures for the normal test (shoal.stats)."""
+
+
+def canary_count(canary: str, replicas: int) -> int:
+    """``"2"`` or ``"25%"`` of ``replicas`` as a slot count (a percentage rounds up).
+
+    Raises :class:`ValueError` naming the value when it is neither, or below one slot.
+    """
+    text = canary.strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 < pct < 100:
+                raise ValueError
+            return max(1, math.ceil(pct * replicas / 100))
+        count = int(text)
+        if count < 1:
+            raise ValueError
+        return count
+    except ValueError:
+        raise ValueError(f"--canary {canary!r} is not a count (2) or a percentage (25%)") from None
 
 
 class OutOfLimits(Refused):
@@ -205,6 +234,18 @@ class FleetSpec(BaseModel):
         return next((a for a in self.agents if a.name == name), None)
 
 
+class DesiredCanary(BaseModel):
+    """A canary in progress (``fleet upgrade --canary``): slots ``0..replicas-1`` run this
+    version and target, the others keep the agent's; the core judges the two cohorts once
+    each has ``min_samples`` outcomes, then promotes or rolls back (docs/canary.md)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    version: str
+    target: str
+    replicas: int = Field(ge=1, le=MAX_REPLICAS)
+    min_samples: int = Field(ge=1)
+
+
 class DesiredAgent(BaseModel):
     """Desired state of one agent of a fleet, as supervisors read it.
 
@@ -228,6 +269,15 @@ class DesiredAgent(BaseModel):
     def runs(self) -> str:
         """What its instances run, for people: the target, or the command line."""
         return shlex.join(self.command) if self.command is not None else self.target
+
+    canary: DesiredCanary | None = None
+
+    def for_slot(self, index: int) -> DesiredAgent:
+        """What slot ``index`` runs: the canary's version and target in a canary slot."""
+        c = self.canary
+        if c is None or index >= c.replicas:
+            return self
+        return self.model_copy(update={"version": c.version, "target": c.target, "canary": None})
 
     def fingerprint(self) -> str:
         """What an instance of this agent runs: target or command, version, concurrency and

@@ -65,6 +65,8 @@ BAD: dict[str, list[str]] = {
     "--gateway-config": ["/nonexistent/gateway.yaml"],
     "--event": ["{oops", "[1]", '{"action": "tool.call"}'],
     "--format": ["bogus"],
+    "--canary": ["x", "0", "-1", "0%", "100%"],
+    "--min-samples": BAD_COUNT,
 }
 """Bad values by option name (the same name means the same thing in every command)."""
 

@@ -64,6 +64,7 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool, count: int) -> C
     from shoal.aggregates import CORE_CONSUMER, run_core
     from shoal.aggregates.partitioned import run_partitioned
     from shoal.aggregates.registry_service import serve_registry
+    from shoal.ops.canary import canary_controller
 
     consumer = consumer or CORE_CONSUMER
     url = resolve_url(c.settings)
@@ -76,7 +77,13 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool, count: int) -> C
         work = run_partitioned(c.settings, url, stop, count, until_idle=until_idle, ready=ready)
     else:
         work = run_core(
-            c.settings, url, stop, consumer=consumer, until_idle=until_idle, ready=ready
+            c.settings,
+            url,
+            stop,
+            consumer=consumer,
+            until_idle=until_idle,
+            ready=ready,
+            verdicts=canary_controller,
         )
     task = asyncio.create_task(work)
     # The registry's read endpoints live beside the core (docs/registry.md), on their own

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from shoal.bus import Bus
 from shoal.errors import InvalidOption, InvalidSpec, Refused
 from shoal.ops import fleets as ops
-from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, require_store, run
+from shoal.ops.canary_wait import wait_canary
+from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, run
 from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
-from shoal.schemas.fleet import FleetDesired, FleetSpec
+from shoal.schemas.fleet import DEFAULT_CANARY_SAMPLES, FleetDesired, FleetSpec, canary_count
 
 if TYPE_CHECKING:  # eventsourcing loads lazily: every ``shoal agent run`` imports this module
     from shoal.aggregates.fleet import FleetApplication
@@ -220,15 +220,39 @@ def upgrade(
         bool, typer.Option("--wait/--no-wait", help="Follow the rolling replacement.")
     ] = True,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to follow it.")] = 120.0,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            "--canary",
+            help="Upgrade only N slots (or N% of the replicas) and hold the rest until the "
+            "core judges the canary: promoted when not worse, rolled back when worse.",
+        ),
+    ] = None,
+    min_samples: Annotated[
+        int,
+        typer.Option(
+            "--min-samples", min=1, help="Sessions each cohort needs before the canary is judged."
+        ),
+    ] = DEFAULT_CANARY_SAMPLES,
     reason: ReasonOption = "",
     as_json: JsonOption = False,
 ) -> None:
     """Roll an agent to a new version, a few instances at a time; stop if new ones fail."""
     c = cli(ctx, as_json)
+    if canary is not None:
+        try:
+            canary_count(canary, 100)  # the syntax, before anything connects
+        except ValueError as e:
+            raise InvalidOption(str(e)) from None
 
     Result = tuple[FleetDesired, ops.RolloutResult | None]
 
     async def body(bus: Bus, app: FleetApplication) -> Result:
+        slots: int | None = None
+        if canary is not None:
+            fleet = await asyncio.to_thread(app.get_fleet, name)
+            state = fleet.agents.get(agent)
+            slots = canary_count(canary, state.replicas if state else 0)
         desired = await ops.fleet_command(
             bus,
             app,
@@ -239,6 +263,8 @@ def upgrade(
             agent=agent,
             version=version,
             target=target,
+            canary=slots,
+            min_samples=min_samples,
         )
         if not wait or not desired.running:
             return desired, None
@@ -247,7 +273,10 @@ def upgrade(
         # Each batch as it rolls: a line whenever the versions running change.
         watcher = asyncio.create_task(wait_converged(c, bus, name, timeout, poll_s=0.5))
         try:
-            rollout = await ops.wait_rollout(bus, name, agent, version, timeout=timeout)
+            if slots is not None:
+                rollout = await wait_canary(bus, name, agent, version, slots, timeout=timeout)
+            else:
+                rollout = await ops.wait_rollout(bus, name, agent, version, timeout=timeout)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -285,135 +314,6 @@ def rollback(
 ) -> None:
     """Go back to the agent's previous version (and run target)."""
     _command(cli(ctx, as_json), name, "rollback", reason, agent=agent)
-
-
-@fleet_app.command("ls")
-def ls(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Every fleet: running or stopped, desired vs live instances."""
-    c = cli(ctx, as_json)
-
-    async def body() -> list[ops.FleetView]:
-        async with open_bus(c.settings, start=False, name="shoal-fleet") as bus:
-            return await ops.list_fleets(bus)
-
-    views = run(c, body())
-    if c.json:
-        emit_json([v.to_json() for v in views])
-        return
-    table = Table("fleet", "state", "agents (actual/desired)", "generation", "updated by")
-    for v in views:
-        agents = ", ".join(f"{a.name} {a.actual}/{a.desired}" for a in v.agents)
-        state = "running" if v.running else "[yellow]stopped[/]"
-        table.add_row(v.fleet, state, agents, str(v.generation), v.updated_by)
-    c.out.print(table)
-
-
-@fleet_app.command("describe")
-def describe(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) -> None:
-    """Desired vs actual per agent, versions, instances (host, uptime, heartbeat, session)."""
-    c = cli(ctx, as_json)
-
-    async def body() -> ops.FleetView:
-        async with open_bus(c.settings, start=False, name="shoal-fleet") as bus:
-            return await ops.describe_fleet(bus, name)
-
-    view = run(c, body())
-    if c.json:
-        emit_json(view.to_json())
-        return
-    state = "running" if view.running else "[yellow]stopped[/]"
-    c.out.print(f"fleet [bold]{view.fleet}[/]: {state} (generation {view.generation})")
-    if view.description:
-        c.out.print(escape(view.description))
-    if view.budget_usd is not None:
-        c.out.print(f"budget ${view.budget_usd} (enforced by the core: fleet kill switch)")
-    for a in view.agents:
-        versions = ", ".join(f"{v} x{n}" for v, n in sorted(a.versions.items())) or "-"
-        colour = "green" if a.actual == a.desired else "yellow"
-        prev = f", previous {a.previous_version}" if a.previous_version else ""
-        c.out.print(
-            f"\n[bold]{a.name}[/]: [{colour}]{a.actual}/{a.desired}[/] "
-            f"version {a.version}{prev} (running: {versions})  {escape(a.target)}"
-        )
-        table = Table("slot")
-        table.add_column("instance", no_wrap=True)  # ids are copied into `shoal kill`
-        for column in ("version", "host", "pid", "uptime", "heartbeat", "session"):
-            table.add_column(column)
-        for i in a.instances:
-            table.add_row(
-                "-" if i.slot is None else str(i.slot),
-                i.instance,
-                i.version,
-                i.host,
-                str(i.pid),
-                f"{i.uptime_s:.0f}s",
-                f"{i.heartbeat_age_s:.1f}s ago",
-                ", ".join(i.sessions) or "-",
-            )
-        if a.instances:
-            c.out.print(table)
-        for s in a.problems:
-            c.out.print(
-                f"  [red]slot {s.slot} {s.state}[/] on {s.host} ({s.supervisor}), "
-                f"{s.restarts} restart(s): {escape(s.message)}"
-            )
-        if a.pending:
-            c.out.print(
-                f"  [yellow]{len(a.pending)} slot(s) pending[/] ({_spans(a.pending)}): "
-                f"{escape(a.pending_reason)}"
-            )
-
-
-def _spans(slots: list[int]) -> str:
-    """``[3, 4, 5, 9]`` → ``"3-5, 9"``."""
-    spans: list[list[int]] = []
-    for n in slots:
-        if spans and spans[-1][1] == n - 1:
-            spans[-1][1] = n
-        else:
-            spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
-
-
-@fleet_app.command("history")
-def history(ctx: typer.Context, name: FleetArg, as_json: JsonOption = False) -> None:
-    """Every command given to the fleet: when, who, what, why."""
-    c = cli(ctx, as_json)
-    require_store(c.settings, "fleets")
-
-    async def body() -> list[Any]:
-        app = ops.open_fleet_app(c.settings)
-        try:
-            return await ops.fleet_history(app, name)
-        finally:
-            app.close()
-
-    entries = run(c, body())
-    if c.json:
-        emit_json([e.__dict__ for e in entries])
-        return
-    table = Table("#", "when", "command", "by", "why", "detail")
-    for e in entries:
-        table.add_row(
-            str(e.version),
-            e.at.strftime("%Y-%m-%d %H:%M:%S"),
-            e.command,
-            e.by,
-            escape(e.reason),
-            escape(_detail(e.command, e.detail)),
-        )
-    c.out.print(table)
-
-
-def _detail(command: str, detail: dict[str, Any]) -> str:
-    if command == "apply":
-        agents = detail.get("spec", {}).get("agents", [])
-        return ", ".join(f"{a['name']}={a['replicas']}@{a['version']}" for a in agents)
-    if command == "scale":
-        return ", ".join(f"{k}={v}" for k, v in detail.get("replicas", {}).items())
-    if command in ("upgrade", "rollback"):
-        return f"{detail.get('agent')} → {detail.get('version')}"
-    return ""
 
 
 @fleet_app.command("delete")
@@ -463,4 +363,6 @@ def delete(
 
 
 def register(app: typer.Typer) -> None:
+    from shoal.ops.cli import fleet_views  # noqa: F401  (ls, describe, history on fleet_app)
+
     app.add_typer(fleet_app, name="fleet")

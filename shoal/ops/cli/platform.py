@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from shoal.ops import platform
@@ -134,6 +135,9 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
         c.out.print("dead letters: none")
     if h.sessions:
         c.out.print("sessions: " + ", ".join(f"{n} {s}" for s, n in h.sessions.items()))
+    for r in h.regressions:
+        hint = f"shoal fleet history {r.verdict.fleet}"
+        c.out.print(f"[red]regression:[/] {escape(r.line())} ({hint})")
     table = Table("stream", "messages", "bytes", "consumers", box=None)
     for column in table.columns[1:]:
         column.justify = "right"
