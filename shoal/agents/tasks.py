@@ -343,6 +343,7 @@ class TaskRunner:
             parentiid=event.parentiid,
             principal=event.principal,
             budget_usd=budget if budget is not None else self.rt.agent.manifest.budget_usd,
+            labels=getattr(event.data, "labels", None),
         )
 
     def _attempt(

@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerialize
 
 __all__ = [
     "COST_DIMENSIONS",
+    "SESSION_DIMENSIONS",
     "CacheAnswer",
     "CacheRow",
     "CostAnswer",
@@ -41,8 +42,25 @@ __all__ = [
     "WorkflowsParams",
 ]
 
-Dimension = Literal["fleet", "agent", "model", "principal", "goal", "outcome", "provider"]
-COST_DIMENSIONS: tuple[str, ...] = Dimension.__args__  # type: ignore[attr-defined]
+SessionDimension = Literal[
+    "team",
+    "repo",
+    "workflow",
+    "task_class",
+    "prompt_template",
+    "prompt_version",
+    "capability",
+    "agent_version",
+    "tool_set",
+]
+SESSION_DIMENSIONS: tuple[str, ...] = SessionDimension.__args__  # type: ignore[attr-defined]
+"""Dimensions that belong to a call's session (``attributed_sessions``), not the call."""
+CallDimension = Literal["fleet", "agent", "model", "principal", "goal", "outcome", "provider"]
+Dimension = Literal[CallDimension, SessionDimension]
+COST_DIMENSIONS: tuple[str, ...] = (
+    *CallDimension.__args__,  # type: ignore[attr-defined]
+    *SESSION_DIMENSIONS,
+)
 
 Money = Annotated[
     Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")

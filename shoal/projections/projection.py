@@ -30,6 +30,7 @@ from shoal.projections.batch import Batch, Rule
 from shoal.projections.money import money
 from shoal.projections.schema import FACT_TABLES, GOALS, SESSIONS
 from shoal.projections.view import DuckDBCostView, SessionKey
+from shoal.schemas.labels import LABEL_NAMES
 
 __all__ = ["DEFAULT_BATCH", "CostProjection", "new_batch"]
 
@@ -63,11 +64,16 @@ _SESSION_RULES = {
             "denials",
             "approvals_requested",
             "rejected",
+            "asks",
         )
     },
     "budget_exceeded": Rule.OR,
     "stuck": Rule.OR,
     "looping": Rule.OR,
+    **dict.fromkeys(LABEL_NAMES, Rule.LAST),
+    "agent_version": Rule.LAST,  # the latest attempt's instance
+    "model": Rule.FIRST,
+    "tools": Rule.UNION,
 }
 
 _GOAL_RULES = {
@@ -82,6 +88,7 @@ _GOAL_RULES = {
     "first_seq": Rule.FIRST,
     "last_seq": Rule.MAX,
     "budget_exceeded": Rule.OR,
+    **dict.fromkeys(LABEL_NAMES, Rule.LAST),
 }
 
 _HANDLERS: dict[type[Any], str] = {
@@ -122,6 +129,12 @@ _ARGUMENTS_JSON = json.JSONEncoder(sort_keys=True, default=str).encode
 def _who(e: Any, iid: str) -> tuple[Any, ...]:
     """The leading columns of every call and decision row: where, when, and who."""
     return (e.seq, e.timestamp, iid, e.gid, e.fleet, e.agent, e.instance, e.principal, e.event_id)
+
+
+def _labels(e: Any) -> dict[str, str]:
+    """An event's attribution labels (none on events recorded before labels existed)."""
+    labels = getattr(e, "labels", None) or {}
+    return {k: v for k, v in labels.items() if k in LABEL_NAMES}
 
 
 def new_batch() -> Batch:
@@ -244,7 +257,8 @@ class CostProjection(Projection[DuckDBCostView]):
         )
 
     def _on_session_task_assigned(self, e: Session.TaskAssigned) -> None:
-        self._session(e, {"capability": e.capability, "budget_usd": money(e.budget_usd)})
+        values = {"capability": e.capability, "budget_usd": money(e.budget_usd)}
+        self._session(e, {**values, **_labels(e)})
 
     def _on_session_task_started(self, e: Session.TaskStarted) -> None:
         values = {
@@ -254,6 +268,7 @@ class CostProjection(Projection[DuckDBCostView]):
             "attempts": e.attempt,
             "status": "running",
             "started_at": e.timestamp,
+            "agent_version": getattr(e, "agent_version", None),
         }
         self._session(e, values)
 
@@ -284,6 +299,7 @@ class CostProjection(Projection[DuckDBCostView]):
                 "cost_usd": cost,
                 "reported_cost_usd": reported,
                 "errors": 1 if e.error else None,
+                "model": e.model,
             },
         )
         if e.gid is not None:
@@ -310,7 +326,8 @@ class CostProjection(Projection[DuckDBCostView]):
 
     def _on_session_tool_called(self, e: Session.ToolCalled) -> None:
         failed = e.error or e.result_class in ("error", "timeout")
-        iid, _, _ = self._session(e, {"tool_calls": 1, "errors": 1 if failed else None})
+        values = {"tool_calls": 1, "errors": 1 if failed else None, "tools": [e.tool]}
+        iid, _, _ = self._session(e, values)
         arguments = _ARGUMENTS_JSON(e.arguments)
         self._fact(
             "tool_calls",
@@ -365,7 +382,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._session(e, values)
 
     def _on_session_input_requested(self, e: Session.InputRequested) -> None:
-        self._session(e, {"status": "awaiting_input"})
+        self._session(e, {"status": "awaiting_input", "asks": 1})
 
     def _on_session_message_received(self, e: Session.MessageReceived) -> None:
         self._session(e, {"status": "running"} if getattr(e, "resumed", False) else {})
@@ -405,6 +422,7 @@ class CostProjection(Projection[DuckDBCostView]):
             "budget_usd": money(e.budget_usd),
             "status": "running",
             "submitted_at": e.timestamp,
+            **_labels(e),
         }
         self._goal(e, values)
 

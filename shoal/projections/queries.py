@@ -53,7 +53,17 @@ from shoal.projections.answers import (
     WorkflowsAnswer,
     WorkflowsParams,
 )
+from shoal.projections.cost import cost
+from shoal.projections.eval_answers import (
+    CompareAnswer,
+    CompareParams,
+    EvalsAnswer,
+    EvalsParams,
+    ReportAnswer,
+)
+from shoal.projections.evals import compare_cohorts, evals
 from shoal.projections.money import MONEY_QUANTUM
+from shoal.projections.report import report
 from shoal.projections.views import LEDGER_CALLS, LEDGER_REFUSALS
 from shoal.schemas import utcnow
 
@@ -62,6 +72,7 @@ if TYPE_CHECKING:  # duckdb loads where queries run, not in every CLI process
 
 __all__ = [
     "COST_DIMENSIONS",
+    "EXAMPLE_COMPARE",
     "NAMED_QUERIES",
     "CostAnswer",
     "CostParams",
@@ -93,89 +104,6 @@ def _ratio(numerator: Decimal | int, denominator: int) -> Decimal | None:
     if not denominator:
         return None
     return (Decimal(numerator) / denominator).quantize(MONEY_QUANTUM)
-
-
-_COST_COLUMN = {
-    "fleet": "m.fleet",
-    "agent": "m.agent",
-    "model": "m.model",
-    "principal": "m.principal",
-    "goal": "m.gid",
-    "provider": "m.provider",
-    "outcome": (
-        "COALESCE(CASE WHEN m.gid IS NOT NULL THEN g.effective_outcome "
-        "WHEN {bare}.parentiid IS NULL THEN {bare}.effective_outcome END, 'pending')"
-    ),
-}
-
-
-def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
-    """Server-side cost of model calls in the range, grouped by ``p.by``."""
-    per_session = p.since is None and p.until is None and set(p.by) <= {"goal", "outcome"}
-    bare = "m" if per_session else "s"  # where a bare session's own outcome is found
-    columns = [_COST_COLUMN[d].format(bare=bare) for d in p.by]
-    where, params = p.where("m.ts")
-    keys = ", ".join(f"{c} AS k{i}" for i, c in enumerate(columns))
-    group = ", ".join(f"k{i}" for i in range(len(columns)))
-    # Per call by default; but goal and outcome are attributes of the session, whose row
-    # already sums its calls: without a time range, a tenth of the rows give the same sums.
-    calls, source, join = "count(*)", "model_calls m", ""
-    if per_session:
-        calls, source, where = "sum(m.model_calls)", "session_outcomes m", "m.model_calls > 0"
-    if "outcome" in p.by:
-        # A goal's sessions take the goal's outcome; a bare session (no goal) its own.
-        join = "LEFT JOIN goal_outcomes g ON g.gid = m.gid"
-        if not per_session:
-            # Sum the calls per goal (or bare session) first, then join the few sums.
-            inner = sorted({_COST_COLUMN[d] for d in p.by if d != "outcome"} | {"m.gid"})
-            source = f"""(
-                SELECT {", ".join(f"{c} AS {c[2:]}" for c in inner)},
-                       CASE WHEN m.gid IS NULL THEN m.iid END AS iid,
-                       count(*) AS model_calls, sum(m.input_tokens) AS input_tokens,
-                       sum(m.output_tokens) AS output_tokens,
-                       sum(m.cached_tokens) AS cached_tokens, sum(m.cost_usd) AS cost_usd,
-                       sum(m.reported_cost_usd) AS reported_cost_usd
-                FROM model_calls m WHERE {where} GROUP BY ALL
-            ) m"""
-            calls, where = "sum(m.model_calls)", "TRUE"
-            join += " LEFT JOIN session_outcomes s ON s.iid = m.iid"
-    rows = ds.rows(
-        f"""
-        SELECT {keys}, {calls} AS calls, sum(m.input_tokens) AS input_tokens,
-               sum(m.output_tokens) AS output_tokens, sum(m.cached_tokens) AS cached_tokens,
-               sum(m.cost_usd) AS cost_usd, COALESCE(sum(m.reported_cost_usd), 0) AS reported,
-               count(*) OVER () AS all_groups, sum({calls}) OVER () AS all_calls,
-               sum(sum(m.cost_usd)) OVER () AS all_cost
-        FROM {source} {join}
-        WHERE {where}
-        GROUP BY {group}
-        ORDER BY cost_usd DESC, {group}
-        LIMIT {p.limit}
-        """,
-        params,
-    )
-    out = [
-        CostRow(
-            key=[r[f"k{i}"] for i in range(len(columns))],
-            calls=r["calls"],
-            input_tokens=r["input_tokens"],
-            output_tokens=r["output_tokens"],
-            cached_tokens=r["cached_tokens"],
-            cost_usd=r["cost_usd"],
-            reported_cost_usd=r["reported"],
-        )
-        for r in rows
-    ]
-    first: dict[str, Any] = (
-        rows[0] if rows else {"all_groups": 0, "all_calls": 0, "all_cost": _ZERO}
-    )
-    return CostAnswer(
-        by=list(p.by),
-        rows=out,
-        groups=first["all_groups"],
-        calls=int(first["all_calls"]),
-        total_usd=first["all_cost"],
-    )
 
 
 def _success_row(fleet: str | None, r: dict[str, Any]) -> SuccessCostRow:
@@ -485,9 +413,21 @@ NAMED_QUERIES: dict[str, NamedQuery[Any, Any]] = {
         ),
         NamedQuery("outcomes", TimeRange, OutcomesAnswer, outcomes, "outcomes and spend"),
         NamedQuery("cache", TimeRange, CacheAnswer, cache_savings, "gateway cache hits, saved"),
+        NamedQuery("evals", EvalsParams, EvalsAnswer, evals, "success rate, cost per success"),
+        NamedQuery(
+            "evals-compare", CompareParams, CompareAnswer, compare_cohorts, "two cohorts compared"
+        ),
+        NamedQuery("report", TimeRange, ReportAnswer, report, "work, cost, risk, controls"),
     )
 }
 """Every named query, by endpoint name."""
+
+
+EXAMPLE_COMPARE: dict[str, Any] = {
+    "baseline": {"agent_version": "1.0"},
+    "candidate": {"agent_version": "1.1"},
+}
+"""Parameters for ``evals-compare`` where a caller has none of its own (a smoke test)."""
 
 
 def run_named(ds: DuckDBDatastore, name: str, params: dict[str, Any] | None = None) -> BaseModel:
@@ -503,6 +443,7 @@ def all_answers(
     """Every named query's answer with fixed parameters, as JSON data (to compare builds)."""
     params: dict[str, dict[str, Any]] = {
         "sessions": {"now": now.isoformat()},
+        "evals-compare": EXAMPLE_COMPARE,
     }
     out: dict[str, Any] = {}
     for name in names or NAMED_QUERIES:

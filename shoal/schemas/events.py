@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shoal.schemas.labels import Labels
+
 __all__ = [
     "EVENT_TYPES",
     "AgentCrashLooping",
@@ -30,6 +32,7 @@ __all__ = [
     "GoalFailed",
     "GoalPlanned",
     "GoalSubmitted",
+    "Labels",
     "ModelCalled",
     "OutcomeReported",
     "PlannedTask",
@@ -77,6 +80,7 @@ class GoalSubmitted(EventData):
     text: str = Field(min_length=1)
     inputs: dict[str, Any] = Field(default_factory=dict)
     budget_usd: Money | None = None
+    labels: Labels | None = None  # attribution: team, repo, workflow, task class, prompt
 
 
 class PlannedTask(BaseModel):
@@ -121,6 +125,7 @@ class TaskAssigned(EventData):
     capability: str
     input: dict[str, Any] = Field(default_factory=dict)
     budget_usd: Money | None = None
+    labels: Labels | None = None  # the assigning session's, unless the assigner sets its own
 
 
 class TaskStarted(EventData):
