@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shoal.aggregates.application import ShoalCore, open_core
+from shoal.aggregates.application import open_core
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import CoreProcessor, RawMessage
 from shoal.bus import ShoalSettings, Subjects

@@ -124,7 +124,13 @@ def test_cost_by_team_workflow_and_capability_is_exact_to_the_cent(tmp_path: Pat
         ("payments", "triage", "fix"): (2, Decimal(8) * CENT),
         ("payments", "triage", "review"): (1, Decimal(7) * CENT),
     }
-    assert [tuple(r.key) for r in answer.rows][0] == ("search", "release", "review")
+    assert [tuple(r.key) for r in answer.rows] == list(got)  # most expensive first
+    assert list(got) == [
+        ("search", "release", "review"),
+        ("search", "triage", "fix"),
+        ("payments", "triage", "fix"),
+        ("payments", "triage", "review"),
+    ]
     assert (answer.calls, answer.total_usd) == (6, Decimal(56) * CENT)
     # The same sums over a time range (per call, not per session), and by agent version.
     ranged = run_named(ds, "cost", {"by": ["team"], "since": "2026-11-30T00:00:00Z"})

@@ -86,6 +86,21 @@ def _by(value: Any) -> None:
     _one_of(*COST_DIMENSIONS, split=True)(value)
 
 
+def _evals_by(value: Any) -> None:
+    from shoal.projections.eval_answers import EVAL_DIMENSIONS
+
+    _one_of(*EVAL_DIMENSIONS, split=True)(value)
+
+
+def _labels(value: Any) -> None:
+    from shoal.schemas.labels import parse_labels
+
+    try:
+        parse_labels(value)
+    except ValueError as e:
+        raise _bad(str(e).removeprefix("--label ")) from None
+
+
 COUNT = _at_least(1)
 SECONDS = _at_least(0)
 
@@ -108,6 +123,7 @@ BY_NAME: dict[str, Check] = {
     "--db": _existing_file,
     "--type": _event_type,
     "--by": _by,
+    "--label": _labels,
     "--state": _one_of("active", "stuck", "looping"),
     "--order": _one_of("spend", "successes"),
     "--decision": _one_of("allow", "deny", "needs_approval"),
@@ -131,6 +147,7 @@ BY_NAME: dict[str, Check] = {
 BY_COMMAND: dict[tuple[str, str], Check] = {
     ("session ls", "--status"): _one_of("open", "running", "completed", "failed", "killed"),
     ("goal ls", "--status"): _one_of("open", "running", "completed", "failed"),
+    ("evals", "--by"): _evals_by,
 }
 
 
