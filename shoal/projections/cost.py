@@ -38,39 +38,39 @@ _COST_COLUMN = {
 
 def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
     """Server-side cost of model calls in the range, grouped by ``p.by``."""
-    per_session = p.since is None and p.until is None and set(p.by) <= {"goal", "outcome"}
+    attributed = [d for d in p.by if d in SESSION_DIMENSIONS]
+    ranged = p.since is not None or p.until is not None
+    per_session = not ranged and set(p.by) <= {"goal", "outcome", *SESSION_DIMENSIONS}
     bare = "m" if per_session else "s"  # where a bare session's own outcome is found
     columns = [_COST_COLUMN[d].format(bare=bare) for d in p.by]
     where, params = p.where("m.ts")
     keys = ", ".join(f"{c} AS k{i}" for i, c in enumerate(columns))
     group = ", ".join(f"k{i}" for i in range(len(columns)))
-    # Per call by default; but goal and outcome are attributes of the session, whose row
-    # already sums its calls: without a time range, a tenth of the rows give the same sums.
+    # Per call by default; but goal, outcome and the attribution are the session's, whose
+    # row already sums its calls: without a time range, a tenth of the rows give the sums.
     calls, source, join = "count(*)", "model_calls m", ""
     if per_session:
-        calls, source, where = "sum(m.model_calls)", "session_outcomes m", "m.model_calls > 0"
-    elif attributed := [d for d in p.by if d in SESSION_DIMENSIONS]:
-        # The session's attribution, on each call in the range.
-        picked = ", ".join(f"a.{d}" for d in attributed)
+        table = "attributed_sessions" if attributed else "session_outcomes"
+        calls, source, where = "sum(m.model_calls)", f"{table} m", "m.model_calls > 0"
+    elif attributed:
+        # Sum the calls in the range per session first, then join the sessions' attribution.
+        on_call = {_COST_COLUMN[d] for d in p.by if d not in attributed and d != "outcome"}
         source = f"""(
-            SELECT m.*, {picked} FROM model_calls m
-            LEFT JOIN attributed_sessions a ON a.iid = m.iid
+            SELECT c.*, {", ".join(f"a.{d}" for d in attributed)} FROM (
+                SELECT {_sums(sorted(on_call | {"m.gid", "m.iid"}), "count(*)")}
+                FROM model_calls m WHERE {where} GROUP BY ALL
+            ) c LEFT JOIN attributed_sessions a ON a.iid = c.iid
         ) m"""
+        calls, where = "sum(m.model_calls)", "TRUE"
     if "outcome" in p.by:
         # A goal's sessions take the goal's outcome; a bare session (no goal) its own.
         join = "LEFT JOIN goal_outcomes g ON g.gid = m.gid"
         if not per_session:
             # Sum the calls per goal (or bare session) first, then join the few sums.
             inner = sorted({_COST_COLUMN[d] for d in p.by if d != "outcome"} | {"m.gid"})
-            calls_from = source
             source = f"""(
-                SELECT {", ".join(f"{c} AS {c[2:]}" for c in inner)},
-                       CASE WHEN m.gid IS NULL THEN m.iid END AS iid,
-                       count(*) AS model_calls, sum(m.input_tokens) AS input_tokens,
-                       sum(m.output_tokens) AS output_tokens,
-                       sum(m.cached_tokens) AS cached_tokens, sum(m.cost_usd) AS cost_usd,
-                       sum(m.reported_cost_usd) AS reported_cost_usd
-                FROM {calls_from} WHERE {where} GROUP BY ALL
+                SELECT {_sums(inner, calls)}, CASE WHEN m.gid IS NULL THEN m.iid END AS iid
+                FROM {source} WHERE {where} GROUP BY ALL
             ) m"""
             calls, where = "sum(m.model_calls)", "TRUE"
             join += " LEFT JOIN session_outcomes s ON s.iid = m.iid"
@@ -111,3 +111,11 @@ def cost(ds: DuckDBDatastore, p: CostParams) -> CostAnswer:
         calls=int(first["all_calls"]),
         total_usd=first["all_cost"],
     )
+
+
+def _sums(keys: list[str], calls: str) -> str:
+    """Grouping columns (``m.x AS x``) and the sums of the calls under them."""
+    named = ", ".join(f"{c} AS {c[2:]}" for c in keys)
+    return f"""{named}, {calls} AS model_calls, sum(m.input_tokens) AS input_tokens,
+        sum(m.output_tokens) AS output_tokens, sum(m.cached_tokens) AS cached_tokens,
+        sum(m.cost_usd) AS cost_usd, sum(m.reported_cost_usd) AS reported_cost_usd"""

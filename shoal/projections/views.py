@@ -66,7 +66,8 @@ VIEWS: dict[str, str] = {
     "attributed_sessions": f"""
         SELECT s.iid, s.gid, s.parentiid, s.fleet, s.principal, s.agent, s.instance,
                s.capability, s.status, s.attempts, s.opened_at, s.started_at, s.ended_at,
-               s.model_calls, s.tool_calls, s.cost_usd, s.errors, s.denials,
+               s.model_calls, s.tool_calls, s.input_tokens, s.output_tokens, s.cached_tokens,
+               s.cost_usd, s.reported_cost_usd, s.errors, s.denials,
                s.approvals_requested, s.asks, s.rejected, s.budget_exceeded, s.stuck,
                s.looping, s.killed_by, s.effective_outcome, s.agent_version, s.model,
                COALESCE(array_to_string(s.tools, '+'), '(none)') AS tool_set, {_SESSION_LABELS}

@@ -139,14 +139,16 @@ def test_cost_by_team_workflow_and_capability_is_exact_to_the_cent(tmp_path: Pat
         "payments": Decimal(15) * CENT,
         "search": Decimal(41) * CENT,
     }
-    by_version = run_named(ds, "cost", {"by": ["agent_version", "outcome"]})
-    assert isinstance(by_version, CostAnswer)
-    assert {tuple(r.key): r.cost_usd for r in by_version.rows} == {
-        ("1.0", "success"): Decimal(19) * CENT,
-        ("1.0", "failure"): Decimal(7) * CENT,
-        ("1.1", "success"): Decimal(13) * CENT,
-        ("1.1", "failure"): Decimal(17) * CENT,
+    expected = {
+        ("1.0", "success"): (2, Decimal(19) * CENT),
+        ("1.0", "failure"): (1, Decimal(7) * CENT),
+        ("1.1", "success"): (1, Decimal(13) * CENT),
+        ("1.1", "failure"): (1, Decimal(17) * CENT),
     }
+    for window in ({}, {"since": "2026-11-30T00:00:00Z"}):
+        by_version = run_named(ds, "cost", {"by": ["agent_version", "outcome"], **window})
+        assert isinstance(by_version, CostAnswer)
+        assert {tuple(r.key): (r.calls, r.cost_usd) for r in by_version.rows} == expected
 
 
 def test_evals_groups_rates_retries_interventions_and_tool_sets(tmp_path: Path) -> None:
