@@ -140,7 +140,7 @@ def test_cost_by_team_workflow_and_capability_is_exact_to_the_cent(tmp_path: Pat
         "search": Decimal(41) * CENT,
     }
     expected = {
-        ("1.0", "success"): (2, Decimal(19) * CENT),
+        ("1.0", "success"): (3, Decimal(19) * CENT),
         ("1.0", "failure"): (1, Decimal(7) * CENT),
         ("1.1", "success"): (1, Decimal(13) * CENT),
         ("1.1", "failure"): (1, Decimal(17) * CENT),
