@@ -25,7 +25,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from shoal.aggregates.goal import Goal
-from shoal.aggregates.session import Session
+from shoal.aggregates.session import Session, session_id
 from shoal.projections.batch import Batch, Rule
 from shoal.projections.money import money
 from shoal.projections.schema import FACT_TABLES, GOALS, SESSIONS
@@ -159,6 +159,9 @@ class CostProjection(Projection[DuckDBCostView]):
         # Aggregate id → (IID, GID) and → GID, for events that carry only the aggregate id.
         self._sessions: dict[UUID, SessionKey] = view.session_keys()
         self._goals: dict[UUID, str] = view.goal_keys()
+        # GID → its submitted labels: a session of the goal starts with them (its own
+        # task's labels then win, column by column), so no query joins goals for them.
+        self._goal_labels: dict[str, dict[str, str]] = view.goal_labels()
         self._handlers = {cls: getattr(self, name) for cls, name in _HANDLERS.items()}
         # Pipelined: a writer thread commits batch k while this thread decodes batch k+1
         # (DuckDB releases the GIL while it inserts). One write in flight, in order.
@@ -240,9 +243,11 @@ class CostProjection(Projection[DuckDBCostView]):
     def _on_session_opened(self, e: Session.Opened) -> None:
         root = e.gid is not None and e.parentiid is None
         self._sessions[e.originator_id] = SessionKey(e.iid, e.gid, root)
+        inherited = self._goal_labels.get(e.gid, {}) if e.gid is not None else {}
         self._session(
             e,
             {
+                **inherited,
                 "session_id": str(e.originator_id),
                 "gid": e.gid,
                 "parentiid": e.parentiid,
@@ -414,6 +419,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._goal(e, values, created=True)
 
     def _on_goal_submitted(self, e: Goal.Submitted) -> None:
+        labels = _labels(e)
         values = {
             "fleet": e.fleet,
             "principal": e.principal,
@@ -422,9 +428,14 @@ class CostProjection(Projection[DuckDBCostView]):
             "budget_usd": money(e.budget_usd),
             "status": "running",
             "submitted_at": e.timestamp,
-            **_labels(e),
+            **labels,
         }
-        self._goal(e, values)
+        gid = self._goal(e, values)
+        if labels:
+            self._goal_labels[gid] = labels
+            # The root session may be open already; its row then takes the labels too.
+            if session_id(e.root_iid) in self._sessions:
+                self.batch.states["sessions"].update(e.root_iid, labels)
 
     def _on_goal_session_added(self, e: Goal.SessionAdded) -> None:
         self._goal(e, {"sessions": 1})

@@ -9,8 +9,6 @@ from shoal.schemas.labels import LABEL_NAMES
 __all__ = ["LEDGER_CALLS", "LEDGER_REFUSALS", "VIEWS"]
 
 _UNIT_LABELS = ", ".join(LABEL_NAMES)
-# A session's labels are its own, else its goal's (a child whose assigner set none).
-_SESSION_LABELS = ", ".join(f"COALESCE(s.{n}, g.{n}) AS {n}" for n in LABEL_NAMES)
 
 # An outcome for every session and goal: the reported one if feedback arrived, else the one
 # its status implies (completed → success, failed or killed → failure, else pending).
@@ -61,8 +59,9 @@ VIEWS: dict[str, str] = {
                cost_usd::DECIMAL(38,{MONEY_SCALE}), {_UNIT_LABELS}
         FROM session_outcomes WHERE gid IS NULL AND parentiid IS NULL
     """,
-    # Every session with what it is attributed to: its labels (else its goal's), its agent's
-    # release, its first model, and its tool set (the distinct tools it called, joined by +).
+    # Every session with what it is attributed to: its labels (its own task's, else its
+    # goal's: the projection copies a goal's labels onto its sessions), its agent's release,
+    # its first model, and its tool set (the distinct tools it called, joined by +).
     "attributed_sessions": f"""
         SELECT s.iid, s.gid, s.parentiid, s.fleet, s.principal, s.agent, s.instance,
                s.capability, s.status, s.attempts, s.opened_at, s.started_at, s.ended_at,
@@ -70,8 +69,8 @@ VIEWS: dict[str, str] = {
                s.cost_usd, s.reported_cost_usd, s.errors, s.denials,
                s.approvals_requested, s.asks, s.rejected, s.budget_exceeded, s.stuck,
                s.looping, s.killed_by, s.effective_outcome, s.agent_version, s.model,
-               COALESCE(array_to_string(s.tools, '+'), '(none)') AS tool_set, {_SESSION_LABELS}
-        FROM session_outcomes s LEFT JOIN goals g ON g.gid = s.gid
+               COALESCE(array_to_string(s.tools, '+'), '(none)') AS tool_set, {_UNIT_LABELS}
+        FROM session_outcomes s
     """,
     "tool_ledger": f"{LEDGER_CALLS} UNION ALL {LEDGER_REFUSALS}",
 }
