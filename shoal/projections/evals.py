@@ -85,23 +85,19 @@ def evals(ds: DuckDBDatastore, p: EvalsParams) -> EvalsAnswer:
     where, params = p.where("opened_at")
     keys = ", ".join(f"{d} AS k{i}" for i, d in enumerate(p.by))
     group = ", ".join(f"k{i}" for i in range(len(p.by)))
-    rows = ds.rows(
-        f"""
-        SELECT {keys}, GROUPING({group}) AS total, {_FIGURES}, {_LATENCY}
-        FROM attributed_sessions WHERE {_TASKS} AND {where}
-        GROUP BY GROUPING SETS (({group}), ())
-        ORDER BY total, sessions DESC, {group}
-        """,
+    source = f"FROM attributed_sessions WHERE {_TASKS} AND {where}"
+    # Two plain scans: DuckDB runs GROUPING SETS by materialising the input (3x slower here).
+    groups = ds.rows(
+        f"SELECT {keys}, {_FIGURES}, {_LATENCY} {source} "
+        f"GROUP BY {group} ORDER BY sessions DESC, {group}",
         params,
     )
-    total = next((r for r in rows if r["total"]), None)
-    groups = [r for r in rows if not r["total"]]
-    empty = {k: 0 for k in ("sessions", "decided", "successes", "failures", "retries")}
+    [total] = ds.rows(f"SELECT {_FIGURES}, {_LATENCY} {source}", params)
     return EvalsAnswer(
         by=list(p.by),
         rows=[_eval_row([r[f"k{i}"] for i in range(len(p.by))], r) for r in groups[: p.limit]],
         groups=len(groups),
-        total=_eval_row([], total or {**empty, "interventions": 0, "spend_usd": _ZERO}),
+        total=_eval_row([], total),
     )
 
 

@@ -22,20 +22,19 @@ if TYPE_CHECKING:
 __all__ = ["report"]
 
 _ZERO = Decimal(0)
-_Key = tuple[str | None, str | None, bool]
+_Key = tuple[str | None, str | None]
 
 
 def report(ds: DuckDBDatastore, p: TimeRange) -> ReportAnswer:
     """Successes, cost per success, denials, approvals, kills and incidents per fleet, team."""
     where, params = p.where("opened_at")
-    sets = "GROUPING SETS ((fleet, team), ())"
     units = ds.rows(
         f"""
-        SELECT fleet, team, GROUPING(fleet, team) > 0 AS total, count(*) AS units,
+        SELECT fleet, team, count(*) AS units,
                count(*) FILTER (effective_outcome = 'success') AS successes,
                count(*) FILTER (effective_outcome IN ('failure', 'abandoned')) AS failures,
                COALESCE(sum(spend), 0) AS spend_usd
-        FROM outcome_units WHERE {where} GROUP BY {sets}
+        FROM outcome_units WHERE {where} GROUP BY fleet, team
         """,
         params,
     )
@@ -45,7 +44,7 @@ def report(ds: DuckDBDatastore, p: TimeRange) -> ReportAnswer:
             SELECT iid, count(DISTINCT request_id) AS n FROM approvals
             WHERE state = 'granted' GROUP BY iid
         )
-        SELECT fleet, team, GROUPING(fleet, team) > 0 AS total, count(*) AS sessions,
+        SELECT fleet, team, count(*) AS sessions,
                COALESCE(sum(denials), 0) AS denials,
                COALESCE(sum(approvals_requested), 0) AS approvals_requested,
                COALESCE(sum(granted.n), 0) AS approvals_granted,
@@ -53,22 +52,25 @@ def report(ds: DuckDBDatastore, p: TimeRange) -> ReportAnswer:
                count(*) FILTER (stuck OR looping OR budget_exceeded OR rejected > 0)
                    AS incidents
         FROM attributed_sessions LEFT JOIN granted USING (iid)
-        WHERE {where} GROUP BY {sets}
+        WHERE {where} GROUP BY fleet, team
         """,
         params,
     )
     merged: dict[_Key, dict[str, Any]] = {}
     for r in (*units, *controls):
-        key = (r["fleet"], r["team"], bool(r["total"]))
-        merged.setdefault(key, {}).update(r)
-    rows = [_row(k, v) for k, v in merged.items() if not k[2]]
+        merged.setdefault((r["fleet"], r["team"]), {}).update(r)
+    rows = [_row(k, v) for k, v in merged.items()]
     rows.sort(key=lambda r: (-r.spend_usd, r.fleet or "", r.team or ""))
-    total = next((v for k, v in merged.items() if k[2]), {})
+    total: dict[str, Any] = {}
+    for v in merged.values():  # every figure is a count or a sum
+        for name, value in v.items():
+            if name not in ("fleet", "team"):
+                total[name] = total.get(name, 0) + value
     return ReportAnswer(
         since=None if p.since is None else p.since.isoformat(),
         until=None if p.until is None else p.until.isoformat(),
         rows=rows,
-        total=_row((None, None, True), total),
+        total=_row((None, None), total),
     )
 
 
