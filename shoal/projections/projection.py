@@ -26,70 +26,14 @@ from eventsourcing.utils import get_topic
 
 from shoal.aggregates.goal import Goal
 from shoal.aggregates.session import Session, session_id
-from shoal.projections.batch import Batch, Rule
 from shoal.projections.money import money
-from shoal.projections.schema import FACT_TABLES, GOALS, SESSIONS
+from shoal.projections.rules import labels_of, new_batch
 from shoal.projections.view import DuckDBCostView, SessionKey
-from shoal.schemas.labels import LABEL_NAMES
 
 __all__ = ["DEFAULT_BATCH", "CostProjection", "new_batch"]
 
 DEFAULT_BATCH = 20_000
 """Events per DuckDB transaction when catching up (a live tail flushes sooner)."""
-
-_SESSION_RULES = {
-    "session_id": Rule.FIRST,
-    "gid": Rule.FIRST,
-    "parentiid": Rule.FIRST,
-    "source": Rule.FIRST,
-    "capability": Rule.FIRST,
-    "status": Rule.SESSION_STATUS,
-    "attempts": Rule.MAX,
-    "opened_at": Rule.FIRST,
-    "started_at": Rule.FIRST,
-    "last_event_at": Rule.MAX,
-    "first_seq": Rule.FIRST,
-    "last_seq": Rule.MAX,
-    **{
-        c: Rule.SUM
-        for c in (
-            "model_calls",
-            "tool_calls",
-            "input_tokens",
-            "output_tokens",
-            "cached_tokens",
-            "cost_usd",
-            "reported_cost_usd",
-            "errors",
-            "denials",
-            "approvals_requested",
-            "rejected",
-            "asks",
-        )
-    },
-    "budget_exceeded": Rule.OR,
-    "stuck": Rule.OR,
-    "looping": Rule.OR,
-    **dict.fromkeys(LABEL_NAMES, Rule.LAST),
-    "agent_version": Rule.LAST,  # the latest attempt's instance
-    "model": Rule.FIRST,
-    "tools": Rule.UNION,
-}
-
-_GOAL_RULES = {
-    "goal_id": Rule.FIRST,
-    "model_calls": Rule.SUM,
-    "cost_usd": Rule.SUM,
-    "status": Rule.GOAL_STATUS,
-    "sessions": Rule.SUM,
-    "opened_at": Rule.FIRST,
-    "submitted_at": Rule.FIRST,
-    "last_event_at": Rule.MAX,
-    "first_seq": Rule.FIRST,
-    "last_seq": Rule.MAX,
-    "budget_exceeded": Rule.OR,
-    **dict.fromkeys(LABEL_NAMES, Rule.LAST),
-}
 
 _HANDLERS: dict[type[Any], str] = {
     Session.Opened: "_on_session_opened",
@@ -129,17 +73,6 @@ _ARGUMENTS_JSON = json.JSONEncoder(sort_keys=True, default=str).encode
 def _who(e: Any, iid: str) -> tuple[Any, ...]:
     """The leading columns of every call and decision row: where, when, and who."""
     return (e.seq, e.timestamp, iid, e.gid, e.fleet, e.agent, e.instance, e.principal, e.event_id)
-
-
-def _labels(e: Any) -> dict[str, str]:
-    """An event's attribution labels (none on events recorded before labels existed)."""
-    labels = getattr(e, "labels", None) or {}
-    return {k: v for k, v in labels.items() if k in LABEL_NAMES}
-
-
-def new_batch() -> Batch:
-    """An empty batch for the projection's tables."""
-    return Batch(FACT_TABLES, {SESSIONS: _SESSION_RULES, GOALS: _GOAL_RULES})
 
 
 class CostProjection(Projection[DuckDBCostView]):
@@ -263,7 +196,7 @@ class CostProjection(Projection[DuckDBCostView]):
 
     def _on_session_task_assigned(self, e: Session.TaskAssigned) -> None:
         values = {"capability": e.capability, "budget_usd": money(e.budget_usd)}
-        self._session(e, {**values, **_labels(e)})
+        self._session(e, {**values, **labels_of(e)})
 
     def _on_session_task_started(self, e: Session.TaskStarted) -> None:
         values = {
@@ -419,7 +352,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._goal(e, values, created=True)
 
     def _on_goal_submitted(self, e: Goal.Submitted) -> None:
-        labels = _labels(e)
+        labels = labels_of(e)
         values = {
             "fleet": e.fleet,
             "principal": e.principal,
