@@ -23,6 +23,7 @@ __all__ = [
     "EvalRow",
     "EvalsAnswer",
     "EvalsParams",
+    "Figures",
     "RateTest",
     "ReportAnswer",
     "ReportRow",
@@ -58,16 +59,15 @@ class EvalsParams(TimeRange):
     limit: int = Field(default=100, ge=1, le=10_000)
 
 
-class EvalRow(_Model):
-    """One group of task sessions (``key`` in the order of ``by``; the total has none).
+class Figures(_Model):
+    """What a set of task sessions did: counts, spend and the ratios over them.
 
     ``success_rate`` is successes over decided sessions (success, failure or abandoned;
-    pending ones are not judged yet). Cost per success divides all the group's spend,
-    failures included, by its successes; so do retries per success. An intervention is a
-    session that asked a person (``session.asked``) or needed an approval.
+    pending ones are not judged yet). Cost per success divides all the spend, failures
+    included, by the successes. An intervention is a session that asked a person
+    (``session.asked``) or needed an approval.
     """
 
-    key: list[str | None]
     sessions: int
     decided: int
     successes: int
@@ -77,8 +77,14 @@ class EvalRow(_Model):
     spend_usd: Money
     cost_per_success_usd: Money | None
     retries: int
-    retries_per_success: Ratio | None
     interventions: int
+
+
+class EvalRow(Figures):
+    """One group of task sessions (``key`` in the order of ``by``; the total has none)."""
+
+    key: list[str | None]
+    retries_per_success: Ratio | None
     intervention_rate: Ratio | None
     latency_p50_s: float | None
     latency_p95_s: float | None
@@ -133,20 +139,10 @@ class CompareParams(TimeRange):
         return self
 
 
-class CohortOutcomes(_Model):
-    """A cohort's decided sessions, successes, spend and ratios (what a canary judges)."""
+class CohortOutcomes(Figures):
+    """A cohort's figures (what a canary or a regression check judges)."""
 
     cohort: Cohort
-    sessions: int
-    decided: int
-    successes: int
-    failures: int
-    pending: int
-    success_rate: Ratio | None
-    spend_usd: Money
-    cost_per_success_usd: Money | None
-    retries: int
-    interventions: int
 
 
 class RateTest(_Model):

@@ -59,21 +59,28 @@ def _ratio(numerator: Decimal | int, denominator: int) -> Decimal | None:
     return (Decimal(numerator) / denominator).quantize(MONEY_QUANTUM)
 
 
+def _figures(r: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`Figures` fields of one row of :data:`_FIGURES`."""
+    return {
+        "sessions": r["sessions"],
+        "decided": r["decided"],
+        "successes": r["successes"],
+        "failures": r["failures"],
+        "pending": r["sessions"] - r["decided"],
+        "success_rate": _ratio(r["successes"], r["decided"]),
+        "spend_usd": r["spend_usd"],
+        "cost_per_success_usd": _ratio(r["spend_usd"], r["successes"]),
+        "retries": int(r["retries"]),
+        "interventions": r["interventions"],
+    }
+
+
 def _eval_row(key: list[Any], r: dict[str, Any]) -> EvalRow:
     latency = r.get("latency") or [None, None]
     return EvalRow(
+        **_figures(r),
         key=[None if k is None else str(k) for k in key],
-        sessions=r["sessions"],
-        decided=r["decided"],
-        successes=r["successes"],
-        failures=r["failures"],
-        pending=r["sessions"] - r["decided"],
-        success_rate=_ratio(r["successes"], r["decided"]),
-        spend_usd=r["spend_usd"],
-        cost_per_success_usd=_ratio(r["spend_usd"], r["successes"]),
-        retries=int(r["retries"]),
         retries_per_success=_ratio(int(r["retries"]), r["successes"]),
-        interventions=r["interventions"],
         intervention_rate=_ratio(r["interventions"], r["sessions"]),
         latency_p50_s=None if latency[0] is None else float(latency[0]),
         latency_p95_s=None if latency[1] is None else float(latency[1]),
@@ -116,19 +123,7 @@ def cohort_outcomes(
     """One cohort's task sessions opened in ``window``: decided, successes, spend, ratios."""
     where, params = _cohort_where(cohort, window or TimeRange())
     [r] = ds.rows(f"SELECT {_FIGURES} FROM attributed_sessions WHERE {where}", params)
-    return CohortOutcomes(
-        cohort=cohort,
-        sessions=r["sessions"],
-        decided=r["decided"],
-        successes=r["successes"],
-        failures=r["failures"],
-        pending=r["sessions"] - r["decided"],
-        success_rate=_ratio(r["successes"], r["decided"]),
-        spend_usd=r["spend_usd"],
-        cost_per_success_usd=_ratio(r["spend_usd"], r["successes"]),
-        retries=int(r["retries"]),
-        interventions=r["interventions"],
-    )
+    return CohortOutcomes(cohort=cohort, **_figures(r))
 
 
 def _cost_units(
