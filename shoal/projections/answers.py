@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerialize
 __all__ = [
     "COST_DIMENSIONS",
     "SESSION_DIMENSIONS",
+    "UNIT_DIMENSIONS",
     "CacheAnswer",
     "CacheRow",
     "CostAnswer",
@@ -29,6 +30,7 @@ __all__ = [
     "Money",
     "OutcomeRow",
     "OutcomesAnswer",
+    "OutcomesParams",
     "RetriesAnswer",
     "RetriesRow",
     "SessionRow",
@@ -102,6 +104,19 @@ class CostParams(TimeRange):
     by: list[Dimension] = Field(default=["model"], min_length=1)
     limit: int = Field(default=100, ge=1, le=10_000)
     """Rows returned, most expensive first (totals always cover every group)."""
+
+
+UnitDimension = Literal[
+    "team", "repo", "workflow", "task_class", "prompt_template", "prompt_version"
+]
+UNIT_DIMENSIONS: tuple[str, ...] = UnitDimension.__args__  # type: ignore[attr-defined]
+"""The labels of an outcome unit (a goal's, or a bare session's)."""
+
+
+class OutcomesParams(TimeRange):
+    """Outcome units per fleet and effective outcome, and per label when ``by`` names any."""
+
+    by: list[UnitDimension] = Field(default_factory=list)
 
 
 class LedgerParams(TimeRange):
@@ -284,6 +299,8 @@ class OutcomeRow(_Model):
     outcome: str
     units: int
     spend_usd: Money
+    key: list[str | None] = Field(default_factory=list)
+    """The unit's labels named by ``by``, in that order (none without ``by``)."""
 
 
 class OutcomesAnswer(_Model):

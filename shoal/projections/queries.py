@@ -41,6 +41,7 @@ from shoal.projections.answers import (
     LedgerRow,
     OutcomeRow,
     OutcomesAnswer,
+    OutcomesParams,
     RetriesAnswer,
     RetriesRow,
     SessionRow,
@@ -323,19 +324,32 @@ def _decisions(r: dict[str, Any] | None) -> dict[str, Any]:
     return {k: r[k] for k in ("granted", "denied", "expired", "median_wait_s")}
 
 
-def outcomes(ds: DuckDBDatastore, p: TimeRange) -> OutcomesAnswer:
-    """Outcome units and their spend, per fleet and effective outcome."""
+def outcomes(ds: DuckDBDatastore, p: OutcomesParams) -> OutcomesAnswer:
+    """Outcome units and their spend, per fleet, effective outcome and any labels in ``by``."""
     where, params = p.where("opened_at")
+    labels = "".join(f", {d} AS k{i}" for i, d in enumerate(p.by))
+    order = "".join(f", k{i}" for i in range(len(p.by)))
     rows = ds.rows(
         f"""
-        SELECT fleet, effective_outcome AS outcome, count(*) AS units,
+        SELECT fleet, effective_outcome AS outcome{labels}, count(*) AS units,
                COALESCE(sum(spend), 0) AS spend_usd
         FROM outcome_units WHERE {where}
-        GROUP BY ALL ORDER BY fleet, outcome
+        GROUP BY ALL ORDER BY fleet{order}, outcome
         """,
         params,
     )
-    return OutcomesAnswer(rows=[OutcomeRow(**r) for r in rows])
+    return OutcomesAnswer(
+        rows=[
+            OutcomeRow(
+                fleet=r["fleet"],
+                outcome=r["outcome"],
+                units=r["units"],
+                spend_usd=r["spend_usd"],
+                key=[r[f"k{i}"] for i in range(len(p.by))],
+            )
+            for r in rows
+        ]
+    )
 
 
 def _cache_row(fleet: str | None, r: dict[str, Any]) -> CacheRow:
@@ -411,7 +425,7 @@ NAMED_QUERIES: dict[str, NamedQuery[Any, Any]] = {
             intervention_rate,
             "human-intervention rate",
         ),
-        NamedQuery("outcomes", TimeRange, OutcomesAnswer, outcomes, "outcomes and spend"),
+        NamedQuery("outcomes", OutcomesParams, OutcomesAnswer, outcomes, "outcomes and spend"),
         NamedQuery("cache", TimeRange, CacheAnswer, cache_savings, "gateway cache hits, saved"),
         NamedQuery("evals", EvalsParams, EvalsAnswer, evals, "success rate, cost per success"),
         NamedQuery(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shoal.projections.answers import CostAnswer
+from shoal.projections.answers import CostAnswer, OutcomesAnswer
 from shoal.projections.eval_answers import (
     Cohort,
     CompareAnswer,
@@ -145,6 +145,14 @@ def test_cost_by_team_workflow_and_capability_is_exact_to_the_cent(tmp_path: Pat
         ("1.1", "success"): (1, Decimal(13) * CENT),
         ("1.1", "failure"): (1, Decimal(17) * CENT),
     }
+    units = run_named(ds, "outcomes", {"by": ["team"]})
+    assert isinstance(units, OutcomesAnswer)
+    assert [(r.key, r.outcome, r.units, r.spend_usd) for r in units.rows] == [
+        (["payments"], "failure", 1, Decimal(7) * CENT),
+        (["payments"], "success", 2, Decimal(8) * CENT),
+        (["search"], "failure", 1, Decimal(17) * CENT),
+        (["search"], "success", 2, Decimal(24) * CENT),
+    ]
     for window in ({}, {"since": "2026-11-30T00:00:00Z"}):
         by_version = run_named(ds, "cost", {"by": ["agent_version", "outcome"], **window})
         assert isinstance(by_version, CostAnswer)

@@ -92,6 +92,12 @@ def _evals_by(value: Any) -> None:
     _one_of(*EVAL_DIMENSIONS, split=True)(value)
 
 
+def _unit_by(value: Any) -> None:
+    from shoal.projections.answers import UNIT_DIMENSIONS
+
+    _one_of(*UNIT_DIMENSIONS, split=True)(value)
+
+
 def _labels(value: Any) -> None:
     from shoal.schemas.labels import parse_labels
 
@@ -148,6 +154,7 @@ BY_COMMAND: dict[tuple[str, str], Check] = {
     ("session ls", "--status"): _one_of("open", "running", "completed", "failed", "killed"),
     ("goal ls", "--status"): _one_of("open", "running", "completed", "failed"),
     ("evals", "--by"): _evals_by,
+    ("outcomes", "--by"): _unit_by,
 }
 
 
