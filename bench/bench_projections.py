@@ -49,6 +49,7 @@ from shoal.projections.service import run_query_service
 from tests.natsproc import NatsProcess
 from tests.projections.workload import Workload, ingest
 
+SINCE = "2026-01-05T12:00:00+00:00"
 QUERIES: list[tuple[str, str, dict[str, Any]]] = [
     ("cost --by model", "cost", {"by": ["model"]}),
     ("cost --by fleet", "cost", {"by": ["fleet"]}),
@@ -74,7 +75,40 @@ QUERIES: list[tuple[str, str, dict[str, Any]]] = [
     ("workflows by successes", "workflows", {"order": "successes"}),
     ("interventions", "interventions", {}),
     ("outcomes", "outcomes", {}),
+    ("cost --by team,workflow,capability", "cost", {"by": ["team", "workflow", "capability"]}),
+    ("evals --by agent_version", "evals", {"by": ["agent_version"]}),
+    ("evals --by task_class,model", "evals", {"by": ["task_class", "model"]}),
+    ("evals --by prompt,tool_set", "evals", {"by": ["prompt_template", "tool_set"]}),
+    ("evals --by capability --since", "evals", {"by": ["capability"], "since": SINCE}),
+    (
+        "evals compare --agent",
+        "evals-compare",
+        {
+            "baseline": {"agent": "agent-7", "agent_version": "1.0"},
+            "candidate": {"agent": "agent-7", "agent_version": "1.1"},
+        },
+    ),
+    ("report", "report", {"since": "2026-01-01T00:00:00+00:00"}),
 ]
+
+# The same questions asked of DuckDB directly, as plainly as SQL allows: the sessions table
+# alone (no goal labels, no effective outcome view, no latency quantiles, no bootstrap).
+RAW: dict[str, str] = {
+    "evals --by agent_version": """
+        SELECT agent_version, count(*) AS n,
+               count(*) FILTER (status = 'completed') AS ok, sum(cost_usd) AS spend,
+               sum(attempts - 1) AS retries,
+               count(*) FILTER (approvals_requested > 0 OR asks > 0) AS interventions
+        FROM sessions WHERE capability IS NOT NULL GROUP BY ALL
+    """,
+    "evals compare --agent": """
+        SELECT agent_version, count(*) AS n, count(*) FILTER (status = 'completed') AS ok,
+               sum(cost_usd) AS spend
+        FROM sessions WHERE capability IS NOT NULL AND agent = 'agent-7'
+              AND agent_version IN ('1.0', '1.1')
+        GROUP BY ALL
+    """,
+}
 
 
 # -- 1. build rate ------------------------------------------------------------------------------
@@ -176,6 +210,12 @@ def generate(path: Path, events: int) -> dict[str, int]:
     of_session = f"(i * {n_sessions}) // {{n}}"
     during = f"{base} + to_milliseconds(s * 16 * 50 + (i % 16) * 50)"
     agent = "'agent-' || (({s}) % 40)"
+    labels = """
+        ['payments', 'search', 'growth', 'infra', 'data', 'support'][1 + ({g}) % 6] AS team,
+        'repo-' || (({g}) % 30) AS repo, 'wf-' || (({g}) % 20) AS workflow,
+        'class-' || (({g}) % 8) AS task_class, 'tpl-' || (({g}) % 5) AS prompt_template,
+        'v' || (({g}) % 3) AS prompt_version
+    """
     con.execute(f"""
         INSERT INTO goals BY NAME SELECT 'g' || i AS gid, uuid()::VARCHAR AS goal_id,
             {fleet.format(s="i * 3")} AS fleet, 'user-' || (i % 200) AS principal,
@@ -189,7 +229,7 @@ def generate(path: Path, events: int) -> dict[str, int]:
             CASE WHEN i % 7 = 0 THEN 'success' WHEN i % 13 = 0 THEN 'abandoned' END AS outcome,
             CASE WHEN i % 7 = 0 THEN 'success' WHEN i % 13 = 0 THEN 'abandoned' END
                 AS root_outcome,
-            30 AS model_calls, 0.0369 AS cost_usd
+            30 AS model_calls, 0.0369 AS cost_usd, {labels.format(g="i")}
         FROM range({n_goals}) t(i)
     """)
     con.execute(f"""
@@ -207,7 +247,16 @@ def generate(path: Path, events: int) -> dict[str, int]:
             10 AS model_calls, 4 AS tool_calls, 0 AS input_tokens, 0 AS output_tokens,
             0 AS cached_tokens, 0.0123 AS cost_usd, 0 AS reported_cost_usd, 0 AS errors,
             0 AS denials, (i % 20 = 0)::INTEGER AS approvals_requested, 0 AS rejected,
-            false AS budget_exceeded, false AS stuck, (i % 997 = 0) AS looping
+            false AS budget_exceeded, false AS stuck, (i % 997 = 0) AS looping,
+            {base} + to_milliseconds(i * 16 * 50 + 100) AS started_at,
+            CASE WHEN i % 100 < 95 THEN {base} + to_milliseconds(i * 16 * 50 + 500 + i % 5000)
+                END AS ended_at,
+            {labels.format(g="i // 3")},
+            CASE WHEN i % 3 <> 0 THEN '1.' || ((i // 40) % 4) END AS agent_version,
+            ['gpt-4o-mini', 'gpt-4o', 'claude-haiku-3.5', 'offline-small', 'o3-mini'][1 + i % 5]
+                AS model,
+            [['search'], ['read_file', 'search'], NULL, ['crm_lookup']][1 + i % 4] AS tools,
+            (i % 50 = 0)::BIGINT AS asks
         FROM range({n_sessions}) t(i)
     """)
     con.execute(f"""
@@ -271,7 +320,9 @@ def generate(path: Path, events: int) -> dict[str, int]:
     return counts
 
 
-async def bench_queries(tmp: Path, events: int, repeat: int, nats_url: str) -> None:
+async def bench_queries(
+    tmp: Path, events: int, repeat: int, nats_url: str, only: list[str] | None = None
+) -> None:
     path = tmp / f"q{events}.duckdb"
     started = time.perf_counter()
     counts = generate(path, events)
@@ -291,24 +342,30 @@ async def bench_queries(tmp: Path, events: int, repeat: int, nats_url: str) -> N
     nc = await nats.connect(nats_url)
     client = QueryClient(nc, settings)
     print(
-        f"{'query':<26}{'DuckDB ms':>11}{'over NATS ms':>14}{'NATS adds ms':>14}{'raw rows ms':>13}"
+        f"{'query':<36}{'DuckDB ms':>11}{'over NATS ms':>14}{'NATS adds ms':>14}"
+        f"{'raw DuckDB ms':>15}{'raw rows ms':>13}"
     )
     worst, overheads = 0.0, []
     try:
         ping = await _ping_ms(nc, repeat * 5)
         for label, name, params in QUERIES:
+            if only and not any(label.startswith(o) for o in only):
+                continue
             direct, over, added = await _paired_ms(
                 partial(run_named, host.datastore, name, params),
                 partial(client.ask, name, params, timeout=60),
                 repeat,
             )
+            raw = _raw_ms(host, RAW[label], repeat) if label in RAW else None
             worst = max(worst, direct)
             overheads.append(added)
-            raw = ""
+            ceiling = "" if raw is None else f"{raw:>15.1f}"
+            rows = ""
             if name == "cost":  # the same answer from the raw rows alone, for comparison
                 p = CostParams.model_validate(params)
-                raw = f"{_median_ms(partial(cost, host.datastore, p, rollups=False), 3):>13.1f}"
-            print(f"{label:<26}{direct:>11.1f}{over:>14.1f}{added:>14.1f}{raw}")
+                rows = f"{_median_ms(partial(cost, host.datastore, p, rollups=False), 3):>13.1f}"
+                ceiling = ceiling or " " * 15
+            print(f"{label:<36}{direct:>11.1f}{over:>14.1f}{added:>14.1f}{ceiling}{rows}")
     finally:
         await nc.close()
         stop.set()
@@ -318,6 +375,18 @@ async def bench_queries(tmp: Path, events: int, repeat: int, nats_url: str) -> N
         f"{statistics.median(overheads):.1f} ms median, {max(overheads):.1f} ms at most "
         f"(target < 5 ms); a bare $SRV.PING round trip: {ping:.2f} ms"
     )
+
+
+def _raw_ms(host: ProjectionHost, sql: str, repeat: int) -> float:
+    """The median time of one plain SQL statement on the service's own connection."""
+    ds = host.datastore
+    ds.rows(sql)
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        ds.rows(sql)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 async def _paired_ms(
@@ -366,14 +435,20 @@ def main() -> None:
     parser.add_argument("--goals", type=int, default=2000, help="Build workload size (goals).")
     parser.add_argument("--sizes", default="1000000,10000000", help="Synthetic event counts.")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--no-build", action="store_true", help="Skip the build benchmark.")
+    parser.add_argument(
+        "--only", default="", help="Only queries whose label starts with one of these (a,b)."
+    )
     args = parser.parse_args()
+    only = [o.strip() for o in args.only.split(",") if o.strip()] or None
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as d:
         tmp = Path(d)
-        bench_build(tmp, args.goals)
+        if not args.no_build:
+            bench_build(tmp, args.goals)
         server = NatsProcess(tmp / "nats").start()
         try:
             for size in (int(s) for s in args.sizes.split(",") if s):
-                asyncio.run(bench_queries(tmp, size, args.repeat, server.url))
+                asyncio.run(bench_queries(tmp, size, args.repeat, server.url, only))
         finally:
             server.stop()
 

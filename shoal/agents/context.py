@@ -12,7 +12,7 @@ from shoal.agents.delegation import Delegator
 from shoal.agents.gateways import ModelGateway, ToolGateway
 from shoal.agents.session import Identity, Session
 from shoal.bus import ShoalSettings
-from shoal.schemas import CloudEvent, EventData, PlannedTask, SessionMessage
+from shoal.schemas import CloudEvent, EventData, Labels, PlannedTask, SessionMessage
 
 __all__ = ["TaskContext"]
 
@@ -58,10 +58,13 @@ class TaskContext:
         *,
         timeout: float | None = 300.0,
         budget_usd: Decimal | None = None,
+        labels: Labels | None = None,
     ) -> dict[str, Any]:
-        """Run ``capability`` as a child task (same GID, ``parentiid`` = this IID); its output."""
+        """Run ``capability`` as a child task (same GID, ``parentiid`` = this IID); its output.
+
+        The child carries this session's labels, with ``labels`` set over them."""
         return await self.delegator.delegate(
-            capability, input, timeout=timeout, budget_usd=budget_usd
+            capability, input, timeout=timeout, budget_usd=budget_usd, labels=labels
         )
 
     async def fan_out(
@@ -70,9 +73,11 @@ class TaskContext:
         """Assign planned child tasks and await each one's terminal event (plan order)."""
         return await self.delegator.fan_out(planned, timeout=timeout)
 
-    async def assign(self, capability: str, input: dict[str, Any]) -> str:
+    async def assign(
+        self, capability: str, input: dict[str, Any], *, labels: Labels | None = None
+    ) -> str:
         """Publish a child task without waiting; return its IID."""
-        return await self.delegator.assign(capability, input)
+        return await self.delegator.assign(capability, input, labels=labels)
 
     @property
     def conversation(self) -> Conversation:

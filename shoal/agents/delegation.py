@@ -36,6 +36,7 @@ from shoal.errors import InvalidEvent
 from shoal.schemas import (
     CloudEvent,
     GoalPlanned,
+    Labels,
     PlannedTask,
     TaskAssigned,
     TaskCompleted,
@@ -174,8 +175,17 @@ class OutcomeWatch:
             future.set_result(event)
 
 
-def child_session(parent: Session, budget_usd: Decimal | None = None) -> Session:
-    """A child session: new IID, the parent's GID and principal, ``parentiid`` set."""
+def merged_labels(parent: Labels | None, own: Labels | None) -> Labels | None:
+    """A child's labels: the parent's, with the ones the delegating handler set on top."""
+    if own is None or parent is None:
+        return own or parent
+    return Labels(**{**parent.values(), **own.values()})
+
+
+def child_session(
+    parent: Session, budget_usd: Decimal | None = None, labels: Labels | None = None
+) -> Session:
+    """A child session: new IID, the parent's GID, principal and labels, ``parentiid`` set."""
     return Session(
         iid=new_id(),
         gid=parent.gid,
@@ -183,6 +193,7 @@ def child_session(parent: Session, budget_usd: Decimal | None = None) -> Session
         principal=parent.principal,
         budget_usd=budget_usd,
         goal_budget_usd=parent.goal_budget_usd,
+        labels=merged_labels(parent.labels, labels),
     )
 
 
@@ -206,6 +217,7 @@ async def assign_task(
             input=input,
             budget_usd=session.budget_usd,
             goal_budget_usd=session.goal_budget_usd,
+            labels=session.labels,
         ),
         session,
         id=id,
@@ -311,11 +323,18 @@ class Delegator:
             self.reassigned += 1
 
     async def assign(
-        self, capability: str, input: dict[str, Any], *, budget_usd: Decimal | None = None
+        self,
+        capability: str,
+        input: dict[str, Any],
+        *,
+        budget_usd: Decimal | None = None,
+        labels: Labels | None = None,
     ) -> str:
-        """Publish a child task without waiting; return the child's IID."""
+        """Publish a child task without waiting; return the child's IID.
+
+        ``labels`` are set on the child over this session's own (e.g. a task class)."""
         await self.policy.check(self.session, "delegate", capability)
-        child = child_session(self.session, budget_usd)
+        child = child_session(self.session, budget_usd, labels)
         fleet = self.policy.identity.fleet
         await assign_task(self.bus, self.emitter, fleet, capability, child, input)
         return child.iid
@@ -327,10 +346,11 @@ class Delegator:
         *,
         timeout: float | None = 300.0,
         budget_usd: Decimal | None = None,
+        labels: Labels | None = None,
     ) -> dict[str, Any]:
         """Publish a child task and return its output (:class:`DelegationFailed` if it failed)."""
         await self.policy.check(self.session, "delegate", capability)
-        child = child_session(self.session, budget_usd)
+        child = child_session(self.session, budget_usd, labels)
         fleet = self.policy.identity.fleet
         async with await OutcomeWatch.for_session(self.bus, child.gid, child.iid) as watch:
             watch.expect([child.iid])

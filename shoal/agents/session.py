@@ -15,7 +15,7 @@ from functools import cached_property
 from shoal.agents.killswitch import Scope
 from shoal.bus import Bus, check_token, event_headers
 from shoal.bus.tracecontext import current_traceparent, with_traceparent
-from shoal.schemas import CloudEvent, EventData, new_id, utcnow
+from shoal.schemas import CloudEvent, EventData, Labels, new_id, utcnow
 
 __all__ = ["Emitter", "Identity", "Session"]
 
@@ -53,6 +53,7 @@ class Session:
     budget_usd: Decimal | None = None
     spent_usd: Decimal = Decimal(0)
     goal_budget_usd: Decimal | None = None  # the goal's, stated to the gateway per call
+    labels: Labels | None = None  # attribution, passed on to every task it delegates
 
     def scope(self, identity: Identity) -> Scope:
         return Scope(

@@ -344,6 +344,7 @@ class TaskRunner:
             principal=event.principal,
             budget_usd=budget if budget is not None else self.rt.agent.manifest.budget_usd,
             goal_budget_usd=goal_budget if event.gid else None,
+            labels=getattr(event.data, "labels", None),
         )
 
     def _attempt(

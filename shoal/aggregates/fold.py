@@ -74,11 +74,23 @@ def open_session(ev: CloudEvent, seq: int) -> Session:
     )
 
 
-def apply_event(s: Session, ev: CloudEvent, seq: int, prices: PriceTable) -> Decimal | None:
+def apply_event(
+    s: Session,
+    ev: CloudEvent,
+    seq: int,
+    prices: PriceTable,
+    *,
+    agent_version: str | None = None,
+) -> Decimal | None:
     """Record ``ev`` on ``s``; return the server-side cost if it was a model call.
 
-    Types that change nothing on a session (``agent.*``, ``goal.submitted``…) are ignored.
+    ``agent_version`` is the emitting instance's release as the core registered it; a
+    ``task.started`` records it. Types that change nothing on a session (``agent.*``,
+    ``goal.submitted``…) are ignored.
     """
+    if ev.type == TaskStarted.type:
+        _task_started(s, ev, seq, agent_version)
+        return None
     handler = _HANDLERS.get(ev.type)
     if handler is None:
         return None
@@ -102,13 +114,22 @@ def _context(s: Session, ev: CloudEvent, seq: int) -> dict[str, Any]:
 def _task_assigned(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
     d = ev.data
     assert isinstance(d, TaskAssigned)
-    s.task_assigned(seq, d.capability, d.budget_usd, ev.source, timestamp=ev.time)
+    labels = d.labels.values() if d.labels is not None else None
+    s.task_assigned(seq, d.capability, d.budget_usd, ev.source, timestamp=ev.time, labels=labels)
 
 
-def _task_started(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
+def _task_started(s: Session, ev: CloudEvent, seq: int, agent_version: str | None) -> None:
     d = ev.data
     assert isinstance(d, TaskStarted)
-    s.task_started(seq, d.capability, d.attempt, ev.agent, ev.instance, timestamp=ev.time)
+    s.task_started(
+        seq,
+        d.capability,
+        d.attempt,
+        ev.agent,
+        ev.instance,
+        timestamp=ev.time,
+        agent_version=agent_version,
+    )
 
 
 def _task_completed(s: Session, ev: CloudEvent, seq: int, _: PriceTable) -> None:
@@ -259,7 +280,6 @@ _Handler = Callable[[Session, CloudEvent, int, PriceTable], Decimal | None]
 
 _HANDLERS: dict[str, _Handler] = {
     TaskAssigned.type: _task_assigned,
-    TaskStarted.type: _task_started,
     TaskCompleted.type: _task_completed,
     TaskFailed.type: _task_failed,
     ModelCalled.type: _model_called,

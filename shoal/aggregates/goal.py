@@ -67,6 +67,7 @@ class Goal(Aggregate):
         root_iid: str
         budget_usd: Decimal | None
         source: str
+        labels: dict[str, str] | None  # attribution (absent from events recorded before it)
 
     @event(Submitted)
     def submitted(
@@ -79,6 +80,7 @@ class Goal(Aggregate):
         budget_usd: Decimal | None,
         source: str,
         timestamp: datetime,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.fleet, self.text, self.principal = fleet, text, principal
         self.root_iid, self.budget_usd = root_iid, budget_usd

@@ -50,7 +50,15 @@ def apply_goal_event(ws: WorkingSet, ev: CloudEvent, seq: int) -> None:
         iids.add(ev.iid)
     if isinstance(d, GoalSubmitted):
         g.submitted(
-            seq, d.fleet, d.text, ev.principal, ev.iid, d.budget_usd, ev.source, timestamp=ev.time
+            seq,
+            d.fleet,
+            d.text,
+            ev.principal,
+            ev.iid,
+            d.budget_usd,
+            ev.source,
+            timestamp=ev.time,
+            labels=d.labels.values() if d.labels is not None else None,
         )
     elif isinstance(d, GoalPlanned):
         tasks = [{"iid": t.iid, "capability": t.capability} for t in d.tasks]

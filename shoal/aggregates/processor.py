@@ -239,7 +239,9 @@ class CoreProcessor:
         if touches_goal(self.ws, ev, seq):
             apply_goal_event(self.ws, ev, seq)
         was_ended = s.ended
-        cost = apply_event(s, ev, seq, self.prices)
+        known = self.ws.instances.get(ev.instance) if ev.instance else None
+        version = known.agent_version if known is not None else None
+        cost = apply_event(s, ev, seq, self.prices, agent_version=version)
         # 5. charge, 6. watch
         flag: Flag | None = None
         if cost is not None:

@@ -128,6 +128,7 @@ class Session(Aggregate):
         capability: str
         budget_usd: Decimal | None
         assigned_by: str
+        labels: dict[str, str] | None  # attribution (absent from events recorded before it)
 
     @event(TaskAssigned)
     def task_assigned(
@@ -137,6 +138,7 @@ class Session(Aggregate):
         budget_usd: Decimal | None,
         assigned_by: str,
         timestamp: datetime,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.last_seq = seq
         self.capability = capability
@@ -152,6 +154,9 @@ class Session(Aggregate):
         attempt: int
         agent: str | None
         instance: str | None
+        # The instance's release as the core registered it (``agent.started``), not a claim
+        # of this event; absent from events recorded before it.
+        agent_version: str | None
 
     @event(TaskStarted)
     def task_started(
@@ -162,6 +167,7 @@ class Session(Aggregate):
         agent: str | None,
         instance: str | None,
         timestamp: datetime,
+        agent_version: str | None = None,
     ) -> None:
         self.last_seq = seq
         self.capability = self.capability or capability

@@ -13,7 +13,7 @@ from shoal.bus.telemetry import goal_sampled
 from shoal.bus.tracecontext import current_traceparent, goal_context
 from shoal.errors import InvalidEvent, InvalidOption, UnknownTarget
 from shoal.ops.targets import fleet_exists
-from shoal.schemas import CloudEvent, GoalSubmitted, describe_validation_error, new_id
+from shoal.schemas import CloudEvent, GoalSubmitted, Labels, describe_validation_error, new_id
 
 __all__ = ["build_goal", "parse_inputs", "submit_goal"]
 
@@ -38,6 +38,7 @@ def build_goal(
     principal: str,
     inputs: dict[str, Any] | None = None,
     budget_usd: str | None = None,
+    labels: Labels | None = None,
 ) -> CloudEvent:
     """A ``goal.submitted`` event with a new GID and IID and the goal's trace, validated."""
     try:
@@ -48,7 +49,9 @@ def build_goal(
         raise InvalidOption(f"--budget {budget_usd}: a budget is zero or more dollars")
     gid = new_id()
     try:
-        data = GoalSubmitted(fleet=fleet, text=text, inputs=inputs or {}, budget_usd=budget)
+        data = GoalSubmitted(
+            fleet=fleet, text=text, inputs=inputs or {}, budget_usd=budget, labels=labels
+        )
         return CloudEvent.new(
             data,
             iid=new_id(),

@@ -13,6 +13,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerialize
 
 __all__ = [
     "COST_DIMENSIONS",
+    "SESSION_DIMENSIONS",
+    "UNIT_DIMENSIONS",
     "CacheAnswer",
     "CacheRow",
     "CostAnswer",
@@ -28,6 +30,7 @@ __all__ = [
     "Money",
     "OutcomeRow",
     "OutcomesAnswer",
+    "OutcomesParams",
     "RetriesAnswer",
     "RetriesRow",
     "SessionRow",
@@ -41,8 +44,25 @@ __all__ = [
     "WorkflowsParams",
 ]
 
-Dimension = Literal["fleet", "agent", "model", "principal", "goal", "outcome", "provider"]
-COST_DIMENSIONS: tuple[str, ...] = Dimension.__args__  # type: ignore[attr-defined]
+SessionDimension = Literal[
+    "team",
+    "repo",
+    "workflow",
+    "task_class",
+    "prompt_template",
+    "prompt_version",
+    "capability",
+    "agent_version",
+    "tool_set",
+]
+SESSION_DIMENSIONS: tuple[str, ...] = SessionDimension.__args__  # type: ignore[attr-defined]
+"""Dimensions that belong to a call's session (``attributed_sessions``), not the call."""
+CallDimension = Literal["fleet", "agent", "model", "principal", "goal", "outcome", "provider"]
+Dimension = Literal[CallDimension, SessionDimension]
+COST_DIMENSIONS: tuple[str, ...] = (
+    *CallDimension.__args__,  # type: ignore[attr-defined]
+    *SESSION_DIMENSIONS,
+)
 
 Money = Annotated[
     Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
@@ -84,6 +104,19 @@ class CostParams(TimeRange):
     by: list[Dimension] = Field(default=["model"], min_length=1)
     limit: int = Field(default=100, ge=1, le=10_000)
     """Rows returned, most expensive first (totals always cover every group)."""
+
+
+UnitDimension = Literal[
+    "team", "repo", "workflow", "task_class", "prompt_template", "prompt_version"
+]
+UNIT_DIMENSIONS: tuple[str, ...] = UnitDimension.__args__  # type: ignore[attr-defined]
+"""The labels of an outcome unit (a goal's, or a bare session's)."""
+
+
+class OutcomesParams(TimeRange):
+    """Outcome units per fleet and effective outcome, and per label when ``by`` names any."""
+
+    by: list[UnitDimension] = Field(default_factory=list)
 
 
 class LedgerParams(TimeRange):
@@ -266,6 +299,8 @@ class OutcomeRow(_Model):
     outcome: str
     units: int
     spend_usd: Money
+    key: list[str | None] = Field(default_factory=list)
+    """The unit's labels named by ``by``, in that order (none without ``by``)."""
 
 
 class OutcomesAnswer(_Model):

@@ -30,6 +30,7 @@ class Rule(Enum):
     MAX = "max"
     SUM = "sum"
     OR = "or"
+    UNION = "union"  # a sorted list of distinct values: the old ones and the new ones
     SESSION_STATUS = "session_status"  # last wins, but ``killed`` is final
     GOAL_STATUS = "goal_status"  # last wins, but ``running`` never reopens an ended goal
 
@@ -53,12 +54,17 @@ def _merge_max(old: Any, new: Any) -> Any:
     return old if new is None or old >= new else new
 
 
+def _merge_union(old: Any, new: Any) -> Any:
+    return sorted(set(old or ()) | set(new))
+
+
 _MERGE: dict[Rule, Callable[[Any, Any], Any]] = {
     Rule.FIRST: lambda old, new: new if old is None else old,
     Rule.LAST: lambda old, new: old if new is None else new,
     Rule.MAX: _merge_max,
     Rule.SUM: lambda old, new: old + new,
     Rule.OR: lambda old, new: old or new,
+    Rule.UNION: _merge_union,
     Rule.SESSION_STATUS: _merge_session_status,
     Rule.GOAL_STATUS: _merge_goal_status,
 }
@@ -69,6 +75,10 @@ _SQL: dict[Rule, str] = {
     Rule.MAX: "GREATEST({t}.{c}, EXCLUDED.{c})",
     Rule.SUM: "{t}.{c} + EXCLUDED.{c}",
     Rule.OR: "{t}.{c} OR EXCLUDED.{c}",
+    Rule.UNION: (
+        "CASE WHEN EXCLUDED.{c} IS NULL THEN {t}.{c} WHEN {t}.{c} IS NULL THEN EXCLUDED.{c} "
+        "ELSE list_sort(list_distinct(list_concat({t}.{c}, EXCLUDED.{c}))) END"
+    ),
     Rule.SESSION_STATUS: (
         "CASE WHEN {t}.{c} = 'killed' OR EXCLUDED.{c} IS NULL THEN {t}.{c} ELSE EXCLUDED.{c} END"
     ),

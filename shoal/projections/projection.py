@@ -25,64 +25,15 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from shoal.aggregates.goal import Goal
-from shoal.aggregates.session import Session
-from shoal.projections.batch import Batch, Rule
+from shoal.aggregates.session import Session, session_id
 from shoal.projections.money import money
-from shoal.projections.schema import FACT_TABLES, GOALS, SESSIONS
+from shoal.projections.rules import labels_of, new_batch
 from shoal.projections.view import DuckDBCostView, SessionKey
 
 __all__ = ["DEFAULT_BATCH", "CostProjection", "new_batch"]
 
 DEFAULT_BATCH = 20_000
 """Events per DuckDB transaction when catching up (a live tail flushes sooner)."""
-
-_SESSION_RULES = {
-    "session_id": Rule.FIRST,
-    "gid": Rule.FIRST,
-    "parentiid": Rule.FIRST,
-    "source": Rule.FIRST,
-    "capability": Rule.FIRST,
-    "status": Rule.SESSION_STATUS,
-    "attempts": Rule.MAX,
-    "opened_at": Rule.FIRST,
-    "started_at": Rule.FIRST,
-    "last_event_at": Rule.MAX,
-    "first_seq": Rule.FIRST,
-    "last_seq": Rule.MAX,
-    **{
-        c: Rule.SUM
-        for c in (
-            "model_calls",
-            "tool_calls",
-            "input_tokens",
-            "output_tokens",
-            "cached_tokens",
-            "cost_usd",
-            "reported_cost_usd",
-            "errors",
-            "denials",
-            "approvals_requested",
-            "rejected",
-        )
-    },
-    "budget_exceeded": Rule.OR,
-    "stuck": Rule.OR,
-    "looping": Rule.OR,
-}
-
-_GOAL_RULES = {
-    "goal_id": Rule.FIRST,
-    "model_calls": Rule.SUM,
-    "cost_usd": Rule.SUM,
-    "status": Rule.GOAL_STATUS,
-    "sessions": Rule.SUM,
-    "opened_at": Rule.FIRST,
-    "submitted_at": Rule.FIRST,
-    "last_event_at": Rule.MAX,
-    "first_seq": Rule.FIRST,
-    "last_seq": Rule.MAX,
-    "budget_exceeded": Rule.OR,
-}
 
 _HANDLERS: dict[type[Any], str] = {
     Session.Opened: "_on_session_opened",
@@ -124,11 +75,6 @@ def _who(e: Any, iid: str) -> tuple[Any, ...]:
     return (e.seq, e.timestamp, iid, e.gid, e.fleet, e.agent, e.instance, e.principal, e.event_id)
 
 
-def new_batch() -> Batch:
-    """An empty batch for the projection's tables."""
-    return Batch(FACT_TABLES, {SESSIONS: _SESSION_RULES, GOALS: _GOAL_RULES})
-
-
 class CostProjection(Projection[DuckDBCostView]):
     """Sessions, goals, calls, decisions and outcomes, for cost and outcome questions."""
 
@@ -146,6 +92,9 @@ class CostProjection(Projection[DuckDBCostView]):
         # Aggregate id → (IID, GID) and → GID, for events that carry only the aggregate id.
         self._sessions: dict[UUID, SessionKey] = view.session_keys()
         self._goals: dict[UUID, str] = view.goal_keys()
+        # GID → its submitted labels: a session of the goal starts with them (its own
+        # task's labels then win, column by column), so no query joins goals for them.
+        self._goal_labels: dict[str, dict[str, str]] = view.goal_labels()
         self._handlers = {cls: getattr(self, name) for cls, name in _HANDLERS.items()}
         # Pipelined: a writer thread commits batch k while this thread decodes batch k+1
         # (DuckDB releases the GIL while it inserts). One write in flight, in order.
@@ -227,9 +176,11 @@ class CostProjection(Projection[DuckDBCostView]):
     def _on_session_opened(self, e: Session.Opened) -> None:
         root = e.gid is not None and e.parentiid is None
         self._sessions[e.originator_id] = SessionKey(e.iid, e.gid, root)
+        inherited = self._goal_labels.get(e.gid, {}) if e.gid is not None else {}
         self._session(
             e,
             {
+                **inherited,
                 "session_id": str(e.originator_id),
                 "gid": e.gid,
                 "parentiid": e.parentiid,
@@ -244,7 +195,8 @@ class CostProjection(Projection[DuckDBCostView]):
         )
 
     def _on_session_task_assigned(self, e: Session.TaskAssigned) -> None:
-        self._session(e, {"capability": e.capability, "budget_usd": money(e.budget_usd)})
+        values = {"capability": e.capability, "budget_usd": money(e.budget_usd)}
+        self._session(e, {**values, **labels_of(e)})
 
     def _on_session_task_started(self, e: Session.TaskStarted) -> None:
         values = {
@@ -254,6 +206,7 @@ class CostProjection(Projection[DuckDBCostView]):
             "attempts": e.attempt,
             "status": "running",
             "started_at": e.timestamp,
+            "agent_version": getattr(e, "agent_version", None),
         }
         self._session(e, values)
 
@@ -284,6 +237,7 @@ class CostProjection(Projection[DuckDBCostView]):
                 "cost_usd": cost,
                 "reported_cost_usd": reported,
                 "errors": 1 if e.error else None,
+                "model": e.model,
             },
         )
         if e.gid is not None:
@@ -310,7 +264,8 @@ class CostProjection(Projection[DuckDBCostView]):
 
     def _on_session_tool_called(self, e: Session.ToolCalled) -> None:
         failed = e.error or e.result_class in ("error", "timeout")
-        iid, _, _ = self._session(e, {"tool_calls": 1, "errors": 1 if failed else None})
+        values = {"tool_calls": 1, "errors": 1 if failed else None, "tools": [e.tool]}
+        iid, _, _ = self._session(e, values)
         arguments = _ARGUMENTS_JSON(e.arguments)
         self._fact(
             "tool_calls",
@@ -365,7 +320,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._session(e, values)
 
     def _on_session_input_requested(self, e: Session.InputRequested) -> None:
-        self._session(e, {"status": "awaiting_input"})
+        self._session(e, {"status": "awaiting_input", "asks": 1})
 
     def _on_session_message_received(self, e: Session.MessageReceived) -> None:
         self._session(e, {"status": "running"} if getattr(e, "resumed", False) else {})
@@ -397,6 +352,7 @@ class CostProjection(Projection[DuckDBCostView]):
         self._goal(e, values, created=True)
 
     def _on_goal_submitted(self, e: Goal.Submitted) -> None:
+        labels = labels_of(e)
         values = {
             "fleet": e.fleet,
             "principal": e.principal,
@@ -405,8 +361,14 @@ class CostProjection(Projection[DuckDBCostView]):
             "budget_usd": money(e.budget_usd),
             "status": "running",
             "submitted_at": e.timestamp,
+            **labels,
         }
-        self._goal(e, values)
+        gid = self._goal(e, values)
+        if labels:
+            self._goal_labels[gid] = labels
+            # The root session may be open already; its row then takes the labels too.
+            if session_id(e.root_iid) in self._sessions:
+                self.batch.states["sessions"].update(e.root_iid, labels)
 
     def _on_goal_session_added(self, e: Goal.SessionAdded) -> None:
         self._goal(e, {"sessions": 1})

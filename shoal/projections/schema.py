@@ -16,8 +16,10 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from shoal.projections.money import MONEY_SCALE
 from shoal.projections.views import VIEWS
+from shoal.schemas.labels import LABEL_NAMES
 
 __all__ = [
+    "ADDED_COLUMNS",
     "FACT_TABLES",
     "MONEY",
     "STATE_TABLES",
@@ -87,6 +89,8 @@ _S, _I, _L, _F, _B = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_
 # Who did it: copied onto every fact row so a ledger or cost query needs no join.
 _WHO = (("fleet", _S), ("agent", _S), ("instance", _S), ("principal", _S))
 _WHERE = (("seq", _L), ("ts", _TS), ("iid", _S), ("gid", _S))
+# Attribution labels (``shoal.schemas.labels``), on sessions and goals.
+_LABELS = tuple((name, _S) for name in LABEL_NAMES)
 
 MODEL_CALLS = Table(
     "model_calls",
@@ -201,6 +205,12 @@ SESSIONS = Table(
         ("outcome", _S),
         ("outcome_signal", _S),
         ("outcome_at", _TS),
+        # Added for evaluations (appended, so an older file gains them by ALTER TABLE):
+        *_LABELS,
+        ("agent_version", _S),  # the instance's release, as the core registered it
+        ("model", _S),  # the first model the session called
+        ("tools", pa.list_(_S)),  # the distinct tools it called, sorted: its tool set
+        ("asks", _L),  # questions it asked a person (session.asked)
     ),
     key="iid",
 )
@@ -231,6 +241,7 @@ GOALS = Table(
         ("outcome", _S),
         ("outcome_signal", _S),
         ("root_outcome", _S),  # the root session's reported outcome: it stands for the goal
+        *_LABELS,  # added for evaluations (appended)
     ),
     key="gid",
 )
@@ -240,8 +251,24 @@ STATE_TABLES = (SESSIONS, GOALS)
 TABLES = (*STATE_TABLES, *FACT_TABLES)
 
 
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sessions": (*LABEL_NAMES, "agent_version", "model", "tools", "asks"),
+    "goals": LABEL_NAMES,
+}
+"""Columns appended to a table after its first release: a file made before gains them."""
+
+
 def create_statements() -> list[str]:
-    """DDL for every table and view (idempotent)."""
-    return [t.ddl() for t in TABLES] + [
-        f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in VIEWS.items()
+    """DDL for every table and view (idempotent); an older file gains the added columns."""
+    by_name = {t.name: t for t in TABLES}
+    added = [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {c.name} {c.duck_type}"
+        for table, names in ADDED_COLUMNS.items()
+        for c in by_name[table].columns
+        if c.name in names
     ]
+    return (
+        [t.ddl() for t in TABLES]
+        + added
+        + [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in VIEWS.items()]
+    )

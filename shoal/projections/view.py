@@ -18,6 +18,7 @@ from shoal.projections import rollups
 from shoal.projections.batch import Batch
 from shoal.projections.recorder import DuckDBDatastore, DuckDBTrackingRecorder
 from shoal.projections.schema import TABLES, create_statements
+from shoal.schemas.labels import LABEL_NAMES
 
 __all__ = ["DuckDBCostView", "SessionKey", "Staged", "open_view"]
 
@@ -119,6 +120,17 @@ class DuckDBCostView(DuckDBTrackingRecorder):
         with self.datastore.reader() as c:
             rows = c.execute("SELECT goal_id, gid FROM goals").fetchall()
         return {UUID(goal): gid for goal, gid in rows}
+
+    def goal_labels(self) -> dict[str, dict[str, str]]:
+        """GID → the labels it was submitted with, for every goal that has any."""
+        names = ", ".join(LABEL_NAMES)
+        any_set = " OR ".join(f"{n} IS NOT NULL" for n in LABEL_NAMES)
+        with self.datastore.reader() as c:
+            rows = c.execute(f"SELECT gid, {names} FROM goals WHERE {any_set}").fetchall()
+        return {
+            gid: {n: v for n, v in zip(LABEL_NAMES, values, strict=True) if v is not None}
+            for gid, *values in rows
+        }
 
     def table_counts(self) -> dict[str, int]:
         """Rows per table."""

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shoal.schemas.labels import Labels
+
 __all__ = [
     "EVENT_TYPES",
     "AgentCrashLooping",
@@ -33,6 +35,7 @@ __all__ = [
     "GoalFailed",
     "GoalPlanned",
     "GoalSubmitted",
+    "Labels",
     "ModelCalled",
     "OutcomeReported",
     "PlannedTask",
@@ -80,6 +83,7 @@ class GoalSubmitted(EventData):
     text: str = Field(min_length=1)
     inputs: dict[str, Any] = Field(default_factory=dict)
     budget_usd: Money | None = None
+    labels: Labels | None = None  # attribution: team, repo, workflow, task class, prompt
 
 
 class PlannedTask(BaseModel):
@@ -127,6 +131,7 @@ class TaskAssigned(EventData):
     goal_budget_usd: Money | None = None
     """The budget of the goal the task belongs to, carried down from ``goal.submitted`` so
     the gateway can reserve each call against it (it only tightens: see docs/gateways.md)."""
+    labels: Labels | None = None  # the assigning session's, unless the assigner sets its own
 
 
 class TaskStarted(EventData):

@@ -128,6 +128,10 @@ async def test_goal_submit_publishes_goal_submitted_and_prints_the_gid(
         "Welcome Ada",
         "--budget",
         "2.50",
+        "--label",
+        "team=payments,task_class=bugfix",
+        "--label",
+        "prompt-version=v2",
         "--wait-for-fleet",
     )
     assert code == 0
@@ -142,6 +146,8 @@ async def test_goal_submit_publishes_goal_submitted_and_prints_the_gid(
     version, trace_id, _span_id, flags = (event.traceparent or "---").split("-")
     assert (version, trace_id, flags) == ("00", f"{goal_trace_id(gid):032x}", "01")
     assert event.data.model_dump()["budget_usd"] == pytest.approx(2.5)
+    labels = {"team": "payments", "task_class": "bugfix", "prompt_version": "v2"}
+    assert event.data.labels.values() == labels  # type: ignore[attr-defined]
     goals = await bus.js.get_msg(bus.topology.goals.name, subject=bus.subjects.goals("onboarding"))
     assert json.loads(goals.data or b"")["id"] == event.id
 

@@ -67,6 +67,7 @@ BAD: dict[str, list[str]] = {
     "--format": ["bogus"],
     "--canary": ["x", "0", "-1", "0%", "100%"],
     "--min-samples": BAD_COUNT,
+    "--label": ["bogus=1", "team", "team=", "team=a,team=b"],
 }
 """Bad values by option name (the same name means the same thing in every command)."""
 
@@ -79,6 +80,8 @@ FREE |= {"--consumer", "--agent", "--iid", "--gid", "--note", "--host"}
 # shoal auth: paths, a role, sizes and capabilities, each checked by the command itself.
 FREE |= {"--creds", "--role", "--out", "--capability", "--delegate", "--disk", "--memory"}
 FREE |= {"--streams"}
+# shoal evals compare: cohorts (an unknown version is an empty cohort); report --markdown.
+FREE |= {"--from", "--to", "--prompt-template", "--task-class", "--markdown"}
 """Free text, or names whose unknown value is a valid (empty) answer."""
 
 ARGS: dict[str, list[str]] = {

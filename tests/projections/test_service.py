@@ -23,7 +23,7 @@ from shoal.errors import QueryFailed, Refused, ServiceUnavailable
 from shoal.ops.cli import app
 from shoal.ops.cli.cost import fetch_demo_summary, render_demo_summary
 from shoal.projections.client import QueryClient
-from shoal.projections.queries import NAMED_QUERIES, CostAnswer, SessionsAnswer
+from shoal.projections.queries import EXAMPLE_COMPARE, NAMED_QUERIES, CostAnswer, SessionsAnswer
 from shoal.projections.rebuild import rebuild
 from shoal.projections.service import MICRO_NAME, SERVICE_ENDPOINTS, run_query_service
 from tests.natsproc import NatsProcess
@@ -75,7 +75,8 @@ async def test_cost_over_nats_equals_the_cores_server_side_cost(
 
 async def test_every_named_query_answers_over_nats(service: Running) -> None:
     for name in NAMED_QUERIES:
-        answer = await service.client.query(name, {})
+        params = EXAMPLE_COMPARE if name == "evals-compare" else {}
+        answer = await service.client.query(name, params)
         assert isinstance(answer, NAMED_QUERIES[name].answer)
     looping = await service.client.query("sessions", {"state": "looping"})
     assert isinstance(looping, SessionsAnswer)

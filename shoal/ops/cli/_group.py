@@ -124,6 +124,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run one read-only SQL statement against the projection (writes are refused).",
     ),
     "tools": ("cost", "data", "Tool calls: the ledger."),
+    "evals": (
+        "evals",
+        "data",
+        "Success rate, cost and retries per success, interventions, latency; compare cohorts.",
+    ),
+    "report": (
+        "evals",
+        "data",
+        "Useful work, cost per success, denials, approvals, kills, incidents per fleet, team.",
+    ),
     "projections": (
         "projections",
         "data",

@@ -86,6 +86,27 @@ def _by(value: Any) -> None:
     _one_of(*COST_DIMENSIONS, split=True)(value)
 
 
+def _evals_by(value: Any) -> None:
+    from shoal.projections.eval_answers import EVAL_DIMENSIONS
+
+    _one_of(*EVAL_DIMENSIONS, split=True)(value)
+
+
+def _unit_by(value: Any) -> None:
+    from shoal.projections.answers import UNIT_DIMENSIONS
+
+    _one_of(*UNIT_DIMENSIONS, split=True)(value)
+
+
+def _labels(value: Any) -> None:
+    from shoal.schemas.labels import parse_labels
+
+    try:
+        parse_labels(value)
+    except ValueError as e:
+        raise _bad(str(e).removeprefix("--label ")) from None
+
+
 COUNT = _at_least(1)
 SECONDS = _at_least(0)
 
@@ -108,6 +129,7 @@ BY_NAME: dict[str, Check] = {
     "--db": _existing_file,
     "--type": _event_type,
     "--by": _by,
+    "--label": _labels,
     "--state": _one_of("active", "stuck", "looping"),
     "--order": _one_of("spend", "successes"),
     "--decision": _one_of("allow", "deny", "needs_approval"),
@@ -139,6 +161,8 @@ BY_COMMAND: dict[tuple[str, str], Check] = {
             ("--kind", _one_of("agent", "tool")),
         )
     },
+    ("evals", "--by"): _evals_by,
+    ("outcomes", "--by"): _unit_by,
 }
 
 

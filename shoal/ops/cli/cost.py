@@ -28,6 +28,7 @@ from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli._time import parse_moment
 from shoal.ops.cli.layout import fit
 from shoal.ops.connect import open_bus
+from shoal.projections.answers import UNIT_DIMENSIONS
 from shoal.projections.client import QueryClient
 from shoal.projections.queries import (
     COST_DIMENSIONS,
@@ -266,6 +267,12 @@ def cost(
 
 def outcomes(
     ctx: typer.Context,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--by", help=f"Also by ({'|'.join(UNIT_DIMENSIONS)}); repeat or comma-separate."
+        ),
+    ] = None,
     since: SinceOption = None,
     until: UntilOption = None,
     db: DbOption = None,
@@ -274,9 +281,10 @@ def outcomes(
     """Outcomes per fleet, and what each successful outcome cost."""
     c = cli(ctx, as_json)
     params = _range(since, until)
+    dims = [d.strip() for item in (by or []) for d in item.split(",") if d.strip()]
 
     async def _both() -> tuple[BaseModel, BaseModel]:
-        first = await ask_named(c, "outcomes", params, db=db)
+        first = await ask_named(c, "outcomes", {**params, "by": dims}, db=db)
         return first, await ask_named(c, "cost-per-success", params, db=db, fresh=False)
 
     by_outcome, per_success = run(c, _both())

@@ -6,10 +6,12 @@ from typing import Annotated
 
 import typer
 
+from shoal.errors import InvalidOption
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
 from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 from shoal.ops.goals import build_goal, parse_inputs, submit_goal
+from shoal.schemas.labels import LABEL_NAMES, parse_labels
 
 goal_app = typer.Typer(help="Submit and inspect goals.", no_args_is_help=True)
 
@@ -25,6 +27,13 @@ def submit(
     budget: Annotated[
         str | None, typer.Option("--budget", help="Budget in USD for the whole goal.")
     ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            help=f"Attribution NAME=VALUE ({'|'.join(LABEL_NAMES)}); repeat or comma-separate.",
+        ),
+    ] = None,
     wait_for_fleet: Annotated[
         bool,
         typer.Option("--wait-for-fleet", help="Queue it even if the fleet is not declared yet."),
@@ -37,6 +46,10 @@ def submit(
     """
     c = cli(ctx, as_json)
     require_role(c, "operator", "goal.submit", fleet)
+    try:
+        labels = parse_labels(label)
+    except ValueError as e:
+        raise InvalidOption(str(e)) from None
 
     async def _submit() -> tuple[str, str, int]:
         event = build_goal(
@@ -45,6 +58,7 @@ def submit(
             principal=c.settings.principal,
             inputs=parse_inputs(inputs),
             budget_usd=budget,
+            labels=labels,
         )
         async with open_bus(c.settings) as bus:
             seq = await submit_goal(bus, event, require_fleet=not wait_for_fleet)

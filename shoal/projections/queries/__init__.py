@@ -35,6 +35,7 @@ from shoal.projections.answers import (
     LedgerAnswer,
     LedgerParams,
     OutcomesAnswer,
+    OutcomesParams,
     RetriesAnswer,
     SessionsAnswer,
     SessionsParams,
@@ -43,6 +44,14 @@ from shoal.projections.answers import (
     WorkflowsAnswer,
     WorkflowsParams,
 )
+from shoal.projections.eval_answers import (
+    CompareAnswer,
+    CompareParams,
+    EvalsAnswer,
+    EvalsParams,
+    ReportAnswer,
+)
+from shoal.projections.evals import compare_cohorts, evals
 from shoal.projections.queries.activity import (
     cache_savings,
     intervention_rate,
@@ -57,12 +66,14 @@ from shoal.projections.queries.outcomes import (
     retries_per_success,
     top_workflows,
 )
+from shoal.projections.report import report
 
 if TYPE_CHECKING:  # duckdb loads where queries run, not in every CLI process
     from shoal.projections.recorder import DuckDBDatastore
 
 __all__ = [
     "COST_DIMENSIONS",
+    "EXAMPLE_COMPARE",
     "NAMED_QUERIES",
     "CostAnswer",
     "CostParams",
@@ -125,11 +136,23 @@ NAMED_QUERIES: dict[str, NamedQuery[Any, Any]] = {
             intervention_rate,
             "human-intervention rate",
         ),
-        NamedQuery("outcomes", TimeRange, OutcomesAnswer, outcomes, "outcomes and spend"),
+        NamedQuery("outcomes", OutcomesParams, OutcomesAnswer, outcomes, "outcomes and spend"),
         NamedQuery("cache", TimeRange, CacheAnswer, cache_savings, "gateway cache hits, saved"),
+        NamedQuery("evals", EvalsParams, EvalsAnswer, evals, "success rate, cost per success"),
+        NamedQuery(
+            "evals-compare", CompareParams, CompareAnswer, compare_cohorts, "two cohorts compared"
+        ),
+        NamedQuery("report", TimeRange, ReportAnswer, report, "work, cost, risk, controls"),
     )
 }
 """Every named query, by endpoint name."""
+
+
+EXAMPLE_COMPARE: dict[str, Any] = {
+    "baseline": {"agent_version": "1.0"},
+    "candidate": {"agent_version": "1.1"},
+}
+"""Parameters for ``evals-compare`` where a caller has none of its own (a smoke test)."""
 
 
 def run_named(ds: DuckDBDatastore, name: str, params: dict[str, Any] | None = None) -> BaseModel:
@@ -145,6 +168,7 @@ def all_answers(
     """Every named query's answer with fixed parameters, as JSON data (to compare builds)."""
     params: dict[str, dict[str, Any]] = {
         "sessions": {"now": now.isoformat()},
+        "evals-compare": EXAMPLE_COMPARE,
     }
     out: dict[str, Any] = {}
     for name in names or NAMED_QUERIES:

@@ -9,6 +9,7 @@ from shoal.projections.answers import (
     FailedSpendRow,
     OutcomeRow,
     OutcomesAnswer,
+    OutcomesParams,
     RetriesAnswer,
     RetriesRow,
     SuccessCostAnswer,
@@ -118,16 +119,29 @@ def top_workflows(ds: DuckDBDatastore, p: WorkflowsParams) -> WorkflowsAnswer:
     )
 
 
-def outcomes(ds: DuckDBDatastore, p: TimeRange) -> OutcomesAnswer:
-    """Outcome units and their spend, per fleet and effective outcome."""
+def outcomes(ds: DuckDBDatastore, p: OutcomesParams) -> OutcomesAnswer:
+    """Outcome units and their spend, per fleet, effective outcome and any labels in ``by``."""
     where, params = p.where("opened_at")
+    labels = "".join(f", {d} AS k{i}" for i, d in enumerate(p.by))
+    order = "".join(f", k{i}" for i in range(len(p.by)))
     rows = ds.rows(
         f"""
-        SELECT fleet, effective_outcome AS outcome, count(*) AS units,
+        SELECT fleet, effective_outcome AS outcome{labels}, count(*) AS units,
                COALESCE(sum(spend), 0) AS spend_usd
         FROM outcome_units WHERE {where}
-        GROUP BY ALL ORDER BY fleet, outcome
+        GROUP BY ALL ORDER BY fleet{order}, outcome
         """,
         params,
     )
-    return OutcomesAnswer(rows=[OutcomeRow(**r) for r in rows])
+    return OutcomesAnswer(
+        rows=[
+            OutcomeRow(
+                fleet=r["fleet"],
+                outcome=r["outcome"],
+                units=r["units"],
+                spend_usd=r["spend_usd"],
+                key=[r[f"k{i}"] for i in range(len(p.by))],
+            )
+            for r in rows
+        ]
+    )
