@@ -73,7 +73,7 @@ def test_every_event_type_and_endpoint_has_its_channel_typed_with_its_model() ->
     receivers = [n for n, op in doc["operations"].items() if op["action"] == "receive"]
     api = sorted(n for n in receivers if n.startswith("api."))
     assert api == sorted(f"api.{ep.service}.{ep.name}" for ep in ENDPOINTS)
-    assert len(api) == 23  # 15 query (10 named), 4 interactions, 4 registry
+    assert len(api) == 26  # 18 query (13 named), 4 interactions, 4 registry
 
 
 async def test_channels_are_captured_by_exactly_the_streams_shoal_provisions(bus: Bus) -> None:

@@ -25,7 +25,7 @@ from shoal.schemas import EVENT_TYPES, BadRequest, parse_request
 def test_every_schema_has_the_2020_12_dialect_and_a_unique_urn_id() -> None:
     schemas = contract_json_schemas()
     ids = [s["$id"] for s in schemas.values()]
-    assert len(ids) == len(set(ids)) == len(EVENT_TYPES) + len(KV_DOCUMENTS) + 2 * 23
+    assert len(ids) == len(set(ids)) == len(EVENT_TYPES) + len(KV_DOCUMENTS) + 2 * 26
     for name, schema in schemas.items():
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema", name
         assert schema["$id"].startswith("urn:shoal:schema:"), name
@@ -60,7 +60,7 @@ def test_export_writes_events_kv_documents_and_endpoint_bodies(tmp_path: Path) -
     names = {str(p.relative_to(tmp_path)) for p in paths}
     assert {"kv/presence.json", "kv/kill.json", "kv/fleets.json", "kv/leases.slot.json"} <= names
     assert {"api/query.export.request.json", "api/interactions.send.reply.json"} <= names
-    assert len(names) == len(EVENT_TYPES) + len(KV_DOCUMENTS) + 46
+    assert len(names) == len(EVENT_TYPES) + len(KV_DOCUMENTS) + 52
     export = json.loads((tmp_path / "api/query.export.request.json").read_text())
     assert export["additionalProperties"] is False
 
