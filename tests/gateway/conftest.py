@@ -51,6 +51,16 @@ def config_for(url: str, **extra: Any) -> GatewayConfig:
     )
 
 
+def offline_small(url: str) -> GatewayConfig:
+    """Provider ``fake`` at ``url`` serving ``offline-small`` under its own name."""
+    return GatewayConfig.from_dict(
+        {
+            "providers": {"fake": {"base_url": url}},
+            "models": {"offline-small": {"targets": ["fake/offline-small"]}},
+        }
+    )
+
+
 @pytest.fixture
 def gateway_config(upstream: tuple[str, OfflineUpstream]) -> GatewayConfig:
     return config_for(upstream[0])

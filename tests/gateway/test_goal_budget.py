@@ -23,12 +23,12 @@ from shoal.agents.errors import BudgetExhausted, Killed
 from shoal.agents.runtime import default_model_clients
 from shoal.aggregates import open_core, run_core
 from shoal.bus import Bus, ShoalSettings
-from shoal.gateway import GatewayConfig, run_gateway
+from shoal.gateway import run_gateway
 from shoal.gateway.offline import OfflineUpstream
 from shoal.schemas import CloudEvent, GoalSubmitted, ModelCalled, TaskAssigned, new_id
 from shoal.schemas.pricing import PriceTable
 from tests.aggregates.eventmix import Mix
-from tests.gateway.conftest import MakeKey
+from tests.gateway.conftest import MakeKey, offline_small
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,12 +57,7 @@ async def test_a_goal_budget_stops_four_busy_instances_within_one_call_each(
     make_key: MakeKey,
     upstream: tuple[str, OfflineUpstream],
 ) -> None:
-    config = GatewayConfig.from_dict(
-        {
-            "providers": {"fake": {"base_url": upstream[0]}},
-            "models": {"offline-small": {"targets": ["fake/offline-small"]}},
-        }
-    )
+    config = offline_small(upstream[0])
     manifest = CapabilityManifest(models=("offline-small",))
     ended: dict[str, str] = {}
     agent = Agent("worker", fleet="busy", manifest=manifest)

@@ -12,12 +12,12 @@ from shoal.agents.gateway_model import caller_headers
 from shoal.agents.models import ChatMessage, ChatRequest
 from shoal.agents.runtime import default_model_clients
 from shoal.bus import Bus, ShoalSettings
-from shoal.gateway import GatewayConfig, run_gateway
+from shoal.gateway import run_gateway
 from shoal.gateway.offline import OfflineUpstream, serve_offline_upstream
 from shoal.ops import kill as ops_kill
 from shoal.schemas import ModelCalled, PolicyDecided
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
-from tests.gateway.conftest import MakeKey
+from tests.gateway.conftest import MakeKey, offline_small
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,12 +28,7 @@ async def test_ctx_model_goes_through_the_gateway_which_records_it_and_refuses_b
     make_key: MakeKey,
     upstream: tuple[str, OfflineUpstream],
 ) -> None:
-    config = GatewayConfig.from_dict(
-        {
-            "providers": {"fake": {"base_url": upstream[0]}},
-            "models": {"offline-small": {"targets": ["fake/offline-small"]}},
-        }
-    )
+    config = offline_small(upstream[0])
     manifest = CapabilityManifest(models=("offline-small",))
     _, secret = await make_key(fleet="sdk", agent="worker", instance="sdk-1", manifest=manifest)
     outcomes: list[str] = []
@@ -112,12 +107,7 @@ async def test_a_call_the_upstream_fails_is_recorded_once_by_the_gateway_not_by_
 
     failing = OfflineUpstream(fail={"offline-small": 500})
     async with serve_offline_upstream(failing) as (url, _):
-        config = GatewayConfig.from_dict(
-            {
-                "providers": {"fake": {"base_url": url}},
-                "models": {"offline-small": {"targets": ["fake/offline-small"]}},
-            }
-        )
+        config = offline_small(url)
         async with run_gateway(bus, config) as gw:
             through = settings.model_copy(update={"gateway_url": gw.url, "gateway_key": secret})
             clients = default_model_clients(through)

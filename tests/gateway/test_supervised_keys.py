@@ -11,14 +11,14 @@ import pytest
 
 from shoal.aggregates.fleet import FleetApplication
 from shoal.bus import Bus, ShoalSettings
-from shoal.gateway import GatewayConfig, KeyStore, RunningGateway, run_gateway
+from shoal.gateway import KeyStore, RunningGateway, run_gateway
 from shoal.gateway.offline import OfflineUpstream
 from shoal.ops import kill as ops_kill
 from shoal.ops.fleets import apply_fleet, open_fleet_app
 from shoal.schemas import ModelCalled
 from shoal.schemas.fleet import parse_fleet_spec
 from tests.agents.conftest import of_type, submit_task, wait_events
-from tests.gateway.conftest import cost_by_agent, gateway_price
+from tests.gateway.conftest import cost_by_agent, gateway_price, offline_small
 from tests.natsproc import NatsProcess
 from tests.ops.fleetprocs import Supervisors, eventually, fleet_settings, procs_now
 
@@ -38,12 +38,7 @@ def settings(nats_server: NatsProcess, prefix: str, tmp_path: Path) -> ShoalSett
 
 @pytest.fixture
 async def served(bus: Bus, upstream: tuple[str, OfflineUpstream]) -> AsyncIterator[RunningGateway]:
-    config = GatewayConfig.from_dict(
-        {
-            "providers": {"fake": {"base_url": upstream[0]}},
-            "models": {"offline-small": {"targets": ["fake/offline-small"]}},
-        }
-    )
+    config = offline_small(upstream[0])
     async with run_gateway(bus, config) as running:
         yield running
 
