@@ -247,4 +247,4 @@ def test_schemas_export_writes_every_event_bucket_and_endpoint_schema(
     assert code == 0 and out.strip() == f"wrote {total} schemas to {tmp_path / 's'}"
     assert len(list((tmp_path / "s").glob("shoal.*.json"))) == len(EVENT_TYPES)
     assert len(list((tmp_path / "s" / "kv").glob("*.json"))) == len(KV_DOCUMENTS) == 10
-    assert len(list((tmp_path / "s" / "api").glob("*.json"))) == 2 * len(ENDPOINTS) == 46
+    assert len(list((tmp_path / "s" / "api").glob("*.json"))) == 2 * len(ENDPOINTS) == 52
