@@ -118,6 +118,19 @@ def _core_process(settings: ShoalSettings, log: Path) -> subprocess.Popen[bytes]
         )
 
 
+def stop_cores(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every live core process, then SIGKILL any not gone within 15 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 def _positions(settings: ShoalSettings, stream: str) -> list[int]:
     """Each partition's and the aggregator's tracking position, read straight from SQLite
     (read-only: opening the applications every poll would take write locks the cores need)."""
@@ -207,14 +220,7 @@ async def test_two_core_processes_lose_and_double_nothing_through_sigkills_of_pa
                 await asyncio.sleep(0.1)
             assert (await bus.js.stream_info(stream)).state.last_seq == total
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_cores(procs)
     assert len(killed) == len(set(killed)) == KILLS
 
     single = capped.model_copy(update={"data_dir": tmp_path / "single"})

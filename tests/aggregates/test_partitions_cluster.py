@@ -5,7 +5,6 @@ complete and the partitions' session costs equal the price table's cost of the l
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from shoal.ops.goals import build_goal, submit_goal
 from shoal.schemas.events import ModelCalled
 from shoal.schemas.fleet import parse_fleet_spec
 from shoal.schemas.pricing import builtin_prices
-from tests.aggregates.test_partitions import _positions
+from tests.aggregates.test_partitions import _positions, stop_cores
 from tests.natscluster import NatsCluster
 from tests.ops.fleetprocs import Supervisors, process_env, procs_now
 from tests.ops.test_cluster import cluster, cluster_settings, provision  # noqa: F401
@@ -138,13 +137,7 @@ async def test_two_core_partitions_and_two_supervisors_on_a_cluster_answer_to_th
             fleets.close()
             for sup in sups:
                 sup.stop_all()
-            for core in cores:
-                core.send_signal(signal.SIGTERM)
-            for core in cores:
-                try:
-                    core.wait(15)
-                except subprocess.TimeoutExpired:
-                    core.kill()
+            stop_cores(cores)
     assert [core.returncode for core in cores] == [0, 0], tails()
 
     prices = builtin_prices()
