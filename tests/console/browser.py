@@ -117,15 +117,20 @@ class Browser:
     async def click(self, css: str) -> None:
         await self.run(lambda d: d.find_element(By.CSS_SELECTOR, css).click())
 
-    async def text(self, css: str) -> str:
-        """The element's text; read again if a navigation replaced it mid-read."""
-        from selenium.common.exceptions import StaleElementReferenceException
+    async def text(self, css: str, timeout: float = 15.0) -> str:
+        """The element's text; read again if a navigation replaced it mid-read, and wait
+        for it while the page a click led to is still loading (a POST, then a redirect)."""
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
 
         def read(d: Any) -> str:
-            for _ in range(50):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
                 try:
                     return str(d.find_element(By.CSS_SELECTOR, css).text)
-                except StaleElementReferenceException:
+                except (StaleElementReferenceException, NoSuchElementException):
                     time.sleep(0.05)  # the page is being replaced: read the new one
             return str(d.find_element(By.CSS_SELECTOR, css).text)
 
