@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shoal.errors import ShoalError
 from shoal.schemas.envelope import describe_validation_error
-from shoal.schemas.events import Sensitivity
+from shoal.schemas.eventdata import Sensitivity
 
 __all__ = ["CapabilityManifest", "InvalidManifest", "ToolGrant"]
 
