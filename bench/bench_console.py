@@ -44,7 +44,7 @@ from nats.js.api import DeliverPolicy
 from bench.bench_projections import generate
 from shoal.aggregates.application import open_core
 from shoal.aggregates.pricing import PriceTable
-from shoal.aggregates.replay import build_replay, read_replay
+from shoal.aggregates.replay import fold_replay
 from shoal.bus import Bus, KillScope, KillSwitch, Presence, ShoalSettings, kill_key, presence_key
 from shoal.console import KVTokenStore, control
 from shoal.console.data import ConsoleData, SessionFilter
@@ -225,7 +225,7 @@ def page_reads(bus: Bus, iid: str) -> dict[str, Callable[[], Awaitable[object]]]
     day = utcnow() - timedelta(hours=24)
 
     async def replay(at: int | None) -> object:
-        return build_replay(await read_replay(bus, iid), iid, PriceTable.load(), at)
+        return (await fold_replay(bus, iid, PriceTable.load(), at)).replay(iid)
 
     async def sessions(f: SessionFilter) -> object:
         return await asyncio.gather(d.sessions(f), d.goals(f.q), d.facets())

@@ -6,114 +6,42 @@ along), so replay works with the core down. Each session is re-folded into a fre
 :class:`~shoal.aggregates.session.Session` with the same translation the ingestion uses
 (:mod:`shoal.aggregates.fold`), up to a stream sequence or a time, which gives the state
 "as of" that point. Costs are the core's price table's, never the agent's claim.
+
+:func:`fold_replay` reads and folds in one pass: each message is decoded and folded
+(:class:`~shoal.aggregates.replayfold.ReplayFold`) as the ordered consumer delivers it, so
+no list of the session's events is kept and nothing runs after the read but arranging the
+tree. :func:`build_replay` folds a list already read (the console's live lines).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
+from operator import attrgetter
 
 from nats.aio.msg import Msg
 
-from shoal.aggregates.fold import actor, apply_event, open_session
 from shoal.aggregates.pricing import PriceTable
-from shoal.aggregates.session import Session
+from shoal.aggregates.replayfold import OutOfOrder, ReplayFold
+from shoal.aggregates.replaytree import Replay, ReplayNode, TimelineEntry
 from shoal.bus import Bus, Stored, to_stored
 from shoal.errors import InvalidEvent, NotFound
 from shoal.gcpolicy import fewer_collections
-from shoal.schemas import CloudEvent, ModelCalled, PolicyDecided, TaskFailed, ToolCalled
 from shoal.schemas.decode import decode_event
 
 __all__ = [
     "Replay",
+    "ReplayFold",
     "ReplayNode",
     "TimelineEntry",
     "build_replay",
+    "fold_replay",
     "parse_at",
     "read_ordered",
     "read_replay",
+    "stream_ordered",
 ]
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    """One event of the timeline, as a line: when, who, what, cost, decision."""
-
-    seq: int
-    time: datetime
-    iid: str
-    actor: str
-    type: str
-    cost_usd: Decimal | None
-    decision: str | None
-    detail: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "time": self.time.isoformat(),
-            "iid": self.iid,
-            "actor": self.actor,
-            "type": self.type,
-            "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
-            "decision": self.decision,
-            "detail": self.detail,
-        }
-
-
-@dataclass
-class ReplayNode:
-    """One session of the tree: its state as of the cut, its lines, its child sessions."""
-
-    iid: str
-    session: Session
-    entries: list[TimelineEntry] = field(default_factory=list)
-    children: list[ReplayNode] = field(default_factory=list)
-
-    @property
-    def first_seq(self) -> int:
-        return self.entries[0].seq if self.entries else 0
-
-    def items(self) -> list[TimelineEntry | ReplayNode]:
-        """Own lines and child sessions interleaved in stream order (a child at its start)."""
-        merged: list[TimelineEntry | ReplayNode] = [*self.entries, *self.children]
-        return sorted(merged, key=lambda x: x.seq if isinstance(x, TimelineEntry) else x.first_seq)
-
-    def total_cost(self) -> Decimal:
-        return self.session.cost_usd + sum((c.total_cost() for c in self.children), Decimal(0))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "iid": self.iid,
-            "state": self.session.summary(),
-            "events": [e.to_json() for e in self.entries],
-            "children": [c.to_json() for c in self.children],
-        }
-
-
-@dataclass
-class Replay:
-    """The replayed tree rooted at the requested IID, cut at ``at`` (if given)."""
-
-    root: ReplayNode
-    events: int
-    malformed: int
-    at: int | datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        at = self.at.isoformat() if isinstance(self.at, datetime) else self.at
-        return {
-            "iid": self.root.iid,
-            "at": at,
-            "events": self.events,
-            "malformed": self.malformed,
-            "total_cost_usd": str(self.root.total_cost()),
-            "tree": self.root.to_json(),
-        }
 
 
 def parse_at(value: str | None) -> int | datetime | None:
@@ -131,42 +59,65 @@ def parse_at(value: str | None) -> int | datetime | None:
     return moment
 
 
-async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> list[Stored]:
-    """Every stored message under ``filter_subject``, through an ordered push consumer.
+async def stream_ordered(
+    bus: Bus, filter_subject: str, on_message: Callable[[Stored], None], timeout: float = 30.0
+) -> int:
+    """Hand every stored message under ``filter_subject`` to ``on_message`` as it arrives.
 
-    JetStream streams them with flow control, several times faster than pull batches
-    (replay is read-only: nothing to ack). Done when a message reports nothing pending.
+    An ordered push consumer: JetStream streams them with flow control, several times
+    faster than pull batches (replay is read-only: nothing to ack). Each message is decoded
+    and handed over between network reads, in stream order. Done when a message reports
+    nothing pending; returns how many were read.
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    received: list[Stored] = []
+    received = 0
+    failed: list[BaseException] = []
 
     async def collect(msg: Msg) -> None:
-        # Decoded as it arrives (between network reads), not in a second pass at the end.
-        received.append(to_stored(msg, decode_event))
+        nonlocal received
+        received += 1
+        if failed:
+            return
+        try:
+            on_message(to_stored(msg, decode_event))
+        except Exception as e:  # raised by the reader, not lost in nats-py's callback task
+            failed.append(e)
+            if not done.done():
+                done.set_result(None)
         if msg.metadata.num_pending == 0 and not done.done():
             done.set_result(None)
 
+    sub = await bus.js.subscribe(
+        filter_subject, stream=bus.topology.events.name, ordered_consumer=True, cb=collect
+    )
+    try:
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            return 0
+        while True:  # ``timeout`` bounds a silence, not a long read that is progressing
+            seen = received
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+                break
+            except TimeoutError:
+                if received == seen:
+                    raise
+    finally:
+        await sub.unsubscribe()
+    if failed:
+        raise failed[0]
+    return received
+
+
+async def read_ordered(bus: Bus, filter_subject: str, timeout: float = 30.0) -> list[Stored]:
+    """Every stored message under ``filter_subject``, in stream order (see
+    :func:`stream_ordered`)."""
+    received: list[Stored] = []
     # Every message read is kept (decoded) until the end: at the default GC threshold the
     # collector would rescan the growing list every few dozen messages.
     with fewer_collections():
-        sub = await bus.js.subscribe(
-            filter_subject, stream=bus.topology.events.name, ordered_consumer=True, cb=collect
-        )
-        try:
-            info = await sub.consumer_info()
-            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
-                return []
-            while True:  # ``timeout`` bounds a silence, not a long read that is progressing
-                seen = len(received)
-                try:
-                    await asyncio.wait_for(asyncio.shield(done), timeout)
-                    break
-                except TimeoutError:
-                    if len(received) == seen:
-                        raise
-        finally:
-            await sub.unsubscribe()
+        await stream_ordered(bus, filter_subject, received.append, timeout)
     return received
 
 
@@ -185,74 +136,45 @@ async def read_replay(bus: Bus, iid: str) -> list[Stored]:
     return [merged[seq] for seq in sorted(merged)]
 
 
+async def fold_replay(
+    bus: Bus, iid: str, prices: PriceTable, at: int | datetime | None = None
+) -> ReplayFold:
+    """Read and fold in one pass: each event folded as it arrives, nothing kept but the state.
+
+    The session's own events first, then (when it has a goal) the goal's, whose child
+    sessions come along; an event both reads deliver is folded once. :class:`NotFound` when
+    the session has no event at all; ``.replay(iid)`` then gives the tree.
+    """
+    fold = ReplayFold(prices, at)
+    gids: list[str] = []
+
+    def own(item: Stored) -> None:
+        if not gids and item.event is not None and item.event.gid:
+            gids.append(item.event.gid)
+        fold.add(item)
+
+    with fewer_collections():  # the fold allocates a dozen short-lived objects an event
+        try:
+            if not await stream_ordered(bus, bus.subjects.session_events(iid), own):
+                raise NotFound(f"no events for session {iid!r} on {bus.topology.events.name}")
+            if gids:
+                await stream_ordered(bus, bus.subjects.goal_events(gids[0]), fold.add)
+        except OutOfOrder:
+            # The two reads interleave one IID's events: fold them from the sorted merge.
+            return _folded(await read_replay(bus, iid), prices, at)
+    return fold
+
+
 def build_replay(
     stored: list[Stored], iid: str, prices: PriceTable, at: int | datetime | None = None
 ) -> Replay:
-    """Re-fold ``stored`` into fresh sessions and arrange the tree under ``iid``."""
-    with fewer_collections():  # the fold allocates a dozen short-lived objects an event
-        return _build(stored, iid, prices, at)
+    """Re-fold ``stored`` (in stream order) into fresh sessions; the tree under ``iid``."""
+    return _folded(stored, prices, at).replay(iid)
 
 
-def _build(stored: list[Stored], iid: str, prices: PriceTable, at: int | datetime | None) -> Replay:
-    events: dict[str, list[tuple[int, CloudEvent]]] = defaultdict(list)
-    parents: dict[str, str] = {}
-    malformed = 0
-    for item in stored:
-        if item.event is None:
-            malformed += 1
-            continue
-        ev = item.event
-        if isinstance(at, int) and item.seq > at:
-            continue
-        if isinstance(at, datetime) and ev.time > at:
-            continue
-        events[ev.iid].append((item.seq, ev))
-        if ev.parentiid and ev.iid != ev.parentiid:
-            parents.setdefault(ev.iid, ev.parentiid)
-    if iid not in events:
-        raise NotFound(f"session {iid!r} has no events up to {at}")
-    children: dict[str, list[str]] = defaultdict(list)
-    for child, parent in parents.items():
-        children[parent].append(child)
-
-    def node(of: str, seen: frozenset[str]) -> ReplayNode:
-        n = _fold(of, events[of], prices)
-        for child in children.get(of, []):
-            if child in events and child not in seen:
-                n.children.append(node(child, seen | {child}))
-        return n
-
-    total = sum(len(v) for v in events.values())
-    return Replay(node(iid, frozenset({iid})), total, malformed, at)
-
-
-def _fold(iid: str, items: list[tuple[int, CloudEvent]], prices: PriceTable) -> ReplayNode:
-    first_seq, first = items[0]
-    session = open_session(first, first_seq)
-    node = ReplayNode(iid, session)
-    for seq, ev in items:
-        cost = apply_event(session, ev, seq, prices)
-        node.entries.append(_entry(seq, ev, cost))
-    # Replay never records: the fresh aggregate's pending events are simply dropped.
-    session.collect_events()
-    return node
-
-
-def _entry(seq: int, ev: CloudEvent, cost: Decimal | None) -> TimelineEntry:
-    d = ev.data
-    decision: str | None = None
-    detail = ""
-    if isinstance(d, PolicyDecided):
-        decision, detail = d.decision, f"{d.action} {d.target} (rule {d.rule}) {d.reason}".strip()
-    elif isinstance(d, ToolCalled):
-        decision = d.result_class if d.result_class != "ok" else None
-        detail = f"{d.tool} {d.arguments}"
-    elif isinstance(d, ModelCalled):
-        detail = f"{d.model} in={d.input_tokens} out={d.output_tokens}"
-        if d.reported_cost_usd is not None and d.reported_cost_usd != cost:
-            detail += f" (agent claimed ${d.reported_cost_usd})"
-    elif isinstance(d, TaskFailed):
-        detail = f"attempt {d.attempt}: {d.error}" + ("" if d.final else " (will retry)")
-    elif hasattr(d, "attempt"):
-        detail = f"attempt {d.attempt}"
-    return TimelineEntry(seq, ev.time, ev.iid, actor(ev), ev.short_type, cost, decision, detail)
+def _folded(stored: list[Stored], prices: PriceTable, at: int | datetime | None) -> ReplayFold:
+    fold = ReplayFold(prices, at)
+    with fewer_collections():
+        for item in sorted(stored, key=attrgetter("seq")):
+            fold.add(item)
+    return fold

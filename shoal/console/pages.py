@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from shoal.aggregates.replay import build_replay, parse_at, read_replay
+from shoal.aggregates.replay import ReplayFold, fold_replay, parse_at
 from shoal.bus import KILL_SCOPES
 from shoal.console import control
 from shoal.console.data import SessionFilter, sql_literal, token_or_empty
@@ -152,11 +152,12 @@ async def session(request: Request) -> Response:
         return render(
             request, "empty.html", {"active": "sessions", "message": str(e), "run": ""}, 400
         )
+    folded: ReplayFold | None
     try:
-        stored = await read_replay(c.bus, iid)
+        folded = await fold_replay(c.bus, iid, c.prices, at)
     except (NotFound, InvalidName):
-        stored = []
-    if not stored:
+        folded = None
+    if folded is None:
         # Not started yet (or unknown): the page waits for its first event, live.
         return render(
             request,
@@ -173,12 +174,12 @@ async def session(request: Request) -> Response:
             },
         )
     try:
-        replay = build_replay(stored, iid, c.prices, at)
+        replay = folded.replay(iid)
     except NotFound as e:
         return render(
             request, "empty.html", {"active": "sessions", "message": str(e), "run": ""}, 404
         )
-    seqs = [s.seq for s in stored if s.event is not None]
+    seqs = sorted(folded.seqs)
     gid = replay.root.session.gid
     return render(
         request,
@@ -203,7 +204,7 @@ async def session_summary(request: Request) -> Response:
     c = console_of(request)
     iid = request.path_params["iid"]
     try:
-        replay = build_replay(await read_replay(c.bus, iid), iid, c.prices)
+        replay = (await fold_replay(c.bus, iid, c.prices)).replay(iid)
     except (NotFound, InvalidName):
         return Response("", status_code=204)
     return render(request, "_summary.html", {"replay": replay})

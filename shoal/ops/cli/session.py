@@ -19,7 +19,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from shoal.aggregates import PriceTable, Session, open_core
-from shoal.aggregates.replay import Replay, ReplayNode, build_replay, parse_at, read_replay
+from shoal.aggregates.replay import Replay, ReplayNode, fold_replay, parse_at
 from shoal.bus import ShoalSettings
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, require_store, run
 from shoal.ops.cli.layout import fit
@@ -180,8 +180,8 @@ def replay(
         cut = parse_at(at)
         prices = PriceTable.load(c.settings.price_table)
         async with open_bus(c.settings, start=False) as bus:
-            stored = await read_replay(bus, iid)
-        return build_replay(stored, iid, prices, cut)
+            folded = await fold_replay(bus, iid, prices, cut)
+        return folded.replay(iid)
 
     result = run(c, _replay())
     if c.json:
