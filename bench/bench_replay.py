@@ -99,12 +99,17 @@ async def one_size(events: int, rounds: int, profile: bool) -> None:
             await publish_all(bus, mix.events, chunk=5000)
             raws: list[float] = []
             replays: list[float] = []
+            raw_cpu: list[float] = []
+            replay_cpu: list[float] = []
             for _ in range(rounds):
+                cpu = time.process_time()
                 raw_s, raw_n = await raw_read(bus)
+                raw_cpu.append(time.process_time() - cpu)
                 raws.append(raw_s)
-                started = time.perf_counter()
+                cpu, started = time.process_time(), time.perf_counter()
                 replay = (await fold_replay(bus, IID, prices)).replay(IID)
                 replays.append(time.perf_counter() - started)
+                replay_cpu.append(time.process_time() - cpu)
             if profile:
                 await profiled(bus, prices)
         await run_core(settings, server.url, asyncio.Event(), until_idle=True)
@@ -122,6 +127,12 @@ async def one_size(events: int, rounds: int, profile: bool) -> None:
             " (target < 1000 at 10k)"
         )
         print(f"ratio: replay takes {replay_s / raw_s:.2f}x the raw read (target <= 2)")
+        raw_c, replay_c = statistics.median(raw_cpu), statistics.median(replay_cpu)
+        print(
+            f"reader's CPU: raw {raw_c * 1000:.0f} ms, replay {replay_c * 1000:.0f} ms:"
+            f" {replay_c / raw_c:.2f}x ({(replay_c - raw_c) / n * 1e6:.1f} us an event"
+            " on top of the read)"
+        )
         print(f"load from the core's store (snapshot+tail): {load_s * 1000:8.1f} ms")
         same = replay.root.session.cost_usd == session.cost_usd == mix.cost
         print(
