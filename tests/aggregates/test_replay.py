@@ -9,13 +9,12 @@ for attribute.
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from shoal.aggregates import Session, open_core, run_core
+from shoal.aggregates import Session, open_core
 from shoal.aggregates.fold import apply_event, open_session
 from shoal.aggregates.replay import build_replay, fold_replay, read_replay
 from shoal.aggregates.replayfold import OutOfOrder, ReplayFold
@@ -30,6 +29,7 @@ from shoal.schemas import (
     SessionMessage,
 )
 from tests.aggregates.eventmix import Mix, publish_all
+from tests.ops.test_core_cli import ingest
 
 FIGURES = (
     "status",
@@ -81,13 +81,6 @@ def two_goals() -> tuple[Mix, str, str]:
     mix.emit(OutcomeReported(outcome="success", detail="ok"), iid=root, gid=None)
     mix.emit(SessionKilled(by="alice", reason="enough"), iid=root, gid=None)
     return mix, gid, root
-
-
-async def ingest(settings: ShoalSettings) -> None:
-    assert settings.nats_url
-    await asyncio.wait_for(
-        run_core(settings, settings.nats_url, asyncio.Event(), until_idle=True), 60
-    )
 
 
 async def test_one_pass_replay_equals_the_core_on_the_same_log(
