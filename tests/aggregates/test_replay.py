@@ -23,6 +23,7 @@ from shoal.schemas import (
     ApprovalGranted,
     ApprovalRequested,
     CloudEvent,
+    ModelCalled,
     OutcomeReported,
     SessionAsked,
     SessionKilled,
@@ -105,11 +106,10 @@ async def test_one_pass_replay_equals_the_core_on_the_same_log(
             assert [e.seq for e in node.entries] == own
     finally:
         app.close()
+    calls = [e.data for e in mix.events if e.gid == gid and isinstance(e.data, ModelCalled)]
     goal_cost = sum(
-        (mix.prices.cost(e.data.model, e.data.input_tokens, e.data.output_tokens)
-         for e in mix.events if e.gid == gid and e.type == "shoal.model.called"),
-        Decimal(0),
-    )  # fmt: skip
+        (mix.prices.cost(d.model, d.input_tokens, d.output_tokens) for d in calls), Decimal(0)
+    )
     assert replay.root.total_cost() == goal_cost
     assert replay.root.session.status == "killed"
     assert replay.root.session.outcome == "success"
