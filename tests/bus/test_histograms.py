@@ -20,6 +20,9 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     MetricsData,
 )
+from opentelemetry.sdk.metrics.export import (
+    Histogram as HistogramData,
+)
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -99,6 +102,7 @@ def shape(data: MetricsData | None) -> list[dict[str, Any]]:
     for rm in data.resource_metrics if data is not None else []:
         for sm in rm.scope_metrics:
             for m in sm.metrics:
+                assert isinstance(m.data, HistogramData)
                 points = [
                     {
                         k: v
@@ -122,8 +126,11 @@ def shape(data: MetricsData | None) -> list[dict[str, Any]]:
 
 
 def point(data: MetricsData | None, attributes: dict[str, Any]) -> dict[str, Any]:
-    [found] = [p for p in shape(data)[0]["points"] if p["attributes"] == attributes]
-    return found
+    found: list[dict[str, Any]] = [
+        p for p in shape(data)[0]["points"] if p["attributes"] == attributes
+    ]
+    [one] = found
+    return one
 
 
 def times(data: MetricsData | None) -> list[tuple[int, int]]:
@@ -217,6 +224,7 @@ def test_two_genai_of_one_process_share_one_histogram(tmp_path: Path) -> None:
         data = reader.get_metrics_data()
     assert data is not None
     [usage] = [m for m in data.resource_metrics[0].scope_metrics[0].metrics if m.name == NAME]
+    assert isinstance(usage.data, HistogramData)
     assert sorted((p.count, p.sum) for p in usage.data.data_points) == [(2, 2), (2, 20)]
 
 
