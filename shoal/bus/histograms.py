@@ -18,7 +18,9 @@ A reader that asks for another histogram aggregation (for example
 from __future__ import annotations
 
 import math
+import os
 import threading
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -185,6 +187,17 @@ class PythonHistograms:
         self.histograms: dict[str, PythonHistogram] = {}
         self.readers: dict[int, _ReaderState] = {}
         self.seen: dict[str, set[frozenset[tuple[str, AttrValue]]]] = {}
+        # A child forked while the collecting thread held the lock would never get it back.
+        reinit = weakref.WeakMethod(self._after_fork)
+
+        def after_in_child() -> None:
+            if (method := reinit()) is not None:
+                method()
+
+        os.register_at_fork(after_in_child=after_in_child)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
 
     def histogram(
         self, name: str, *, unit: str, description: str, boundaries: Sequence[float]
