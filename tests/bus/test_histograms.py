@@ -280,29 +280,23 @@ def test_genai_metric_values_at_an_otlp_receiver_are_the_sdks(
         "gen_ai.agent.name": "summarizer",
     }
     bounds = [float(b) for b in TOKEN_BUCKETS]
+
+    def tokens(kind: str, total: float, buckets: list[int], low: float, high: float) -> Any:
+        return {
+            "unit": "{token}",
+            "temporality": 2,  # cumulative
+            "attributes": {**base, "gen_ai.token.type": kind},
+            "count": 3,
+            "sum": total,
+            "bucket_counts": buckets + [0] * 10,
+            "explicit_bounds": bounds,
+            "min": low,
+            "max": high,
+        }
+
     assert got == [
-        {
-            "unit": "{token}",
-            "temporality": 2,
-            "attributes": {**base, "gen_ai.token.type": "input"},
-            "count": 3,
-            "sum": 178.0,
-            "bucket_counts": [0, 1, 0, 0, 2] + [0] * 10,
-            "explicit_bounds": bounds,
-            "min": 4.0,
-            "max": 98.0,
-        },
-        {
-            "unit": "{token}",
-            "temporality": 2,
-            "attributes": {**base, "gen_ai.token.type": "output"},
-            "count": 3,
-            "sum": 102.0,
-            "bucket_counts": [1, 0, 1, 0, 1] + [0] * 10,
-            "explicit_bounds": bounds,
-            "min": 1.0,
-            "max": 85.0,
-        },
+        tokens("input", 178.0, [0, 1, 0, 0, 2], 4.0, 98.0),
+        tokens("output", 102.0, [1, 0, 1, 0, 1], 1.0, 85.0),
     ]
     # durations are timings: the same points, counts and attributes, each count its buckets'
     got_d, want_d = (by_attrs(r.received.histograms[duration]) for r in (ours, sdk))
