@@ -7,7 +7,12 @@ Each task is a realistic small agent step: the handler makes one tool call and o
 configuration: the SDK's batch span processor writing the local JSON-lines span file; *off*
 is ``OTEL_SDK_DISABLED=true``; *sampled* is *on* with ``OTEL_TRACES_SAMPLER`` keeping one
 trace in ten (the operator's knob; reported beside the target, not as it); *spans only* is
-the floor of the SDK: its spans and trace context, no metrics, nothing exported.
+the floor of the SDK: its spans and trace context, no metrics, nothing exported; *SDK
+histograms* is *on* with the GenAI histograms recorded by the SDK's synchronous instruments,
+as before :mod:`shoal.bus.histograms` (the same metrics, the previous cost).
+
+Besides tasks/s, each mode's CPU seconds per task (the process's, over the timed window):
+on a loaded machine wall-clock rates follow the scheduler, CPU per task much less so.
 
 Workloads: the step with a model that answers at once and a ``noop`` handler (one span):
 CPU-bound, the target's measure; and the step against a model taking 20 ms.
@@ -48,6 +53,7 @@ from shoal.agents import (
 )
 from shoal.bus import Bus, ShoalSettings
 from shoal.bus.genai import GenAI
+from shoal.bus.histograms import SdkHistograms
 from shoal.bus.spanfile import read_spans
 from shoal.bus.telemetry import INSTRUMENTATION_SCOPE, Telemetry, setup_telemetry, spans_path
 from shoal.schemas import new_id
@@ -139,6 +145,13 @@ def sampled_telemetry(settings: ShoalSettings) -> Telemetry:
         return setup_telemetry(settings, "shoal-bench", install_global=False)
 
 
+def sdk_histograms(settings: ShoalSettings) -> Telemetry:
+    """Tracing on, with the GenAI histograms on the SDK's synchronous instruments."""
+    telemetry = setup_telemetry(settings, "shoal-bench", install_global=False)
+    telemetry.histograms = SdkHistograms(telemetry.meter)
+    return telemetry
+
+
 def spans_only() -> Telemetry:
     """The floor of tracing with the SDK: spans and trace context only, no metrics, and no
     span processor, so no span is queued, serialized or written."""
@@ -165,15 +178,18 @@ async def main(n: int, rounds: int, instances: int) -> None:
                 otel_metrics_endpoint=None,
             )
             sampled_settings = base.model_copy(update={"data_dir": Path(tmp) / "sampled"})
+            sdk_settings = base.model_copy(update={"data_dir": Path(tmp) / "sdk"})
             with (
                 setup_telemetry(base, "shoal-bench", install_global=False) as on_tel,
                 sampled_telemetry(sampled_settings) as sampled_tel,
+                sdk_histograms(sdk_settings) as sdk_tel,
             ):
                 modes = {
                     "off": GenAI(Telemetry.disabled("shoal-bench")),
                     "on": GenAI(on_tel),
                     "sampled": GenAI(sampled_tel),
                     "spans": GenAI(spans_only()),
+                    "sdk-hist": GenAI(sdk_tel),
                 }
                 await throughput(server.url, base, 500, instances, modes["on"], (step_agent, 0))
                 for name, (workload, _) in WORKLOADS.items():
@@ -189,28 +205,56 @@ async def main(n: int, rounds: int, instances: int) -> None:
                         )
             spans = sum(1 for _ in read_spans(spans_path(base)))
             sampled = sum(1 for _ in read_spans(spans_path(sampled_settings)))
+            sdk_spans = sum(1 for _ in read_spans(spans_path(sdk_settings)))
         finally:
             server.stop()
     print(
         f"\n{n} tasks a round, {instances} instances x 16 in one process, {rounds} rounds; medians"
     )
-    header = ("workload", "off tasks/s", "on tasks/s", "on/off", "CPU/task off", "on")
-    header += ("sampled 10%", "/off", "spans only", "/off")
-    print("{:22} {:>12} {:>11} {:>7} {:>13} {:>7} {:>12} {:>5} {:>11} {:>5}".format(*header))
+    header: tuple[str, ...] = ("workload", "off tasks/s", "on tasks/s", "on/off")
+    header += ("sampled 10%", "/off")
+    header += ("spans only", "/off", "SDK hist.", "/off")
+    print("{:22} {:>12} {:>11} {:>7} {:>12} {:>5} {:>11} {:>5} {:>10} {:>5}".format(*header))
+    cpus: dict[str, dict[str, float]] = {}
     for name, runs in results.items():
         rate = {m: statistics.median(r for r, _ in runs[m]) for m in runs}
-        cpu = {m: statistics.median(c for _, c in runs[m]) * 1e6 for m in runs}
+        cpus[name] = {m: statistics.median(c for _, c in runs[m]) * 1e6 for m in runs}
         print(
             f"{name:22} {rate['off']:12.0f} {rate['on']:11.0f} {rate['on'] / rate['off']:7.0%} "
-            f"{cpu['off']:10.0f} us {cpu['on']:4.0f} us "
             f"{rate['sampled']:12.0f} {rate['sampled'] / rate['off']:5.0%} "
-            f"{rate['spans']:11.0f} {rate['spans'] / rate['off']:5.0%}"
+            f"{rate['spans']:11.0f} {rate['spans'] / rate['off']:5.0%} "
+            f"{rate['sdk-hist']:10.0f} {rate['sdk-hist'] / rate['off']:5.0%}"
+        )
+    print(
+        "\nCPU per task (µs), and off's CPU over each mode's (the rate a CPU-bound core would get)"
+    )
+    header = (
+        "workload",
+        "off",
+        "on",
+        "off/on",
+        "sampled",
+        "/",
+        "spans only",
+        "/",
+        "SDK hist.",
+        "/",
+    )
+    print("{:22} {:>6} {:>6} {:>7} {:>8} {:>5} {:>11} {:>5} {:>10} {:>5}".format(*header))
+    for name, cpu in cpus.items():
+        print(
+            f"{name:22} {cpu['off']:6.0f} {cpu['on']:6.0f} {cpu['off'] / cpu['on']:7.0%} "
+            f"{cpu['sampled']:8.0f} {cpu['off'] / cpu['sampled']:5.0%} "
+            f"{cpu['spans']:11.0f} {cpu['off'] / cpu['spans']:5.0%} "
+            f"{cpu['sdk-hist']:10.0f} {cpu['off'] / cpu['sdk-hist']:5.0%}"
         )
     print("target: on >= 85% of off for the CPU-bound rows (tracing on = batch span processor")
     print("+ local span file); 'sampled' keeps 10% of traces (OTEL_TRACES_SAMPLER); 'spans only'")
-    print("is the SDK's spans and trace context with nothing exported and no metrics (the floor)")
+    print("is the SDK's spans and trace context with nothing exported and no metrics (the floor);")
+    print("'SDK hist.' is 'on' with the GenAI histograms on the SDK's synchronous instruments")
     expected = 500 * 3 + rounds * n * sum(per_task for _, per_task in WORKLOADS.values())
     print(f"spans written: {spans} (expected {expected}); sampled run: {sampled} spans")
+    print(f"SDK hist. run: {sdk_spans} spans (expected {expected - 500 * 3})")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,29 @@ def _attrs(kvs: Iterable[KeyValue]) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in kvs}
 
 
+def _histogram_point(unit: str, temporality: int, p: Any) -> dict[str, Any]:
+    return {
+        "unit": unit,
+        "temporality": temporality,  # 1 delta, 2 cumulative (OTLP's AggregationTemporality)
+        "attributes": _attrs(p.attributes),
+        "count": p.count,
+        "sum": p.sum,
+        "bucket_counts": list(p.bucket_counts),
+        "explicit_bounds": list(p.explicit_bounds),
+        "min": p.min,
+        "max": p.max,
+        "start_time_unix_nano": p.start_time_unix_nano,
+    }
+
+
 @dataclass
 class Received:
-    """What the receiver got: spans as dicts, metric names, the request paths."""
+    """What the receiver got: spans as dicts, metric names, histogram points, request paths."""
 
     spans: list[dict[str, Any]] = field(default_factory=list)
     metric_names: set[str] = field(default_factory=set)
+    histograms: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Each histogram's points as of the last request that carried it (exports are cumulative)."""
     paths: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +85,12 @@ class Received:
             for rm in request.resource_metrics:
                 for sm in rm.scope_metrics:
                     self.metric_names.update(m.name for m in sm.metrics)
+                    for m in sm.metrics:
+                        if m.WhichOneof("data") == "histogram":
+                            self.histograms[m.name] = [
+                                _histogram_point(m.unit, m.histogram.aggregation_temporality, p)
+                                for p in m.histogram.data_points
+                            ]
 
     def wait_for(self, predicate: Callable[[Received], bool], timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout

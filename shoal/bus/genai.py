@@ -26,9 +26,9 @@ from typing import Any, Self
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
+from shoal.bus.genaimetrics import DURATION_BUCKETS, TOKEN_BUCKETS, AttrKey, ShoalMetrics, Tally
 from shoal.bus.telemetry import Telemetry
 
 __all__ = [
@@ -45,12 +45,6 @@ __all__ = [
     "session_attributes",
 ]
 
-# Bucket boundaries the GenAI metric conventions prescribe for these two histograms.
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
-                 16777216, 67108864)  # fmt: skip
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
-                    40.96, 81.92)  # fmt: skip
-
 PROVIDER_SHOAL = "shoal"
 """``gen_ai.provider.name`` of ``invoke_agent``: the agent runs on shoal, not on one model
 provider (its ``chat`` spans name the real provider)."""
@@ -59,68 +53,6 @@ CONTENT_LIMIT = 4096
 """Longest tool argument/result text put on a span (characters)."""
 
 Attributes = dict[str, str | int | float | bool]
-
-
-AttrKey = tuple[tuple[str, str | int | float | bool], ...]
-
-
-class Tally:
-    """A count kept in Python and reported by an observable instrument when collected.
-
-    An add is a dict update (~0.2 µs) where a synchronous SDK counter costs ~5 µs: task
-    counters and cost move on every task. Reported cumulatively, as observable counters are.
-    """
-
-    def __init__(self) -> None:
-        self.values: dict[AttrKey, float] = {}
-
-    def add(self, amount: float, attrs: AttrKey) -> None:
-        self.values[attrs] = self.values.get(attrs, 0) + amount
-
-    def observe(self, options: CallbackOptions) -> list[Observation]:
-        # dict() copies under the GIL: the collecting thread never sees a dict mid-update.
-        return [Observation(value, dict(key)) for key, value in dict(self.values).items()]
-
-
-class ShoalMetrics:
-    """The instruments: GenAI client histograms and shoal's counters."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-        self.operation_duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.tasks_started, self.tasks_completed, self.tasks_failed = Tally(), Tally(), Tally()
-        self.active_instances, self.cost = Tally(), Tally()
-        for name, tally, unit, description in (
-            ("shoal.tasks.started", self.tasks_started, "{task}", "Task attempts started."),
-            ("shoal.tasks.completed", self.tasks_completed, "{task}", "Tasks that completed."),
-            ("shoal.tasks.failed", self.tasks_failed, "{task}", "Task attempts that failed."),
-            ("shoal.cost", self.cost, "USD", "Model spend reported by agents, in USD."),
-        ):
-            meter.create_observable_counter(
-                name, callbacks=[tally.observe], unit=unit, description=description
-            )
-        meter.create_observable_up_down_counter(
-            "shoal.instances.active",
-            callbacks=[self.active_instances.observe],
-            unit="{instance}",
-            description="Agent instances running.",
-        )
-        self.policy_denials = meter.create_counter(
-            "shoal.policy.denials", unit="{decision}", description="Calls a gateway refused."
-        )
-        self.deadlettered = meter.create_counter(
-            "shoal.messages.deadlettered", unit="{message}", description="Messages dead-lettered."
-        )
 
 
 def session_attributes(
@@ -311,7 +243,7 @@ class GenAI:
         self.enabled = telemetry.enabled
         self.record_content = telemetry.record_content
         self.goal_sampled = telemetry.goal_sampled
-        self.metrics = ShoalMetrics(telemetry.meter)
+        self.metrics = ShoalMetrics(telemetry)
 
     @classmethod
     def disabled(cls) -> GenAI:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -35,7 +35,9 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from shoal.bus.histograms import Histograms, NoHistograms, make_histograms
 from shoal.bus.settings import ShoalSettings
 from shoal.bus.spanfile import JsonLinesMetricExporter, JsonLinesSpanExporter
 from shoal.bus.tracecontext import goal_trace_id
@@ -81,6 +83,8 @@ class Telemetry:
     meter_provider: MeterProvider | None = None
     record_content: bool = False
     exporter: str = "none"
+    histograms: Histograms = field(default_factory=NoHistograms)
+    """The GenAI histograms' aggregation (:mod:`shoal.bus.histograms`), bound to the readers."""
 
     @property
     def enabled(self) -> bool:
@@ -191,10 +195,15 @@ def setup_telemetry(
     )
     if install_global:
         _install_global(tracer_provider, meter_provider)
+    meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE)
+    # The GenAI histograms are aggregated in Python and merged into each reader's collection
+    # (a synchronous SDK record costs ~15 µs; three per model call).
+    scope = InstrumentationScope(INSTRUMENTATION_SCOPE)
     return Telemetry(
         service_name=service_name,
         tracer=tracer_provider.get_tracer(INSTRUMENTATION_SCOPE),
-        meter=meter_provider.get_meter(INSTRUMENTATION_SCOPE),
+        meter=meter,
+        histograms=make_histograms(meter_provider, readers, meter, resource, scope),
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         record_content=settings.trace_content,
