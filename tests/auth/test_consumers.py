@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from nats.js import api
+from nats.js.errors import NotFoundError
 
 from shoal.aggregates import run_core
 from shoal.auth import InstanceScope, KeyStore
@@ -56,7 +56,7 @@ async def test_an_instance_cannot_point_its_durable_at_another_fleets_tasks(
     tasks, s = admin.topology.tasks.name, admin.subjects
     foreign, own = s.tasks("f2", "secret"), s.tasks("f1", "summarize")
     await admin.js.publish(foreign, b'{"secret": true}')
-    api_ = f"$JS.API.CONSUMER"
+    api_ = "$JS.API.CONSUMER"
     attempts = [
         f"{api_}.DURABLE.CREATE.{tasks}.f1_summarize",  # nats-py's form for durable_name only
         f"{api_}.CREATE.{tasks}.f1_summarize",  # the filter only in the body
@@ -66,7 +66,7 @@ async def test_an_instance_cannot_point_its_durable_at_another_fleets_tasks(
         assert await evil.refused(subject, create(tasks, "f1_summarize", foreign)) == denied(
             subject
         )
-    with pytest.raises(Exception):
+    with pytest.raises(NotFoundError):
         await admin.js.consumer_info(tasks, "f1_summarize")
     # The one form allowed: its own durable, its own capability's subject, checked by the
     # server against the config (a different body filter is refused by JetStream itself).
