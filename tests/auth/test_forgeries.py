@@ -66,6 +66,19 @@ async def connect(settings: ShoalSettings, instance: str) -> Client:
     return await raw(resolve_url(settings, start=False), path)
 
 
+async def only_the_honest_call_is_answered(admin: Bus, local: ShoalSettings) -> None:
+    """``shoal cost`` answers the one honest call (1,000 in / 100 out: $0.0035), nothing forged."""
+    async with serving(local, admin.nc):
+        answer = await QueryClient(admin.nc, local).query(
+            "cost", {"by": ["agent", "model"]}, fresh=True
+        )
+    assert isinstance(answer, CostAnswer)
+    assert [(r.key, r.calls, r.input_tokens, r.cost_usd) for r in answer.rows] == [
+        (["worker", "gpt-4o"], 1, 1000, Decimal("0.0035"))
+    ]
+    assert answer.total_usd == Decimal("0.0035")
+
+
 @pytest.fixture
 async def admin(local: ShoalSettings) -> AsyncIterator[Bus]:
     async with open_bus(local) as bus:
@@ -108,15 +121,7 @@ async def test_every_forgery_is_refused_and_no_forged_amount_is_answered(
 
     stats = await run_core(local, resolve_url(local, start=False), asyncio.Event(), until_idle=True)
     assert (stats.messages, stats.applied, stats.rejected, stats.dead_lettered) == (2, 2, 0, 0)
-    async with serving(local, admin.nc):
-        answer = await QueryClient(admin.nc, local).query(
-            "cost", {"by": ["agent", "model"]}, fresh=True
-        )
-    assert isinstance(answer, CostAnswer)
-    assert [(r.key, r.calls, r.input_tokens, r.cost_usd) for r in answer.rows] == [
-        (["worker", "gpt-4o"], 1, 1000, Decimal("0.0035"))
-    ]
-    assert answer.total_usd == Decimal("0.0035")
+    await only_the_honest_call_is_answered(admin, local)
     await honest.nc.close()
     await evil.nc.close()
 
@@ -156,13 +161,6 @@ async def test_an_operator_cannot_charge_an_instance_or_register_one(
         "refused: shoal.agent.started is reported by an instance or a gateway, "
         "not by 'shoal://cli/otto'"
     )
-    async with serving(local, admin.nc):
-        answer = await QueryClient(admin.nc, local).query(
-            "cost", {"by": ["agent", "model"]}, fresh=True
-        )
-    assert isinstance(answer, CostAnswer)
-    assert [(r.key, r.calls, r.input_tokens, r.cost_usd) for r in answer.rows] == [
-        (["worker", "gpt-4o"], 1, 1000, Decimal("0.0035"))
-    ]
+    await only_the_honest_call_is_answered(admin, local)
     await honest.nc.close()
     await otto.nc.close()
