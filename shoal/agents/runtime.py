@@ -85,6 +85,9 @@ async def ensure_consumer(
     """
     s = bus.settings
     config = api.ConsumerConfig(
+        # The name makes nats-py create it on ``CONSUMER.CREATE.<stream>.<durable>.<filter>``,
+        # the one form an instance's credentials allow (the server checks the filter).
+        name=durable,
         durable_name=durable,
         filter_subject=filter_subject,
         ack_policy=api.AckPolicy.EXPLICIT,

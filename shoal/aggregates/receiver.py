@@ -29,6 +29,7 @@ from shoal.gcpolicy import YOUNG_GC_THRESHOLD, raise_gc_threshold
 
 __all__ = [
     "BATCH_WINDOW_S",
+    "ConsumerReplaced",
     "ConsumerStalled",
     "DeliveryGap",
     "Fetched",
@@ -54,6 +55,14 @@ CONSUMING_GC_THRESHOLD = YOUNG_GC_THRESHOLD
 
 class ConsumerStalled(Exception):
     """The consumer holds messages but delivers none (e.g. after a server restart)."""
+
+
+class ConsumerReplaced(Exception):
+    """Another client changed or deleted the core's consumer: re-attach at the store's position.
+
+    Any user allowed to create a reader's consumer on the event log can also update one by
+    name (the server cannot tell them apart by subject), so the core checks its own.
+    """
 
 
 class DeliveryGap(Exception):
@@ -99,6 +108,7 @@ class Receiver:
         self._first_at = 0.0
         self._arrived = asyncio.Event()
         self._gc_threshold: tuple[int, int, int] | None = None
+        self._config: api.ConsumerConfig | None = None
 
     async def attach(self) -> None:
         """(Re)create the durable consumer at the store's position and start receiving.
@@ -138,6 +148,7 @@ class Receiver:
             idle_heartbeat=5.0,
         )
         await js.add_consumer(self.stream, config)
+        self._config = config
         self._buffer.clear()
         self._sub = await js.subscribe_bind(
             self.stream, config, self.consumer, cb=self._receive, manual_ack=True
@@ -239,7 +250,11 @@ class Receiver:
         A push subscription can go quiet after a server restart while the consumer still
         holds messages: after a few idle rounds with work pending, re-attaching fixes it.
         """
-        info = await self.bus.js.consumer_info(self.stream, self.consumer)
+        try:
+            info = await self.bus.js.consumer_info(self.stream, self.consumer)
+        except NotFoundError:
+            raise ConsumerReplaced(f"consumer {self.consumer} was deleted") from None
+        self._check_own(info.config)
         if not info.num_pending and not info.num_ack_pending and not self._buffer:
             return True
         if stalled:
@@ -248,6 +263,25 @@ class Receiver:
                 "nothing delivered"
             )
         return False
+
+    def _check_own(self, got: api.ConsumerConfig) -> None:
+        """Raise :class:`ConsumerReplaced` unless the consumer still reads what we created."""
+        want = self._config
+        if want is None:
+            return
+        changed = [
+            f"{name} {theirs!r}"
+            for name, theirs, ours in (
+                ("filter", got.filter_subject, want.filter_subject),
+                ("deliver subject", got.deliver_subject, want.deliver_subject),
+                ("durable name", got.durable_name, want.durable_name),
+            )
+            if theirs != ours
+        ]
+        if changed:
+            raise ConsumerReplaced(
+                f"consumer {self.consumer} was changed by another client ({', '.join(changed)})"
+            )
 
     async def detach(self) -> None:
         """Stop receiving (un-acknowledged messages are read again by the next run)."""

@@ -11,8 +11,12 @@ issues such an id, so an agent's ``model.called`` or ``tool.called`` that carrie
 a call the gateway records: it is refused whatever it says and in whichever order it
 arrives, and the gateway's own record is the one counted, once.
 
-Until connections are authenticated per principal, a source is what the envelope claims;
-the broker's permissions are what make these claims unforgeable (docs/security.md).
+A source is the identity whose credentials published the event: the broker lets each user
+publish only under its own subject suffix and :func:`check_subject` holds the envelope to it
+(docs/security.md). What an instance reports about its own work — that it started, the model
+and tool calls it made — is believed only from that instance or a gateway: an operator
+(``shoal://cli/…``) or a supervisor claiming it would charge or register an instance it is
+not.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ SUPERVISOR_SOURCE = "shoal://supervisor/"
 GATEWAY_SOURCE = "shoal://gateway/"
 """The gateways record the calls they saw themselves (shoal.gateway.record)."""
 _SERVICE_PREFIXES = (CORE_SOURCE, "shoal://cli/", SUPERVISOR_SOURCE, GATEWAY_SOURCE)
+_NOT_FOR_OTHERS = (AgentStarted, ModelCalled, ToolCalled)
+"""Reports only the instance itself (or a gateway, for calls) makes."""
 GATEWAY_CALL_PREFIX = "gw-"
 """The call ids only a gateway issues: ``model.called``/``tool.called`` under one of them
 count only from the gateway itself."""
@@ -84,6 +90,8 @@ def distrust(ev: CloudEvent, instances: dict[str, Instance]) -> str | None:
     if isinstance(d, ModelCalled | ToolCalled) and d.call_id.startswith(GATEWAY_CALL_PREFIX):
         return f"call {d.call_id} went through a gateway: its record counts, not this claim"
     if ev.source.startswith(_SERVICE_PREFIXES):
+        if isinstance(d, _NOT_FOR_OTHERS) and ev.source != CORE_SOURCE:
+            return f"{ev.type} is reported by an instance or a gateway, not by {ev.source!r}"
         return None
     if not ev.instance:
         return f"source {ev.source!r} is neither an instance, a service, the CLI nor the core"

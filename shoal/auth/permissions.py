@@ -19,6 +19,7 @@ from shoal.bus import ShoalSettings, Subjects, Topology
 
 __all__ = [
     "ADMIN_ENDPOINTS",
+    "PROXY_ENDPOINTS",
     "ROLES",
     "InstanceScope",
     "Role",
@@ -31,6 +32,11 @@ Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 ADMIN_ENDPOINTS = ("export", "swap", "rebuild")
 """Query-service endpoints only ``admin`` may call."""
+PROXY_ENDPOINTS = ("send", "reply", "decide")
+"""Interactions endpoints that act for the principal named in the request (``by``): the
+core publishes as ``shoal://cli/<by>`` and decides approvals as ``by``, so only those who
+hold the whole account (admins, services such as the console) may call them; operators do
+the same through the CLI, as themselves."""
 
 INBOX = "_INBOX.>"
 PRIVATE_INBOX = "_INBOX.{user}.>"
@@ -115,7 +121,11 @@ def role_permissions(role: Role, settings: ShoalSettings, principal: str) -> Per
     t, s = Topology.for_settings(settings), Subjects(settings.prefix)
     api = f"{settings.prefix}.api"
     pub = [*_read_only(t), f"{api}.*.*", "$SRV.>", s.refusals_as(f"cli.{principal}")]
-    deny = [*_no_work_stealing(t), *(s.api("query", e) for e in ADMIN_ENDPOINTS)]
+    deny = [
+        *_no_work_stealing(t),
+        *(s.api("query", e) for e in ADMIN_ENDPOINTS),
+        *(s.api("interactions", e) for e in PROXY_ENDPOINTS),
+    ]
     if role == "operator":
         pub += [
             f"$KV.{t.kill.name}.>",
@@ -146,14 +156,18 @@ def instance_permissions(scope: InstanceScope, settings: ShoalSettings) -> Permi
     # Stream and bucket info (every command checks the topology on connect), no more.
     pub: list[str] = [f"{js}.INFO", f"{js}.STREAM.INFO.*"]
     for capability in scope.capabilities:
-        stream = t.goals.name if capability == "goals" else t.tasks.name
+        goals = capability == "goals"
+        stream = t.goals.name if goals else t.tasks.name
         durable = f"{scope.fleet}_{capability}"  # shoal.agents.consumer.consumer_name
+        own = s.goals(scope.fleet) if goals else s.tasks(scope.fleet, capability)
         pub += [
             f"{js}.STREAM.INFO.{stream}",
             f"{js}.CONSUMER.INFO.{stream}.{durable}",
-            f"{js}.CONSUMER.CREATE.{stream}.{durable}",
-            f"{js}.CONSUMER.CREATE.{stream}.{durable}.>",
-            f"{js}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            # Only the form with the filter in the subject, which the server checks against
+            # the config's: the bare ``CREATE.<stream>.<durable>`` and the legacy
+            # ``DURABLE.CREATE`` take any filter, so an instance could point its own durable
+            # at another fleet's tasks and take them.
+            f"{js}.CONSUMER.CREATE.{stream}.{durable}.{own}",
             f"{js}.CONSUMER.MSG.NEXT.{stream}.{durable}",
             f"$JS.ACK.{stream}.{durable}.>",
         ]

@@ -72,6 +72,7 @@ async def main(url: str, prefix: str, fleet: str, capability: str, count: int) -
         await js.add_consumer(
             stream,
             api.ConsumerConfig(
+                name=durable,  # created on CONSUMER.CREATE.<stream>.<durable>.<subject>
                 durable_name=durable,
                 filter_subject=subject,
                 ack_policy=api.AckPolicy.EXPLICIT,

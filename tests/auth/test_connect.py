@@ -178,3 +178,47 @@ def test_redacted_urls_keep_everything_but_the_secret() -> None:
     assert redact_url("nats://a:b@h:1,nats://h2:2") == "nats://a:***@h:1,nats://h2:2"
     assert redact_url("tls://tok@h:4222") == "tls://***@h:4222"
     assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("command", "banner"),
+    [
+        (["core"], "core ingesting"),
+        (["projections", "serve"], "query service on"),
+        (["supervisor"], "reconciling via"),
+    ],
+)
+def test_services_never_log_the_password_of_the_url(
+    nats_process: Start, tmp_path: Path, command: list[str], banner: str
+) -> None:
+    """``shoal up`` writes what each service prints to its log: the banner hides the secret."""
+    import os
+    import sys
+    import time
+
+    server = nats_process("--user", "ops", "--pass", "hunter2")
+    env = {
+        **os.environ,
+        "NATS_URL": server.url.replace("nats://", "nats://ops:hunter2@"),
+        "SHOAL_DATA_DIR": str(tmp_path / "d"),
+        "SHOAL_PREFIX": "pw",
+        "NATS_CREDS": "",
+    }
+    log = tmp_path / "service.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal", *command], env=env, stdout=out, stderr=out
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while banner not in log.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    text = log.read_text()
+    assert banner in text, text
+    assert "hunter2" not in text
+    assert f"nats://ops:***@127.0.0.1:{server.port}" in text

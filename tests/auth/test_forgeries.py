@@ -66,6 +66,19 @@ async def connect(settings: ShoalSettings, instance: str) -> Client:
     return await raw(resolve_url(settings, start=False), path)
 
 
+async def only_the_honest_call_is_answered(admin: Bus, local: ShoalSettings) -> None:
+    """``shoal cost`` answers the one honest call (1,000 in / 100 out: $0.0035), nothing forged."""
+    async with serving(local, admin.nc):
+        answer = await QueryClient(admin.nc, local).query(
+            "cost", {"by": ["agent", "model"]}, fresh=True
+        )
+    assert isinstance(answer, CostAnswer)
+    assert [(r.key, r.calls, r.input_tokens, r.cost_usd) for r in answer.rows] == [
+        (["worker", "gpt-4o"], 1, 1000, Decimal("0.0035"))
+    ]
+    assert answer.total_usd == Decimal("0.0035")
+
+
 @pytest.fixture
 async def admin(local: ShoalSettings) -> AsyncIterator[Bus]:
     async with open_bus(local) as bus:
@@ -108,14 +121,46 @@ async def test_every_forgery_is_refused_and_no_forged_amount_is_answered(
 
     stats = await run_core(local, resolve_url(local, start=False), asyncio.Event(), until_idle=True)
     assert (stats.messages, stats.applied, stats.rejected, stats.dead_lettered) == (2, 2, 0, 0)
-    async with serving(local, admin.nc):
-        answer = await QueryClient(admin.nc, local).query(
-            "cost", {"by": ["agent", "model"]}, fresh=True
-        )
-    assert isinstance(answer, CostAnswer)
-    assert [(r.key, r.calls, r.input_tokens, r.cost_usd) for r in answer.rows] == [
-        (["worker", "gpt-4o"], 1, 1000, Decimal("0.0035"))
-    ]
-    assert answer.total_usd == Decimal("0.0035")
+    await only_the_honest_call_is_answered(admin, local)
     await honest.nc.close()
     await evil.nc.close()
+
+
+async def test_an_operator_cannot_charge_an_instance_or_register_one(
+    admin: Bus, local: ShoalSettings
+) -> None:
+    """An operator publishes events as itself (the server allows ``…cli.otto``), but what an
+    instance reports about its own work — its start, its model and tool calls — is believed
+    only from that instance (or a gateway): claimed by ``shoal://cli/otto`` it is refused."""
+    from tests.auth.test_operators import add
+
+    honest = await connect(local, "i1")
+    for ev in (
+        as_agent(AgentStarted(version="1", capabilities=["summarize"]), "i1", "i1"),
+        as_agent(call(1000, 100), "i1", "S1"),
+    ):
+        await honest.nc.jetstream().publish(admin.event_subject(ev), ev.to_json())
+    otto = await raw(resolve_url(local, start=False), await add(local, "otto", "operator"))
+    forged = [
+        as_agent(call(8_000_000, 0), "i1", "S1", source="shoal://cli/otto"),
+        as_agent(
+            AgentStarted(version="1", capabilities=["x"]), "ghost", "ghost", "shoal://cli/otto"
+        ),
+    ]
+    for ev in forged:
+        subject = admin.event_subject(ev)
+        assert subject.endswith(".cli.otto")
+        await otto.nc.jetstream().publish(subject, ev.to_json())  # the server lets it through
+    stats = await run_core(local, resolve_url(local, start=False), asyncio.Event(), until_idle=True)
+    # Both refused; the ghost's start has no session to be recorded on: dead-lettered too.
+    assert (stats.messages, stats.applied, stats.rejected, stats.dead_lettered) == (4, 2, 2, 1)
+    deadletters = admin.topology.deadletter.name
+    (dead,) = await admin.read(admin.subjects.all_deadletters, stream=deadletters)
+    reason = (await admin.js.get_msg(deadletters, dead.seq)).headers or {}
+    assert reason["Shoal-Reason"] == (
+        "refused: shoal.agent.started is reported by an instance or a gateway, "
+        "not by 'shoal://cli/otto'"
+    )
+    await only_the_honest_call_is_answered(admin, local)
+    await honest.nc.close()
+    await otto.nc.close()

@@ -184,3 +184,28 @@ async def test_no_instance_can_read_replies_meant_for_another(worker: Client) ->
             break
         await asyncio.sleep(0.02)
     assert worker.errors[before:] == ['nats: permissions violation for subscription to "_inbox.>"']
+
+
+async def test_neither_an_instance_nor_a_viewer_can_delete_or_purge_a_kill_switch(
+    admin: Bus, worker: Client, local: ShoalSettings
+) -> None:
+    from tests.auth.test_operators import add
+
+    t = admin.topology
+    kv = await admin.kv(t.kill.name)
+    await kv.put("all", b'{"by": "tester"}')
+    viewer = await raw(_url(local), await add(local, "vic", "viewer"))
+    stream = f"KV_{t.kill.name}"
+    attempts = [
+        (f"$KV.{t.kill.name}.all", b""),  # a KV delete is a publish with KV-Operation: DEL
+        (f"$JS.API.STREAM.PURGE.{stream}", b'{"filter": "$KV.%s.all"}' % t.kill.name.encode()),
+        (f"$JS.API.STREAM.MSG.DELETE.{stream}", b'{"seq": 1}'),
+        (f"$JS.API.STREAM.DELETE.{stream}", b""),
+    ]
+    for client in (worker, viewer):
+        for subject, body in attempts:
+            assert await client.refused(subject, body) == denied(subject)
+    entry = await kv.get("all")
+    assert (entry.revision, entry.value) == (1, b'{"by": "tester"}')
+    assert (await admin.js.stream_info(stream)).state.messages == 1
+    await viewer.nc.close()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from shoal.bus.connectopts import redact_url
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, run
 from shoal.ops.connect import resolve_url
 
@@ -95,7 +96,7 @@ async def _core(c: Cli, consumer: str | None, until_idle: bool, count: int) -> C
     waiter.cancel()
     if ready.is_set() and not c.json:
         shape = f" as a share of {count} partitions" if count > 1 else ""
-        c.err.print(f"core ingesting {c.settings.prefix} events from {url}{shape}")
+        c.err.print(f"core ingesting {c.settings.prefix} events from {redact_url(url)}{shape}")
     await asyncio.wait([task, registry], return_when="FIRST_COMPLETED")
     if registry.done():
         stop.set()

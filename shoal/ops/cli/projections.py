@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+from shoal.bus.connectopts import redact_url
 from shoal.errors import NatsUnreachable, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, fail, require_store, run
 from shoal.ops.cli._roles import require_role
@@ -55,7 +56,7 @@ def serve(
         if task in done:
             task.result()  # failed at start: raise why
         c.err.print(
-            f"query service on {url} ({c.settings.prefix}.api.query.*), "
+            f"query service on {redact_url(url)} ({c.settings.prefix}.api.query.*), "
             f"database {projection_path(c.settings)}; Ctrl-C stops it"
         )
         await task

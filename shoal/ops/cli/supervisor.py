@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from shoal.bus.connectopts import redact_url
 from shoal.ops.cli._common import Cli, cli, run
 from shoal.ops.connect import open_bus, resolve_url
 from shoal.ops.supervisor import Supervisor, SupervisorOptions
@@ -74,7 +75,7 @@ async def _supervise(c: Cli, options: SupervisorOptions, supervisor_id: str | No
     async with open_bus(c.settings, name="shoal-supervisor") as bus:
         sup = Supervisor(bus, url, supervisor_id=supervisor_id, options=options)
         c.err.print(
-            f"supervisor {sup.id} on {sup.host} reconciling via {url}; "
+            f"supervisor {sup.id} on {sup.host} reconciling via {redact_url(url)}; "
             f"capacity {sup.capacity.instances} ({sup.capacity.source})"
         )
         await sup.run(stop)
