@@ -19,6 +19,7 @@ from shoal.bus import ShoalSettings, Subjects, Topology
 
 __all__ = [
     "ADMIN_ENDPOINTS",
+    "OPERATOR_ENDPOINTS",
     "ROLES",
     "InstanceScope",
     "Role",
@@ -31,6 +32,14 @@ Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 ADMIN_ENDPOINTS = ("export", "swap", "rebuild")
 """Query-service endpoints only ``admin`` may call."""
+
+OPERATOR_ENDPOINTS = (
+    ("interactions", "send"),
+    ("interactions", "reply"),
+    ("interactions", "decide"),
+)
+"""Endpoints that act (message a session, answer it, decide an approval): not for ``viewer``.
+The service records the ``by`` its caller names, so the server must keep viewers out."""
 
 INBOX = "_INBOX.>"
 PRIVATE_INBOX = "_INBOX.{user}.>"
@@ -116,6 +125,8 @@ def role_permissions(role: Role, settings: ShoalSettings, principal: str) -> Per
     api = f"{settings.prefix}.api"
     pub = [*_read_only(t), f"{api}.*.*", "$SRV.>", s.refusals_as(f"cli.{principal}")]
     deny = [*_no_work_stealing(t), *(s.api("query", e) for e in ADMIN_ENDPOINTS)]
+    if role == "viewer":
+        deny += [s.api(service, e) for service, e in OPERATOR_ENDPOINTS]
     if role == "operator":
         pub += [
             f"$KV.{t.kill.name}.>",

@@ -1,0 +1,61 @@
+"""The interactions endpoints with authentication on: a viewer sees pending approvals but
+cannot decide them, message a session or answer its question; an operator can."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shoal.aggregates.interactions import InteractionsService
+from shoal.bus import ShoalSettings
+from shoal.ops.connect import open_bus
+from shoal.policy import Approvals
+from tests.auth.test_operators import add, shoal
+from tests.auth.test_principals import _url, denied, raw
+from tests.policy.test_approvals import SOURCE, email_request
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def test_a_viewer_cannot_grant_or_talk_through_the_endpoints_and_an_operator_can(
+    local: ShoalSettings,
+) -> None:
+    async with open_bus(local) as bus:
+        service = InteractionsService(bus)
+        await service.start()
+        try:
+            approvals = await Approvals.open(bus)
+            state = await approvals.request(email_request("s1", "cfo@example.com"), source=SOURCE)
+            vera = await add(local, "vera", "viewer")
+            viewer = await raw(_url(local), vera)
+            operator = await raw(_url(local), await add(local, "otto", "operator"))
+            api = bus.subjects.api
+            decide = {"approval": state.id, "grant": True, "by": "olga", "reason": "mine"}
+            talk = {"iid": "s1", "text": "hi", "by": "olga"}
+
+            assert await viewer.refused(api("interactions", "decide"), json.dumps(decide).encode())
+            assert viewer.errors[-1] == denied(api("interactions", "decide"))
+            for endpoint in ("send", "reply"):
+                await viewer.refused(api("interactions", endpoint), json.dumps(talk).encode())
+                assert viewer.errors[-1] == denied(api("interactions", endpoint))
+            pending = await viewer.nc.request(api("interactions", "pending"), b"{}", timeout=5)
+            assert [a["id"] for a in json.loads(pending.data)["approvals"]] == [state.id]
+            assert (await approvals.get(state.id)).state == "pending"
+            for command in ("send", "reply"):
+                code, out, err = await shoal(local, "session", command, "s1", "hi", creds=vera)
+                assert (code, out, err.strip()) == (
+                    2,
+                    "",
+                    f"error: session.{command} requires role operator; vera has role viewer",
+                )
+
+            reply = await operator.nc.request(
+                api("interactions", "decide"), json.dumps(decide).encode(), timeout=5
+            )
+            assert (json.loads(reply.data)["state"], operator.errors) == ("granted", [])
+            assert (await approvals.get(state.id)).decided_by == "olga"
+            await viewer.nc.close()
+            await operator.nc.close()
+        finally:
+            await service.stop()
