@@ -121,4 +121,5 @@ class GatewayPolicy:
             agent=caller.key.agent,
             instance=caller.instance,
             principal=caller.principal,
+            approver_role=verdict.approver,
         )

@@ -59,3 +59,40 @@ async def test_a_viewer_cannot_grant_or_talk_through_the_endpoints_and_an_operat
             await operator.nc.close()
         finally:
             await service.stop()
+
+
+async def test_an_approval_whose_rule_names_admin_is_granted_by_an_admin_only(
+    local: ShoalSettings,
+) -> None:
+    async with open_bus(local) as bus:
+        service = InteractionsService(bus)
+        await service.start()
+        try:
+            approvals = await Approvals.open(bus)
+            asked = email_request("s2", "all@example.com").model_copy(
+                update={"approver_role": "admin"}
+            )
+            state = await approvals.request(asked, source=SOURCE)
+            odile = await add(local, "odile", "operator")
+            operator = await raw(_url(local), odile)
+            decide = {"approval": state.id, "grant": True, "by": "odile", "reason": "mine"}
+            reply = await operator.nc.request(
+                bus.subjects.api("interactions", "decide"), json.dumps(decide).encode(), timeout=5
+            )
+            await operator.nc.close()
+            assert (reply.headers or {}).get("Nats-Service-Error") == (
+                f"approval {state.id} needs role admin: decide it with "
+                "'shoal approvals grant|deny' as an admin"
+            )
+            code, out, err = await shoal(local, "approvals", "grant", state.id, creds=odile)
+            assert (code, out, err.strip()) == (
+                2,
+                "",
+                "error: approvals.grant requires role admin; odile has role operator",
+            )
+            assert (await approvals.get(state.id)).state == "pending"
+
+            code, out, err = await shoal(local, "approvals", "grant", state.id, "--reason", "ok")
+            assert (code, out.strip()) == (0, f"{state.id} granted by root"), err
+        finally:
+            await service.stop()

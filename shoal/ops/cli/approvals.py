@@ -138,7 +138,16 @@ def show(ctx: typer.Context, approval: IdArgument, as_json: JsonOption = False) 
 
 def _decide(ctx: typer.Context, approval: str, grant: bool, reason: str, as_json: bool) -> None:
     c = cli(ctx, as_json)
-    require_role(c, "operator", "approvals.grant" if grant else "approvals.deny", approval)
+    command = "approvals.grant" if grant else "approvals.deny"
+    require_role(c, "operator", command, approval)
+
+    async def _get() -> ApprovalState:
+        async with open_bus(c.settings) as bus:
+            return await (await Approvals.open(bus)).get(approval)
+
+    # A rule may name a stricter approver (@approver("admin")): checked before deciding.
+    if run(c, _get()).approver_role == "admin":
+        require_role(c, "admin", command, approval)
 
     async def _go() -> ApprovalState:
         async with open_bus(c.settings) as bus:
