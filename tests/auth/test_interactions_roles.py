@@ -4,11 +4,13 @@ cannot decide them, message a session or answer its question; an operator can.""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
 from shoal.aggregates.interactions import InteractionsService
-from shoal.bus import ShoalSettings
+from shoal.bus import Bus, ShoalSettings
 from shoal.ops.connect import open_bus
 from shoal.policy import Approvals
 from tests.auth.test_operators import add, shoal
@@ -18,81 +20,79 @@ from tests.policy.test_approvals import SOURCE, email_request
 pytestmark = pytest.mark.timeout(90)
 
 
-async def test_a_viewer_cannot_grant_or_talk_through_the_endpoints_and_an_operator_can(
-    local: ShoalSettings,
-) -> None:
+@asynccontextmanager
+async def interactions(local: ShoalSettings) -> AsyncIterator[tuple[Bus, Approvals]]:
+    """The endpoints served on an admin connection, and the approvals bucket."""
     async with open_bus(local) as bus:
         service = InteractionsService(bus)
         await service.start()
         try:
-            approvals = await Approvals.open(bus)
-            state = await approvals.request(email_request("s1", "cfo@example.com"), source=SOURCE)
-            vera = await add(local, "vera", "viewer")
-            viewer = await raw(_url(local), vera)
-            operator = await raw(_url(local), await add(local, "otto", "operator"))
-            api = bus.subjects.api
-            decide = {"approval": state.id, "grant": True, "by": "olga", "reason": "mine"}
-            talk = {"iid": "s1", "text": "hi", "by": "olga"}
-
-            assert await viewer.refused(api("interactions", "decide"), json.dumps(decide).encode())
-            assert viewer.errors[-1] == denied(api("interactions", "decide"))
-            for endpoint in ("send", "reply"):
-                await viewer.refused(api("interactions", endpoint), json.dumps(talk).encode())
-                assert viewer.errors[-1] == denied(api("interactions", endpoint))
-            pending = await viewer.nc.request(api("interactions", "pending"), b"{}", timeout=5)
-            assert [a["id"] for a in json.loads(pending.data)["approvals"]] == [state.id]
-            assert (await approvals.get(state.id)).state == "pending"
-            for command in ("send", "reply"):
-                code, out, err = await shoal(local, "session", command, "s1", "hi", creds=vera)
-                assert (code, out, err.strip()) == (
-                    2,
-                    "",
-                    f"error: session.{command} requires role operator; vera has role viewer",
-                )
-
-            reply = await operator.nc.request(
-                api("interactions", "decide"), json.dumps(decide).encode(), timeout=5
-            )
-            assert (json.loads(reply.data)["state"], operator.errors) == ("granted", [])
-            assert (await approvals.get(state.id)).decided_by == "olga"
-            await viewer.nc.close()
-            await operator.nc.close()
+            yield bus, await Approvals.open(bus)
         finally:
             await service.stop()
+
+
+async def test_a_viewer_cannot_grant_or_talk_through_the_endpoints_and_an_operator_can(
+    local: ShoalSettings,
+) -> None:
+    async with interactions(local) as (bus, approvals):
+        state = await approvals.request(email_request("s1", "cfo@example.com"), source=SOURCE)
+        vera = await add(local, "vera", "viewer")
+        viewer = await raw(_url(local), vera)
+        operator = await raw(_url(local), await add(local, "otto", "operator"))
+        api = bus.subjects.api
+        decide = {"approval": state.id, "grant": True, "by": "olga", "reason": "mine"}
+        talk = {"iid": "s1", "text": "hi", "by": "olga"}
+
+        assert await viewer.refused(api("interactions", "decide"), json.dumps(decide).encode())
+        assert viewer.errors[-1] == denied(api("interactions", "decide"))
+        for endpoint in ("send", "reply"):
+            await viewer.refused(api("interactions", endpoint), json.dumps(talk).encode())
+            assert viewer.errors[-1] == denied(api("interactions", endpoint))
+        pending = await viewer.nc.request(api("interactions", "pending"), b"{}", timeout=5)
+        assert [a["id"] for a in json.loads(pending.data)["approvals"]] == [state.id]
+        assert (await approvals.get(state.id)).state == "pending"
+        for command in ("send", "reply"):
+            code, out, err = await shoal(local, "session", command, "s1", "hi", creds=vera)
+            assert (code, out, err.strip()) == (
+                2,
+                "",
+                f"error: session.{command} requires role operator; vera has role viewer",
+            )
+
+        reply = await operator.nc.request(
+            api("interactions", "decide"), json.dumps(decide).encode(), timeout=5
+        )
+        assert (json.loads(reply.data)["state"], operator.errors) == ("granted", [])
+        assert (await approvals.get(state.id)).decided_by == "olga"
+        await viewer.nc.close()
+        await operator.nc.close()
 
 
 async def test_an_approval_whose_rule_names_admin_is_granted_by_an_admin_only(
     local: ShoalSettings,
 ) -> None:
-    async with open_bus(local) as bus:
-        service = InteractionsService(bus)
-        await service.start()
-        try:
-            approvals = await Approvals.open(bus)
-            asked = email_request("s2", "all@example.com").model_copy(
-                update={"approver_role": "admin"}
-            )
-            state = await approvals.request(asked, source=SOURCE)
-            odile = await add(local, "odile", "operator")
-            operator = await raw(_url(local), odile)
-            decide = {"approval": state.id, "grant": True, "by": "odile", "reason": "mine"}
-            reply = await operator.nc.request(
-                bus.subjects.api("interactions", "decide"), json.dumps(decide).encode(), timeout=5
-            )
-            await operator.nc.close()
-            assert (reply.headers or {}).get("Nats-Service-Error") == (
-                f"approval {state.id} needs role admin: decide it with "
-                "'shoal approvals grant|deny' as an admin"
-            )
-            code, out, err = await shoal(local, "approvals", "grant", state.id, creds=odile)
-            assert (code, out, err.strip()) == (
-                2,
-                "",
-                "error: approvals.grant requires role admin; odile has role operator",
-            )
-            assert (await approvals.get(state.id)).state == "pending"
+    async with interactions(local) as (bus, approvals):
+        asked = email_request("s2", "all@example.com").model_copy(update={"approver_role": "admin"})
+        state = await approvals.request(asked, source=SOURCE)
+        odile = await add(local, "odile", "operator")
+        operator = await raw(_url(local), odile)
+        decide = {"approval": state.id, "grant": True, "by": "odile", "reason": "mine"}
+        reply = await operator.nc.request(
+            bus.subjects.api("interactions", "decide"), json.dumps(decide).encode(), timeout=5
+        )
+        await operator.nc.close()
+        assert (reply.headers or {}).get("Nats-Service-Error") == (
+            f"approval {state.id} needs role admin: decide it with "
+            "'shoal approvals grant|deny' as an admin"
+        )
+        code, out, err = await shoal(local, "approvals", "grant", state.id, creds=odile)
+        assert (code, out, err.strip()) == (
+            2,
+            "",
+            "error: approvals.grant requires role admin; odile has role operator",
+        )
+        assert (await approvals.get(state.id)).state == "pending"
 
-            code, out, err = await shoal(local, "approvals", "grant", state.id, "--reason", "ok")
-            assert (code, out.strip()) == (0, f"{state.id} granted by root"), err
-        finally:
-            await service.stop()
+        code, out, err = await shoal(local, "approvals", "grant", state.id, "--reason", "ok")
+        assert (code, out.strip()) == (0, f"{state.id} granted by root"), err

@@ -14,6 +14,7 @@ from shoal.gateway.offline import OfflineUpstream
 from shoal.policy import Approvals, apply_policy
 from shoal.schemas import ApprovalRequested, PolicyDecided
 from tests.gateway.conftest import MakeKey
+from tests.policy.test_approval_restarts import pending
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -22,15 +23,6 @@ RULE = (
     'permit(principal, action == Action::"model", resource == Model::"fast");'
 )
 BODY = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
-
-
-async def pending_ids(approvals: Approvals) -> list[str]:
-    for _ in range(200):
-        found = await approvals.list()
-        if found:
-            return [a.id for a in found]
-        await asyncio.sleep(0.05)
-    raise AssertionError("the gateway asked for no approval")
 
 
 async def test_a_parked_call_survives_a_gateway_restart_and_goes_upstream_once(
@@ -49,7 +41,7 @@ async def test_a_parked_call_survives_a_gateway_restart_and_goes_upstream_once(
             await asyncio.sleep(0.3)  # the policy mirror follows the bucket
             url = f"{first.url}/chat/completions"
             parked = asyncio.create_task(http.post(url, json=BODY, headers=headers))
-            ids = await pending_ids(approvals)
+            ids = await pending(approvals)
         # The replica stopped: it let go of the parked call at once, retryable.
         released = await asyncio.wait_for(parked, 20)
     finally:
@@ -70,7 +62,7 @@ async def test_a_parked_call_survives_a_gateway_restart_and_goes_upstream_once(
                 http.post("/chat/completions", json=BODY, headers=headers)
             )
             await asyncio.sleep(0.5)
-            assert await pending_ids(approvals) == ids  # the same request: asked once
+            assert await pending(approvals) == ids  # the same request: asked once
             await approvals.decide(ids[0], grant=True, by="olga", reason="fine")
             answer = await asyncio.wait_for(retried, 20)
     assert answer.status_code == 200, answer.text

@@ -9,8 +9,8 @@ from typer.testing import CliRunner, Result
 
 from shoal.bus import Bus, ShoalSettings
 from shoal.ops.cli import app
-from shoal.policy import Approvals, ApprovalState, approval_id, request_hash
-from shoal.schemas import utcnow
+from shoal.policy import Approvals, ApprovalState
+from tests.policy.test_approvals import SOURCE, email_request
 
 runner = CliRunner()
 
@@ -29,22 +29,18 @@ IID = "01M8T9W09S3Y7NQVPJKJ55Z0JM"
 
 
 async def pending(bus: Bus) -> ApprovalState:
-    digest = request_hash("tool.call", "send_email", {"to": "cfo@example.com", "body": "x"})
-    state = ApprovalState(
-        id=approval_id(IID, digest),
-        iid=IID,
-        fleet="finance-reporting",
-        agent="quarterly-mailer",
-        instance="01M8T9VV5K5RGM2CQ5MY0VGKZS",
-        principal="alice",
-        action="tool.call",
-        target="send_email",
-        rule="email-needs-approval",
-        arguments={"to": "[redacted 15 chars]", "body": "[bold red]urgent[/] [link=x]y[/link]"},
-        request_hash=digest,
-        requested_at=utcnow(),
+    asked = email_request(IID, "cfo@example.com").model_copy(
+        update={
+            "fleet": "finance-reporting",
+            "agent": "quarterly-mailer",
+            "rule": "email-needs-approval",
+            "arguments": {
+                "to": "[redacted 15 chars]",
+                "body": "[bold red]urgent[/] [link=x]y[/link]",
+            },
+        }
     )
-    return await (await Approvals.open(bus)).request(state, source="shoal://finance/mailer/i1")
+    return await (await Approvals.open(bus)).request(asked, source=SOURCE)
 
 
 async def test_show_prints_the_arguments_as_redacted_not_as_markup(
