@@ -34,10 +34,15 @@ from shoal.agents.session import Emitter, Session
 from shoal.bus import Bus
 from shoal.errors import InvalidEvent
 from shoal.schemas import (
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
     CloudEvent,
     GoalPlanned,
     Labels,
     PlannedTask,
+    SessionAsked,
+    SessionMessage,
     TaskAssigned,
     TaskCompleted,
     TaskFailed,
@@ -114,12 +119,19 @@ class OutcomeWatch:
             self.futures.setdefault(iid, loop.create_future())
 
     async def outcome(self, iid: str, timeout: float | None) -> CloudEvent:
-        """The child's terminal event; :class:`DelegationFailed` if none within ``timeout``."""
+        """The child's terminal event; :class:`DelegationFailed` if none within ``timeout``.
+
+        Time the child spends waiting for a person (a pending approval, an unanswered
+        question) does not count: those waits have their own deadlines (the approval
+        timeout, the question's), and a goal must not fail while its task is parked.
+        """
         self.expect([iid])
         future = self.futures[iid]
         deadline = None if timeout is None else time.monotonic() + timeout
         while not future.done():
             left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0 and await self.awaits_a_person(iid):
+                deadline, left = time.monotonic() + self.catch_up_s, self.catch_up_s
             if left is not None and left <= 0:
                 raise DelegationFailed(
                     f"no outcome for task {iid} within {timeout:g}s", iid=iid, error_type="Timeout"
@@ -130,6 +142,26 @@ class OutcomeWatch:
             except TimeoutError:
                 await self.catch_up()
         return future.result()
+
+    async def awaits_a_person(self, iid: str) -> bool:
+        """True while the session has a high-tier approval undecided or a question
+        unanswered, and its own deadline (recorded with it) has not passed."""
+        waiting: dict[str, float] = {}  # request or question id -> its deadline (epoch s)
+        for stored in await self.bus.read(self.bus.subjects.session_events(iid)):
+            event = stored.event
+            data = event.data if event is not None else None
+            if event is not None and isinstance(data, ApprovalRequested | SessionAsked):
+                if isinstance(data, ApprovalRequested) and data.tier == "medium":
+                    continue  # ran already; reviewed after the fact
+                key = data.request_id if isinstance(data, ApprovalRequested) else data.question_id
+                until = math.inf if data.timeout_s is None else data.timeout_s
+                waiting[key] = event.time.timestamp() + until
+            elif isinstance(data, ApprovalGranted | ApprovalDenied):
+                waiting.pop(data.request_id, None)
+            elif isinstance(data, SessionMessage) and data.reply_to:
+                waiting.pop(data.reply_to, None)
+        now = utcnow().timestamp()
+        return any(now < until for until in waiting.values())
 
     async def catch_up(self) -> None:
         """Resolve waiters from the event log (at most once per ``catch_up_s``)."""

@@ -236,6 +236,7 @@ class Policy:
             agent=self.identity.agent,
             instance=self.identity.instance,
             principal=session.principal,
+            approver_role=verdict.approver if verdict else "operator",
         )
 
     async def _refuse(

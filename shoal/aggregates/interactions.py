@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from shoal.aggregates.micro import Handlers, Strict, start_service
 from shoal.bus import Bus
-from shoal.errors import NotFound
+from shoal.errors import AuthorizationFailed, NotFound
 from shoal.policy import Approvals
 from shoal.policy.approvals import ApprovalState
 from shoal.schemas import CloudEvent, Endpoint, EventData, SessionAsked, SessionMessage
@@ -189,6 +189,13 @@ class InteractionsService:
 
     async def _decide(self, r: DecideRequest) -> ApprovalState:
         approvals = await Approvals.open(self.bus)
+        if (await approvals.get(r.approval)).approver_role == "admin":
+            # The endpoint cannot tell an admin caller from an operator (NATS gives the
+            # responder no identity; operators may call it): such a grant needs the CLI.
+            raise AuthorizationFailed(
+                f"approval {r.approval} needs role admin: decide it with "
+                "'shoal approvals grant|deny' as an admin"
+            )
         return await approvals.decide(r.approval, grant=r.grant, by=r.by, reason=r.reason)
 
     async def _pending(self, r: PendingRequest) -> PendingReply:

@@ -38,6 +38,14 @@ core publishes as ``shoal://cli/<by>`` and decides approvals as ``by``, so only 
 hold the whole account (admins, services such as the console) may call them; operators do
 the same through the CLI, as themselves."""
 
+OPERATOR_ENDPOINTS = (
+    ("interactions", "send"),
+    ("interactions", "reply"),
+    ("interactions", "decide"),
+)
+"""Endpoints that act (message a session, answer it, decide an approval): not for ``viewer``.
+The service records the ``by`` its caller names, so the server must keep viewers out."""
+
 INBOX = "_INBOX.>"
 PRIVATE_INBOX = "_INBOX.{user}.>"
 """A user's own reply inbox (the key store puts the user's public key for ``{user}``): no

@@ -71,6 +71,13 @@ class GatewayError(Exception):
         )
 
     @classmethod
+    def released(cls, message: str, rule: str) -> GatewayError:
+        """A parked call let go by a stopping replica: retry it; the approval stays."""
+        return cls(
+            503, message, "server_error", "approval_pending", rule=rule, retry=True, recorded=True
+        )
+
+    @classmethod
     def rate_limited(cls, message: str) -> GatewayError:
         return cls(429, message, "requests", "rate_limit_exceeded", rule="rate.key")
 

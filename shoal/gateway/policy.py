@@ -6,10 +6,15 @@ naming the rule and the policy version. ``high`` parks the request on an approva
 the exact request (session + action + target + arguments), exactly as the SDK does: a grant
 lets it through, a deny or a timeout answers 403. ``low`` and ``medium`` are allowed and
 recorded; ``medium`` also queues a review item.
+
+A replica that stops (a restart, a scale-down) releases its parked calls at once with 503
+``approval_pending`` (``x-should-retry: true``) instead of holding its shutdown for them:
+the approval stays pending in the bucket, and the retried call, on any replica, finds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from shoal.gateway.caller import Caller
@@ -38,6 +43,11 @@ class GatewayPolicy:
         self.recorder = recorder
         self.approval_timeout_s = approval_timeout_s
         self.digest_key = digest_key
+        self._stopping = asyncio.Event()
+
+    def release(self) -> None:
+        """Let go of every parked call (answered 503, retryable): the replica is stopping."""
+        self._stopping.set()
 
     async def check(
         self, caller: Caller, action: str, target: str, arguments: dict[str, Any]
@@ -69,7 +79,7 @@ class GatewayPolicy:
         state = self._state(caller, action, target, arguments, verdict, self.approval_timeout_s)
         await self._decided(caller, action, target, verdict, "needs_approval")
         state = await self.approvals.request(state, source=self.recorder.source)
-        final = await self.approvals.wait(state.id, source=self.recorder.source)
+        final = await self._wait(state.id, verdict.rule)
         if final.state == "granted" and final.request_hash == state.request_hash:
             return
         why = (
@@ -78,6 +88,23 @@ class GatewayPolicy:
             else f"approval {final.id} for {action} {target!r} was denied by {final.decided_by}"
         )
         raise GatewayError.policy_denied(why, verdict.rule)
+
+    async def _wait(self, approval: str, rule: str) -> ApprovalState:
+        waiting = asyncio.ensure_future(self.approvals.wait(approval, source=self.recorder.source))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((waiting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        if not waiting.done() or waiting.cancelled():
+            raise GatewayError.released(
+                f"approval {approval} is pending and this gateway replica is stopping: "
+                "retry the call (it finds the same approval)",
+                rule,
+            )
+        return waiting.result()
 
     async def _decided(
         self, caller: Caller, action: str, target: str, verdict: Verdict, decision: str
@@ -121,4 +148,5 @@ class GatewayPolicy:
             agent=caller.key.agent,
             instance=caller.instance,
             principal=caller.principal,
+            approver_role=verdict.approver,
         )

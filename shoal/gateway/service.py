@@ -122,6 +122,7 @@ async def run_gateway(
             mcp_url = await mcp.start(host, mcp_port)
         yield RunningGateway(f"http://{host}:{bound}/v1", mcp_url, gateway, replica)
     finally:
+        policy.release()  # parked calls answer 503 now, not after the shutdown timeout
         if mcp is not None:
             await mcp.stop()
         await runner.cleanup()

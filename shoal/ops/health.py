@@ -171,5 +171,8 @@ async def _ask_query_service(bus: Bus, health: Health) -> None:
         )
         answer = await client.ask("sql", {"sql": sql, "limit": 1}, timeout=2.0)
         health.sessions["awaiting approval"] = int(answer["rows"][0][0])
+        sql = "SELECT count(*) FROM sessions WHERE status = 'awaiting_input'"
+        answer = await client.ask("sql", {"sql": sql, "limit": 1}, timeout=2.0)
+        health.sessions["awaiting input"] = int(answer["rows"][0][0])
     except (ShoalError, KeyError, IndexError, TypeError, ValueError):
         pass

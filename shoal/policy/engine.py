@@ -1,12 +1,13 @@
 """Policy as code: Cedar policies with shoal's risk tiers, compiled once, evaluated per call.
 
 A policy file is `Cedar <https://www.cedarpolicy.com>`_ text (evaluated by ``cedarpy``, the
-Cedar engine's Python binding). shoal adds two annotations and one default:
+Cedar engine's Python binding). shoal adds three annotations and one default:
 
 - ``@id("name")`` names a rule; the name is what ``policy.decided`` reports.
 - ``@tier("low" | "medium" | "high")`` on a ``permit`` makes it a risk tier: ``low`` allows
   and audits, ``medium`` allows and queues the call for review after the fact, ``high``
   parks the call until a human approves it.
+- ``@approver("admin")`` on a ``high`` permit: only that role may grant (else ``operator``).
 - A ``forbid`` that matches denies (Cedar's own rule: forbid wins).
 - Where no rule of the file matches, the call is allowed (the manifest already allow-listed
   it): shoal appends ``@id("default") permit(principal, action, resource);``.
@@ -61,6 +62,10 @@ _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _SQL_VERB = re.compile(r"^\s*([A-Za-z]+)")
 
 
+APPROVER_ROLES = ("operator", "admin")
+"""Roles a rule may name as its approver: those that can record a grant (a viewer cannot)."""
+
+
 class InvalidPolicy(ShoalError):
     """A policy file is not valid Cedar, or uses an annotation shoal does not know."""
 
@@ -92,6 +97,8 @@ class Verdict:
     rule: str
     version: str
     reason: str
+    approver: str = "operator"
+    """The role a grant needs (``@approver`` on a ``high`` rule; else ``operator``)."""
 
     @property
     def tier(self) -> Literal["low", "medium", "high"] | None:
@@ -108,6 +115,7 @@ class CompiledPolicy:
     effects: dict[str, str]
     version: str
     digest: str
+    approvers: dict[str, str] = field(default_factory=dict)
 
     @property
     def rules(self) -> list[str]:
@@ -128,14 +136,17 @@ class CompiledPolicy:
                 why += f" ({'; '.join(str(e) for e in result.diagnostics.errors)[:200]})"
             return Verdict("deny", rule, self.version, why)
         # The highest tier among the permits that matched; a named rule before the default.
-        best_rank, best, best_rule = -1, "allow", DEFAULT_RULE
+        best_rank, best, best_rule, approver = -1, "allow", DEFAULT_RULE, "operator"
         for r in sorted(reasons, key=_policy_index):
             outcome, name = self.tiers.get(r, "allow"), self.names.get(r, r)
             rank = _RANK[outcome] * 2 + (name != DEFAULT_RULE)
             if rank > best_rank:
                 best_rank, best, best_rule = rank, outcome, name
+                approver = self.approvers.get(r, "operator")
+            elif rank == best_rank and self.approvers.get(r) == "admin":
+                approver = "admin"  # two high rules matched: the stricter approver holds
         reason = f"rule {best_rule!r}" + (f": risk tier {best}" if best != "allow" else "")
-        return Verdict(best, best_rule, self.version, reason)  # type: ignore[arg-type]
+        return Verdict(best, best_rule, self.version, reason, approver)  # type: ignore[arg-type]
 
 
 def compile_policy(text: str, *, version: str = "draft") -> CompiledPolicy:
@@ -149,11 +160,14 @@ def compile_policy(text: str, *, version: str = "draft") -> CompiledPolicy:
     names: dict[str, str] = {}
     tiers: dict[str, str] = {}
     effects: dict[str, str] = {}
+    approvers: dict[str, str] = {}
     for pid, body in (doc.get("staticPolicies") or {}).items():
         annotations = body.get("annotations") or {}
-        unknown = sorted(set(annotations) - {"id", "tier"})
+        unknown = sorted(set(annotations) - {"id", "tier", "approver"})
         if unknown:
-            raise InvalidPolicy(f"policy {pid}: unknown annotation @{unknown[0]} (use @id, @tier)")
+            raise InvalidPolicy(
+                f"policy {pid}: unknown annotation @{unknown[0]} (use @id, @tier, @approver)"
+            )
         names[pid] = str(annotations.get("id") or pid)
         effects[pid] = str(body.get("effect"))
         tier = annotations.get("tier")
@@ -165,13 +179,24 @@ def compile_policy(text: str, *, version: str = "draft") -> CompiledPolicy:
             if effects[pid] != "permit":
                 raise InvalidPolicy(f"rule {names[pid]!r}: @tier goes on a permit, not a forbid")
             tiers[pid] = str(tier)
+        approver = annotations.get("approver")
+        if approver is not None:
+            if tier != "high":
+                raise InvalidPolicy(
+                    f'rule {names[pid]!r}: @approver goes on a @tier("high") permit'
+                )
+            if approver not in APPROVER_ROLES:
+                raise InvalidPolicy(
+                    f"rule {names[pid]!r}: @approver({approver!r}) is not one of operator, admin"
+                )
+            approvers[pid] = str(approver)
     if doc.get("templates"):
         raise InvalidPolicy("policy templates (?principal/?resource) are not supported")
     repeated = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
     if repeated:
         raise InvalidPolicy(f"rule names must be unique; repeated: {', '.join(repeated)}")
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return CompiledPolicy(policies, names, tiers, effects, version, digest)
+    return CompiledPolicy(policies, names, tiers, effects, version, digest, approvers)
 
 
 def cedar_request(facts: CallFacts) -> dict[str, Any]:

@@ -159,5 +159,9 @@ class PolicyBook:
 
 
 def combine(verdicts: list[Verdict]) -> Verdict:
-    """A deny wins; otherwise the highest tier; a named rule before the default."""
-    return max(verdicts, key=lambda v: (_RANK[v.outcome], v.rule != DEFAULT_RULE))
+    """A deny wins; otherwise the highest tier; a named rule before the default; of two
+    ``high`` verdicts, the one whose approver is ``admin``."""
+    return max(
+        verdicts,
+        key=lambda v: (_RANK[v.outcome], v.rule != DEFAULT_RULE, v.approver == "admin"),
+    )

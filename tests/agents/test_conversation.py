@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 
@@ -12,9 +13,11 @@ from shoal.aggregates import open_core, run_core
 from shoal.aggregates.interactions import open_questions, reply_to_session, send_message
 from shoal.bus import Bus, ShoalSettings
 from shoal.errors import NotFound
+from shoal.projections.service import serving
 from shoal.schemas import CloudEvent, TaskAssigned, TaskCompleted, new_id
 from tests.agents.conftest import of_type, wait_events
 from tests.agents.procs import start_agent
+from tests.ops.test_cli_health import invoke
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,6 +53,10 @@ async def test_a_waiting_handler_survives_a_sigkill_and_completes_with_the_reply
         core = open_core(settings)
         assert core.session(task.iid).status == "awaiting_input"
         core.close()
+        listed = await invoke(settings, "session", "ls", "--awaiting", "--json")
+        assert [s["iid"] for s in json.loads(listed.stdout)] == [task.iid]
+        async with serving(settings, bus.nc):
+            assert await awaiting_input_in_status(settings) == 1
         with pytest.raises(NotFound):  # nothing to reply to in a session that never asked
             await reply_to_session(bus, "no-such-session", "eu", by="olga")
 
@@ -79,3 +86,13 @@ async def test_a_waiting_handler_survives_a_sigkill_and_completes_with_the_reply
     session = core.session(task.iid)
     assert (session.status, session.messages) == ("completed", 2)
     core.close()
+
+
+async def awaiting_input_in_status(settings: ShoalSettings) -> int:
+    """``shoal status``'s count of sessions awaiting input, once the projection caught up."""
+    for _ in range(100):
+        health = json.loads((await invoke(settings, "status", "--json")).stdout)
+        if health["sessions"].get("awaiting input"):
+            return int(health["sessions"]["awaiting input"])
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"status never counted the waiting session: {health['sessions']}")

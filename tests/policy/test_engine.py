@@ -123,6 +123,33 @@ def test_a_verdict_names_its_rule_tier_and_version() -> None:
     assert verdict.reason == "rule 'email-needs-approval': risk tier high"
 
 
+def test_a_high_rule_names_its_approver_and_the_stricter_of_two_holds() -> None:
+    text = (
+        '@id("email") @tier("high") permit(principal, action, resource == Tool::"send_email");\n'
+        '@id("wire") @approver("admin") @tier("high")\n'
+        'permit(principal, action, resource == Tool::"wire_money");\n'
+        '@id("big") @approver("admin") @tier("high")\n'
+        "permit(principal, action, resource) when { context.args has to && "
+        'context.args.to == "all@example.com" };'
+    )
+    policy = compile_policy(text)
+    verdicts = {
+        (target, to): policy.evaluate(
+            CallFacts(action="tool.call", target=target, arguments={"to": to})
+        )
+        for target, to in [
+            ("send_email", "cfo"),
+            ("wire_money", "x"),
+            ("send_email", "all@example.com"),
+        ]
+    }
+    assert {k: (v.outcome, v.rule, v.approver) for k, v in verdicts.items()} == {
+        ("send_email", "cfo"): ("high", "email", "operator"),
+        ("wire_money", "x"): ("high", "wire", "admin"),
+        ("send_email", "all@example.com"): ("high", "email", "admin"),
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -130,6 +157,14 @@ def test_a_verdict_names_its_rule_tier_and_version() -> None:
         ('@tier("extreme") permit(principal, action, resource);', "is not one of low"),
         ('@tier("high") forbid(principal, action, resource);', "@tier goes on a permit"),
         ('@owner("me") permit(principal, action, resource);', "unknown annotation @owner"),
+        (
+            '@id("x") @approver("admin") @tier("medium") permit(principal, action, resource);',
+            "rule 'x': @approver goes on a @tier(\"high\") permit",
+        ),
+        (
+            '@id("x") @approver("viewer") @tier("high") permit(principal, action, resource);',
+            "rule 'x': @approver('viewer') is not one of operator, admin",
+        ),
         (
             '@id("a") permit(principal, action, resource);\n'
             '@id("a") permit(principal, action, resource);',

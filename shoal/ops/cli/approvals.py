@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from shoal.errors import InvalidOption
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
 from shoal.ops.cli._roles import require_role
+from shoal.ops.cli.layout import fit
 from shoal.ops.connect import open_bus
 from shoal.policy import Approvals, ApprovalState
 
@@ -28,24 +31,33 @@ def as_row(a: ApprovalState) -> dict[str, Any]:
     return row
 
 
+_DROP = ("fleet/agent", "rule", "asked (UTC)", "state")
+"""Dropped in this order where the console is too narrow."""
+_KEEP = ("id", "tier", "action", "session")
+"""Never wrapped: an id is copied whole into ``show``, ``grant`` or ``session show``."""
+
+
 def _table(rows: list[ApprovalState], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("id", no_wrap=True)
-    table.add_column("tier", no_wrap=True)
-    table.add_column("action", overflow="fold")
-    table.add_column("session", overflow="fold")
-    table.add_column("fleet/agent", overflow="fold")
-    table.add_column("rule", overflow="fold")
-    table.add_column("asked (UTC)", no_wrap=True)
+    # No vertical rules: at 80 columns the id, the call and the session fit whole.
+    table = Table("id", "state", "tier", "action", "session", "fleet/agent", "rule", "asked (UTC)")
+    table.box, table.show_edge, table.padding = box.SIMPLE_HEAD, False, (0, 1, 0, 0)
+    table.title, table.title_justify = title, "left"
     for a in rows:
+        # Everything here may come from an agent: text, never markup.
         table.add_row(
-            a.id,
-            a.tier,
-            f"{a.action.removesuffix('.call')} {a.target}",
-            a.iid,
-            f"{a.fleet}/{a.agent}",
-            a.rule,
-            f"{a.requested_at:%H:%M:%S}",
+            *map(
+                escape,
+                (
+                    a.id,
+                    a.state,
+                    a.tier,
+                    f"{a.action.removesuffix('.call')} {a.target}",
+                    a.iid,
+                    f"{a.fleet}/{a.agent}",
+                    a.rule,
+                    f"{a.requested_at:%H:%M:%S}",
+                ),
+            )
         )
     return table
 
@@ -76,7 +88,7 @@ def ls(
     elif not rows:
         c.out.print("no pending approvals")
     else:
-        c.out.print(_table(rows, f"{len(rows)} approval(s)"))
+        c.out.print(fit(_table(rows, f"{len(rows)} approval(s)"), c.out, _DROP, _KEEP))
 
 
 @approvals_app.command("review")
@@ -93,7 +105,7 @@ def review(
     elif not rows:
         c.out.print("nothing to review")
     else:
-        c.out.print(_table(rows, f"{len(rows)} call(s) to review"))
+        c.out.print(fit(_table(rows, f"{len(rows)} call(s) to review"), c.out, _DROP, _KEEP))
 
 
 @approvals_app.command("show")
@@ -109,19 +121,33 @@ def show(ctx: typer.Context, approval: IdArgument, as_json: JsonOption = False) 
     if c.json:
         emit_json(as_row(a))
         return
-    c.out.print(f"{a.id}  {a.state}  tier {a.tier}  rule {a.rule}")
-    c.out.print(f"{a.action} {a.target}  session {a.iid}  ({a.fleet}/{a.agent}/{a.instance})")
-    c.out.print(f"on behalf of {a.principal}; asked {a.requested_at.isoformat()}")
-    for key, value in a.arguments.items():
-        c.out.print(f"  {key} = {value}")
-    c.out.print(f"request sha256 {a.request_hash}")
+    lines = [
+        f"{a.id}  {a.state}  tier {a.tier}  rule {a.rule}",
+        f"{a.action} {a.target}  session {a.iid}  ({a.fleet}/{a.agent}/{a.instance})",
+        f"on behalf of {a.principal}; asked {a.requested_at.isoformat()}",
+        *(f"  {key} = {value}" for key, value in a.arguments.items()),
+        f"request hash {a.request_hash}",
+    ]
     if a.decided_at is not None:
-        c.out.print(f"{a.state} by {a.decided_by} after {a.wait_s:.1f}s: {a.reason}")
+        lines.append(f"{a.state} by {a.decided_by} after {a.wait_s:.1f}s: {a.reason}")
+    for line in lines:
+        # The arguments come from the agent: printed as they are, never read as markup
+        # (a "[redacted 15 chars]" or a crafted "[/]" must reach the approver unchanged).
+        c.out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _decide(ctx: typer.Context, approval: str, grant: bool, reason: str, as_json: bool) -> None:
     c = cli(ctx, as_json)
-    require_role(c, "operator", "approvals.grant" if grant else "approvals.deny", approval)
+    command = "approvals.grant" if grant else "approvals.deny"
+    require_role(c, "operator", command, approval)
+
+    async def _get() -> ApprovalState:
+        async with open_bus(c.settings) as bus:
+            return await (await Approvals.open(bus)).get(approval)
+
+    # A rule may name a stricter approver (@approver("admin")): checked before deciding.
+    if run(c, _get()).approver_role == "admin":
+        require_role(c, "admin", command, approval)
 
     async def _go() -> ApprovalState:
         async with open_bus(c.settings) as bus:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from shoal.ops.cli._common import JsonOption, cli, emit_json, run
+from shoal.ops.cli._roles import require_role
 from shoal.ops.connect import open_bus
 
 IidArgument = Annotated[str, typer.Argument(help="The running session (IID).")]
@@ -20,6 +21,7 @@ def send(
     from shoal.aggregates.interactions import send_message
 
     c = cli(ctx, as_json)
+    require_role(c, "operator", "session.send", iid)
 
     async def _send() -> str:
         async with open_bus(c.settings) as bus:
@@ -39,6 +41,7 @@ def reply(
     from shoal.aggregates.interactions import reply_to_session
 
     c = cli(ctx, as_json)
+    require_role(c, "operator", "session.reply", iid)
 
     async def _reply() -> tuple[str, str, str]:
         async with open_bus(c.settings) as bus:

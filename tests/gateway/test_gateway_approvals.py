@@ -1,0 +1,73 @@
+"""A high-tier model call parked in the network gateway: the approval outlives the gateway
+replica that asked, and the call goes upstream once, when granted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from shoal.bus import Bus
+from shoal.gateway import GatewayConfig, run_gateway
+from shoal.gateway.offline import OfflineUpstream
+from shoal.policy import Approvals, apply_policy
+from shoal.schemas import ApprovalRequested, PolicyDecided
+from tests.gateway.conftest import MakeKey
+from tests.policy.test_approval_restarts import pending
+
+pytestmark = pytest.mark.timeout(90)
+
+RULE = (
+    '@id("fast-needs-approval") @tier("high") '
+    'permit(principal, action == Action::"model", resource == Model::"fast");'
+)
+BODY = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+
+
+async def test_a_parked_call_survives_a_gateway_restart_and_goes_upstream_once(
+    bus: Bus,
+    gateway_config: GatewayConfig,
+    make_key: MakeKey,
+    upstream: tuple[str, OfflineUpstream],
+) -> None:
+    await apply_policy(bus, RULE, fleet="research", by="olga", reason="test")
+    key, secret = await make_key()
+    headers = {"Authorization": f"Bearer {secret}"}
+    approvals = await Approvals.open(bus)
+    http = httpx.AsyncClient(timeout=30)
+    try:
+        async with run_gateway(bus, gateway_config) as first:
+            await asyncio.sleep(0.3)  # the policy mirror follows the bucket
+            url = f"{first.url}/chat/completions"
+            parked = asyncio.create_task(http.post(url, json=BODY, headers=headers))
+            ids = await pending(approvals)
+        # The replica stopped: it let go of the parked call at once, retryable.
+        released = await asyncio.wait_for(parked, 20)
+    finally:
+        await http.aclose()
+    assert released.status_code == 503, released.text
+    assert released.headers["x-should-retry"] == "true"
+    assert released.json()["error"]["code"] == "approval_pending"
+    assert released.json()["error"]["message"] == (
+        f"approval {ids[0]} is pending and this gateway replica is stopping: "
+        "retry the call (it finds the same approval)"
+    )
+    assert upstream[1].requests == {}
+
+    async with run_gateway(bus, gateway_config) as second:
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=second.url, timeout=30) as http:
+            retried = asyncio.create_task(
+                http.post("/chat/completions", json=BODY, headers=headers)
+            )
+            await asyncio.sleep(0.5)
+            assert await pending(approvals) == ids  # the same request: asked once
+            await approvals.decide(ids[0], grant=True, by="olga", reason="fine")
+            answer = await asyncio.wait_for(retried, 20)
+    assert answer.status_code == 200, answer.text
+    assert upstream[1].requests == {"offline-small": 1}
+    events = [s.event.data for s in await bus.session_events(key.id) if s.event is not None]
+    assert [e.request_id for e in events if isinstance(e, ApprovalRequested)] == ids
+    decided = [(d.decision, d.rule) for d in events if isinstance(d, PolicyDecided)]
+    assert decided == [("needs_approval", "fast-needs-approval")] * 2
