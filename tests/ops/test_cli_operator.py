@@ -273,6 +273,12 @@ def test_help_has_panels_and_no_type_placeholders() -> None:
     top = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
     panels = re.findall(r"╭─ (\w+) ─", top.stdout)
     assert panels == ["Options", "run", "observe", "govern", "fleet", "data"]
+    lines = top.stdout.splitlines()
+    assert {len(line) for line in lines if line.startswith(("╭", "│", "╰"))} == {100}
+    assert "│ deadletters  Messages no consumer could process: list, inspect, replay." in top.stdout
+    assert "│ -o json, --json " in top.stdout and "<bool>" not in top.stdout
+    bare = runner.invoke(app, [], env={"COLUMNS": "80"})
+    assert bare.exit_code == 2 and "╭─ govern ─" in bare.stderr  # a usage error: on stderr
     from tests.ops.test_cli_options import _commands
 
     paths = [path.split() for path, _ in _commands()]
