@@ -381,3 +381,15 @@ def test_the_revocation_warden_outlives_the_command_timeout(tmp_path: Path) -> N
             warden.kill()
             warden.wait()
         EmbeddedServer(ShoalSettings(data_dir=tmp_path / "data")).stop()
+
+
+def test_a_runtime_failure_reported_by_a_command_keeps_its_code_in_json(tmp_path: Path) -> None:
+    env = {"SHOAL_DATA_DIR": str(tmp_path / "data"), "NATS_URL": ""}
+    result = runner.invoke(app, ["--json", "trace", "01M8TAAXKRNF2ZYQTWFZRPHE58"], env=env)
+    assert (result.exit_code, result.stdout) == (1, "")
+    path = tmp_path / "data" / "traces" / "spans.jsonl"
+    assert json.loads(result.stderr) == {
+        "error": f"no span file at {path}: tracing was off or spans went to an OTLP endpoint",
+        "code": "not_found",
+        "exit": 1,
+    }
