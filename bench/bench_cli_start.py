@@ -2,8 +2,9 @@
 
 Each command runs as a fresh process N times (median and best reported), so the figure is
 what a person waits for at the prompt: interpreter start, imports, rendering the help.
-Ceilings, same run: ``python -c pass`` (the interpreter alone) and ``python -c "import
-typer.rich_utils"`` (the CLI framework with its rich help, which ``shoal --help`` needs).
+Ceilings, same run: ``python -c pass`` (the interpreter alone), ``python -c "import typer"``
+(the CLI framework, which ``shoal --help`` needs) and ``python -c "import typer.rich_utils"``
+(typer's rich help renderer, which the root help no longer loads: shoal/ops/cli/_help.py).
 
 Run: ``uv run python bench/bench_cli_start.py [--runs 15]``. Target: ``shoal --help`` < 0.3 s.
 """
@@ -42,6 +43,7 @@ def main() -> None:
     py = sys.executable
     cases = [
         ("python -c pass", [py, "-c", "pass"]),
+        ("python -c 'import typer'", [py, "-c", "import typer"]),
         ("python -c 'import typer.rich_utils'", [py, "-c", "import typer.rich_utils"]),
         ("shoal --help", [py, "-m", "shoal", "--help"]),
         ("shoal --version", [py, "-m", "shoal", "--version"]),

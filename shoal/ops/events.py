@@ -12,7 +12,7 @@ from nats.js import api
 from shoal.bus import Bus, Stored, to_stored
 from shoal.schemas import CloudEvent
 
-__all__ = ["event_line", "event_summary", "stored_to_json", "tail"]
+__all__ = ["event_facts", "event_line", "event_summary", "stored_to_json", "tail"]
 
 
 async def tail(
@@ -67,7 +67,12 @@ async def tail(
 
 def event_summary(event: CloudEvent) -> str:
     """A short human description of an event's payload for one-line listings."""
-    d = event.data.model_dump(exclude_none=True)
+    return " ".join(event_facts(event))
+
+
+def event_facts(event: CloudEvent) -> list[str]:
+    """The payload's telling fields, ``key=value`` each, in the order a reader wants them."""
+    d = event.data.model_dump(mode="json", exclude_none=True)
     keys = {
         "shoal.goal.submitted": ("fleet", "text"),
         "shoal.goal.planned": (),
@@ -78,14 +83,17 @@ def event_summary(event: CloudEvent) -> str:
         "shoal.model.called": ("model", "input_tokens", "output_tokens"),
         "shoal.tool.called": ("tool", "result_class", "arguments"),
         "shoal.policy.decided": ("action", "target", "decision", "rule"),
+        "shoal.approval.requested": ("target", "tier", "action", "reason", "request_id"),
+        "shoal.approval.granted": ("by", "reason", "request_id"),
+        "shoal.approval.denied": ("by", "expired", "reason", "request_id"),
         "shoal.outcome.reported": ("outcome", "signal"),
         "shoal.budget.exceeded": ("scope", "key", "budget_usd", "spent_usd"),
     }.get(event.type)
     if event.type == "shoal.goal.planned":
-        return f"{len(d.get('tasks', []))} tasks"
+        return [f"{len(d.get('tasks', []))} tasks"]
     if keys is None:
         keys = tuple(k for k in d if isinstance(d[k], str | int | float))[:4]
-    return " ".join(f"{k}={d[k]}" for k in keys if k in d)
+    return [f"{k}={d[k]}" for k in keys if k in d]
 
 
 def event_line(seq: int, event: CloudEvent) -> str:

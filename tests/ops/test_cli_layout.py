@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from shoal.bus import ShoalSettings
 from shoal.ops.cli import app
-from shoal.ops.cli.layout import fit, middle
+from shoal.ops.cli.layout import fit, fit_facts, middle
 from tests.natsproc import NatsProcess
 
 IID = "01M8SNSJEWGZ1CG999XM56PQ8W"
@@ -21,6 +21,21 @@ def test_middle_keeps_the_start_and_the_end() -> None:
     assert middle("task.failed attempt=1 final=False", 20) == "task.faile…nal=False"
     assert middle("short", 20) == "short"
     assert len(middle("x" * 100, 30)) == 30
+
+
+def test_fit_facts_cuts_the_last_facts_first_and_keeps_the_decisive_ones_whole() -> None:
+    decided = ["needs_approval", "send_email", "tool.call", "rule=manifest.approval"]
+    assert fit_facts(decided, 200) == "needs_approval send_email tool.call rule=manifest.approval"
+    assert fit_facts(decided, 48, whole=2) == "needs_approval send_email tool.call rule=man…val"
+    assert fit_facts(decided, 38, whole=2) == "needs_approval send_email tool.call …"
+    assert fit_facts(decided, 30, whole=2) == "needs_approval send_email …"
+    error = "error=model endpoint overloaded: rate limit exceeded (simulated); retrying"
+    failed = fit_facts(["final=False", "attempt=1", error], 50, whole=2)
+    assert failed == "final=False attempt=1 error=model endpo…; retrying"
+    called = ["tool=read_file", "result_class=ok", "arguments={'path': 'event-sourcing.md'}"]
+    assert fit_facts(called, 50) == "tool=read_file result_class=ok arguments={'pa…md'}"
+    assert fit_facts(called, 20) == "tool=read_file …"
+    assert len(fit_facts(called, 10)) == 10  # never wider than asked, even when too narrow
 
 
 def _sessions_table() -> Table:
@@ -78,5 +93,8 @@ def test_the_demo_at_80_and_200_columns_keeps_every_key_fact(
         assert summary[7] == f"  look     shoal goal show {gid.group(1)}"
         assert summary[10] == "           shoal demo --approve   (grants the approval)"
         # The timeline's decisive facts are never cut.
-        assert any("policy.decided deny tool.call fetch_url" in x for x in lines)
-        assert any("task.failed final=False attempt=1" in x for x in lines)
+        assert any("policy.decided deny fetch_url tool.call rule=" in x for x in lines)
+        assert any("policy.decided needs_approval send_email tool.call" in x for x in lines)
+        assert any("task.failed final=False attempt=1 error=model endpo" in x for x in lines)
+        assert any("approval.requested target=send_email tier=high" in x for x in lines)
+        assert any(re.search(r"tool\.called tool=read_file result_class=ok arg", x) for x in lines)

@@ -273,6 +273,12 @@ def test_help_has_panels_and_no_type_placeholders() -> None:
     top = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
     panels = re.findall(r"╭─ (\w+) ─", top.stdout)
     assert panels == ["Options", "run", "observe", "govern", "fleet", "data"]
+    lines = top.stdout.splitlines()
+    assert {len(line) for line in lines if line.startswith(("╭", "│", "╰"))} == {100}
+    assert "│ deadletters  Messages no consumer could process: list, inspect, replay." in top.stdout
+    assert "│ -o json, --json " in top.stdout and "<bool>" not in top.stdout
+    bare = runner.invoke(app, [], env={"COLUMNS": "80"})
+    assert bare.exit_code == 2 and "╭─ govern ─" in bare.stderr  # a usage error: on stderr
     from tests.ops.test_cli_options import _commands
 
     paths = [path.split() for path, _ in _commands()]
@@ -319,8 +325,10 @@ def test_shell_completion_completes_commands_and_subcommands() -> None:
     env = {"_SHOAL_COMPLETE": "complete_bash", "COMP_CWORD": "2"}
     result = runner.invoke(app, [], env={**env, "COMP_WORDS": "shoal fleet sc"}, prog_name="shoal")
     assert result.stdout.split() == ["scale"]
-    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="shoal")
-    assert script.exit_code == 0 and "_SHOAL_COMPLETE=complete_bash" in script.stdout
+    # As an operator installs it: a fresh process (in-process, click's completion state
+    # left by earlier CliRunner calls in a long test run once lost the shell argument).
+    code, out, err = shoal_process({}, "--show-completion", "bash")
+    assert (code, err) == (0, "") and "_SHOAL_COMPLETE=complete_bash" in out
 
 
 async def test_a_query_that_times_out_under_load_is_one_line_exit_1(
@@ -340,3 +348,48 @@ async def test_a_query_that_times_out_under_load_is_one_line_exit_1(
         "error: the query service did not answer within 0.5s (it may still be catching up "
         "with the core: see 'shoal projections status')"
     ]
+
+
+def test_the_revocation_warden_outlives_the_command_timeout(tmp_path: Path) -> None:
+    """A service is not bounded by ``--timeout``: the warden once died 10 s after 'shoal up'."""
+    import time
+
+    from shoal.ops.server import EmbeddedServer
+
+    env = {**os.environ, "SHOAL_DATA_DIR": str(tmp_path / "data"), "NATS_URL": ""}
+    code, _, err = shoal_process(env, "up", "--no-services")
+    assert code == 0, err
+    warden = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "--timeout", "1", "auth", "warden"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert warden.stderr is not None
+        line = warden.stderr.readline()
+        assert line == "warden following the kill switches; SIGTERM stops it\n"
+        time.sleep(3)  # three times its --timeout
+        assert warden.poll() is None, warden.communicate()
+        warden.send_signal(signal.SIGTERM)
+        _, stderr = warden.communicate(timeout=30)
+        assert (warden.returncode, stderr) == (0, "warden stopped: 0 credential(s) revoked\n")
+    finally:
+        if warden.poll() is None:
+            warden.kill()
+            warden.wait()
+        EmbeddedServer(ShoalSettings(data_dir=tmp_path / "data")).stop()
+
+
+def test_a_runtime_failure_reported_by_a_command_keeps_its_code_in_json(tmp_path: Path) -> None:
+    env = {"SHOAL_DATA_DIR": str(tmp_path / "data"), "NATS_URL": ""}
+    result = runner.invoke(app, ["--json", "trace", "01M8TAAXKRNF2ZYQTWFZRPHE58"], env=env)
+    assert (result.exit_code, result.stdout) == (1, "")
+    path = tmp_path / "data" / "traces" / "spans.jsonl"
+    assert json.loads(result.stderr) == {
+        "error": f"no span file at {path}: tracing was off or spans went to an OTLP endpoint",
+        "code": "not_found",
+        "exit": 1,
+    }

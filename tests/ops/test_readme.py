@@ -39,7 +39,7 @@ def _argv(command: str, env_vars: dict[str, str]) -> list[str]:
     return [sys.executable, "-m", "shoal", *words[3:]]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)  # ~50 processes; under a loaded CI machine each takes seconds
 def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     commands = readme_commands()
     shoal_lines = [c for c in commands if c not in NOT_SHOAL]
@@ -47,6 +47,9 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOAL_", "NATS_", "OTEL_"))}
     env["PYTHONPATH"] = str(ROOT)
+    # Free ports for the gateway 'shoal up' starts: tests run side by side on one machine, and
+    # a gateway already on :4080 would leave this one down (and 'shoal status' exits 1).
+    env.update(SHOAL_GATEWAY_PORT="0", SHOAL_GATEWAY_MCP_PORT="0")
     variables: dict[str, str] = {}
 
     def run(argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -149,8 +149,9 @@ def _is_timeout(e: BaseException) -> bool:
 
 
 def fail(c: Cli, message: str, code: int = 2, kind: str = "usage") -> typer.Exit:
-    """Print one error line (JSON with ``--json``); return the Exit to raise."""
-    print_error(message, kind if code == 2 else "error", code, as_json=c.json)
+    """Print one error line (JSON with ``--json``, its ``code`` being ``kind``); return the
+    Exit to raise."""
+    print_error(message, kind, code, as_json=c.json)
     return typer.Exit(code)
 
 

@@ -149,6 +149,7 @@ here. ``tests/ops/test_cli_startup.py`` checks each short help against the comma
 """
 
 PANEL_OF = {name: panel for name, (_, panel, _) in COMMANDS.items()}
+_PANELS = tuple(dict.fromkeys(PANEL_OF.values()))
 """The ``--help`` panel of each top-level command (run, observe, govern, fleet, data)."""
 
 _LABELS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH"}
@@ -292,12 +293,11 @@ class ShoalGroup(TyperGroup):
         return self.commands.get(cmd_name)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        self._listing = True
-        try:
-            self._tidy_root()
-            super().format_help(ctx, formatter)
-        finally:
-            self._listing = False
+        """The root's help in plain text (no rich import: see :mod:`shoal.ops.cli._help`)."""
+        from shoal.ops.cli._help import root_help
+
+        self._tidy_root()
+        formatter.write(root_help(self, ctx, _PANELS))
 
     def load(self, module_name: str) -> None:
         """Import ``shoal.ops.cli.<module>`` and add the commands it registers."""

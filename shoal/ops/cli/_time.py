@@ -25,7 +25,7 @@ _ISO = re.compile(
     r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 _CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
-_FORMS = "a duration (24h, 90m, 7d, P1D, PT2H) or a time (2026-12-01T17:00, 17:49:37)"
+_FORMS = "a duration (24h, 90m, 7d, P1D, PT2H) nor a time (2026-12-01T17:00, 17:49:37)"
 
 
 def parse_duration(text: str) -> float | None:

@@ -143,9 +143,19 @@ def warden(ctx: typer.Context) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await ops.run_warden(c.settings, stop)
+        ready = asyncio.Event()
 
-    revoked = run(c, _run())
+        async def announce() -> None:
+            await ready.wait()
+            c.err.print("warden following the kill switches; SIGTERM stops it")
+
+        announcing = asyncio.create_task(announce())
+        try:
+            return await ops.run_warden(c.settings, stop, ready)
+        finally:
+            announcing.cancel()
+
+    revoked = run(c, _run(), bounded=False)  # a service: until SIGTERM
     c.err.print(f"warden stopped: {revoked} credential(s) revoked")
 
 

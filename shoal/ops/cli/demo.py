@@ -14,9 +14,9 @@ from shoal.bus import Bus, Stored
 from shoal.bus.tracecontext import goal_trace_id
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli.console import console_hint
-from shoal.ops.cli.layout import middle
+from shoal.ops.cli.layout import fit_facts, middle
 from shoal.ops.connect import open_bus
-from shoal.ops.events import event_summary, stored_to_json
+from shoal.ops.events import event_facts, stored_to_json
 from shoal.schemas import (
     ApprovalDenied,
     ApprovalGranted,
@@ -242,8 +242,10 @@ def _summary(c: Cli, done: DemoRun) -> None:
 def _timeline(result: DemoResult, width: int = 100) -> Tree:
     """The goal's events as a tree of sessions (children under the IID that delegated).
 
-    Each line fits the width: sequence and type first, whole; the summary shortened in the
-    middle so its end (the decision, ``final=False``) survives; the clock only when wide.
+    Each line fits the width: sequence and type first, whole; then the event's facts, the
+    decisive ones first and whole (the decision and its target, ``final=False``), the later
+    ones shortened in the middle (:func:`~shoal.ops.cli.layout.fit_facts`); the clock only
+    when wide.
     """
     from shoal.ops.demo import session_tree
 
@@ -266,7 +268,8 @@ def _timeline(result: DemoResult, width: int = 100) -> Tree:
             clock = e.time.strftime("%H:%M:%S.%f")[:-3] + " " if width >= 120 else ""
             head = f"#{item.seq} {clock}{e.short_type}"
             style = "red" if e.short_type in ("policy.decided", "task.failed") else "default"
-            rest = middle(_key_facts(e), max(room - len(head) - 1, 10))
+            facts, whole = _key_facts(e)
+            rest = fit_facts(facts, max(room - len(head) - 1, 10), whole)
             branch.add(f"[{style}]{escape(head)}[/] {escape(rest)}")
         for child in children.get(iid, []):
             add(branch, child, depth + 1)
@@ -276,14 +279,15 @@ def _timeline(result: DemoResult, width: int = 100) -> Tree:
     return root
 
 
-def _key_facts(e: CloudEvent) -> str:
-    """The summary with the decisive fields first (decision, final, error)."""
+def _key_facts(e: CloudEvent) -> tuple[list[str], int]:
+    """The summary's facts, the decisive ones first, and how many of them are never cut
+    (a decision and its target; ``final`` and ``attempt``; else the first)."""
     data = e.data
     if isinstance(data, PolicyDecided):
-        return f"{data.decision} {data.action} {data.target} rule={data.rule}"
+        return [data.decision, data.target, data.action, f"rule={data.rule}"], 2
     if isinstance(data, TaskFailed):
-        return f"final={data.final} attempt={data.attempt} error={data.error}"
-    return event_summary(e)
+        return [f"final={data.final}", f"attempt={data.attempt}", f"error={data.error}"], 2
+    return event_facts(e), 1
 
 
 def _as_json(done: DemoRun) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
 
-__all__ = ["ELLIPSIS", "fit", "middle"]
+__all__ = ["ELLIPSIS", "fit", "fit_facts", "middle"]
 
 ELLIPSIS = "…"
 
@@ -29,6 +29,45 @@ def middle(text: str, width: int) -> str:
     head = (keep + 1) // 2
     tail = keep - head
     return text[:head] + ELLIPSIS + (text[-tail:] if tail else "")
+
+
+_FLOOR = 12
+"""Shortest a fact is cut to before the next longest one gives way."""
+
+
+def fit_facts(facts: Sequence[str], width: int, whole: int = 1) -> str:
+    """``facts`` (most decisive first) joined by spaces in ``width`` characters.
+
+    The first ``whole`` facts (``deny fetch_url``, ``final=False attempt=1``, a tool's name)
+    are kept whole. The others give way from the last: each is first shortened to a few
+    characters (its value in the middle, its ``key=`` kept), then dropped for a ``…``. Only
+    when the whole facts alone do not fit is the line itself shortened in the middle.
+    """
+    parts = list(facts)
+
+    def excess() -> int:
+        return sum(map(len, parts)) + len(parts) - 1 - width
+
+    for i in reversed(range(whole, len(parts))):
+        over = excess()
+        if over <= 0:
+            break
+        if len(parts[i]) <= _FLOOR:
+            continue
+        target = max(len(parts[i]) - over, _FLOOR)
+        key, eq, value = parts[i].partition("=")
+        if eq and target - len(key) - 1 >= 5:  # the key whole, enough of the value to read
+            parts[i] = f"{key}={middle(value, target - len(key) - 1)}"
+        else:
+            parts[i] = middle(parts[i], target)
+    tail = len(parts)
+    while tail > whole and excess() > 0:  # drop from the end, leaving a … in their place
+        tail -= 1
+        if len(" ".join([*parts[:tail], ELLIPSIS])) <= width:
+            break
+    if tail < len(parts):
+        parts = [*parts[:tail], ELLIPSIS]
+    return middle(" ".join(parts), width)
 
 
 def fit(
