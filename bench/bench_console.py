@@ -49,6 +49,7 @@ from shoal.bus import Bus, KillScope, KillSwitch, Presence, ShoalSettings, kill_
 from shoal.console import KVTokenStore, control
 from shoal.console.data import ConsoleData, SessionFilter
 from shoal.ops.fleets import apply_fleet, open_fleet_app
+from shoal.policy import Approvals
 from shoal.projections.host import ProjectionHost
 from shoal.projections.service import run_query_service
 from shoal.schemas import CloudEvent, ModelCalled, TaskStarted, ToolCalled, new_id, utcnow
@@ -230,6 +231,12 @@ def page_reads(bus: Bus, iid: str) -> dict[str, Callable[[], Awaitable[object]]]
     async def sessions(f: SessionFilter) -> object:
         return await asyncio.gather(d.sessions(f), d.goals(f.q), d.facets())
 
+    async def approvals() -> object:
+        store = await Approvals.open(bus)
+        return await asyncio.gather(
+            store.list(), store.list(states=("granted", "denied", "expired"))
+        )
+
     async def fleet() -> object:
         return await asyncio.gather(
             control.describe_fleet(bus, "fleet-1"), control.fleet_history(bus, "fleet-1")
@@ -251,7 +258,7 @@ def page_reads(bus: Bus, iid: str) -> dict[str, Callable[[], Awaitable[object]]]
         "/tools": lambda: d.ledger({"limit": 100}),
         "/tools?decision=deny": lambda: d.ledger({"decision": "deny", "limit": 100}),
         "/kills": lambda: control.list_kills(bus),
-        "/approvals": lambda: d.awaiting_approval(),
+        "/approvals": approvals,
     }
 
 

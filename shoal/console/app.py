@@ -38,6 +38,7 @@ from shoal.console.access import (
     console_buckets,
 )
 from shoal.console.actions import ACTIONS
+from shoal.console.approvals import APPROVAL_ACTIONS
 from shoal.console.cards import CARD_ROUTES
 from shoal.console.data import ConsoleData
 from shoal.console.pages import PAGES
@@ -131,7 +132,7 @@ def create_app(console: Console) -> Starlette:
     routes: list[Route | Mount] = [
         Route("/login", login_page, methods=["GET"]),
         *(Route(path, page(fn), methods=["GET"]) for path, fn in PAGES),
-        *(Route(path, fn, methods=methods) for path, fn, methods in ACTIONS),
+        *(Route(path, fn, methods=methods) for path, fn, methods in (*ACTIONS, *APPROVAL_ACTIONS)),
         *CARD_ROUTES,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

@@ -246,11 +246,6 @@ class ConsoleData:
         )
         return rows[0]
 
-    async def awaiting_approval(self, limit: int = 50) -> list[list[Any]]:
-        """Approval requests with no decision yet: [request_id, iid, action, target, ts]."""
-        rows = await self.sql(_AWAITING, limit)
-        return [[r["request_id"], r["iid"], r["action"], r["target"], r["ts"]] for r in rows]
-
     async def _presence(self) -> list[Presence]:
         kv = await self.bus.kv(self.bus.topology.presence.name)
         entries = await control.kv_snapshot(kv)
@@ -331,6 +326,7 @@ class ConsoleData:
             # than two requests queued on the one endpoint.
             self.query.query("workflows", {"order": "spend", "limit": 1000, **rng}),
             self.spend_over_time(since),
+            self.query.query("cache", rng),
         )
         workflows = answers[3].rows
         by_value = sorted(
@@ -343,6 +339,7 @@ class ConsoleData:
             "top_spend": Ranked(workflows[:10]),
             "top_value": Ranked(by_value[:10]),
             "series": answers[4],
+            "cache": answers[5],
         }
 
     async def breakdown(self, since: datetime | None) -> dict[str, Breakdown]:

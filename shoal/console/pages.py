@@ -14,6 +14,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from shoal.aggregates.replay import build_replay, parse_at, read_replay
 from shoal.bus import KILL_SCOPES
 from shoal.console import control
+from shoal.console.approvals import approvals_page
 from shoal.console.data import SessionFilter, sql_literal, token_or_empty
 from shoal.console.live import follow_session
 from shoal.console.registry_page import registry
@@ -295,16 +296,6 @@ async def kills(request: Request) -> Response:
     )
 
 
-async def approvals(request: Request) -> Response:
-    await require(request)
-    c = console_of(request)
-    try:
-        pending = await c.data.awaiting_approval()
-    except ShoalError:
-        pending = []
-    return render(request, "approvals.html", {"active": "approvals", "pending": pending})
-
-
 async def gateway(request: Request) -> Response:
     await require(request)
     return render(request, "gateway.html", {"active": "gateway"})
@@ -328,7 +319,7 @@ PAGES = (
     ("/cost", cost),
     ("/tools", tools),
     ("/kills", kills),
-    ("/approvals", approvals),
+    ("/approvals", approvals_page),
     ("/gateway", gateway),
     ("/registry", registry),
     ("/healthz", healthz),

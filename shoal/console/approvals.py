@@ -1,0 +1,105 @@
+"""The approvals inbox: pending requests from the approvals bucket, granted or denied here.
+
+The page reads the ``<P>_approvals`` bucket (the same documents ``shoal approvals ls``
+lists: the exact request, its arguments as redacted for display, the rule, the deadline).
+A decision is :meth:`shoal.policy.Approvals.decide` with ``by`` the signed-in principal,
+exactly as ``shoal approvals grant|deny`` calls it: compare-and-set on the document, then
+``approval.granted|denied`` on the session's timeline naming the person. Like every action
+it is confirmed first, carries the CSRF token, and needs the request's approver role
+(``operator`` unless the policy asks for more).
+"""
+
+from __future__ import annotations
+
+from nats.js.errors import BucketNotFoundError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.console.access import Role
+from shoal.console.actions import confirm_page, go_back
+from shoal.console.web import console_of, render, require, require_action
+from shoal.errors import ShoalError
+from shoal.policy import Approvals, ApprovalState
+
+__all__ = ["APPROVAL_ACTIONS", "approvals_page"]
+
+DECIDED = ("granted", "denied", "expired")
+
+
+async def _open(request: Request) -> Approvals | None:
+    try:
+        return await Approvals.open(console_of(request).bus)
+    except BucketNotFoundError:
+        return None  # nothing provisioned yet: no request can have been made
+
+
+async def approvals_page(request: Request) -> Response:
+    """Pending approvals, oldest first, and the last decisions."""
+    await require(request)
+    store = await _open(request)
+    pending: list[ApprovalState] = []
+    decided: list[ApprovalState] = []
+    error = ""
+    if store is not None:
+        try:
+            pending = await store.list(states=("pending",))
+            done = await store.list(states=DECIDED)
+            decided = sorted(done, key=lambda a: a.decided_at or a.requested_at, reverse=True)
+        except ShoalError as e:
+            error = str(e)
+    return render(
+        request,
+        "approvals.html",
+        {
+            "active": "approvals",
+            "pending": pending,
+            "decided": decided[:20],
+            "error": error,
+        },
+    )
+
+
+async def decide(request: Request) -> Response:
+    """Grant or deny one pending approval (confirmed first), recorded as the principal."""
+    sign_in, form = await require_action(request)
+    approval, verb = request.path_params["id"], request.path_params["verb"]
+    if verb not in ("grant", "deny"):
+        return go_back("/approvals", error=f"unknown decision {verb!r}: grant or deny")
+    reason = str(form.get("reason") or "").strip()
+    store = await _open(request)
+    if store is None:
+        return go_back("/approvals", error=f"no approval {approval!r}")
+    try:
+        state = await store.get(approval)
+    except ShoalError as e:
+        return go_back("/approvals", error=str(e))
+    need: Role = "admin" if state.approver_role == "admin" else "operator"
+    if not sign_in.who.may(need):
+        return go_back(
+            "/approvals",
+            error=f"{approval} needs role {need}; {sign_in.principal} is a {sign_in.role}",
+        )
+    what = f"{state.action.removesuffix('.call')} {state.target} in session {state.iid}"
+    if form.get("confirmed") != "yes":
+        effect = (
+            "The parked call runs with exactly the reviewed arguments."
+            if verb == "grant"
+            else "The parked call fails with an error its handler sees."
+        )
+        lines = [
+            f"{verb.capitalize()} {approval}: {what}.",
+            effect,
+            f"Recorded on the session's timeline as {sign_in.principal}, "
+            f"reason: {reason or '(none given)'}.",
+        ]
+        return confirm_page(request, form, f"{verb.capitalize()} {approval}?", lines, "/approvals")
+    try:
+        decided = await store.decide(
+            approval, grant=verb == "grant", by=sign_in.principal, reason=reason
+        )
+    except ShoalError as e:
+        return go_back("/approvals", error=str(e))
+    return go_back("/approvals", done=f"{decided.id} {decided.state} by {decided.decided_by}")
+
+
+APPROVAL_ACTIONS = (("/approvals/{id}/{verb}", decide, ["POST"]),)
