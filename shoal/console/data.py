@@ -396,6 +396,23 @@ class ConsoleData:
             "end": int(now.timestamp()),
         }
 
+    async def gateway(self, since: datetime) -> dict[str, Any]:
+        """The model gateway's figures since ``since``: its calls by provider and model
+        (latency, errors, spend; gateway records have call ids ``gw-…``) and its cache."""
+        routes, cache = await asyncio.gather(
+            self.sql(
+                "SELECT provider, model, count(*) AS calls, "
+                "count(*) FILTER (error IS NOT NULL AND error <> '') AS errors, "
+                "quantile_cont(latency_ms, 0.5) AS p50_ms, quantile_cont(latency_ms, 0.95) "
+                "AS p95_ms, sum(cost_usd) AS cost_usd FROM model_calls "
+                f"WHERE call_id LIKE 'gw-%' AND ts >= {sql_literal(since.isoformat())} "
+                "GROUP BY ALL ORDER BY calls DESC, provider, model",
+                200,
+            ),
+            self.query.query("cache", {"since": since.isoformat()}),
+        )
+        return {"routes": routes, "cache": cache}
+
     async def ledger(self, params: dict[str, Any]) -> Any:
         return await self.query.query("ledger", params)
 

@@ -298,7 +298,14 @@ async def kills(request: Request) -> Response:
 
 async def gateway(request: Request) -> Response:
     await require(request)
-    return render(request, "gateway.html", {"active": "gateway"})
+    try:
+        figures: dict[str, Any] | None = await console_of(request).data.gateway(
+            utcnow() - RANGES["24h"]
+        )
+        error = ""
+    except ShoalError as e:
+        figures, error = None, str(e)
+    return render(request, "gateway.html", {"active": "gateway", "g": figures, "error": error})
 
 
 async def healthz(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""The cost page's gateway cache savings: a repeated request through a real gateway is a hit,
+"""The cost and gateway pages' figures: a repeated request through a real gateway is a hit,
 and the page shows the calls, hits and the money saved (the reused answer's price)."""
 
 from __future__ import annotations
@@ -15,15 +15,21 @@ from shoal.gateway import RunningGateway
 from shoal.projections.client import QueryClient
 from tests.console.conftest import Platform
 from tests.console.test_access import sign_in
-from tests.gateway.conftest import MakeKey, model_calls, upstream  # noqa: F401
-from tests.gateway.conftest import gateway, gateway_config, make_key  # noqa: F401
+from tests.gateway.conftest import (  # noqa: F401 (fixtures)
+    MakeKey,
+    gateway,
+    gateway_config,
+    make_key,
+    model_calls,
+    upstream,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 PROMPT = [{"role": "user", "content": "hello there"}]
 
 
-async def test_the_cost_page_shows_the_gateways_cache_hits_and_the_money_saved(
+async def test_the_cost_and_gateway_pages_show_the_cache_hits_and_the_money_saved(
     platform: Platform,
     settings: ShoalSettings,
     gateway: RunningGateway,  # noqa: F811
@@ -48,6 +54,7 @@ async def test_the_cost_page_shows_the_gateways_cache_hits_and_the_money_saved(
             if '<td class="num">2</td>' in page.text.split('id="cache"', 1)[1]:
                 break
             await asyncio.sleep(0.1)
+        gateway_page = await http.get("/gateway")
     section = page.text.split('id="cache"', 1)[1].split("</section>", 1)[0]
     words = re.sub(r"<[^>]+>", " ", section.split("<tbody>", 1)[1]).split()
     assert saved == Decimal("0.00000235")
@@ -66,3 +73,12 @@ async def test_the_cost_page_shows_the_gateways_cache_hits_and_the_money_saved(
         "$0.000002",
     ]
     assert 'title="under a cent: shown to $0.000001"' in section
+    routes = gateway_page.text.split('id="routes"', 1)[1].split("</section>", 1)[0]
+    rows = [
+        re.sub(r"<[^>]+>", " ", row).split()[:4]
+        for row in routes.split("<tbody>", 1)[1].split("</tr>")[:-1]
+    ]
+    assert sorted(rows) == sorted(
+        [["cache", calls[1].model, "1", "0"], ["fake", calls[0].model, "1", "0"]]
+    )
+    assert "$0.000002" in gateway_page.text.split('id="cache"', 1)[1]
