@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 
 from shoal.bus import KILL_SCOPES, KillScope
 from shoal.console import control
+from shoal.console.creds import looks_like_creds
 from shoal.console.web import (
     COOKIE,
     LOGIN_COOKIE,
@@ -61,7 +62,8 @@ async def login(request: Request) -> Response:
     expected = request.cookies.get(LOGIN_COOKIE)
     if not expected or form.get("login_csrf") != expected:
         return Response("sign-in form expired: reload the page", status_code=403)
-    credential = str(form.get("token") or "")
+    # A token, or the text of a .creds file (pasted in the token field or the credentials one).
+    credential = str(form.get("creds") or "").strip() or str(form.get("token") or "")
     who = await c.authenticator.authenticate(credential) if credential.strip() else None
     if who is None:
         token = new_login_token()
@@ -71,7 +73,9 @@ async def login(request: Request) -> Response:
             {
                 "next": _safe_next(str(form.get("next") or "")),
                 "login_csrf": token,
-                "error": "that token is not valid",
+                "error": "those credentials are not valid"
+                if looks_like_creds(credential)
+                else "that token is not valid",
             },
             401,
         )
