@@ -4,12 +4,14 @@ recorded as the signed-in principal; a viewer sees the request and cannot decide
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
 
 from shoal.policy import Approvals
 from shoal.schemas import ApprovalDenied, ApprovalGranted
+from tests.console.browser import Browser
 from tests.console.conftest import Platform
 from tests.console.test_access import csrf_of, sign_in
 from tests.policy.test_approvals import SOURCE, email_request
@@ -107,3 +109,26 @@ async def test_a_viewer_sees_the_request_and_its_forged_decision_is_refused(
     assert (await approvals.get(state.id)).state == "pending"
     events = [e.event for e in await bus.read(bus.subjects.session_events("s-view")) if e.event]
     assert [type(e.data).__name__ for e in events] == ["ApprovalRequested"]
+
+
+async def test_an_approval_granted_in_the_browser_is_confirmed_then_recorded(
+    platform: Platform, profile: Path
+) -> None:
+    approvals = await Approvals.open(platform.bus)
+    state = await approvals.request(email_request("s-page", "cfo@example.com"), source=SOURCE)
+    token = await platform.token("alice", "operator")
+    async with Browser.start(profile, platform.url) as b:
+        await b.sign_in(token)
+        await b.get("/approvals")
+        await b.fill(f"#reason-{state.id}", "checked with finance")
+        await b.shot("approvals")
+        await b.click(f"#grant-{state.id}")
+        title = await b.text("h1")
+        await b.click("#confirm")
+        flash = await b.text(".flash.ok")
+        decided = await b.all("#decided tr[data-approval]", "data-approval")
+        await b.shot("approvals-decided")
+    assert title == f"Grant {state.id}?"
+    assert flash == f"{state.id} granted by alice"
+    assert decided == [state.id]
+    assert (await approvals.get(state.id)).decided_by == "alice"

@@ -113,7 +113,6 @@ async def test_demo_goal_timeline_fills_in_live(
             ("sessions", "/sessions"),
             ("cost", "/cost?range=24h"),
             ("tools", "/tools"),
-            ("approvals", "/approvals"),
             ("gateway", "/gateway"),
         ):
             await b.get(path)
