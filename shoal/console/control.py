@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from shoal.bus import Bus, KillScope, KillSwitch
+from shoal.ops import deadletters as _deadletters
 from shoal.ops import fleets as _fleets
 from shoal.ops import kill as _kill
 from shoal.ops.fleets import FleetView, kv_snapshot
@@ -34,6 +35,7 @@ __all__ = [
     "fleet_history",
     "kill",
     "kv_snapshot",
+    "list_deadletters",
     "list_fleets",
     "list_kills",
     "unkill",
@@ -56,6 +58,11 @@ async def unkill(
 
 async def list_kills(bus: Bus) -> list[tuple[str, KillSwitch]]:
     return await _kill.list_kills(bus)
+
+
+async def list_deadletters(bus: Bus, limit: int = 100) -> tuple[list[Any], int]:
+    """The newest dead letters (``DeadLetter``, bodies included) and how many there are."""
+    return await _deadletters.list_deadletters(bus, None, limit)
 
 
 async def list_fleets(bus: Bus) -> list[FleetView]:

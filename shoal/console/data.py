@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from nats.js.errors import NotFoundError
@@ -97,6 +98,8 @@ class Overview:
     stuck: list[Any]
     looping: list[Any]
     awaiting: list[list[Any]]
+    asking: list[Any]
+    """Sessions waiting for a person's reply (``session.asked``), oldest first."""
     deadletters: int
     health: list[Health]
     fleets: list[control.FleetView]
@@ -194,7 +197,14 @@ class ConsoleData:
             self.health(),
             open_regressions(self.bus),
         )
-        counts = counts or {"active": [], "spend": 0, "calls": 0, "denials": 0, "awaiting": []}
+        counts = counts or {
+            "active": [],
+            "spend": 0,
+            "calls": 0,
+            "denials": 0,
+            "awaiting": [],
+            "asking": [],
+        }
         active_by_fleet = {str(r["fleet"]): int(r["n"]) for r in counts["active"] or []}
         awaiting = [
             [r["request_id"], r["iid"], r["action"], r["target"], r["ts"]]
@@ -214,6 +224,7 @@ class ConsoleData:
             stuck=stuck.rows if stuck is not None else [],
             looping=looping.rows if looping is not None else [],
             awaiting=awaiting,
+            asking=[SimpleNamespace(**r) for r in counts["asking"] or []],
             deadletters=deadletters,
             health=health,
             fleets=fleets,
@@ -241,7 +252,10 @@ class ConsoleData:
             f"(SELECT count(*) FROM model_calls WHERE ts >= {since}) AS calls, "
             "(SELECT count(*) FROM policy_decisions "
             f"WHERE decision <> 'allow' AND ts >= {since}) AS denials, "
-            f"(SELECT list(a) FROM ({_AWAITING} LIMIT 20) a) AS awaiting",
+            f"(SELECT list(a) FROM ({_AWAITING} LIMIT 20) a) AS awaiting, "
+            "(SELECT list({'iid': iid, 'fleet': fleet, 'agent': agent, 'last_event_at': "
+            "last_event_at, 'cost_usd': cost_usd} ORDER BY last_event_at) FROM (SELECT * FROM "
+            "sessions WHERE status = 'awaiting_input' ORDER BY last_event_at LIMIT 20)) AS asking",
             1,
         )
         return rows[0]

@@ -296,6 +296,21 @@ async def kills(request: Request) -> Response:
     )
 
 
+async def deadletters(request: Request) -> Response:
+    """The newest parked messages: where from, why (bodies stay in the stream)."""
+    await require(request)
+    try:
+        letters, total = await control.list_deadletters(console_of(request).bus)
+        error = ""
+    except ShoalError as e:
+        letters, total, error = [], 0, str(e)
+    return render(
+        request,
+        "deadletters.html",
+        {"active": "", "letters": list(reversed(letters)), "total": total, "error": error},
+    )
+
+
 async def gateway(request: Request) -> Response:
     await require(request)
     try:
@@ -328,6 +343,7 @@ PAGES = (
     ("/kills", kills),
     ("/approvals", approvals_page),
     ("/gateway", gateway),
+    ("/deadletters", deadletters),
     ("/registry", registry),
     ("/healthz", healthz),
 )
