@@ -48,7 +48,7 @@ from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.replay import build_replay, read_replay
 from shoal.bus import Bus, KillScope, KillSwitch, Presence, ShoalSettings, kill_key, presence_key
 from shoal.console import KVTokenStore, control
-from shoal.console.approvals import read_all
+from shoal.console.approvals import DECIDED_IDS, PENDING_IDS, get_or_none
 from shoal.console.data import ConsoleData, SessionFilter
 from shoal.ops.fleets import apply_fleet, open_fleet_app
 from shoal.policy import Approvals, ApprovalState
@@ -235,7 +235,9 @@ def page_reads(bus: Bus, iid: str) -> dict[str, Callable[[], Awaitable[object]]]
         return await asyncio.gather(d.sessions(f), d.goals(f.q), d.facets())
 
     async def approvals() -> object:
-        return await read_all(await Approvals.open(bus))
+        store = await Approvals.open(bus)
+        ids = await asyncio.gather(d.sql(PENDING_IDS, 100), d.sql(DECIDED_IDS, 20))
+        return await asyncio.gather(*(get_or_none(store, r["request_id"]) for r in ids[0] + ids[1]))
 
     async def fleet() -> object:
         return await asyncio.gather(

@@ -9,14 +9,42 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shoal.policy import Approvals
-from shoal.schemas import ApprovalDenied, ApprovalGranted
+from shoal.agents.session import Emitter, Identity, Session
+from shoal.policy import Approvals, ApprovalState
+from shoal.projections.client import QueryClient
+from shoal.schemas import AgentStarted, ApprovalDenied, ApprovalGranted
 from tests.console.browser import Browser
 from tests.console.conftest import Platform
 from tests.console.test_access import csrf_of, sign_in
+from tests.ops.fleetprocs import eventually
 from tests.policy.test_approvals import SOURCE, email_request
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def parked(platform: Platform, iid: str, to: str) -> ApprovalState:
+    """A request from a registered instance (demo/mailer/inst-1), once the projection (which
+    says which requests the inbox lists) has it."""
+    bus = platform.bus
+    emitter = Emitter(bus, Identity("demo", "mailer", "inst-1", "1"))
+    life = Session(iid="life-inst-1", gid=None, principal="ops")
+    await emitter.emit(AgentStarted(version="1", capabilities=("mail",)), life)
+    state = await (await Approvals.open(bus)).request(email_request(iid, to), source=SOURCE)
+    query = QueryClient(bus.nc, bus.settings)
+
+    async def listed() -> list[dict[str, object]]:
+        await query.ask("status", fresh=True)
+        return await query_rows(query, state.id)
+
+    await eventually(listed, bool, 30, f"{state.id} in the projection")
+    return state
+
+
+async def query_rows(query: QueryClient, request_id: str) -> list[dict[str, object]]:
+    answer = await query.sql(
+        f"SELECT request_id FROM approvals WHERE request_id = '{request_id}'", 10
+    )
+    return [dict(zip(answer.columns, r, strict=True)) for r in answer.rows]
 
 
 async def test_a_grant_from_the_inbox_resumes_the_parked_call_recorded_as_the_principal(
@@ -24,7 +52,7 @@ async def test_a_grant_from_the_inbox_resumes_the_parked_call_recorded_as_the_pr
 ) -> None:
     bus = platform.bus
     approvals = await Approvals.open(bus)
-    state = await approvals.request(email_request("s-grant", "cfo@example.com"), source=SOURCE)
+    state = await parked(platform, "s-grant", "cfo@example.com")
     waiter = asyncio.create_task(approvals.wait(state.id, source=SOURCE))
     token = await platform.token("alice", "operator")
     async with httpx.AsyncClient(base_url=platform.url) as http:
@@ -65,7 +93,7 @@ async def test_a_grant_from_the_inbox_resumes_the_parked_call_recorded_as_the_pr
 async def test_a_deny_from_the_inbox_is_recorded_with_its_reason(platform: Platform) -> None:
     bus = platform.bus
     approvals = await Approvals.open(bus)
-    state = await approvals.request(email_request("s-deny", "all@example.com"), source=SOURCE)
+    state = await parked(platform, "s-deny", "all@example.com")
     token = await platform.token("olga", "admin")
     async with httpx.AsyncClient(base_url=platform.url) as http:
         await sign_in(http, token)
@@ -94,7 +122,7 @@ async def test_a_viewer_sees_the_request_and_its_forged_decision_is_refused(
 ) -> None:
     bus = platform.bus
     approvals = await Approvals.open(bus)
-    state = await approvals.request(email_request("s-view", "cfo@example.com"), source=SOURCE)
+    state = await parked(platform, "s-view", "cfo@example.com")
     token = await platform.token("vera", "viewer")
     async with httpx.AsyncClient(base_url=platform.url) as http:
         await sign_in(http, token)
@@ -115,7 +143,7 @@ async def test_an_approval_granted_in_the_browser_is_confirmed_then_recorded(
     platform: Platform, profile: Path
 ) -> None:
     approvals = await Approvals.open(platform.bus)
-    state = await approvals.request(email_request("s-page", "cfo@example.com"), source=SOURCE)
+    state = await parked(platform, "s-page", "cfo@example.com")
     token = await platform.token("alice", "operator")
     async with Browser.start(profile, platform.url) as b:
         await b.sign_in(token)
