@@ -5,7 +5,6 @@ sign no one in."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,12 +16,11 @@ import pytest
 from shoal.auth import KeyStore, local_creds
 from shoal.auth.jwt import creds_file, new_key, sign, user_claims
 from shoal.bus import ShoalSettings
-from shoal.console import ConsoleSettings, open_console, serve_console
 from shoal.ops.auth import add_operator, revoke
 from shoal.ops.connect import open_bus
 from shoal.schemas import ControlAccepted
 from tests.auth.conftest import local, secured, secured_dir  # noqa: F401 (fixtures)
-from tests.console.conftest import Platform
+from tests.console.conftest import Platform, served
 from tests.console.test_access import csrf_of
 
 pytestmark = pytest.mark.timeout(90)
@@ -38,16 +36,8 @@ class Secured:
 async def console(local: ShoalSettings) -> AsyncIterator[Secured]:  # noqa: F811
     """The console with its own service credentials, as ``shoal up`` starts it."""
     as_console = local.model_copy(update={"creds": local_creds(local, "console")})
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    async with open_bus(as_console, start=False, name="shoal-console") as bus:
-        c = await open_console(bus, ConsoleSettings(port=0))
-        server = asyncio.create_task(serve_console(c, stop, on_listening=listening.set_result))
-        try:
-            yield Secured(await asyncio.wait_for(listening, 30), local)
-        finally:
-            stop.set()
-            await asyncio.wait_for(server, 10)
+    async with open_bus(as_console, start=False, name="shoal-console") as bus, served(bus) as url:
+        yield Secured(url, local)
 
 
 async def sign_in_with(http: httpx.AsyncClient, creds: str) -> httpx.Response:

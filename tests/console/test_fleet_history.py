@@ -3,7 +3,6 @@ without the Fleet aggregate's store (another data dir) shows every command, who 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
@@ -12,10 +11,9 @@ import pytest
 
 from shoal.aggregates.fleet import FleetApplication
 from shoal.bus import Bus, ShoalSettings
-from shoal.console import ConsoleSettings, open_console, serve_console
 from shoal.ops.fleets import apply_fleet, fleet_command
 from shoal.schemas.fleet import parse_fleet_spec
-from tests.console.conftest import Platform
+from tests.console.conftest import Platform, served
 from tests.console.test_access import sign_in
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,19 +36,11 @@ async def test_a_console_on_another_host_shows_the_fleets_history_from_the_contr
         platform.bus, app, "demo", "scale", by="bob", reason="load", replicas={"worker": 3}
     )
     elsewhere = settings.model_copy(update={"data_dir": tmp_path / "another-host"})
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    other = await open_console(Bus(platform.bus.nc, elsewhere), ConsoleSettings(port=0))
-    server = asyncio.create_task(serve_console(other, stop, on_listening=listening.set_result))
-    try:
-        url = await asyncio.wait_for(listening, 30)
-        token = await platform.token("alice", "viewer")
+    token = await platform.token("alice", "viewer")
+    async with served(Bus(platform.bus.nc, elsewhere)) as url:
         async with httpx.AsyncClient(base_url=url) as http:
             await sign_in(http, token)
             page = await http.get("/fleets/demo")
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 10)
     history = page.text.split("<h2>History</h2>", 1)[1].split("</section>", 1)[0]
     rows = [
         re.sub(r"<[^>]+>", "|", row).split("|")
