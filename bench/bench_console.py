@@ -4,8 +4,9 @@ session page shows a newly published event.
 Set-up (untimed): a real nats-server; a synthetic projection of ``--events`` events with the
 workload's mix (``bench_projections.generate``), shifted so its last day is today; the query
 service owning it (this process); a demo fleet applied (its history in the data dir), a few
-kill switches and presences; one session of 40 events on ``SHOAL_EVENTS``; and the console
-as its own process (``python -m shoal console --port 0``), signed in with an operator token.
+kill switches and presences; 15,000 approval documents (20 pending); one session of 40 events
+on ``SHOAL_EVENTS``; and the console as its own process (``python -m shoal console --port
+0``), signed in with an operator token.
 
 1. Server time. Each page is asked ``--repeat`` times in turn; the figure is the console's
    own ``Server-Timing: app;dur=`` (request in to response start), p50 and p95 per page,
@@ -47,8 +48,10 @@ from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.replay import fold_replay
 from shoal.bus import Bus, KillScope, KillSwitch, Presence, ShoalSettings, kill_key, presence_key
 from shoal.console import KVTokenStore, control
+from shoal.console.approvals import DECIDED_IDS, PENDING_IDS, get_or_none
 from shoal.console.data import ConsoleData, SessionFilter
 from shoal.ops.fleets import apply_fleet, open_fleet_app
+from shoal.policy import Approvals, ApprovalState
 from shoal.projections.host import ProjectionHost
 from shoal.projections.service import run_query_service
 from shoal.schemas import CloudEvent, ModelCalled, TaskStarted, ToolCalled, new_id, utcnow
@@ -184,6 +187,7 @@ async def bench(tmp: Path, events: int, repeat: int, live: int) -> None:
                 await presence.put(
                     presence_key("fleet-1", "worker", f"i{i}"), p.model_dump_json().encode()
                 )
+            await seed_approvals(bus, APPROVALS)
             token, _ = await KVTokenStore.for_bus(bus).create("bench", "operator", by="bench")
             env = {
                 **os.environ,
@@ -230,6 +234,11 @@ def page_reads(bus: Bus, iid: str) -> dict[str, Callable[[], Awaitable[object]]]
     async def sessions(f: SessionFilter) -> object:
         return await asyncio.gather(d.sessions(f), d.goals(f.q), d.facets())
 
+    async def approvals() -> object:
+        store = await Approvals.open(bus)
+        ids = await asyncio.gather(d.sql(PENDING_IDS, 100), d.sql(DECIDED_IDS, 20))
+        return await asyncio.gather(*(get_or_none(store, r["request_id"]) for r in ids[0] + ids[1]))
+
     async def fleet() -> object:
         return await asyncio.gather(
             control.describe_fleet(bus, "fleet-1"), control.fleet_history(bus, "fleet-1")
@@ -251,8 +260,43 @@ def page_reads(bus: Bus, iid: str) -> dict[str, Callable[[], Awaitable[object]]]
         "/tools": lambda: d.ledger({"limit": 100}),
         "/tools?decision=deny": lambda: d.ledger({"decision": "deny", "limit": 100}),
         "/kills": lambda: control.list_kills(bus),
-        "/approvals": lambda: d.awaiting_approval(),
+        "/approvals": approvals,
+        "/gateway": lambda: d.gateway(day),
     }
+
+
+APPROVALS = 15_000
+"""Approval documents in the bucket (it keeps every request; the projection's 30,000 approval
+rows are ~15,000 requests and their decisions); 20 of them pending."""
+
+
+async def seed_approvals(bus: Bus, n: int, pending: int = 20) -> None:
+    kv = await bus.kv(bus.topology.approvals.name)
+    now = utcnow()
+    docs = []
+    for i in range(n):
+        state = ApprovalState(
+            id=f"apr-{i:020d}",
+            iid=f"s{i}",
+            fleet=f"fleet-{i % 5}",
+            agent="worker",
+            principal=f"user-{i % 40}",
+            action="tool.call",
+            target="send_email",
+            rule="email-needs-approval",
+            arguments={"to": 13, "body": 17},
+            request_hash=f"{i:064x}",
+            requested_at=now - timedelta(seconds=n - i),
+        )
+        if i >= pending:
+            state = state.model_copy(
+                update={"state": "granted", "decided_by": "olga", "decided_at": now}
+            )
+        docs.append(kv.put(state.id, state.model_dump_json().encode()))
+        if len(docs) == 500:
+            await asyncio.gather(*docs)
+            docs = []
+    await asyncio.gather(*docs)
 
 
 async def pages(http: httpx.AsyncClient, bus: Bus, iid: str, repeat: int) -> None:

@@ -193,6 +193,10 @@ class Subjects:
     def all_control(self) -> str:
         return f"{self.prefix}.control.>"
 
+    def control_scope(self, scope: str) -> str:
+        """Every verb of one scope: ``<p>.control.<scope>.>`` (a fleet's history)."""
+        return f"{self.prefix}.control.{check_token(scope, 'scope')}.>"
+
     def deadletter(self, origin: str) -> str:
         """Where a message that cannot be processed goes, by where it came from."""
         return f"{self.prefix}.deadletter.{check_token(origin, 'origin')}"

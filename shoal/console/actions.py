@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 
 from shoal.bus import KILL_SCOPES, KillScope
 from shoal.console import control
+from shoal.console.creds import looks_like_creds
 from shoal.console.web import (
     COOKIE,
     LOGIN_COOKIE,
@@ -30,10 +31,10 @@ from shoal.console.web import (
 )
 from shoal.errors import ShoalError
 
-__all__ = ["ACTIONS"]
+__all__ = ["ACTIONS", "confirm_page", "go_back"]
 
 
-def _back(path: str, **query: str) -> Response:
+def go_back(path: str, **query: str) -> Response:
     return RedirectResponse(f"{path}?{urlencode(query)}", status_code=303)
 
 
@@ -61,7 +62,8 @@ async def login(request: Request) -> Response:
     expected = request.cookies.get(LOGIN_COOKIE)
     if not expected or form.get("login_csrf") != expected:
         return Response("sign-in form expired: reload the page", status_code=403)
-    credential = str(form.get("token") or "")
+    # A token, or the text of a .creds file (pasted in the token field or the credentials one).
+    credential = str(form.get("creds") or "").strip() or str(form.get("token") or "")
     who = await c.authenticator.authenticate(credential) if credential.strip() else None
     if who is None:
         token = new_login_token()
@@ -71,7 +73,9 @@ async def login(request: Request) -> Response:
             {
                 "next": _safe_next(str(form.get("next") or "")),
                 "login_csrf": token,
-                "error": "that token is not valid",
+                "error": "those credentials are not valid"
+                if looks_like_creds(credential)
+                else "that token is not valid",
             },
             401,
         )
@@ -94,7 +98,10 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def _confirm(request: Request, form: FormData, title: str, lines: list[str], back: str) -> Response:
+def confirm_page(
+    request: Request, form: FormData, title: str, lines: list[str], back: str
+) -> Response:
+    """The page that names what an action will do; its Confirm button carries it out."""
     fields = [(k, v) for k, v in form.multi_items() if k not in ("csrf", "confirmed")]
     return render(
         request,
@@ -115,9 +122,11 @@ async def kill_set(request: Request) -> Response:
     scope, name, reason = _kill_fields(form)
     back = str(form.get("back") or "/kills")
     if scope is None:
-        return _back(_safe_next(back), error=f"unknown kill scope {form.get('scope')!r}")
+        return go_back(_safe_next(back), error=f"unknown kill scope {form.get('scope')!r}")
     if scope != "all" and not name:
-        return _back(_safe_next(back), error=f"name the {scope} to kill (or choose the scope all)")
+        return go_back(
+            _safe_next(back), error=f"name the {scope} to kill (or choose the scope all)"
+        )
     target = "everything" if scope == "all" else f"{scope} {name}"
     if form.get("confirmed") != "yes":
         lines = [
@@ -130,35 +139,35 @@ async def kill_set(request: Request) -> Response:
             ),
             f"Recorded as {sign_in.principal}, reason: {reason or '(none given)'}.",
         ]
-        return _confirm(request, form, f"Kill {target}?", lines, _safe_next(back))
+        return confirm_page(request, form, f"Kill {target}?", lines, _safe_next(back))
     try:
         result = await control.kill(
             console_of(request).bus, scope, name, by=sign_in.principal, reason=reason
         )
     except ShoalError as e:
-        return _back(_safe_next(back), error=str(e))
-    return _back(_safe_next(back), done=f"kill switch {result.key} set")
+        return go_back(_safe_next(back), error=str(e))
+    return go_back(_safe_next(back), done=f"kill switch {result.key} set")
 
 
 async def kill_lift(request: Request) -> Response:
     sign_in, form = await require_action(request)
     scope, name, reason = _kill_fields(form)
     if scope is None:
-        return _back("/kills", error=f"unknown kill scope {form.get('scope')!r}")
+        return go_back("/kills", error=f"unknown kill scope {form.get('scope')!r}")
     target = "everything" if scope == "all" else f"{scope} {name}"
     if form.get("confirmed") != "yes":
         lines = [
             f"Lift the kill switch on {target}: calls and instances may run again.",
             f"Recorded as {sign_in.principal}, reason: {reason or '(none given)'}.",
         ]
-        return _confirm(request, form, f"Lift the kill on {target}?", lines, "/kills")
+        return confirm_page(request, form, f"Lift the kill on {target}?", lines, "/kills")
     try:
         await control.unkill(
             console_of(request).bus, scope, name, by=sign_in.principal, reason=reason
         )
     except ShoalError as e:
-        return _back("/kills", error=str(e))
-    return _back("/kills", done=f"kill switch on {target} lifted")
+        return go_back("/kills", error=str(e))
+    return go_back("/kills", done=f"kill switch on {target} lifted")
 
 
 def _kill_fields(form: FormData) -> tuple[KillScope | None, str | None, str]:
@@ -175,7 +184,7 @@ async def fleet_action(request: Request) -> Response:
     name, verb = request.path_params["name"], request.path_params["verb"]
     back = f"/fleets/{quote(name)}"
     if verb not in control.FLEET_VERBS:
-        return _back(back, error=f"unknown fleet command {verb!r}")
+        return go_back(back, error=f"unknown fleet command {verb!r}")
     reason = str(form.get("reason") or "").strip()
     args: dict[str, Any] = {}
     agent = str(form.get("agent") or "").strip()
@@ -196,21 +205,21 @@ async def fleet_action(request: Request) -> Response:
             what = f"{verb} fleet {name}"
     except ValueError:
         field = "replicas (a whole number)" if verb == "scale" else "version"
-        return _back(back, error=f"{verb}: give {field}")
+        return go_back(back, error=f"{verb}: give {field}")
     if form.get("confirmed") != "yes":
         lines = [
             what[0].upper() + what[1:] + ".",
             f"Recorded in the fleet's history as {sign_in.principal}, "
             f"reason: {reason or '(none given)'}.",
         ]
-        return _confirm(request, form, what[0].upper() + what[1:] + "?", lines, back)
+        return confirm_page(request, form, what[0].upper() + what[1:] + "?", lines, back)
     try:
         await control.fleet_command(
             console_of(request).bus, name, verb, by=sign_in.principal, reason=reason, **args
         )
     except ShoalError as e:
-        return _back(back, error=str(e))
-    return _back(back, done=f"{what}: accepted")
+        return go_back(back, error=str(e))
+    return go_back(back, done=f"{what}: accepted")
 
 
 ACTIONS = (

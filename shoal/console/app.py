@@ -38,7 +38,9 @@ from shoal.console.access import (
     console_buckets,
 )
 from shoal.console.actions import ACTIONS
+from shoal.console.approvals import APPROVAL_ACTIONS
 from shoal.console.cards import CARD_ROUTES
+from shoal.console.creds import CredsAuthenticator, EitherAuthenticator
 from shoal.console.data import ConsoleData
 from shoal.console.pages import PAGES
 from shoal.console.settings import ConsoleSettings
@@ -94,7 +96,10 @@ async def open_console(
     """What every request shares; creates the console's buckets if missing (idempotent)."""
     tokens, sign_ins = console_buckets(bus, settings.session_ttl_s)
     await provision(bus.js, _BucketsOnly(tokens, sign_ins))  # type: ignore[arg-type]
-    authenticator = authenticator or KVTokenStore(bus, tokens)
+    # A console token, or operator credentials the NATS server itself verifies.
+    authenticator = authenticator or EitherAuthenticator(
+        KVTokenStore(bus, tokens), CredsAuthenticator(bus)
+    )
     return Console(
         bus=bus,
         settings=settings,
@@ -131,7 +136,7 @@ def create_app(console: Console) -> Starlette:
     routes: list[Route | Mount] = [
         Route("/login", login_page, methods=["GET"]),
         *(Route(path, page(fn), methods=["GET"]) for path, fn in PAGES),
-        *(Route(path, fn, methods=methods) for path, fn, methods in ACTIONS),
+        *(Route(path, fn, methods=methods) for path, fn, methods in (*ACTIONS, *APPROVAL_ACTIONS)),
         *CARD_ROUTES,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
@@ -197,4 +202,9 @@ async def serve_console(
     await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
     stopper.cancel()
-    await task
+    try:
+        await task
+    finally:
+        close = getattr(console.authenticator, "close", None)
+        if close is not None:  # the connections sign-ins with NATS credentials rest on
+            await close()

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from nats.js.errors import NotFoundError
@@ -97,6 +98,8 @@ class Overview:
     stuck: list[Any]
     looping: list[Any]
     awaiting: list[list[Any]]
+    asking: list[Any]
+    """Sessions waiting for a person's reply (``session.asked``), oldest first."""
     deadletters: int
     health: list[Health]
     fleets: list[control.FleetView]
@@ -194,7 +197,14 @@ class ConsoleData:
             self.health(),
             open_regressions(self.bus),
         )
-        counts = counts or {"active": [], "spend": 0, "calls": 0, "denials": 0, "awaiting": []}
+        counts = counts or {
+            "active": [],
+            "spend": 0,
+            "calls": 0,
+            "denials": 0,
+            "awaiting": [],
+            "asking": [],
+        }
         active_by_fleet = {str(r["fleet"]): int(r["n"]) for r in counts["active"] or []}
         awaiting = [
             [r["request_id"], r["iid"], r["action"], r["target"], r["ts"]]
@@ -214,6 +224,7 @@ class ConsoleData:
             stuck=stuck.rows if stuck is not None else [],
             looping=looping.rows if looping is not None else [],
             awaiting=awaiting,
+            asking=[SimpleNamespace(**r) for r in counts["asking"] or []],
             deadletters=deadletters,
             health=health,
             fleets=fleets,
@@ -241,15 +252,13 @@ class ConsoleData:
             f"(SELECT count(*) FROM model_calls WHERE ts >= {since}) AS calls, "
             "(SELECT count(*) FROM policy_decisions "
             f"WHERE decision <> 'allow' AND ts >= {since}) AS denials, "
-            f"(SELECT list(a) FROM ({_AWAITING} LIMIT 20) a) AS awaiting",
+            f"(SELECT list(a) FROM ({_AWAITING} LIMIT 20) a) AS awaiting, "
+            "(SELECT list({'iid': iid, 'fleet': fleet, 'agent': agent, 'last_event_at': "
+            "last_event_at, 'cost_usd': cost_usd} ORDER BY last_event_at) FROM (SELECT * FROM "
+            "sessions WHERE status = 'awaiting_input' ORDER BY last_event_at LIMIT 20)) AS asking",
             1,
         )
         return rows[0]
-
-    async def awaiting_approval(self, limit: int = 50) -> list[list[Any]]:
-        """Approval requests with no decision yet: [request_id, iid, action, target, ts]."""
-        rows = await self.sql(_AWAITING, limit)
-        return [[r["request_id"], r["iid"], r["action"], r["target"], r["ts"]] for r in rows]
 
     async def _presence(self) -> list[Presence]:
         kv = await self.bus.kv(self.bus.topology.presence.name)
@@ -331,6 +340,7 @@ class ConsoleData:
             # than two requests queued on the one endpoint.
             self.query.query("workflows", {"order": "spend", "limit": 1000, **rng}),
             self.spend_over_time(since),
+            self.query.query("cache", rng),
         )
         workflows = answers[3].rows
         by_value = sorted(
@@ -343,6 +353,7 @@ class ConsoleData:
             "top_spend": Ranked(workflows[:10]),
             "top_value": Ranked(by_value[:10]),
             "series": answers[4],
+            "cache": answers[5],
         }
 
     async def breakdown(self, since: datetime | None) -> dict[str, Breakdown]:
@@ -398,6 +409,23 @@ class ConsoleData:
             "start": int(start.timestamp()),
             "end": int(now.timestamp()),
         }
+
+    async def gateway(self, since: datetime) -> dict[str, Any]:
+        """The model gateway's figures since ``since``: its calls by provider and model
+        (latency, errors, spend; gateway records have call ids ``gw-…``) and its cache."""
+        routes, cache = await asyncio.gather(
+            self.sql(
+                "SELECT provider, model, count(*) AS calls, "
+                "count(*) FILTER (error IS NOT NULL AND error <> '') AS errors, "
+                "quantile_cont(latency_ms, 0.5) AS p50_ms, quantile_cont(latency_ms, 0.95) "
+                "AS p95_ms, sum(cost_usd) AS cost_usd FROM model_calls "
+                f"WHERE call_id LIKE 'gw-%' AND ts >= {sql_literal(since.isoformat())} "
+                "GROUP BY ALL ORDER BY calls DESC, provider, model",
+                200,
+            ),
+            self.query.query("cache", {"since": since.isoformat()}),
+        )
+        return {"routes": routes, "cache": cache}
 
     async def ledger(self, params: dict[str, Any]) -> Any:
         return await self.query.query("ledger", params)

@@ -14,6 +14,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from shoal.aggregates.replay import ReplayFold, fold_replay, parse_at
 from shoal.bus import KILL_SCOPES
 from shoal.console import control
+from shoal.console.approvals import approvals_page
 from shoal.console.data import SessionFilter, sql_literal, token_or_empty
 from shoal.console.live import follow_session
 from shoal.console.registry_page import registry
@@ -296,19 +297,31 @@ async def kills(request: Request) -> Response:
     )
 
 
-async def approvals(request: Request) -> Response:
+async def deadletters(request: Request) -> Response:
+    """The newest parked messages: where from, why (bodies stay in the stream)."""
     await require(request)
-    c = console_of(request)
     try:
-        pending = await c.data.awaiting_approval()
-    except ShoalError:
-        pending = []
-    return render(request, "approvals.html", {"active": "approvals", "pending": pending})
+        letters, total = await control.list_deadletters(console_of(request).bus)
+        error = ""
+    except ShoalError as e:
+        letters, total, error = [], 0, str(e)
+    return render(
+        request,
+        "deadletters.html",
+        {"active": "", "letters": list(reversed(letters)), "total": total, "error": error},
+    )
 
 
 async def gateway(request: Request) -> Response:
     await require(request)
-    return render(request, "gateway.html", {"active": "gateway"})
+    try:
+        figures: dict[str, Any] | None = await console_of(request).data.gateway(
+            utcnow() - RANGES["24h"]
+        )
+        error = ""
+    except ShoalError as e:
+        figures, error = None, str(e)
+    return render(request, "gateway.html", {"active": "gateway", "g": figures, "error": error})
 
 
 async def healthz(request: Request) -> Response:
@@ -329,8 +342,9 @@ PAGES = (
     ("/cost", cost),
     ("/tools", tools),
     ("/kills", kills),
-    ("/approvals", approvals),
+    ("/approvals", approvals_page),
     ("/gateway", gateway),
+    ("/deadletters", deadletters),
     ("/registry", registry),
     ("/healthz", healthz),
 )

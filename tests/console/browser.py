@@ -32,6 +32,7 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
+    "--lang=en-US",  # the page formats times in the browser's locale: one, for the tests
 )
 
 T = TypeVar("T")
@@ -49,8 +50,11 @@ def missing_browser() -> str | None:
     return None
 
 
-def open_chromium(profile: Path, width: int = 1280, height: int = 900) -> Any:
-    """A headless Chromium with a fresh profile directory (skips the test without one)."""
+def open_chromium(
+    profile: Path, width: int = 1280, height: int = 900, tz: str | None = None
+) -> Any:
+    """A headless Chromium with a fresh profile directory (skips the test without one);
+    ``tz`` is the browser's time zone (an IANA name), else the machine's."""
     reason = missing_browser()
     if reason:
         pytest.skip(reason)
@@ -63,7 +67,9 @@ def open_chromium(profile: Path, width: int = 1280, height: int = 900) -> Any:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={width},{height}")
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    env = {**os.environ, "TZ": tz} if tz else None
+    service = Service(executable_path=CHROMEDRIVER, env=env)
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     return driver
 
@@ -82,11 +88,13 @@ class Browser:
 
     @classmethod
     @asynccontextmanager
-    async def start(cls, profile: Path, base: str, width: int = 1280) -> AsyncIterator[Browser]:
+    async def start(
+        cls, profile: Path, base: str, width: int = 1280, tz: str | None = None
+    ) -> AsyncIterator[Browser]:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
         loop = asyncio.get_running_loop()
         try:
-            driver = await loop.run_in_executor(pool, open_chromium, profile, width)
+            driver = await loop.run_in_executor(pool, open_chromium, profile, width, 900, tz)
             try:
                 yield cls(driver, base, pool)
             finally:

@@ -40,26 +40,33 @@ def settings(settings: ShoalSettings) -> ShoalSettings:
     return settings.model_copy(update={"lease_ttl_s": 3.0, "presence_ttl_s": 3.0})
 
 
+@contextlib.asynccontextmanager
+async def served(bus: Bus) -> AsyncIterator[str]:
+    """A console on ``bus`` served on a free port, until the block ends: its URL."""
+    stop = asyncio.Event()
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    console = await open_console(bus, ConsoleSettings(port=0))
+    server = asyncio.create_task(serve_console(console, stop, on_listening=listening.set_result))
+    try:
+        yield await asyncio.wait_for(listening, 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+
+
 @pytest.fixture
 async def platform(settings: ShoalSettings, bus: Bus) -> AsyncIterator[Platform]:
     bus = Bus(bus.nc, settings)
     stop, core_ready = asyncio.Event(), asyncio.Event()
     core = asyncio.create_task(run_core(settings, settings.nats_url or "", stop, ready=core_ready))
     await asyncio.wait_for(core_ready.wait(), 30)
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    async with serving(settings, bus.nc):
-        console = await open_console(bus, ConsoleSettings(port=0))
-        server = asyncio.create_task(
-            serve_console(console, stop, on_listening=listening.set_result)
-        )
-        url = await asyncio.wait_for(listening, 30)
-        try:
+    try:
+        async with serving(settings, bus.nc), served(bus) as url:
             yield Platform(bus, url)
-        finally:
-            stop.set()
-            await asyncio.wait_for(server, 10)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(core, 20)
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(core, 20)
 
 
 @pytest.fixture

@@ -3,16 +3,15 @@ CSRF on every state change, a revoked token ending its sign-ins on the next requ
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 
 import httpx
 import pytest
 
-from shoal.console import ConsoleSettings, KVTokenStore, control, open_console, serve_console
+from shoal.console import KVTokenStore, control
 from shoal.schemas import ControlAccepted
-from tests.console.conftest import Platform
+from tests.console.conftest import Platform, served
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,12 +145,7 @@ async def test_a_kill_without_a_name_is_refused_naming_the_field(platform: Platf
 
 
 async def test_a_sign_in_made_on_one_replica_works_on_another(platform: Platform) -> None:
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    other = await open_console(platform.bus, ConsoleSettings(port=0))
-    server = asyncio.create_task(serve_console(other, stop, on_listening=listening.set_result))
-    try:
-        second = await asyncio.wait_for(listening, 30)
+    async with served(platform.bus) as second:
         token = await platform.token("alice", "operator")
         async with httpx.AsyncClient(base_url=platform.url) as http:
             await sign_in(http, token)
@@ -161,9 +155,6 @@ async def test_a_sign_in_made_on_one_replica_works_on_another(platform: Platform
             page = await http.get("/kills")
             form = {"scope": "tool", "name": "fetch_url", "reason": "r", "confirmed": "yes"}
             acted = await http.post("/kills", data={**form, "csrf": csrf})
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 10)
     assert second != platform.url
     assert page.status_code == 200 and 'data-role="operator"' in page.text
     assert acted.status_code == 303

@@ -113,7 +113,6 @@ async def test_demo_goal_timeline_fills_in_live(
             ("sessions", "/sessions"),
             ("cost", "/cost?range=24h"),
             ("tools", "/tools"),
-            ("approvals", "/approvals"),
             ("gateway", "/gateway"),
         ):
             await b.get(path)
@@ -213,7 +212,7 @@ async def test_fleet_scaled_from_the_page_converges_to_the_new_instance_count(
             # The process is up; its first heartbeat (what the page counts) may come later
             # on a loaded machine, and the page is not live: reload until it shows.
             d.refresh()
-            return d.find_element(By.ID, "count-worker").get_attribute("data-actual") == "1"
+            return bool(d.find_element(By.ID, "count-worker").get_attribute("data-actual") == "1")
 
         await b.until(one_live, 60, "1/1 on the page")
         await b.fill("#replicas-worker", "3")

@@ -88,6 +88,30 @@ async function refreshSummary(iid) {
   if (answer.status === 200 && box) { box.innerHTML = await answer.text(); localizeTimes(box); }
 }
 
+// A list page that keeps itself current: the same URL (same filters) fetched again every
+// few seconds while the tab is visible, and its list swapped in (server-rendered, no state).
+function liveList(box) {
+  const state = document.getElementById("list-state");
+  const every = 1000 * Number(box.dataset.every || 5);
+  async function tick() {
+    if (document.visibilityState === "visible") {
+      try {
+        const answer = await fetch(location.href, { credentials: "same-origin" });
+        if (answer.status !== 200) throw new Error(String(answer.status));
+        const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+        const fresh = page.getElementById("live-list");
+        if (answer.redirected || !fresh) throw new Error("signed out? reload the page");
+        box.innerHTML = fresh.innerHTML; localizeTimes(box);
+        if (state) { state.textContent = "live"; state.classList.remove("off"); }
+      } catch (e) {
+        if (state) { state.textContent = "not refreshing (" + e.message + ")"; state.classList.add("off"); }
+      }
+    }
+    setTimeout(tick, every);
+  }
+  setTimeout(tick, every);
+}
+
 function replaySlider() {
   const at = document.getElementById("at");
   const shown = document.getElementById("at-shown");
@@ -123,6 +147,8 @@ document.addEventListener("DOMContentLoaded", () => {
   localizeTimes(document);
   const box = document.getElementById("session");
   if (box && box.dataset.live === "yes") followSession(box);
+  const list = document.getElementById("live-list");
+  if (list) liveList(list);
   replaySlider();
   spendChart();
 });
