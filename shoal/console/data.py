@@ -17,7 +17,6 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from shoal.aggregates.ingestion import CORE_CONSUMER
 from shoal.bus import Bus, Presence
 from shoal.console import control
 from shoal.errors import ShoalError
@@ -267,14 +266,19 @@ class ConsoleData:
         """The core (its durable consumer's backlog) and the query service (its lag)."""
 
         async def core() -> Health:
-            try:
-                info = await self.bus.js.consumer_info(self.bus.topology.events.name, CORE_CONSUMER)
-            except NotFoundError:
+            from shoal.aggregates.readers import core_partitions
+            from shoal.ops.health import Health as CoreHealth
+            from shoal.ops.health import ask_core
+
+            # One consumer (``core``) or one per partition: the slowest is the core's lag.
+            h = CoreHealth()
+            await ask_core(self.bus, h, core_partitions(self.bus.settings))
+            if h.core_state == "absent":
                 return Health("core", False, "no core consumer: run 'shoal up' or 'shoal core'")
-            pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            pending = h.core_lag or 0
             # The core follows the log with a push consumer (bound while it runs); a pull
             # consumer shows waiting requests instead.
-            up = bool(info.push_bound) or bool(info.num_waiting)
+            up = h.core_state == "consuming"
             detail = f"{pending:,} event(s) not yet folded" if up else "no core is pulling events"
             return Health("core", up, detail, pending)
 
