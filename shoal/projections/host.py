@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from eventsourcing.application import Application
 from eventsourcing.persistence import OperationalError, PersistenceError
 
+from shoal.aggregates.application import CORE_APPLICATION_NAME
 from shoal.aggregates.readers import core_partitions, first_dbname
 from shoal.bus import ShoalSettings
 from shoal.errors import Refused, ServiceUnavailable
@@ -91,7 +92,30 @@ class ProjectionHost:
             # DuckDB's file lock: another process (a query service) owns the database.
             raise Refused(f"cannot open {self.path}: {str(e).split(' See also')[0]}") from e
         self._view = DuckDBCostView(datastore)
+        try:
+            self._check_layout(self._view)
+        except Refused:
+            datastore.close()
+            self._view = None
+            raise
         self._open_follower()
+
+    def _check_layout(self, view: DuckDBCostView) -> None:
+        """Refuse a database built from another core layout (1 core, or N partitions): its
+        tracking rows would not match, and following the new logs would count events twice."""
+        assert self._sources is not None
+        names = {name for name, _ in self._sources}
+        with view.datastore.reader() as c:
+            rows = c.execute(f"SELECT application_name FROM {view.tracking_table}").fetchall()
+        stale = sorted(
+            r[0] for r in rows if r[0].startswith(CORE_APPLICATION_NAME) and r[0] not in names
+        )
+        if stale:
+            raise Refused(
+                f"{self.path} was built from another core layout (tracking {', '.join(stale)}; "
+                f"the core now has {len(names)} store(s)): "
+                "run 'shoal projections rebuild'"
+            )
 
     def _open_follower(self) -> None:
         assert self._sources is not None and self._view is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 from shoal.aggregates.partitions import Partition, fnv1a32
 from shoal.aggregates.readers import LAYOUT_FILE, core_partitions, open_reader
 from shoal.bus import Bus, ShoalSettings
+from shoal.errors import Refused
 from shoal.ops.cli import app as cli_app
 from shoal.ops.deadletters import count_by_origin
 from shoal.ops.health import Health, check_health
@@ -127,6 +129,15 @@ async def test_every_reader_of_two_partitions_answers_as_the_single_core(
     by_agent = await _cli(single, "cost", "--by", "agent,model")
     assert sum(float(r["cost_usd"]) for r in by_agent["rows"]) == pytest.approx(float(mix.cost))
     assert await _cli(parted, "cost", "--by", "agent,model") == by_agent
+
+    # A projection built from another layout is refused (its tracking names the one core),
+    # and `projections rebuild` makes it the partitions' again.
+    shutil.copy(single.store_dir / "projections.duckdb", parted.store_dir / "projections.duckdb")
+    with pytest.raises(Refused, match=r"another core layout \(tracking ShoalCore;"):
+        ProjectionHost(parted).open()
+    rebuilt = await _cli(parted, "projections", "rebuild")
+    assert rebuilt["swapped_by"] == "rebuild"
+    assert await asyncio.to_thread(_tables, parted) == expected
 
     # Status: caught up, then 6 events behind in both shapes (the spend aggregator too).
     assert [h.core_lag for h in await _health(single, parted)] == [0, 0]
