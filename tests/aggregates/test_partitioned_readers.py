@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 from shoal.aggregates.partitions import Partition, fnv1a32
 from shoal.aggregates.readers import LAYOUT_FILE, core_partitions, open_reader
 from shoal.bus import Bus, ShoalSettings
+from shoal.console.data import ConsoleData
+from shoal.console.data import Health as ConsoleHealth
 from shoal.errors import Refused
 from shoal.ops.cli import app as cli_app
 from shoal.ops.deadletters import count_by_origin
@@ -151,6 +153,18 @@ async def test_every_reader_of_two_partitions_answers_as_the_single_core(
     assert two.partition_lags == {"core-p0of2": 6, "core-p1of2": 6}
     assert two.spend_lag == 6
     assert (one.partition_lags, one.spend_lag) == ({}, None)
+    cards = [card for card, _ in await _console_health(single, parted)]
+    assert [(c.name, c.up, c.lag) for c in cards] == [("core", False, 6)] * 2
+
+
+async def _console_health(*shapes: ShoalSettings) -> list[list[ConsoleHealth]]:
+    """The console overview's health cards (core, query service), with each data dir."""
+    out = []
+    for s in shapes:
+        assert s.nats_url
+        async with Bus.connect(s.nats_url, s, name="test-console") as b:
+            out.append(await ConsoleData(b).health())
+    return out
 
 
 async def _health(*shapes: ShoalSettings) -> list[Health]:
