@@ -24,19 +24,17 @@ import heapq
 import json
 import os
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from shoal.aggregates.application import ShoalCore, open_core
-from shoal.aggregates.goal import Goal, goal_id
+from shoal.aggregates.application import CoreLookups, ShoalCore, open_core
+from shoal.aggregates.goal import Goal
 from shoal.aggregates.partitions import Partition
-from shoal.aggregates.session import Session, session_id
+from shoal.aggregates.session import Session
 from shoal.bus import ShoalSettings
-from shoal.errors import NotFound
 
 __all__ = [
     "LAYOUT_FILE",
@@ -89,7 +87,7 @@ def first_dbname(count: int) -> str:
     return f"core-{part}" if part else "core"
 
 
-class CoreReader:
+class CoreReader(CoreLookups):
     """The core's stores read as one (one store when N is 1: the single core, unchanged)."""
 
     def __init__(self, stores: list[ShoalCore], parts: list[str | None]) -> None:
@@ -110,34 +108,13 @@ class CoreReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _find(self, aggregate_id: UUID) -> Any | None:
+    def find(self, aggregate_id: UUID) -> Any | None:
+        """An aggregate from whichever store holds it (a session or goal is in one only)."""
         for store in self.stores:
             found = store.find(aggregate_id)
             if found is not None:
                 return found
         return None
-
-    def session(self, iid: str) -> Session:
-        """The session with this IID, from whichever partition folds it."""
-        found = self._find(session_id(iid))
-        if not isinstance(found, Session):
-            raise NotFound(f"no session {iid!r} in the core's store")
-        return found
-
-    def goal(self, gid: str) -> Goal:
-        """The goal with this GID (in its home partition)."""
-        found = self._find(goal_id(gid))
-        if not isinstance(found, Goal):
-            raise NotFound(f"no goal {gid!r} in the core's store")
-        return found
-
-    def goal_sessions(self, goal: Goal) -> list[Session]:
-        """Every session of a goal, in the order they appeared."""
-        return [self.session(iid) for iid in goal.iids]
-
-    def goal_cost(self, goal: Goal) -> Decimal:
-        """The goal's total server-side cost: the sum of its sessions' costs."""
-        return sum((s.cost_usd for s in self.goal_sessions(goal)), Decimal(0))
 
     def _opened(self, cls: type[Any]) -> Iterator[Any]:
         """Every ``cls`` (an ``Opened`` event) of every store, in stream order."""
