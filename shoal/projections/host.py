@@ -68,6 +68,8 @@ class ProjectionHost:
         self._sources_factory = sources_factory or (lambda: core_sources(settings))
         if app_factory is not None:
             self._sources_factory = _single(app_factory)
+        # Following the settings' core: a change of its layout (N) is reported, not followed.
+        self._follows_layout = sources_factory is None and app_factory is None
         self.batch_size = batch_size
         self.poll_s = poll_s
         self.last_error: str | None = None
@@ -181,8 +183,24 @@ class ProjectionHost:
             if self._follower is None:
                 raise RuntimeError("the projection host is not open")
             done = self._follower.catch_up(stop=self._stop)
-        self.last_error = None
+        self.last_error = self._layout_changed()
         return done
+
+    def _layout_changed(self) -> str | None:
+        """Why this host no longer follows the whole core, if the core's N changed (re-map)."""
+        if not self._follows_layout or self._sources is None:
+            return None
+        now = core_partitions(self.settings)
+        if now == len(self._sources):
+            return None
+        why = (
+            f"the core now folds in {now} partition(s), this projection follows "
+            f"{len(self._sources)} store(s): stop the query service, run 'shoal projections "
+            "rebuild' and start it again"
+        )
+        if why != self.last_error:
+            log.error("%s", why)
+        return why
 
     def status(self) -> dict[str, Any]:
         """Position, rows per table, the database path and the last error."""

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shoal.aggregates.partitions import Partition, fnv1a32
-from shoal.aggregates.readers import LAYOUT_FILE, core_partitions, open_reader
+from shoal.aggregates.readers import LAYOUT_FILE, core_partitions, open_reader, record_layout
 from shoal.bus import Bus, ShoalSettings
 from shoal.console.data import ConsoleData
 from shoal.console.data import Health as ConsoleHealth
@@ -140,6 +140,16 @@ async def test_every_reader_of_two_partitions_answers_as_the_single_core(
     rebuilt = await _cli(parted, "projections", "rebuild")
     assert rebuilt["swapped_by"] == "rebuild"
     assert await asyncio.to_thread(_tables, parted) == expected
+    host = ProjectionHost(parted)  # a re-map under a running projection is reported
+    try:
+        host.open()
+        record_layout(parted, 3)
+        host.sync()
+        assert host.last_error is not None
+        assert host.last_error.startswith("the core now folds in 3 partition(s), this projection")
+    finally:
+        host.close()
+        record_layout(parted, 2)
 
     # Status: caught up, then 6 events behind in both shapes (the spend aggregator too).
     assert [h.core_lag for h in await _health(single, parted)] == [0, 0]
