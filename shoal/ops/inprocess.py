@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from shoal.aggregates import run_core
+from shoal.aggregates.partitioned import run_partitioned
 from shoal.aggregates.readers import open_reader
 from shoal.bus import Bus
 from shoal.errors import Refused
@@ -63,8 +64,12 @@ async def local_platform(bus: Bus) -> AsyncIterator[LocalPlatform]:
     async with AsyncExitStack() as stack:
         if CORE.pid(settings) is None:
             stop, ready = asyncio.Event(), asyncio.Event()
-            run = run_core(
-                settings, resolve_url(settings), stop, ready=ready, verdicts=canary_controller
+            url, count = resolve_url(settings), settings.core_partitions
+            # The core as ``shoal core`` would run it with these settings (docs/scale.md).
+            run = (
+                run_partitioned(settings, url, stop, count, ready=ready)
+                if count > 1
+                else run_core(settings, url, stop, ready=ready, verdicts=canary_controller)
             )
             core = asyncio.create_task(run)
 
