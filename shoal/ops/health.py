@@ -16,6 +16,7 @@ threshold): ``shoal status`` exits 1 when there is any, so it can serve as a pro
 
 from __future__ import annotations
 
+import logging
 import platform as py_platform
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,8 @@ from shoal.bus import Bus
 from shoal.ops.regressions import Regression, open_regressions
 
 __all__ = ["Health", "ask_core", "check_health", "server_version"]
+
+log = logging.getLogger("shoal.status")
 
 
 @dataclass
@@ -188,7 +191,8 @@ async def _spend_lag(bus: Bus, count: int) -> int | None:
 
     try:
         done = await asyncio.to_thread(position)
-    except Exception:  # a store we cannot read: unknown, not a failure of status
+    except Exception as e:  # a store we cannot read: unknown, not a failure of status
+        log.warning("cannot read the spend aggregator's store: %s", e or type(e).__name__)
         return None
     last = (await bus.js.stream_info(upstream)).state.last_seq
     return max(last - done, 0)
