@@ -36,7 +36,7 @@ from shoal.aggregates.transcoder import OrjsonTranscoder
 from shoal.bus import ShoalSettings
 from shoal.errors import NotFound
 
-__all__ = ["CORE_APPLICATION_NAME", "ShoalCore", "open_application", "open_core"]
+__all__ = ["CORE_APPLICATION_NAME", "CoreLookups", "ShoalCore", "open_application", "open_core"]
 
 CORE_APPLICATION_NAME = "ShoalCore"
 """The application's name (the PostgreSQL tables are ``shoalcore_events`` and so on)."""
@@ -47,7 +47,37 @@ SNAPSHOT_EVERY = 200
 """Snapshot a Session or Goal every this many events, so a long session loads fast."""
 
 
-class ShoalCore(Application[UUID]):
+class CoreLookups:
+    """Sessions and goals by id, over whatever :meth:`find` searches (one store, or every
+    partition's: :class:`~shoal.aggregates.readers.CoreReader`)."""
+
+    def find(self, aggregate_id: UUID) -> Any | None:
+        raise NotImplementedError
+
+    def session(self, iid: str) -> Session:
+        """The session with this IID; :class:`NotFound` if the core never saw it."""
+        found = self.find(session_id(iid))
+        if not isinstance(found, Session):
+            raise NotFound(f"no session {iid!r} in the core's store")
+        return found
+
+    def goal(self, gid: str) -> Goal:
+        """The goal with this GID; :class:`NotFound` if the core never saw it."""
+        found = self.find(goal_id(gid))
+        if not isinstance(found, Goal):
+            raise NotFound(f"no goal {gid!r} in the core's store")
+        return found
+
+    def goal_sessions(self, goal: Goal) -> list[Session]:
+        """Every session of a goal, in the order they appeared."""
+        return [self.session(iid) for iid in goal.iids]
+
+    def goal_cost(self, goal: Goal) -> Decimal:
+        """The goal's total server-side cost: the sum of its sessions' costs."""
+        return sum((s.cost_usd for s in self.goal_sessions(goal)), Decimal(0))
+
+
+class ShoalCore(CoreLookups, Application[UUID]):
     """Sessions, goals, instances and fleet spend, recorded with the stream position."""
 
     name = CORE_APPLICATION_NAME
@@ -105,28 +135,6 @@ class ShoalCore(Application[UUID]):
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
-
-    def session(self, iid: str) -> Session:
-        """The session with this IID; :class:`NotFound` if the core never saw it."""
-        found = self.find(session_id(iid))
-        if not isinstance(found, Session):
-            raise NotFound(f"no session {iid!r} in the core's store")
-        return found
-
-    def goal(self, gid: str) -> Goal:
-        """The goal with this GID; :class:`NotFound` if the core never saw it."""
-        found = self.find(goal_id(gid))
-        if not isinstance(found, Goal):
-            raise NotFound(f"no goal {gid!r} in the core's store")
-        return found
-
-    def goal_sessions(self, goal: Goal) -> list[Session]:
-        """Every session of a goal, in the order they appeared."""
-        return [self.session(iid) for iid in goal.iids]
-
-    def goal_cost(self, goal: Goal) -> Decimal:
-        """The goal's total server-side cost: the sum of its sessions' costs."""
-        return sum((s.cost_usd for s in self.goal_sessions(goal)), Decimal(0))
 
     def notifications(
         self, topics: Sequence[str], batch: int = 1000

@@ -34,6 +34,7 @@ from shoal.aggregates.ownership import CoreLeases
 from shoal.aggregates.partitions import Partition
 from shoal.aggregates.persistence import application_env
 from shoal.aggregates.pricing import PriceTable
+from shoal.aggregates.readers import record_layout
 from shoal.aggregates.spendagg import ShoalSpend, SpendAggregator
 from shoal.bus import Bus, ShoalSettings
 from shoal.bus.kvmirror import KvMirror
@@ -246,5 +247,7 @@ async def run_partitioned(
     """
     async with Bus.connect(url, settings, name="shoal-core") as bus:
         await bus.provision()
+        # Readers (the CLI, the projection, status) find N here without the variable.
+        await asyncio.to_thread(record_layout, settings, count)
         core = PartitionedCore(bus, settings, count, until_idle=until_idle)
         return await core.run(stop, ready)

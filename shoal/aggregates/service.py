@@ -16,6 +16,7 @@ from shoal.aggregates.effects import VerdictHandler
 from shoal.aggregates.fleet_caps import FleetCaps
 from shoal.aggregates.ingestion import CORE_CONSUMER, CoreStats, Ingestion, processor_for
 from shoal.aggregates.interactions import InteractionsService
+from shoal.aggregates.readers import record_layout
 from shoal.bus import Bus, ShoalSettings
 
 __all__ = ["run_core"]
@@ -39,6 +40,7 @@ async def run_core(
     """
     async with Bus.connect(url, settings, name="shoal-core") as bus:
         await bus.provision()
+        await asyncio.to_thread(record_layout, settings, 1)  # readers: one store
         app = await asyncio.to_thread(open_core, settings)
         try:
             processor = await asyncio.to_thread(processor_for, app, settings, bus)

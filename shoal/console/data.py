@@ -18,60 +18,20 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from shoal.aggregates.ingestion import CORE_CONSUMER
 from shoal.bus import Bus, Presence
 from shoal.console import control
+from shoal.console.filters import SessionFilter, sql_literal, token_or_empty
 from shoal.errors import ShoalError
 from shoal.ops.regressions import Regression, open_regressions
 from shoal.projections.client import QueryClient
 from shoal.projections.sql import SqlAnswer
-from shoal.schemas import is_token, utcnow
+from shoal.schemas import utcnow
 
-__all__ = ["ConsoleData", "Health", "SessionFilter", "sql_literal"]
-
-
-def sql_literal(value: str) -> str:
-    """A SQL string literal (quotes doubled); the only way a typed value enters SQL here."""
-    return "'" + value.replace("'", "''") + "'"
+__all__ = ["ConsoleData", "Health", "SessionFilter", "sql_literal", "token_or_empty"]
 
 
 def start_of_day(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-@dataclass(frozen=True)
-class SessionFilter:
-    """The sessions page's filters (empty matches everything)."""
-
-    fleet: str = ""
-    agent: str = ""
-    status: str = ""
-    state: str = ""  # stuck | looping | killed | "" (any)
-    q: str = ""  # IID, GID or principal, exact or prefix
-    limit: int = 100
-
-    def where(self) -> str:
-        parts = ["TRUE"]
-        for column, value in (
-            ("fleet", self.fleet),
-            ("agent", self.agent),
-            ("status", self.status),
-        ):
-            if value:
-                parts.append(f"{column} = {sql_literal(value)}")
-        if self.state == "stuck":
-            parts.append("stuck")
-        elif self.state == "looping":
-            parts.append("looping")
-        elif self.state == "awaiting":
-            parts.append("approvals_requested > 0 AND status IN ('open', 'running')")
-        if self.q:
-            like = sql_literal(self.q.replace("%", "").replace("_", r"\_") + "%")
-            parts.append(
-                f"(iid LIKE {like} ESCAPE '\\' OR gid LIKE {like} ESCAPE '\\' "
-                f"OR principal = {sql_literal(self.q)})"
-            )
-        return " AND ".join(parts)
 
 
 @dataclass
@@ -276,14 +236,19 @@ class ConsoleData:
         """The core (its durable consumer's backlog) and the query service (its lag)."""
 
         async def core() -> Health:
-            try:
-                info = await self.bus.js.consumer_info(self.bus.topology.events.name, CORE_CONSUMER)
-            except NotFoundError:
+            from shoal.aggregates.readers import core_partitions
+            from shoal.ops.health import Health as CoreHealth
+            from shoal.ops.health import ask_core
+
+            # One consumer (``core``) or one per partition: the slowest is the core's lag.
+            h = CoreHealth()
+            await ask_core(self.bus, h, core_partitions(self.bus.settings))
+            if h.core_state == "absent":
                 return Health("core", False, "no core consumer: run 'shoal up' or 'shoal core'")
-            pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            pending = h.core_lag or 0
             # The core follows the log with a push consumer (bound while it runs); a pull
             # consumer shows waiting requests instead.
-            up = bool(info.push_bound) or bool(info.num_waiting)
+            up = h.core_state == "consuming"
             detail = f"{pending:,} event(s) not yet folded" if up else "no core is pulling events"
             return Health("core", up, detail, pending)
 
@@ -429,9 +394,3 @@ class ConsoleData:
 
     async def ledger(self, params: dict[str, Any]) -> Any:
         return await self.query.query("ledger", params)
-
-
-def token_or_empty(value: str | None) -> str:
-    """A filter value that must be a name: kept if it is one, else dropped."""
-    value = (value or "").strip()
-    return value if value and is_token(value) else ""

@@ -5,6 +5,8 @@
   ``status`` over NATS);
 - lag: the core's consumer against the event stream (messages not yet ingested), and the
   projection against the bus (the core's lag plus the projection's own behind the core);
+  a partitioned core (docs/scale.md) is as far behind as its slowest partition's consumer
+  (``core-p0of2``, …; each is listed), and its spend aggregator's lag is reported beside;
 - dead letters by origin; sessions stuck or looping (from the query service); open
   regressions (:mod:`shoal.ops.regressions`); versions.
 
@@ -14,6 +16,7 @@ threshold): ``shoal status`` exits 1 when there is any, so it can serve as a pro
 
 from __future__ import annotations
 
+import logging
 import platform as py_platform
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +27,9 @@ from nats.js.errors import NotFoundError
 from shoal.bus import Bus
 from shoal.ops.regressions import Regression, open_regressions
 
-__all__ = ["Health", "check_health", "server_version"]
+__all__ = ["Health", "ask_core", "check_health", "server_version"]
+
+log = logging.getLogger("shoal.status")
 
 
 @dataclass
@@ -34,6 +39,10 @@ class Health:
     core_state: str = "unknown"
     core_last_active: datetime | None = None
     core_lag: int | None = None
+    partition_lags: dict[str, int | None] = field(default_factory=dict)
+    """A partitioned core's consumers and their lags (``None``: that consumer is missing)."""
+    spend_lag: int | None = None
+    """A partitioned core's spend aggregator: stream events it has not yet summed."""
     supervisor_last_renewed: datetime | None = None
     query_state: str = "unknown"
     projection_lag_core: int | None = None
@@ -60,6 +69,11 @@ class Health:
             out.append("the core has never consumed the event stream")
         if self.core_lag is not None and self.core_lag > max_lag:
             out.append(f"the core is {self.core_lag:,} events behind the stream (> {max_lag:,})")
+        if self.spend_lag is not None and self.spend_lag > max_lag:
+            out.append(
+                f"the spend aggregator is {self.spend_lag:,} events behind the stream "
+                f"(> {max_lag:,})"
+            )
         if self.projection_lag_bus is not None and self.projection_lag_bus > max_lag:
             out.append(
                 f"the projection is {self.projection_lag_bus:,} events behind the bus "
@@ -73,6 +87,8 @@ class Health:
                 "state": self.core_state,
                 "last_active": self.core_last_active.isoformat() if self.core_last_active else None,
                 "lag": self.core_lag,
+                **({"partitions": self.partition_lags} if self.partition_lags else {}),
+                **({"spend_lag": self.spend_lag} if self.partition_lags else {}),
             },
             "supervisor": {
                 "last_renewed": self.supervisor_last_renewed.isoformat()
@@ -101,7 +117,7 @@ async def check_health(bus: Bus) -> Health:
     that is down (that part's state says so)."""
     from importlib.metadata import version
 
-    from shoal.aggregates.ingestion import CORE_CONSUMER
+    from shoal.aggregates.readers import core_partitions
     from shoal.ops.deadletters import count_by_origin
 
     health = Health()
@@ -111,18 +127,75 @@ async def check_health(bus: Bus) -> Health:
         "nats-py": version("nats-py"),
         "python": py_platform.python_version(),
     }
-    try:
-        info = await bus.js.consumer_info(bus.topology.events.name, CORE_CONSUMER)
-        health.core_lag = info.num_pending + (info.num_ack_pending or 0)
-        health.core_last_active = info.delivered.last_active if info.delivered else None
-        health.core_state = "consuming" if info.push_bound or info.num_waiting else "idle"
-    except NotFoundError:
-        health.core_state = "absent"
+    await ask_core(bus, health, core_partitions(bus.settings))
     health.deadletters = await count_by_origin(bus)
     health.supervisor_last_renewed = await _last_lease_renewal(bus)
     health.regressions = await open_regressions(bus)
     await _ask_query_service(bus, health)
     return health
+
+
+async def ask_core(bus: Bus, health: Health, count: int) -> None:
+    """The core's consumers: one (``core``), or one per partition and the slowest counts."""
+    from shoal.aggregates.ingestion import CORE_CONSUMER
+    from shoal.aggregates.readers import store_names
+
+    parts = store_names(count)
+    names = [f"{CORE_CONSUMER}-{p}" if p else CORE_CONSUMER for p in parts]
+    lags: dict[str, int | None] = {}
+    states: list[str] = []
+    for name in names:
+        try:
+            info = await bus.js.consumer_info(bus.topology.events.name, name)
+        except NotFoundError:
+            lags[name] = None
+            states.append("absent")
+            continue
+        lags[name] = info.num_pending + (info.num_ack_pending or 0)
+        active = info.delivered.last_active if info.delivered else None
+        if active is not None and (
+            health.core_last_active is None or active < health.core_last_active
+        ):
+            health.core_last_active = active  # the stalest partition's heartbeat
+        states.append("consuming" if info.push_bound or info.num_waiting else "idle")
+    known = [lag for lag in lags.values() if lag is not None]
+    health.core_lag = max(known) if known else None
+    # One partition never started is a core that has never consumed its share.
+    for state in ("absent", "idle", "consuming"):
+        if state in states:
+            health.core_state = state
+            break
+    if count > 1:
+        health.partition_lags = lags
+        health.spend_lag = await _spend_lag(bus, count)
+
+
+async def _spend_lag(bus: Bus, count: int) -> int | None:
+    """Stream events the spend aggregator has not summed; ``None`` if its store is not here."""
+    import asyncio
+
+    from shoal.aggregates.partitioned import open_spend, spend_name
+
+    settings = bus.settings
+    store = settings.store_dir / f"core-{spend_name(count)}.sqlite"
+    if settings.persistence_module == "eventsourcing.sqlite" and not store.exists():
+        return None
+    upstream = bus.topology.events.name
+
+    def position() -> int:
+        spend = open_spend(settings, count)
+        try:
+            return spend.max_tracking_id(upstream)
+        finally:
+            spend.close()
+
+    try:
+        done = await asyncio.to_thread(position)
+    except Exception as e:  # a store we cannot read: unknown, not a failure of status
+        log.warning("cannot read the spend aggregator's store: %s", e or type(e).__name__)
+        return None
+    last = (await bus.js.stream_info(upstream)).state.last_seq
+    return max(last - done, 0)
 
 
 async def _last_lease_renewal(bus: Bus) -> datetime | None:

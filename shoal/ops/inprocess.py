@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from shoal.aggregates import run_core
-from shoal.aggregates.application import open_core
+from shoal.aggregates.partitioned import run_partitioned
+from shoal.aggregates.readers import open_reader
 from shoal.bus import Bus
 from shoal.errors import Refused
 from shoal.ops.canary import canary_controller
@@ -36,12 +37,14 @@ class LocalPlatform:
         """Wait until the core's recorded position reaches the event log's last sequence."""
         info = await self.bus.js.stream_info(self.bus.topology.events.name)
         target = info.state.last_seq
-        core = await asyncio.to_thread(open_core, self.bus.settings)
+        # Every partition of a partitioned core (``shoal up`` with SHOAL_CORE_PARTITIONS).
+        core = await asyncio.to_thread(open_reader, self.bus.settings)
+        upstream = self.bus.topology.events.name
         try:
             deadline = time.monotonic() + timeout
             while True:
                 position = await asyncio.to_thread(
-                    core.max_tracking_id, self.bus.topology.events.name
+                    lambda: min(s.max_tracking_id(upstream) for s in core.stores)
                 )
                 if position >= target:
                     return position
@@ -61,8 +64,12 @@ async def local_platform(bus: Bus) -> AsyncIterator[LocalPlatform]:
     async with AsyncExitStack() as stack:
         if CORE.pid(settings) is None:
             stop, ready = asyncio.Event(), asyncio.Event()
-            run = run_core(
-                settings, resolve_url(settings), stop, ready=ready, verdicts=canary_controller
+            url, count = resolve_url(settings), settings.core_partitions
+            # The core as ``shoal core`` would run it with these settings (docs/scale.md).
+            run = (
+                run_partitioned(settings, url, stop, count, ready=ready)
+                if count > 1
+                else run_core(settings, url, stop, ready=ready, verdicts=canary_controller)
             )
             core = asyncio.create_task(run)
 

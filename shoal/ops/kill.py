@@ -19,6 +19,7 @@ exit 1). The put is idempotent, so a retry after a lost acknowledgement is harml
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ from shoal.ops.targets import check_kill_target
 from shoal.schemas import AgentKilled, CloudEvent, ControlAccepted, SessionKilled, utcnow
 
 __all__ = ["KillResult", "kill", "kill_with_retry", "list_kills", "parse_scope", "unkill"]
+
+log = logging.getLogger("shoal.kill")
 
 _RETRYABLE = (
     TimeoutError,
@@ -176,10 +179,14 @@ async def kill(
             )
         )
     if scope == "session" and name:
+        gid, parentiid, fleet = await _session_identity(bus, name)
         events.append(
             CloudEvent.new(
                 SessionKilled(by=by, reason=reason),
                 iid=name,
+                gid=gid,
+                parentiid=parentiid,
+                fleet=fleet,
                 source=f"shoal://cli/{by}",
                 principal=by,
             )
@@ -190,6 +197,24 @@ async def kill(
     except _RETRYABLE as e:
         return KillResult(key, switch, instances, audited=False, audit_error=_why(e))
     return KillResult(key, switch, instances)
+
+
+async def _session_identity(bus: Bus, iid: str) -> tuple[str | None, str | None, str | None]:
+    """The session's GID, parent and fleet from its events on the log (all ``None`` if it has
+    none yet): ``session.killed`` carries the GID so a partitioned core folds it in the
+    goal's partition (docs/scale.md)."""
+    try:
+        known = [s.event for s in await bus.session_events(iid) if s.event is not None]
+    except _RETRYABLE as e:
+        # The switch is set (what agents obey); the event then names the IID only.
+        log.warning(
+            "cannot read session %s from the log (%s): session.killed has no GID", iid, _why(e)
+        )
+        known = []
+    if not known:
+        return None, None, None
+    gid = next((e.gid for e in known if e.gid), None)
+    return gid, known[0].parentiid, known[0].fleet
 
 
 async def unkill(

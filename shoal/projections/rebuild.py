@@ -15,7 +15,8 @@ from typing import Any
 from eventsourcing.application import Application
 
 from shoal.projections.projection import DEFAULT_BATCH, CostProjection
-from shoal.projections.runner import Progress, ProjectionFollower
+from shoal.projections.runner import Progress
+from shoal.projections.sources import Followers, Source
 from shoal.projections.view import open_view
 
 __all__ = ["Rebuilt", "rebuild"]
@@ -34,21 +35,23 @@ class Rebuilt:
 
 
 def rebuild(
-    app: Application[Any],
+    app: Application[Any] | list[Source],
     path: Path,
     *,
     as_of: int | None = None,
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH,
 ) -> Rebuilt:
-    """Replay ``app``'s log into a new database at ``path`` (replaced if it exists)."""
+    """Replay ``app``'s log into a new database at ``path`` (replaced if it exists); or, given
+    sources (:func:`~shoal.projections.sources.core_sources`), every partition's log."""
+    sources = app if isinstance(app, list) else [(app.name, app)]
     for stale in (path, path.with_name(path.name + ".wal")):
         stale.unlink(missing_ok=True)
     started = time.perf_counter()
     view = open_view(path)
     try:
         projection = CostProjection(view, batch_size=batch_size, pipelined=True)
-        follower = ProjectionFollower(app, projection, page=batch_size, as_of=as_of)
+        follower = Followers(sources, projection, page=batch_size, as_of=as_of)
         try:
             done = follower.catch_up(progress)
         finally:

@@ -51,17 +51,20 @@ class ProjectionFollower:
         *,
         page: int = DEFAULT_BATCH,
         as_of: int | None = None,
+        name: str | None = None,
     ) -> None:
         self.app = app
         self.projection = projection
         self.page = page
         self.as_of = as_of
         """Stop before the first event whose stream sequence (``seq``) is above this."""
+        self.name = name or app.name
+        """The tracking record's name (one per core partition: ``ShoalCore-p0of2``)."""
 
     @property
     def position(self) -> int:
         """The last notification id the projection has committed (0 before the first)."""
-        return self.projection.view.max_tracking_id(self.app.name) or 0
+        return self.projection.view.max_tracking_id(self.name) or 0
 
     def catch_up(
         self, progress: Progress | None = None, stop: threading.Event | None = None
@@ -72,7 +75,7 @@ class ProjectionFollower:
             return self._catch_up(progress, stop)
 
     def _catch_up(self, progress: Progress | None, stop: threading.Event | None) -> CatchUp:
-        recorder, mapper, name = self.app.recorder, self.app.mapper, self.app.name
+        recorder, mapper, name = self.app.recorder, self.app.mapper, self.name
         done = CatchUp(position=self.position)
         last = recorder.max_notification_id() or 0
         while done.stopped_at_seq is None:

@@ -127,6 +127,11 @@ def _print_status(c: Cli, st: platform.PlatformStatus, problems: list[str]) -> N
             if h.projection_lag_bus is not None:
                 lag = f"{h.projection_lag_bus:,} behind the bus ({h.projection_lag_core:,} core)"
         services.add_row(name, state, beat, lag)
+        if name == "core":
+            for consumer, part_lag in h.partition_lags.items():
+                services.add_row(f"  {consumer}", "", "", _lag(part_lag))
+            if h.partition_lags:
+                services.add_row("  spend aggregator", "", "", _lag(h.spend_lag))
     c.out.print(services)
     if h.deadletters:
         by_origin = ", ".join(f"{o} {n}" for o, n in h.deadletters.items())

@@ -89,22 +89,24 @@ def rebuild_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Drop and rebuild the projection from the core's log (the live one is swapped at the end)."""
-    from shoal.aggregates.application import open_core
+    from shoal.aggregates.readers import core_partitions, first_dbname
     from shoal.projections.host import projection_path
     from shoal.projections.rebuild import rebuild
+    from shoal.projections.sources import core_sources
 
     c = cli(ctx, as_json)
     require_role(c, "admin", "projections.rebuild")
-    require_store(c.settings)
+    count = core_partitions(c.settings)
+    require_store(c.settings, first_dbname(count))
     live = projection_path(c.settings)
     target = (
         live.with_name(f"projections-asof-{as_of}.duckdb")
         if as_of is not None
         else live.with_name("projections.rebuild.duckdb")
     )
-    app = open_core(c.settings)
+    sources = core_sources(c.settings, count)
     try:
-        total = app.recorder.max_notification_id() or 0
+        total = sum(app.recorder.max_notification_id() or 0 for _, app in sources)
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -116,14 +118,15 @@ def rebuild_cmd(
         ) as bar:
             task = bar.add_task("replaying the core's log", total=total or 1)
             result = rebuild(
-                app,
+                sources,
                 target,
                 as_of=as_of,
                 progress=lambda done, last: bar.update(task, completed=done, total=last or 1),
             )
             bar.update(task, completed=max(total, 1))
     finally:
-        app.close()
+        for _, app in sources:
+            app.close()
     swapped_by = "none"
     if as_of is None:
         if run(c, _swap_into_service(c, target.resolve()), bounded=False) is not None:

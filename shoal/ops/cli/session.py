@@ -1,7 +1,8 @@
 """``shoal session ls|show|replay``.
 
 ``ls`` and ``show`` read the core's store directly (the SQLite file under the data dir is
-opened read-side, concurrently with a running core; or PostgreSQL). ``replay`` reads the
+opened read-side, concurrently with a running core; or PostgreSQL); with a partitioned core,
+every partition's store, read as one (:mod:`shoal.aggregates.readers`). ``replay`` reads the
 raw events from JetStream and needs no core at all.
 """
 
@@ -18,7 +19,8 @@ from rich.table import Column, Table
 from rich.text import Text
 from rich.tree import Tree
 
-from shoal.aggregates import PriceTable, Session, open_core
+from shoal.aggregates import PriceTable, Session
+from shoal.aggregates.readers import CoreReader, core_partitions, first_dbname, open_reader
 from shoal.aggregates.replay import Replay, ReplayNode, fold_replay, parse_at
 from shoal.bus import ShoalSettings
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, require_store, run
@@ -42,6 +44,13 @@ QuietOption = Annotated[
 session_app = typer.Typer(help="Find, inspect and replay sessions (IIDs).", no_args_is_help=True)
 
 
+def open_store(settings: ShoalSettings) -> CoreReader:
+    """The core's store(s) for reading: refused if nothing was recorded here yet."""
+    count = core_partitions(settings)
+    require_store(settings, first_dbname(count))
+    return open_reader(settings, count)
+
+
 def select_sessions(
     settings: ShoalSettings,
     *,
@@ -56,8 +65,7 @@ def select_sessions(
     ``stuck`` means running and flagged stuck, or silent for longer than ``stuck_after_s``.
     Sessions are loaded newest first and the scan stops at ``limit`` matches.
     """
-    require_store(settings)
-    app = open_core(settings)
+    app = open_store(settings)
     try:
         cutoff = (now or utcnow()) - timedelta(seconds=settings.stuck_after_s)
         found: list[Session] = []
@@ -81,8 +89,7 @@ def select_sessions(
 
 def load_session(settings: ShoalSettings, iid: str) -> Session:
     """One session from the core's store (:class:`~shoal.errors.NotFound` if unknown)."""
-    require_store(settings)
-    app = open_core(settings)
+    app = open_store(settings)
     try:
         return app.session(iid)
     finally:
@@ -263,8 +270,7 @@ def register(app: typer.Typer) -> None:
 
 def load_goal(settings: ShoalSettings, gid: str) -> dict[str, Any]:
     """A goal from the core's store with all its sessions and the total server-side cost."""
-    require_store(settings)
-    app = open_core(settings)
+    app = open_store(settings)
     try:
         goal = app.goal(gid)
         sessions = app.goal_sessions(goal)
@@ -281,15 +287,9 @@ def select_goals(
     settings: ShoalSettings, *, fleet: str | None, status: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """The ``limit`` most recent matching goals (summaries with their cost), oldest first."""
-    from eventsourcing.utils import get_topic
-
-    from shoal.aggregates.goal import Goal
-
-    require_store(settings)
-    app = open_core(settings)
+    app = open_store(settings)
     try:
-        opened = app.notifications([get_topic(Goal.Opened)])
-        gids = [e.gid for _, e in opened]  # type: ignore[attr-defined]
+        gids = app.goal_gids()
         found: list[dict[str, Any]] = []
         for gid in reversed(gids):
             if len(found) >= limit:
