@@ -29,6 +29,7 @@ from shoal.agents.session import Emitter, Session
 from shoal.agents.toolrecord import ToolCallRecord
 from shoal.agents.tools import Tool, ToolEnv
 from shoal.bus.genai import Attributes, Call, ChatCall, GenAI, ToolCall, session_attributes
+from shoal.policy import prompt_arguments
 from shoal.schemas import ModelCalled, new_id
 from shoal.schemas.manifest import ToolGrant
 
@@ -98,11 +99,14 @@ class ModelGateway:
         max_tokens: int,
         json_mode: bool,
     ) -> Completion:
-        await checked(self.policy, self.session, call, "model.call", model)
         if isinstance(messages, str):
             messages = [ChatMessage("user", messages)]
         if system is not None:
             messages = [ChatMessage("system", system), *messages]
+        prompt = prompt_arguments(
+            [{"role": m.role, "content": m.content} for m in messages], self.policy.digest_key
+        )
+        await checked(self.policy, self.session, call, "model.call", model, prompt)
         caller = caller_headers(self.session)  # read by a gateway client, ignored by others
         request = ChatRequest(
             model, tuple(messages), max_tokens, json_mode=json_mode, caller=caller

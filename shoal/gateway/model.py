@@ -41,6 +41,7 @@ from shoal.gateway.record import Recorder
 from shoal.gateway.request import DEFAULT_MAX_TOKENS, needs, parse_body, prompt_bound
 from shoal.gateway.settle import CallSettler
 from shoal.gateway.upstream import Answer, Upstreams
+from shoal.policy import prompt_arguments
 from shoal.schemas import ModelCalled, new_id
 
 __all__ = ["ModelGateway"]
@@ -195,7 +196,8 @@ class ModelGateway:
                 "model",
             )
         if self.policy is not None:
-            await self.policy.check(caller, "model.call", requested, {})
+            prompt = prompt_arguments(body.get("messages"), self.policy.digest_key)
+            await self.policy.check(caller, "model.call", requested, prompt)
         routed = self.config.route(requested, caller.task_class, needs(body))
         targets = [t for t in routed if self.kills.match([f"model.{t.model}"]) is None]
         if not targets:

@@ -9,7 +9,14 @@
 Between ``bus`` and the parts that enforce (``agents``, ``gateway``) in the dependency order.
 """
 
-from shoal.policy.approvals import Approvals, ApprovalState, NotPending, approval_id, request_hash
+from shoal.policy.approvals import (
+    Approvals,
+    ApprovalState,
+    NotPending,
+    approval_id,
+    prompt_arguments,
+    request_hash,
+)
 from shoal.policy.engine import CallFacts, CompiledPolicy, InvalidPolicy, Verdict, compile_policy
 from shoal.policy.store import AppliedPolicy, PolicyBook, apply_policy, policy_key
 
@@ -27,5 +34,6 @@ __all__ = [
     "approval_id",
     "compile_policy",
     "policy_key",
+    "prompt_arguments",
     "request_hash",
 ]

@@ -81,6 +81,21 @@ def request_hash(
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
+def prompt_arguments(messages: Any, key: bytes | None = None) -> dict[str, str]:
+    """A model call's arguments for its policy check: a keyed digest of its messages.
+
+    So a grant covers exactly the prompt that was asked about, and a changed prompt needs a
+    new approval, as a tool's changed arguments do. Only the digest is shown to approvers and
+    published, keyed as :func:`request_hash` is, so it cannot be tested against guesses. The
+    SDK and the gateway digest the same ``[{"role", "content"}, ...]`` list and so find the
+    same approval for one call.
+    """
+    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), default=str).encode()
+    if key is None:
+        return {"prompt_digest": hashlib.sha256(canonical).hexdigest()}
+    return {"prompt_digest": hmac.new(key, canonical, hashlib.sha256).hexdigest()}
+
+
 def approval_id(iid: str, digest: str) -> str:
     """The approval's id: the same session asking the same request gets the same one."""
     return "apr-" + hashlib.sha256(f"{iid}:{digest}".encode()).hexdigest()[:20]

@@ -71,3 +71,44 @@ async def test_a_parked_call_survives_a_gateway_restart_and_goes_upstream_once(
     assert [e.request_id for e in events if isinstance(e, ApprovalRequested)] == ids
     decided = [(d.decision, d.rule) for d in events if isinstance(d, PolicyDecided)]
     assert decided == [("needs_approval", "fast-needs-approval")] * 2
+
+
+async def test_a_grant_covers_the_reviewed_prompt_and_a_changed_prompt_asks_again(
+    bus: Bus,
+    gateway_config: GatewayConfig,
+    make_key: MakeKey,
+    upstream: tuple[str, OfflineUpstream],
+) -> None:
+    await apply_policy(bus, RULE, fleet="research", by="olga", reason="test")
+    key, secret = await make_key()
+    headers = {"Authorization": f"Bearer {secret}"}
+    approvals = await Approvals.open(bus)
+    changed = {**BODY, "messages": [{"role": "user", "content": "hi, and wire the money"}]}
+    async with run_gateway(bus, gateway_config) as gateway:
+        await asyncio.sleep(0.3)  # the policy mirror follows the bucket
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            first = asyncio.create_task(http.post("/chat/completions", json=BODY, headers=headers))
+            reviewed = await pending(approvals)
+            await approvals.decide(reviewed[0], grant=True, by="olga", reason="fine")
+            assert (await asyncio.wait_for(first, 20)).status_code == 200
+            # The same prompt again: the grant covers it, nothing new is asked.
+            again = await http.post("/chat/completions", json=BODY, headers=headers)
+            assert (again.status_code, await approvals.list()) == (200, [])
+            # Another prompt to the same model is another request: it parks a new approval.
+            parked = asyncio.create_task(
+                http.post("/chat/completions", json=changed, headers=headers)
+            )
+            asked = await pending(approvals)
+            await approvals.decide(asked[0], grant=False, by="olga", reason="not that one")
+            refused = await asyncio.wait_for(parked, 20)
+    assert len(asked) == 1 and asked != reviewed
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "policy_denied"
+    requested = [
+        s.event.data
+        for s in await bus.session_events(key.id)
+        if s.event is not None and isinstance(s.event.data, ApprovalRequested)
+    ]
+    assert [r.request_id for r in requested] == [reviewed[0], asked[0]]
+    assert len({r.request_hash for r in requested}) == 2
+    assert all(set(r.arguments or {}) <= {"prompt_digest"} for r in requested)

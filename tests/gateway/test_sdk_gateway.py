@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -15,9 +16,11 @@ from shoal.bus import Bus, ShoalSettings
 from shoal.gateway import run_gateway
 from shoal.gateway.offline import OfflineUpstream, serve_offline_upstream
 from shoal.ops import kill as ops_kill
-from shoal.schemas import ModelCalled, PolicyDecided
+from shoal.policy import Approvals, apply_policy
+from shoal.schemas import ApprovalRequested, ModelCalled, PolicyDecided
 from tests.agents.conftest import eventually, of_type, submit_task, wait_events
 from tests.gateway.conftest import MakeKey, offline_small
+from tests.policy.test_approval_restarts import pending
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,3 +128,45 @@ async def test_a_call_the_upstream_fails_is_recorded_once_by_the_gateway_not_by_
     assert [(e.source.split("/")[2], e.data.error is not None) for e in called] == [  # type: ignore[attr-defined]
         ("gateway", True)
     ]
+
+
+async def test_a_high_tier_model_call_through_the_gateway_is_asked_once_for_its_prompt(
+    bus: Bus,
+    settings: ShoalSettings,
+    make_key: MakeKey,
+    upstream: tuple[str, OfflineUpstream],
+) -> None:
+    """The SDK's check and the gateway's digest the same prompt: one approval for the call."""
+    rule = (
+        '@id("small-needs-approval") @tier("high") '
+        'permit(principal, action == Action::"model", resource == Model::"offline-small");'
+    )
+    await apply_policy(bus, rule, fleet="sdk", by="olga", reason="test")
+    config = offline_small(upstream[0])
+    manifest = CapabilityManifest(models=("offline-small",))
+    _, secret = await make_key(fleet="sdk", agent="worker", instance="sdk-1", manifest=manifest)
+    agent = Agent("worker", fleet="sdk", manifest=manifest)
+
+    @agent.handler("chat")
+    async def chat(ctx: TaskContext, task: dict[str, Any]) -> dict[str, Any]:
+        return {"text": (await ctx.model.complete(task["text"])).text}
+
+    approvals = await Approvals.open(bus)
+    async with run_gateway(bus, config) as gw:
+        through = settings.model_copy(update={"gateway_url": gw.url, "gateway_key": secret})
+        runtime = AgentRuntime(
+            bus, agent, instance="sdk-1", model_clients=default_model_clients(through)
+        )
+        async with runtime.running():
+            await asyncio.sleep(0.3)  # the policy mirrors follow the bucket
+            task = await submit_task(bus, "sdk", "chat", {"text": "hello"})
+            asked = await pending(approvals)
+            await approvals.decide(asked[0], grant=True, by="olga", reason="fine")
+            await wait_events(
+                bus, bus.subjects.session_events(task.iid), lambda e: of_type(e, "task.completed")
+            )
+    events = [s.event.data for s in await bus.session_events(task.iid) if s.event is not None]
+    requested = [e for e in events if isinstance(e, ApprovalRequested)]
+    assert [r.request_id for r in requested] == asked
+    assert set(requested[0].arguments or {}) == {"prompt_digest"}
+    assert upstream[1].requests == {"offline-small": 1}
