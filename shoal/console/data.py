@@ -257,7 +257,7 @@ class ConsoleData:
                 st = await self.query.ask("status", timeout=2.0)
             except ShoalError as e:
                 return Health("query service", False, str(e))
-            lag = int(st["core_last_notification"]) - int(st["position"])
+            lag = int(st.get("behind") or 0)
             return Health("query service", True, f"{lag:,} notification(s) behind the core", lag)
 
         return list(await asyncio.gather(core(), query()))

@@ -228,8 +228,7 @@ async def _ask_query_service(bus: Bus, health: Health) -> None:
         health.query_state = "down"
         return
     health.query_state = "answering"
-    behind = int(status.get("core_last_notification") or 0) - int(status.get("position") or 0)
-    health.projection_lag_core = max(behind, 0)
+    health.projection_lag_core = max(int(status.get("behind") or 0), 0)
     health.projection_lag_bus = health.projection_lag_core + (health.core_lag or 0)
     for state in ("stuck", "looping"):
         try:

@@ -52,6 +52,8 @@ class StatusAnswer(BaseModel):
     path: str
     position: int
     core_last_notification: int
+    behind: int = 0
+    """Notifications the projection follows that it has not yet committed (its lag)."""
     tables: dict[str, int]
     last_error: str | None = None
 

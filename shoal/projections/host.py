@@ -48,6 +48,28 @@ def projection_path(settings: ShoalSettings) -> Path:
     return settings.store_dir / "projections.duckdb"
 
 
+
+_BEHIND_COUNTED = 1000
+"""Up to this many unprojected notifications are counted; past it, the id difference."""
+
+
+def behind(app: Application[Any], position: int) -> int:
+    """Notifications of the topics the projection follows recorded after ``position``.
+
+    Not the difference of ids: the core records notifications the projection does not follow
+    (fleet and instance events), and the position only moves on those it does, so after the
+    last followed event the difference stays above 0 for good.
+    """
+    page = app.recorder.select_notifications(
+        start=position,
+        limit=_BEHIND_COUNTED,
+        topics=CostProjection.topics,
+        inclusive_of_start=False,
+    )
+    if len(page) < _BEHIND_COUNTED:
+        return len(page)
+    return max((app.recorder.max_notification_id() or 0) - position, len(page))
+
 class ProjectionHost:
     """Owns the DuckDB file: follows the core's log into it and hands out readers."""
 
@@ -209,17 +231,19 @@ class ProjectionHost:
         if view is None or sources is None:
             raise RuntimeError("the projection host is not open")
         # Summed over the core's partitions (one source for a single core).
-        parts = {
-            name: {
-                "position": view.max_tracking_id(name) or 0,
+        parts = {}
+        for name, app in sources:
+            position = view.max_tracking_id(name) or 0
+            parts[name] = {
+                "position": position,
                 "core_last_notification": app.recorder.max_notification_id() or 0,
+                "behind": behind(app, position),
             }
-            for name, app in sources
-        }
         answer: dict[str, Any] = {
             "path": str(self.path),
             "position": sum(p["position"] for p in parts.values()),
             "core_last_notification": sum(p["core_last_notification"] for p in parts.values()),
+            "behind": sum(p["behind"] for p in parts.values()),
             "tables": view.table_counts(),
             "last_error": self.last_error,
         }

@@ -172,7 +172,10 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
         emit_json(answer)
         return
     c.out.print(f"database {answer['path']}")
-    c.out.print(f"position {answer['position']} of {answer['core_last_notification']}")
+    c.out.print(
+        f"position {answer['position']} of {answer['core_last_notification']} "
+        f"({answer.get('behind', 0):,} to project)"
+    )
     for table, count in answer["tables"].items():
         c.out.print(f"  {table:<18} {count:>10}")
     if answer.get("last_error"):
