@@ -134,6 +134,9 @@ async def test_session_ls_filters_by_status_and_show_prints_one(
     assert len(listed) == 4
     assert len(json.loads(completed.output)) == 4
     assert json.loads(running.output) == []
+    assert (await invoke(settings, "session", "ls", "--awaiting")).output == (
+        "no sessions awaiting input\n"
+    )
     assert (shown["iid"], shown["status"], shown["model_calls"]) == (root, "completed", 1)
 
 

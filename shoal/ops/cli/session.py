@@ -130,6 +130,9 @@ def ls(
     if c.json:
         emit_json([s.summary() for s in sessions])
         return
+    if not sessions:
+        c.out.print("no sessions awaiting input" if awaiting else "no sessions")
+        return
     table = Table(
         _iid_column(), "fleet", "agent", "capability", "status", "cost $", "calls", "flags"
     )
