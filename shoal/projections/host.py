@@ -48,7 +48,6 @@ def projection_path(settings: ShoalSettings) -> Path:
     return settings.store_dir / "projections.duckdb"
 
 
-
 _BEHIND_COUNTED = 1000
 """Up to this many unprojected notifications are counted; past it, the id difference."""
 
@@ -69,6 +68,7 @@ def behind(app: Application[Any], position: int) -> int:
     if len(page) < _BEHIND_COUNTED:
         return len(page)
     return max((app.recorder.max_notification_id() or 0) - position, len(page))
+
 
 class ProjectionHost:
     """Owns the DuckDB file: follows the core's log into it and hands out readers."""

@@ -20,9 +20,7 @@ def test_notifications_the_projection_does_not_follow_are_no_lag(
     # Instance events are the core's own registry, not projected: the position stays, and
     # the ids run on past it, yet nothing is waiting to be projected.
     for n in range(3):
-        core.save(
-            Instance(f"ghost-{n}", "f", "a", "1", [], "h", 1, 10**9 + n, datetime.now(UTC))
-        )
+        core.save(Instance(f"ghost-{n}", "f", "a", "1", [], "h", 1, 10**9 + n, datetime.now(UTC)))
     last = core.recorder.max_notification_id() or 0
     assert (last - position, behind(core, position)) == (3, 0)
     assert behind(core, position - 2) == 2
