@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from shoal.bus import ShoalSettings
 from shoal.ops.cli import app
-from shoal.ops.cli.layout import fit, fit_facts, middle
+from shoal.ops.cli.layout import fit, fit_facts, fit_record, middle
 from tests.natsproc import NatsProcess
 
 IID = "01M8SNSJEWGZ1CG999XM56PQ8W"
@@ -43,6 +43,22 @@ def _sessions_table() -> Table:
     table.add_row(IID, "onboarding", "summarizer", "summarize", "failed", "0.0123", "3m/2t", "")
     table.add_row(IID[::-1], "code-review", "reviewer", "review", "running", "1.5", "40m/1t", "")
     return table
+
+
+def test_a_total_is_a_row_at_200_and_a_name_value_list_at_80_with_no_value_cut() -> None:
+    fields = [(f"field_{n}", f"0.1666{n}7") for n in range(10)]
+    captured = {}
+    for width in (80, 200):
+        out = Console(width=width, record=True)
+        out.print(fit_record("total", fields, out))
+        captured[width] = out.export_text()
+    assert "…" not in captured[80] and "…" not in captured[200]
+    lines = captured[80].splitlines()
+    assert len(lines) == 1 + 2 + len(fields)  # the title, the borders, one line per field
+    for name, value in fields:
+        assert any(name in line and value in line for line in lines), name
+    assert len(captured[200].splitlines()) == 1 + 5  # title; top, header, rule, row, bottom
+    assert all(len(line) <= 80 for line in lines)
 
 
 def test_a_wide_table_drops_columns_by_priority_at_80_and_keeps_all_at_200() -> None:

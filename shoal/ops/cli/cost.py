@@ -26,7 +26,7 @@ from shoal.bus import ShoalSettings
 from shoal.errors import InvalidOption, NatsUnreachable, NotFound, Refused, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli._time import parse_moment
-from shoal.ops.cli.layout import fit
+from shoal.ops.cli.layout import fit, fit_record
 from shoal.ops.connect import open_bus
 from shoal.projections.answers import UNIT_DIMENSIONS
 from shoal.projections.client import QueryClient
@@ -229,7 +229,8 @@ def _render(c: Cli, name: str, answer: BaseModel) -> None:
         c.out.print(fit(table, c.out, drop=drop, keep=keep))
         total = getattr(answer, "total", None)
         if isinstance(total, BaseModel):
-            c.out.print(_table("total", [total]))
+            fields = [(n, _cell(getattr(total, n))) for n in type(total).model_fields]
+            c.out.print(fit_record("total", fields, c.out))
         if not rows:
             c.out.print("(no rows)")
 

@@ -93,3 +93,21 @@ def fit(
 def _header(column: Column) -> str:
     header = column.header
     return header.plain if isinstance(header, Text) else str(header)
+
+
+def fit_record(title: str, fields: Sequence[tuple[str, str]], console: Console) -> Table:
+    """One record (a total): a row when it fits the console, else a name/value column pair,
+    so no value is cut at 80 columns."""
+    across = Table(title=title, title_justify="left")
+    for name, _ in fields:
+        across.add_column(name, justify="right")
+    across.add_row(*(value for _, value in fields))
+    unbounded = console.options.update_width(100_000)
+    if Measurement.get(console, unbounded, across).maximum <= console.width:
+        return across
+    down = Table(title=title, title_justify="left", show_header=False)
+    down.add_column("field", no_wrap=True)
+    down.add_column("value", justify="right", overflow="fold")
+    for name, value in fields:
+        down.add_row(name, value)
+    return down
