@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shoal.bus import Bus
-from shoal.gateway import GatewayConfig, run_gateway
+from shoal.gateway import GatewayConfig, VirtualKey, run_gateway
 from shoal.gateway.offline import OfflineUpstream
 from shoal.policy import Approvals, apply_policy
 from shoal.schemas import ApprovalRequested, PolicyDecided
@@ -25,16 +25,20 @@ RULE = (
 BODY = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
 
 
+async def _under_rule(bus: Bus, make_key: MakeKey) -> tuple[VirtualKey, dict[str, str], Approvals]:
+    """RULE applied to the fleet; a key of its and its headers; the approvals bucket."""
+    await apply_policy(bus, RULE, fleet="research", by="olga", reason="test")
+    key, secret = await make_key()
+    return key, {"Authorization": f"Bearer {secret}"}, await Approvals.open(bus)
+
+
 async def test_a_parked_call_survives_a_gateway_restart_and_goes_upstream_once(
     bus: Bus,
     gateway_config: GatewayConfig,
     make_key: MakeKey,
     upstream: tuple[str, OfflineUpstream],
 ) -> None:
-    await apply_policy(bus, RULE, fleet="research", by="olga", reason="test")
-    key, secret = await make_key()
-    headers = {"Authorization": f"Bearer {secret}"}
-    approvals = await Approvals.open(bus)
+    key, headers, approvals = await _under_rule(bus, make_key)
     http = httpx.AsyncClient(timeout=30)
     try:
         async with run_gateway(bus, gateway_config) as first:
@@ -79,10 +83,7 @@ async def test_a_grant_covers_the_reviewed_prompt_and_a_changed_prompt_asks_agai
     make_key: MakeKey,
     upstream: tuple[str, OfflineUpstream],
 ) -> None:
-    await apply_policy(bus, RULE, fleet="research", by="olga", reason="test")
-    key, secret = await make_key()
-    headers = {"Authorization": f"Bearer {secret}"}
-    approvals = await Approvals.open(bus)
+    key, headers, approvals = await _under_rule(bus, make_key)
     changed = {**BODY, "messages": [{"role": "user", "content": "hi, and wire the money"}]}
     async with run_gateway(bus, gateway_config) as gateway:
         await asyncio.sleep(0.3)  # the policy mirror follows the bucket
