@@ -10,23 +10,22 @@ print as rich tables, or as JSON with ``--json``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 
 from shoal.bus import ShoalSettings
 from shoal.errors import InvalidOption, NatsUnreachable, NotFound, Refused, ServiceUnavailable
 from shoal.ops.cli._common import Cli, JsonOption, cli, emit_json, run
 from shoal.ops.cli._time import parse_moment
-from shoal.ops.cli.layout import fit, fit_record
+from shoal.ops.cli.costrender import render, render_demo_summary, table_of
+from shoal.ops.cli.layout import fit
 from shoal.ops.connect import open_bus
 from shoal.projections.answers import UNIT_DIMENSIONS
 from shoal.projections.client import QueryClient
@@ -142,99 +141,6 @@ async def fetch_demo_summary(
     return cost, success
 
 
-def render_demo_summary(out: Console, cost: CostAnswer, success: SuccessCostAnswer) -> None:
-    """The demo's closing tables: spend by agent and model, then per successful outcome."""
-    _render_cost(out, cost)
-    _render_success(out, success)
-
-
-# -- rendering --------------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, Decimal):
-        return f"{value:.6f}"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    if isinstance(value, list):
-        return ", ".join("-" if v is None else str(v) for v in value)
-    return str(value)
-
-
-def _table(title: str, rows: Sequence[BaseModel], columns: Sequence[str] | None = None) -> Table:
-    names = list(columns or (type(rows[0]).model_fields if rows else []))
-    table = Table(title=title, title_justify="left")
-    first = rows[0] if rows else None
-    for name in names:
-        value = getattr(first, name, None)
-        numeric = isinstance(value, int | float | Decimal) and not isinstance(value, bool)
-        table.add_column(name, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(_cell(getattr(row, n)) for n in names))
-    return table
-
-
-def _headers(table: Table) -> list[str]:
-    return [str(col.header) for col in table.columns]
-
-
-def _render_cost(out: Console, answer: CostAnswer) -> None:
-    table = Table(title=f"cost by {', '.join(answer.by)} (USD, server-side)", title_justify="left")
-    for dim in answer.by:
-        table.add_column(dim)
-    for name in ("calls", "input_tokens", "output_tokens", "cost_usd"):
-        table.add_column(name, justify="right")
-    for row in answer.rows:
-        keys = [_cell(k) for k in row.key]
-        table.add_row(
-            *keys,
-            str(row.calls),
-            str(row.input_tokens),
-            str(row.output_tokens),
-            _cell(row.cost_usd),
-        )
-    blanks = [""] * (len(answer.by) - 1)
-    table.add_section()
-    label = "total" if answer.groups == len(answer.rows) else f"total ({answer.groups} groups)"
-    table.add_row(label, *blanks, str(answer.calls), "", "", _cell(answer.total_usd))
-    out.print(
-        fit(table, out, drop=("input_tokens", "output_tokens"), keep=(*answer.by, "cost_usd"))
-    )
-
-
-def _render_success(out: Console, answer: SuccessCostAnswer) -> None:
-    rows = [*answer.rows, answer.total.model_copy(update={"fleet": "all"})]
-    columns = ("fleet", "units", "successes", "failures", "pending", "spend_usd")
-    table = _table("cost per successful outcome (USD)", rows, (*columns, "cost_per_success_usd"))
-    drop = ("pending", "units", "failures", "spend_usd")
-    out.print(fit(table, out, drop=drop, keep=("fleet", "cost_per_success_usd")))
-
-
-def _render(c: Cli, name: str, answer: BaseModel) -> None:
-    if c.json:
-        emit_json(answer.model_dump(mode="json"))
-    elif isinstance(answer, CostAnswer):
-        _render_cost(c.out, answer)
-    elif isinstance(answer, SuccessCostAnswer):
-        _render_success(c.out, answer)
-    else:
-        rows = getattr(answer, "rows", [])
-        table = _table(f"{name}: {NAMED_QUERIES[name].description}", rows)
-        keep = [n for n in ("iid", "gid", "fleet", "status", "cost_usd") if n in _headers(table)]
-        drop = [n for n in reversed(_headers(table)) if n not in keep]
-        c.out.print(fit(table, c.out, drop=drop, keep=keep))
-        total = getattr(answer, "total", None)
-        if isinstance(total, BaseModel):
-            fields = [(n, _cell(getattr(total, n))) for n in type(total).model_fields]
-            c.out.print(fit_record("total", fields, c.out))
-        if not rows:
-            c.out.print("(no rows)")
-
-
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -258,12 +164,12 @@ def cost(
     """Server-side cost of model calls, grouped (default: by model)."""
     c = cli(ctx, as_json)
     if cache:
-        _render(c, "cache", run(c, ask_named(c, "cache", _range(since, until), db=db)))
+        render(c, "cache", run(c, ask_named(c, "cache", _range(since, until), db=db)))
         return
     dims = [d.strip() for item in (by or ["model"]) for d in item.split(",") if d.strip()]
     params = {"by": dims, "limit": limit, **_range(since, until)}
     answer = run(c, ask_named(c, "cost", params, db=db))
-    _render(c, "cost", answer)
+    render(c, "cost", answer)
 
 
 def outcomes(
@@ -297,8 +203,8 @@ def outcomes(
             }
         )
         return
-    _render(c, "outcomes", by_outcome)
-    _render(c, "cost-per-success", per_success)
+    render(c, "outcomes", by_outcome)
+    render(c, "cost-per-success", per_success)
 
 
 def query(
@@ -325,7 +231,7 @@ def query(
     for key, value in (("state", state), ("order", order), ("limit", limit)):
         if value is not None:
             params[key] = value
-    _render(c, name, run(c, ask_named(c, name, params, db=db)))
+    render(c, name, run(c, ask_named(c, name, params, db=db)))
 
 
 tools_app = typer.Typer(help="Tool calls: the ledger.", no_args_is_help=True)
@@ -365,7 +271,7 @@ def ledger(
         return
     columns = ("seq", "ts", "iid", "agent", "tool", "version", "arguments", "sensitivity")
     rows = getattr(answer, "rows", [])
-    table = _table("tool-call ledger", rows, (*columns, "result_class", "decision", "rule"))
+    table = table_of("tool-call ledger", rows, (*columns, "result_class", "decision", "rule"))
     drop = ("version", "sensitivity", "seq", "rule", "ts", "agent", "arguments")
     c.out.print(fit(table, c.out, drop=drop, keep=("iid", "tool", "decision")))
 
