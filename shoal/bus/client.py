@@ -102,7 +102,7 @@ class Bus:
         try:
             yield cls(nc, settings)
         except (Exception, asyncio.CancelledError) as e:
-            if watch.reason is None:
+            if watch.note() is None:
                 raise
             raise watch.lost() from (None if isinstance(e, asyncio.CancelledError) else e)
         else:

@@ -93,13 +93,27 @@ class ConnectionWatch:
     async def closed(self) -> None:
         if self.closing or self.owner is None or self.reason is not None:
             return
+        reason = self._closed_for_good()
+        if not self.owner.done():
+            self.owner.cancel(reason)
+
+    def note(self) -> str | None:
+        """The reason, once nats-py has closed the connection for good (not at our asking).
+
+        The owner may meet the closed connection (``ConnectionClosedError``) before
+        ``closed_cb`` has run; it asks here, so the error is still :class:`ConnectionLost`.
+        """
+        if self.reason is None and not self.closing and self.nc is not None and self.nc.is_closed:
+            self._closed_for_good()
+        return self.reason
+
+    def _closed_for_good(self) -> str:
         error = self.nc.last_error if self.nc is not None else None
         self.reason = "the NATS connection was closed and will not reconnect" + (
             f" ({error})" if error else ""
         )
         log.error("%s; stopping", self.reason)
-        if not self.owner.done():
-            self.owner.cancel(self.reason)
+        return self.reason
 
     async def patrol(self, every_s: float = 1.0) -> None:
         """Backstop for ``closed_cb``: nats-py skips it when its own close fails midway (a
