@@ -45,7 +45,9 @@ from shoal.aggregates import open_core
 from shoal.aggregates.ingestion import CORE_CONSUMER, Ingestion, processor_for
 from shoal.aggregates.partitioned import open_partitions, open_spend
 from shoal.aggregates.partitions import Partition
+from shoal.aggregates.partstream import PartitionStream
 from shoal.aggregates.pricing import PriceTable
+from shoal.aggregates.sharefeed import Share
 from shoal.aggregates.spendagg import SpendAggregator
 from shoal.bus import Bus, ShoalSettings
 from tests.aggregates.eventmix import Mix, publish_all
@@ -153,25 +155,55 @@ async def _partition(
         app = open_core(settings, part=part.name if part else None)
         processor = processor_for(app, settings, bus, part)
         consumer = part.consumer(CORE_CONSUMER) if part else CORE_CONSUMER
+        share = None
+        if part:
+            stream = PartitionStream(bus.topology.events, bus.subjects.prefix, count)
+            share = Share(stream, index)
         ingestion = Ingestion(
-            bus, app, processor, batch=settings.core_batch, consumer=consumer, stuck_after_s=3600
+            bus,
+            app,
+            processor,
+            batch=settings.core_batch,
+            consumer=consumer,
+            stuck_after_s=3600,
+            share=share,
         )
         ready.put(index)
         await asyncio.to_thread(go.wait)
         started, cpu_started = time.time(), time.process_time()
         await ingestion.attach()
-        while ingestion.stats.messages < total:
-            fetched = await ingestion.fetch(timeout=5)
-            assert fetched is not None, "the stream ran dry before every event was ingested"
-            await ingestion.process(fetched)
-        out.put((index, started, time.time(), time.process_time() - cpu_started))
+        while processor.position < total:
+            fetched = await ingestion.fetch(timeout=2)
+            if fetched is not None:
+                await ingestion.process(fetched)
+            elif share is None or not await ingestion.idle():
+                raise AssertionError("the stream ran dry before every event was ingested")
+        cpu = time.process_time() - cpu_started
+        out.put((index, started, time.time(), cpu, ingestion.stats.messages))
         await ingestion.detach()
         app.close()
 
 
-def partitioned(settings: ShoalSettings, count: int, total: int) -> tuple[float, float, float]:
+async def source(settings: ShoalSettings, count: int, total: int) -> float:
+    """Create the partition stream and wait until the server has sourced the log into it."""
+    async with Bus.connect(settings.nats_url or "", settings, name="bench-source") as bus:
+        stream = PartitionStream(bus.topology.events, bus.subjects.prefix, count)
+        began = time.perf_counter()
+        await stream.ensure(bus.js)
+        for _ in range(12_000):  # 10 minutes at most
+            if (await bus.js.stream_info(stream.name)).state.messages >= total:
+                break
+            await asyncio.sleep(0.05)
+        return time.perf_counter() - began
+
+
+def partitioned(
+    settings: ShoalSettings, count: int, total: int
+) -> tuple[float, float, float, int, float]:
     """Events/s (wall, first start to last commit), events per CPU-second (all partitions),
-    and the spend aggregator's model calls per second, for ``count`` partition processes."""
+    the spend aggregator's model calls per second, the messages the partitions received and
+    the seconds the server took to source the log for them, for ``count`` partition processes."""
+    sourced = asyncio.run(source(settings, count, total)) if count > 1 else 0.0
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     dump = settings.model_dump()
@@ -190,6 +222,7 @@ def partitioned(settings: ShoalSettings, count: int, total: int) -> tuple[float,
     start = min(d[1] for d in done)
     end = max(d[2] for d in done)
     cpu = sum(d[3] for d in done)
+    received = sum(d[4] for d in done)
     calls = 0.0
     if count > 1:  # the aggregator from a cold start: read every partition's calls, fold
         spend, parts = open_spend(settings, count), open_partitions(settings, count)
@@ -202,7 +235,7 @@ def partitioned(settings: ShoalSettings, count: int, total: int) -> tuple[float,
         calls = step.folded / elapsed if elapsed else 0.0
         for a in [*parts, spend]:
             a.close()
-    return total / (end - start), total / cpu, calls
+    return total / (end - start), total / cpu, calls, received, sourced
 
 
 def same_answers(root: Path, settings: ShoalSettings, count: int) -> bool:
@@ -298,8 +331,10 @@ async def main(
         for count in partitions:
             data = root / f"p{count}"
             each = settings.model_copy(update={"data_dir": data})
-            rate, cpu_rate, calls = await asyncio.to_thread(partitioned, each, count, total)
-            line = (
+            rate, cpu_rate, calls, received, sourced = await asyncio.to_thread(
+                partitioned, each, count, total
+            )
+            print(
                 f"{count} partition{'s' if count > 1 else ' '} ({count} process"
                 f"{'es' if count > 1 else ''}): {rate:10,.0f} events/s, "
                 f"{cpu_rate:10,.0f} events per CPU-second ({rate / push:.0%} of raw push)"
@@ -308,8 +343,11 @@ async def main(
                 same = 1 in partitions and await asyncio.to_thread(
                     same_answers, root, settings, count
                 )
-                line += f"; aggregator {calls:,.0f} calls/s; answers == 1 partition: {same}"
-            print(line)
+                print(
+                    f"  received {received:,} messages in all ({received / total:.2f}x the log; "
+                    f"sourced by the server in {sourced:.1f} s), aggregator {calls:,.0f} "
+                    f"calls/s, answers == 1 partition: {same}"
+                )
         for rate in rates:
             print(await steady(server, root, rate, seconds, batch))
     finally:

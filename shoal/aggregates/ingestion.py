@@ -19,7 +19,8 @@ twice is the same switch, and a canary already promoted or rolled back refuses a
 verdict.
 
 One core runs one :class:`Ingestion` over the whole log (:func:`shoal.aggregates.service.run_core`);
-a partitioned core runs one per partition it holds (:mod:`shoal.aggregates.partitioned`).
+a partitioned core runs one per partition it holds (:mod:`shoal.aggregates.partitioned`), each
+over its share of the partition stream (:mod:`shoal.aggregates.partstream`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from shoal.aggregates.partitions import Partition
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.processor import CoreLimits, CoreProcessor, FoldResult, PoisonMessage
 from shoal.aggregates.receiver import Fetched, Receiver
+from shoal.aggregates.sharefeed import Share, ShareReceiver
 from shoal.aggregates.watchdog import flag_stuck
 from shoal.bus import Bus, ShoalSettings
 from shoal.schemas import utcnow
@@ -96,6 +98,7 @@ class Ingestion:
         stuck_after_s: float = 300.0,
         clock: Callable[[], datetime] = utcnow,
         on_verdicts: VerdictHandler | None = None,
+        share: Share | None = None,
     ) -> None:
         self.bus = bus
         self.effects = SideEffects(bus, on_verdicts)
@@ -105,7 +108,12 @@ class Ingestion:
         self.stuck_after_s = stuck_after_s
         self.clock = clock
         self.stats = CoreStats()
-        self.receiver = Receiver(bus, lambda: processor.position, batch=batch, consumer=consumer)
+        position = lambda: processor.position  # noqa: E731
+        self.receiver: Receiver | ShareReceiver = (
+            Receiver(bus, position, batch=batch, consumer=consumer)
+            if share is None
+            else ShareReceiver(bus, position, batch=batch, consumer=consumer, share=share)
+        )
         self._last_watch = 0.0
 
     async def attach(self) -> None:
@@ -132,6 +140,8 @@ class Ingestion:
         result = await self._commit(fetched)
         # AckPolicy.ALL: acknowledging the highest sequence acknowledges the whole batch.
         await fetched.last.ack()
+        for msg in fetched.also:
+            await msg.ack()
         self.stats.messages += len(fetched.messages)
         self.stats.add(result)
         self.stats.position = self.processor.position
@@ -191,7 +201,7 @@ class Ingestion:
                         await self.process(fetched)
                     else:
                         idle += 1
-                        if await self.receiver.drained(stalled=idle >= STALL_AFTER_IDLE):
+                        if await self.idle(stalled=idle >= STALL_AFTER_IDLE):
                             idle = 0
                             if until_idle:
                                 break
@@ -206,6 +216,20 @@ class Ingestion:
         finally:
             await self.detach()
         return self.stats
+
+    async def idle(self, *, stalled: bool = False) -> bool:
+        """True when nothing is left to deliver; a partition's position is then recorded up to
+        the log its share has seen (:meth:`CoreProcessor.advance`)."""
+        if not await self.receiver.drained(stalled=stalled):
+            return False
+        if not isinstance(self.receiver, ShareReceiver):
+            return True  # the whole log: its position moves with its batches
+        result = self.processor.advance(self.receiver.idle_upto)
+        if result.processing.tracking is not None:
+            await asyncio.to_thread(self.app.record, result.processing, result.snapshot_from)
+            self.processor.committed(result)
+            self.stats.position = self.processor.position
+        return True
 
     async def _recover(self, stop: asyncio.Event) -> None:
         """Re-attach at the store's position, retrying with back-off while NATS is away."""

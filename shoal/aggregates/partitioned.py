@@ -32,9 +32,11 @@ from shoal.aggregates.ingestion import CORE_CONSUMER, CoreStats, Ingestion, proc
 from shoal.aggregates.interactions import InteractionsService
 from shoal.aggregates.ownership import CoreLeases
 from shoal.aggregates.partitions import Partition
+from shoal.aggregates.partstream import PartitionStream
 from shoal.aggregates.persistence import application_env
 from shoal.aggregates.pricing import PriceTable
 from shoal.aggregates.readers import record_layout
+from shoal.aggregates.sharefeed import Share
 from shoal.aggregates.spendagg import ShoalSpend, SpendAggregator
 from shoal.bus import Bus, ShoalSettings
 from shoal.bus.kvmirror import KvMirror
@@ -78,9 +80,11 @@ class PartitionedCore:
         self.tasks: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self.done: set[str] = set()
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stream = PartitionStream(bus.topology.events, bus.subjects.prefix, count)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> CoreStats:
         bus = self.bus
+        await self.stream.ensure(bus.js)
         leases_kv = await bus.kv(bus.topology.leases.name)
         mirror = KvMirror(leases_kv)
         await mirror.start(self.settings.request_timeout)
@@ -170,6 +174,7 @@ class PartitionedCore:
                 batch=self.settings.core_batch,
                 consumer=partition.consumer(CORE_CONSUMER),
                 stuck_after_s=self.settings.stuck_after_s,
+                share=Share(self.stream, partition.index),
             )
             log.info("core %s: folding partition %s", self.id, partition.name)
             stats = await ingestion.run(halt, until_idle=self.until_idle)

@@ -14,11 +14,11 @@ Instance lifecycle events (``agent.started``, ``agent.stopped``, ``agent.killed`
 know which instances are registered and not killed to trust the events it owns. Their dead
 letters are sent by partition 0 only.
 
-Every partition reads the whole stream (its consumer's filter is every event subject) and
-steps over what is not its own before decoding it: the tracking position of every partition
-is a stream sequence, gap closing is unchanged, and the spend aggregator can merge the
-partitions' output in stream order (:mod:`shoal.aggregates.spendagg`). The price is that each
-partition receives every message; docs/scale.md has the figures.
+The server routes the log with the same map (:mod:`shoal.aggregates.partstream`): each
+partition's consumer receives its own events and the shared ones, and the processor still
+steps over anything not its own by the subject alone (the partition the token ``_`` hashes to
+receives every bare task). Positions stay sequences of the log itself, so the spend
+aggregator can merge the partitions' output in log order (:mod:`shoal.aggregates.spendagg`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from enum import Enum
 from shoal.aggregates.registry import LIFECYCLE_TYPES
 from shoal.bus.subjects import NO_GID
 
-__all__ = ["Owner", "Partition", "fnv1a32"]
+__all__ = ["SHARED_TYPES", "Owner", "Partition", "fnv1a32"]
 
-_SHARED_TYPES = frozenset(tuple(t.removeprefix("shoal.").split(".")) for t in LIFECYCLE_TYPES)
+SHARED_TYPES = frozenset(tuple(t.removeprefix("shoal.").split(".")) for t in LIFECYCLE_TYPES)
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
@@ -83,9 +83,9 @@ class Partition:
     def home(self, subject: str) -> int | None:
         """The partition an event subject belongs to; ``None`` for a shared event."""
         tokens = subject.split(".")
-        if len(tokens) < 6:
-            return 0  # not an event subject: the fold dead-letters it, once
-        if (tokens[4], tokens[5]) in _SHARED_TYPES:
+        if len(tokens) < 5:
+            return 0  # no GID and IID tokens: not routed to the partitions (partstream)
+        if 6 <= len(tokens) <= 10 and (tokens[4], tokens[5]) in SHARED_TYPES:
             return None
         key = tokens[3] if tokens[2] == NO_GID else tokens[2]
         return fnv1a32(key.encode()) % self.count

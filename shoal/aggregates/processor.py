@@ -165,6 +165,17 @@ class CoreProcessor:
             result.processing.tracking = Tracking(self.upstream, last)
         return result
 
+    def advance(self, seq: int) -> FoldResult:
+        """Nothing of this partition's is in the log up to ``seq``: record that as folded.
+
+        A partition's consumer receives only its share, so a quiet partition would keep an
+        old position while the others move on (and hold the spend aggregator's watermark).
+        """
+        result = FoldResult()
+        if seq > self.position:
+            result.processing.tracking = Tracking(self.upstream, seq)
+        return result
+
     @property
     def _primary(self) -> bool:
         return self.partition is None or self.partition.primary

@@ -75,6 +75,8 @@ class Fetched:
 
     messages: list[RawMessage]
     last: Msg
+    also: tuple[Msg, ...] = ()
+    """The other consumers' last messages, for a batch merged from several (a partition's)."""
 
 
 def decode(msgs: list[Msg]) -> list[RawMessage]:

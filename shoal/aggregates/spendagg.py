@@ -7,12 +7,14 @@ fleet, the stream sequence it came from).
 
 To cross a fleet's cap at exactly the event a single core would, the aggregator folds in
 **stream order**, and only up to the *watermark*: the lowest tracking position over all
-partitions. Every partition's position is a stream sequence (each reads the whole log), and a
-partition writes its events with its tracking in one transaction, so once the watermark is
-read, every model call at or below it is already readable. The aggregator's own store
-(:class:`ShoalSpend`) records the crossings (``FleetSpend.BudgetExceeded``) together with
-``Tracking(<stream>, watermark)``: restarted, it re-reads the partitions' calls, sums those at
-or below its recorded watermark without acting on them, and goes on from there.
+partitions. Every partition's position is a sequence of the log itself (its share
+arrives with the log's sequences, and a partition with nothing pending records its position
+up to the log its share has seen), and a partition writes its events with its tracking in
+one transaction, so once the watermark is read, every model call at or below it is already
+readable. The aggregator's own store (:class:`ShoalSpend`) records the crossings
+(``FleetSpend.BudgetExceeded``) together with ``Tracking(<stream>, watermark)``: restarted,
+it re-reads the partitions' calls, sums those at or below its recorded watermark without
+acting on them, and goes on from there.
 
 Its side effects (``budget.exceeded``, the fleet's kill switch) are carried out before its
 write, with the same deterministic ids as the single core's, like the partitions' own.

@@ -107,7 +107,7 @@ def _read_only(t: Topology) -> tuple[str, ...]:
     )
 
 
-def _no_work_stealing(t: Topology) -> tuple[str, ...]:
+def _no_work_stealing(t: Topology, partitions: int) -> tuple[str, ...]:
     """A reader must not consume (and so delete) tasks or goals, nor touch shared consumers."""
     out: list[str] = []
     for stream in (t.tasks.name, t.goals.name):
@@ -119,6 +119,14 @@ def _no_work_stealing(t: Topology) -> tuple[str, ...]:
             f"$JS.API.CONSUMER.DELETE.{stream}.*",
         ]
     out.append(f"$JS.API.CONSUMER.DELETE.{t.events.name}.*")
+    if partitions > 1:  # the partitioned core's own stream: nobody else's consumers on it
+        stream = f"{t.events.name}_P{partitions}"  # shoal.aggregates.partstream
+        out += [
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        ]
     return tuple(out)
 
 
@@ -130,7 +138,7 @@ def role_permissions(role: Role, settings: ShoalSettings, principal: str) -> Per
     api = f"{settings.prefix}.api"
     pub = [*_read_only(t), f"{api}.*.*", "$SRV.>", s.refusals_as(f"cli.{principal}")]
     deny = [
-        *_no_work_stealing(t),
+        *_no_work_stealing(t, settings.core_partitions),
         *(s.api("query", e) for e in ADMIN_ENDPOINTS),
         *(s.api("interactions", e) for e in PROXY_ENDPOINTS),
     ]

@@ -138,20 +138,27 @@ async def check_health(bus: Bus) -> Health:
 async def ask_core(bus: Bus, health: Health, count: int) -> None:
     """The core's consumers: one (``core``), or one per partition and the slowest counts."""
     from shoal.aggregates.ingestion import CORE_CONSUMER
+    from shoal.aggregates.partstream import PartitionStream
     from shoal.aggregates.readers import store_names
 
     parts = store_names(count)
     names = [f"{CORE_CONSUMER}-{p}" if p else CORE_CONSUMER for p in parts]
+    stream, feeds = bus.topology.events.name, [[""] for _ in names]
+    if count > 1:  # each partition reads its share of the partition stream on 2-3 feeds
+        partitioned = PartitionStream(bus.topology.events, bus.subjects.prefix, count)
+        stream = partitioned.name
+        feeds = [[suffix for suffix, _ in partitioned.feeds(k)] for k in range(count)]
     lags: dict[str, int | None] = {}
     states: list[str] = []
-    for name in names:
+    for name, suffixes in zip(names, feeds, strict=True):
         try:
-            info = await bus.js.consumer_info(bus.topology.events.name, name)
+            infos = [await bus.js.consumer_info(stream, name + s) for s in suffixes]
         except NotFoundError:
             lags[name] = None
             states.append("absent")
             continue
-        lags[name] = info.num_pending + (info.num_ack_pending or 0)
+        lags[name] = sum(i.num_pending + (i.num_ack_pending or 0) for i in infos)
+        info = infos[0]
         active = info.delivered.last_active if info.delivered else None
         if active is not None and (
             health.core_last_active is None or active < health.core_last_active

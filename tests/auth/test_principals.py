@@ -209,3 +209,26 @@ async def test_neither_an_instance_nor_a_viewer_can_delete_or_purge_a_kill_switc
     assert (entry.revision, entry.value) == (1, b'{"by": "tester"}')
     assert (await admin.js.stream_info(stream)).state.messages == 1
     await viewer.nc.close()
+
+
+async def test_a_viewer_cannot_touch_the_partitioned_cores_consumers(
+    admin: Bus, local: ShoalSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.auth.test_operators import add
+
+    monkeypatch.setenv("SHOAL_CORE_PARTITIONS", "2")  # minted where the core runs 2 partitions
+    viewer = await raw(_url(local), await add(local, "pat", "viewer"))
+    stream = f"{admin.topology.events.name}_P2"
+    attempts = [
+        f"$JS.API.CONSUMER.DELETE.{stream}.core-p0of2",
+        f"$JS.API.CONSUMER.CREATE.{stream}.core-p0of2.x",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.core-p0of2",
+    ]
+    for subject in attempts:
+        assert await viewer.refused(subject) == denied(subject)
+    # The log itself stays readable to a viewer, as before.
+    ok = f"$JS.API.STREAM.INFO.{admin.topology.events.name}"
+    reply = await viewer.nc.request(ok, b"", timeout=5)
+    assert json.loads(reply.data)["config"]["name"] == admin.topology.events.name
+    await viewer.nc.close()
