@@ -29,12 +29,15 @@ from shoal.gcpolicy import YOUNG_GC_THRESHOLD, raise_gc_threshold
 
 __all__ = [
     "BATCH_WINDOW_S",
+    "BatchWindow",
     "ConsumerReplaced",
     "ConsumerStalled",
     "DeliveryGap",
     "Fetched",
     "Receiver",
     "decode",
+    "push_config",
+    "unsubscribe",
 ]
 
 log = logging.getLogger("shoal.core")
@@ -87,6 +90,73 @@ def decode(msgs: list[Msg]) -> list[RawMessage]:
     )
 
 
+def push_config(
+    name: str, deliver: str, filter_subject: str, start: int | None, batch: int, what: str
+) -> api.ConsumerConfig:
+    """The core's durable push consumer: from ``start`` (else the beginning), flow control,
+    acknowledged per batch (``AckPolicy.ALL``), at most two batches unacknowledged."""
+    return api.ConsumerConfig(
+        durable_name=name,
+        description=what,
+        deliver_subject=deliver,
+        filter_subject=filter_subject,
+        ack_policy=api.AckPolicy.ALL,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start else api.DeliverPolicy.ALL,
+        opt_start_seq=start,
+        max_ack_pending=batch * 2,
+        ack_wait=60.0,
+        flow_control=True,
+        idle_heartbeat=5.0,
+    )
+
+
+class BatchWindow:
+    """When a batch closes: ``batch`` messages held, a pause of :data:`QUIET_S`, or
+    :attr:`window` after its first message arrived, whatever the rate."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.window = BATCH_WINDOW_S
+        self.first_at = 0.0
+        self.arrived = asyncio.Event()
+
+    def first(self) -> None:
+        """The first message of a batch arrived."""
+        self.first_at = time.monotonic()
+        self.arrived.set()
+
+    async def wait(self, held: Callable[[], int], deadline: float) -> None:
+        """Return when the batch closes, or at ``deadline`` while nothing is held."""
+        while True:
+            count = held()
+            if count >= self.batch:
+                return
+            now = time.monotonic()
+            if count:
+                left = self.first_at + self.window - now
+                if left <= 0:
+                    return
+                pause = min(QUIET_S, left)
+            else:
+                pause = deadline - now
+                if pause <= 0:
+                    return
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), pause)
+            except TimeoutError:
+                if count and held() == count:
+                    return  # quiet: nothing more arrived
+
+
+async def unsubscribe(sub: JetStreamContext.PushSubscription, timeout: float) -> None:
+    """Stop a push subscription; a connection already gone only ends the run."""
+    try:
+        await asyncio.wait_for(sub.unsubscribe(), timeout=timeout)
+    except Exception as e:
+        log.debug("core consumer unsubscribe failed: %s", e)
+
+
 class Receiver:
     """One durable consumer over the whole event log, read in gap-free batches."""
 
@@ -103,12 +173,10 @@ class Receiver:
         self.batch = batch
         self.consumer = consumer
         self.stream = bus.topology.events.name
-        self.window = BATCH_WINDOW_S
+        self.batching = BatchWindow(batch)
         self.refetched = 0
         self._sub: JetStreamContext.PushSubscription | None = None
         self._buffer: list[Msg] = []
-        self._first_at = 0.0
-        self._arrived = asyncio.Event()
         self._gc_threshold: tuple[int, int, int] | None = None
         self._config: api.ConsumerConfig | None = None
 
@@ -134,20 +202,10 @@ class Receiver:
             await js.delete_consumer(self.stream, self.consumer)
         except NotFoundError:
             pass
-        config = api.ConsumerConfig(
-            durable_name=self.consumer,
-            description="shoal core ingestion",
-            deliver_subject=self.bus.nc.new_inbox(),
-            filter_subject=self.bus.subjects.all_events,
-            ack_policy=api.AckPolicy.ALL,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
-            if position
-            else api.DeliverPolicy.ALL,
-            opt_start_seq=position + 1 if position else None,
-            max_ack_pending=self.batch * 2,
-            ack_wait=60.0,
-            flow_control=True,
-            idle_heartbeat=5.0,
+        start = position + 1 if position else None
+        deliver, events = self.bus.nc.new_inbox(), self.bus.subjects.all_events
+        config = push_config(
+            self.consumer, deliver, events, start, self.batch, "shoal core ingestion"
         )
         await js.add_consumer(self.stream, config)
         self._config = config
@@ -159,13 +217,12 @@ class Receiver:
 
     async def _receive(self, msg: Msg) -> None:
         if not self._buffer:
-            self._first_at = time.monotonic()
             self._buffer.append(msg)
-            self._arrived.set()
+            self.batching.first()
             return
         self._buffer.append(msg)
         if len(self._buffer) >= self.batch:
-            self._arrived.set()
+            self.batching.arrived.set()
 
     async def fetch(self, timeout: float = 1.0) -> Fetched | None:
         """The next batch, sorted by sequence and gap-free; ``None`` if nothing came in ``timeout``.
@@ -174,27 +231,9 @@ class Receiver:
         :data:`QUIET_S`, or :attr:`window` after its first message arrived — so under a steady
         rate that never pauses, an event still waits at most ``window`` before it is folded.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            held = len(self._buffer)
-            if held >= self.batch:
-                break
-            now = time.monotonic()
-            if held:
-                left = self._first_at + self.window - now
-                if left <= 0:
-                    break
-                pause = min(QUIET_S, left)
-            else:
-                pause = deadline - now
-                if pause <= 0:
-                    return None
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), pause)
-            except TimeoutError:
-                if held and len(self._buffer) == held:
-                    break  # quiet: nothing more arrived
+        await self.batching.wait(lambda: len(self._buffer), time.monotonic() + timeout)
+        if not self._buffer:
+            return None
         msgs, self._buffer = self._buffer, []
         last = max(msgs, key=lambda m: m.metadata.sequence.stream)
         return Fetched(await self._close_gaps(decode(msgs)), last)
@@ -292,8 +331,4 @@ class Receiver:
             self._gc_threshold = None
         if self._sub is not None:
             psub, self._sub = self._sub, None
-            try:
-                timeout = self.bus.settings.request_timeout
-                await asyncio.wait_for(psub.unsubscribe(), timeout=timeout)
-            except Exception as e:  # the connection may already be gone; the run is over
-                log.debug("core consumer unsubscribe failed: %s", e)
+            await unsubscribe(psub, self.bus.settings.request_timeout)

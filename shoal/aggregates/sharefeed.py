@@ -31,13 +31,15 @@ from nats.js.errors import NotFoundError
 
 from shoal.aggregates.partstream import PartitionStream
 from shoal.aggregates.receiver import (
-    BATCH_WINDOW_S,
     CONSUMING_GC_THRESHOLD,
     QUIET_S,
+    BatchWindow,
     ConsumerReplaced,
     ConsumerStalled,
     DeliveryGap,
     Fetched,
+    push_config,
+    unsubscribe,
 )
 from shoal.bus import Bus
 from shoal.gcpolicy import raise_gc_threshold
@@ -89,14 +91,12 @@ class ShareReceiver:
         self.consumer = consumer
         self.share = share
         self.stream = share.stream.name
-        self.window = BATCH_WINDOW_S
+        self.batching = BatchWindow(batch)
         self.refetched = 0
         self.idle_upto = 0
         """The log position every feed had delivered up to when last drained."""
         self.feeds = [_Feed(consumer + suffix, f) for suffix, f in share.stream.feeds(share.index)]
         self._buffer: dict[int, Msg] = {}
-        self._first_at = 0.0
-        self._arrived = asyncio.Event()
         self._gap: str | None = None
         self._gc_threshold: tuple[int, int, int] | None = None
 
@@ -113,21 +113,9 @@ class ShareReceiver:
                 await js.delete_consumer(self.stream, feed.name)
             except NotFoundError:
                 pass
-            config = api.ConsumerConfig(
-                durable_name=feed.name,
-                description="shoal core partition ingestion",
-                deliver_subject=self.bus.nc.new_inbox(),
-                filter_subject=feed.filter,
-                ack_policy=api.AckPolicy.ALL,
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
-                if start
-                else api.DeliverPolicy.ALL,
-                opt_start_seq=start,
-                max_ack_pending=self.batch * 2,
-                ack_wait=60.0,
-                flow_control=True,
-                idle_heartbeat=5.0,
-            )
+            deliver = self.bus.nc.new_inbox()
+            what = "shoal core partition ingestion"
+            config = push_config(feed.name, deliver, feed.filter, start, self.batch, what)
             await js.add_consumer(self.stream, config)
             feed.config, feed.received, feed.delivered, feed.held = config, 0, 0, []
             feed.sub = await js.subscribe_bind(
@@ -156,12 +144,12 @@ class ShareReceiver:
             feed.held.append((seq.stream, msg))
             if seq.stream in self._buffer:
                 return  # the same event from another feed
-            if not self._buffer:
-                self._first_at = time.monotonic()
-                self._arrived.set()
+            first = not self._buffer
             self._buffer[seq.stream] = msg
-            if len(self._buffer) >= self.batch:
-                self._arrived.set()
+            if first:
+                self.batching.first()
+            elif len(self._buffer) >= self.batch:
+                self.batching.arrived.set()
 
         return receive
 
@@ -181,29 +169,13 @@ class ShareReceiver:
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(QUIET_S)  # a feed is behind: let it deliver
+            self.batching.first_at = time.monotonic()
 
     async def _wait(self, deadline: float) -> None:
-        """Until a batch closes: ``batch`` held, a pause of QUIET_S, or the window, or deadline."""
-        while True:
-            held = len(self._buffer)
-            if held >= self.batch or self._gap is not None:
-                return
-            now = time.monotonic()
-            if held:
-                left = self._first_at + self.window - now
-                if left <= 0:
-                    return
-                pause = min(QUIET_S, left)
-            else:
-                pause = deadline - now
-                if pause <= 0:
-                    return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), pause)
-            except TimeoutError:
-                if held and len(self._buffer) == held:
-                    return  # quiet: nothing more arrived
+        """Until a batch closes (:class:`BatchWindow`), a gap is seen, or ``deadline``."""
+        await self.batching.wait(
+            lambda: self.batch if self._gap is not None else len(self._buffer), deadline
+        )
 
     async def _frontier(self, upto: int) -> int:
         """The highest sequence <= ``upto`` below which every feed has delivered all it holds."""
@@ -230,7 +202,7 @@ class ShareReceiver:
                 feed.held = [(s, m) for s, m in feed.held if s > frontier]
         messages.sort(key=lambda r: r.seq)
         if self._buffer:
-            self._first_at = time.monotonic()
+            self.batching.first_at = time.monotonic()
         return Fetched(messages, acks[0], tuple(acks[1:]))
 
     async def _info(self, feed: _Feed) -> api.ConsumerInfo:
@@ -270,12 +242,7 @@ class ShareReceiver:
         if self._gc_threshold is not None:
             gc.set_threshold(*self._gc_threshold)
             self._gc_threshold = None
-        timeout = self.bus.settings.request_timeout
         for feed in self.feeds:
-            if feed.sub is None:
-                continue
-            sub, feed.sub = feed.sub, None
-            try:
-                await asyncio.wait_for(sub.unsubscribe(), timeout=timeout)
-            except Exception as e:  # the connection may already be gone; the run is over
-                log.debug("core consumer unsubscribe failed: %s", e)
+            if feed.sub is not None:
+                sub, feed.sub = feed.sub, None
+                await unsubscribe(sub, self.bus.settings.request_timeout)
