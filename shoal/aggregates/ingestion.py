@@ -186,7 +186,12 @@ class Ingestion:
         and counted; the loop then re-attaches at the store's position, with back-off, so the
         consumer never dies of one bad moment.
         """
-        await self.attach()
+        try:
+            await self.attach()
+        except Exception:  # a cut connection, a lost reply: as a failed batch, with back-off
+            self.stats.failures += 1
+            log.exception("core could not attach; retrying from the store's position")
+            await self._recover(stop)
         if ready is not None:
             ready.set()
         watch_every = min(max(self.stuck_after_s / 4, 0.5), 30.0)

@@ -13,17 +13,21 @@ import random
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from shoal.aggregates import open_core, run_core
+from shoal.aggregates.partitioned import open_partitions, run_partitioned
 from shoal.bus import Bus, ShoalSettings
 from shoal.projections.projection import CostProjection
-from shoal.projections.runner import ProjectionFollower
+from shoal.projections.sources import Followers
 from shoal.projections.view import open_view
 from tests.aggregates.eventmix import Mix, chunks
 from tests.tcpproxy import CutProxy
 
 
+@pytest.mark.parametrize("partitions", [1, 2])
 async def test_every_event_survives_random_connection_cuts_exactly_once(
-    bus: Bus, settings: ShoalSettings, tmp_path: Path
+    bus: Bus, settings: ShoalSettings, tmp_path: Path, partitions: int
 ) -> None:
     mix = Mix(seed=77).until(4000)
     stream = bus.topology.events.name
@@ -32,7 +36,13 @@ async def test_every_event_survives_random_connection_cuts_exactly_once(
     rng = random.Random(5)
     stop = asyncio.Event()
     async with CutProxy(settings.nats_url or "") as proxy:
-        core = asyncio.create_task(run_core(core_settings, proxy.url, stop))
+        # Two partitions read their shares on single-filter feeds, merged in order: a lost
+        # delivery is a hole in a feed's delivery sequence, and every feed re-attaches.
+        core = asyncio.create_task(
+            run_core(core_settings, proxy.url, stop)
+            if partitions == 1
+            else run_partitioned(core_settings, proxy.url, stop, partitions)
+        )
 
         async def publish() -> None:
             # A steady trickle (~1,000 events/s): deliveries keep flowing during a cut, so
@@ -50,9 +60,9 @@ async def test_every_event_survives_random_connection_cuts_exactly_once(
         await publish()
         last = (await bus.js.stream_info(stream)).state.last_seq
         assert last == len(mix.events)
-        reader = open_core(settings)
+        readers = [open_core(settings)] if partitions == 1 else open_partitions(settings, 2)
         deadline = asyncio.get_running_loop().time() + 90
-        while reader.max_tracking_id(stream) < last:
+        while min(r.max_tracking_id(stream) for r in readers) < last:
             assert asyncio.get_running_loop().time() < deadline, "the core never caught up"
             await asyncio.sleep(0.2)
         cutter.cancel()
@@ -61,8 +71,8 @@ async def test_every_event_survives_random_connection_cuts_exactly_once(
 
     # The faults really happened during ingestion, and deliveries went into dead links.
     assert proxy.cuts >= 5 and proxy.discarded > 0
-    app = open_core(settings)
-    sessions = app.sessions()
+    stores = readers if partitions > 1 else [open_core(settings)]
+    sessions = [s for app in stores for s in app.sessions()]
     assert len(sessions) == mix.sessions
     assert sum(s.model_calls for s in sessions) == mix.model_calls
     assert sum(s.tool_calls for s in sessions) == mix.tool_calls
@@ -71,12 +81,14 @@ async def test_every_event_survives_random_connection_cuts_exactly_once(
 
     view = open_view(tmp_path / "p.duckdb")
     projection = CostProjection(view)
-    ProjectionFollower(app, projection).catch_up()
+    base = stores[0].name
+    names = [base] if partitions == 1 else [f"{base}-p{k}of2" for k in range(2)]
+    Followers(list(zip(names, stores, strict=True)), projection).catch_up()
     projection.close()
     counts = view.table_counts()
     assert (counts["model_calls"], counts["tool_calls"]) == (mix.model_calls, mix.tool_calls)
     with view.datastore.reader() as c:
         row = c.execute("SELECT sum(cost_usd) FROM model_calls").fetchone()
     assert row is not None and Decimal(str(row[0])) == mix.cost
-    app.close()
-    reader.close()
+    for app in {*stores, *readers}:
+        app.close()
