@@ -32,6 +32,7 @@ __all__ = [
     "BatchWindow",
     "ConsumerReplaced",
     "ConsumerStalled",
+    "Consuming",
     "DeliveryGap",
     "Fetched",
     "Receiver",
@@ -157,24 +158,28 @@ async def unsubscribe(sub: JetStreamContext.PushSubscription, timeout: float) ->
         log.debug("core consumer unsubscribe failed: %s", e)
 
 
-class Receiver:
-    """One durable consumer over the whole event log, read in gap-free batches."""
+class Consuming:
+    """What every core receiver holds: the bus, the store's position, its batch and names."""
 
     def __init__(
-        self,
-        bus: Bus,
-        position: Callable[[], int],
-        *,
-        batch: int = 1000,
-        consumer: str,
+        self, bus: Bus, position: Callable[[], int], batch: int, consumer: str, stream: str
     ) -> None:
         self.bus = bus
         self.position = position
         self.batch = batch
         self.consumer = consumer
-        self.stream = bus.topology.events.name
+        self.stream = stream
         self.batching = BatchWindow(batch)
         self.refetched = 0
+
+
+class Receiver(Consuming):
+    """One durable consumer over the whole event log, read in gap-free batches."""
+
+    def __init__(
+        self, bus: Bus, position: Callable[[], int], *, batch: int = 1000, consumer: str
+    ) -> None:
+        super().__init__(bus, position, batch, consumer, bus.topology.events.name)
         self._sub: JetStreamContext.PushSubscription | None = None
         self._buffer: list[Msg] = []
         self._gc_threshold: tuple[int, int, int] | None = None

@@ -33,9 +33,9 @@ from shoal.aggregates.partstream import PartitionStream
 from shoal.aggregates.receiver import (
     CONSUMING_GC_THRESHOLD,
     QUIET_S,
-    BatchWindow,
     ConsumerReplaced,
     ConsumerStalled,
+    Consuming,
     DeliveryGap,
     Fetched,
     push_config,
@@ -73,7 +73,7 @@ class _Feed:
     """Its messages not yet folded, in delivery order (for the acknowledgement)."""
 
 
-class ShareReceiver:
+class ShareReceiver(Consuming):
     """The feeds of one partition, read in gap-free batches in the partition stream's order."""
 
     def __init__(
@@ -85,14 +85,8 @@ class ShareReceiver:
         consumer: str,
         share: Share,
     ) -> None:
-        self.bus = bus
-        self.position = position
-        self.batch = batch
-        self.consumer = consumer
+        super().__init__(bus, position, batch, consumer, share.stream.name)
         self.share = share
-        self.stream = share.stream.name
-        self.batching = BatchWindow(batch)
-        self.refetched = 0
         self.idle_upto = 0
         """The log position every feed had delivered up to when last drained."""
         self.feeds = [_Feed(consumer + suffix, f) for suffix, f in share.stream.feeds(share.index)]
